@@ -1,0 +1,438 @@
+"""Per-example input-loss curvature: tr(H) and tr(H²) for H = ∇²ₓ ℓ(θ, x, y).
+
+All estimators take a single-example ``loss_fn(params, x, y) -> scalar`` and are vmapped over the
+leading example axis of ``x`` and ``y``. Every example i draws its probes from
+``jax.random.fold_in(key, i)`` (i = its index in the full array), so results do not depend on
+``batch_size`` or on the number of devices.
+
+Estimators (v Rademacher, P probes):
+
+- ``"hutchinson"``: exact Hessian-vector products Hv = jvp(∇ℓ)(x; v) (forward over reverse);
+  tr(H) ≈ mean vᵀHv, tr(H²) = ‖H‖_F² ≈ mean ‖Hv‖².
+- ``"exact"``: the full D×D Hessian (D = x.size): tr(H), ‖H‖_F² with zero error.
+- ``"finite_difference"``: the papers' estimator Hv ≈ (∇ℓ(x + h v) − ∇ℓ(x)) / h.
+- ``zero_order_curvature``: losses only; ``"central"`` vᵀHv ≈ (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv)) / h²,
+  ``"mixed"`` |uᵀHv| ≈ |ℓ(x+hv+hu) − ℓ(x−hv+hu) − ℓ(x+hv−hu) + ℓ(x−hv−hu)| / (4h²).
+- ``reference_score``: the seed code's white-box score (see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+__all__ = [
+    "Curvature",
+    "LossFn",
+    "hvp",
+    "input_curvature",
+    "make_curvature_fn",
+    "zero_order_curvature",
+    "zero_order_queries",
+    "reference_score",
+    "METHODS",
+    "ZERO_ORDER_METHODS",
+]
+
+LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+
+METHODS = ("hutchinson", "exact", "finite_difference")
+ZERO_ORDER_METHODS = ("central", "mixed")
+
+# Default number of examples per compiled call (per device); exact Hessians use fewer.
+_DEFAULT_CHUNK_PER_DEVICE = 512
+_EXACT_CHUNK_FLOATS = 2**26  # Hessian floats held per chunk for method="exact" (256 MiB in f32)
+
+
+class Curvature(NamedTuple):
+    """Per-example curvature estimates, each of shape (N,).
+
+    ``trace`` ≈ tr(∇²ₓℓ), ``trace_sq`` ≈ tr((∇²ₓℓ)²) = ‖∇²ₓℓ‖_F²; the ``*_stderr`` fields are the
+    standard errors of the probe means (std over probes with ddof=1, / √P); 0 for ``"exact"``,
+    NaN when ``num_probes == 1``.
+    """
+
+    trace: Any
+    trace_sq: Any
+    trace_stderr: Any
+    trace_sq_stderr: Any
+
+
+def hvp(f: Callable[[jax.Array], jax.Array], x: jax.Array, v: jax.Array) -> jax.Array:
+    """Hessian-vector product ∇²f(x)·v by forward-over-reverse differentiation; shape of ``x``."""
+    return jax.jvp(jax.grad(f), (x,), (v,))[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# validation (host side, before any compute)
+
+
+def _check_config(num_probes: int, h: float, batch_size, method: str, methods) -> None:
+    if method not in methods:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, methods))}")
+    if isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
+        raise ValueError(f"num_probes must be an integer >= 1, got {num_probes!r}")
+    if isinstance(h, bool) or not (isinstance(h, (int, float, np.floating)) and math.isfinite(h) and h > 0):
+        raise ValueError(f"h must be a finite float > 0, got {h!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
+    ):
+        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+
+
+def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x_host = np.asarray(x)
+    y_host = np.asarray(y)
+    if x_host.ndim < 1 or x_host.shape[0] == 0:
+        raise ValueError(f"x must have a leading example axis with N >= 1, got shape {x_host.shape}")
+    if y_host.ndim < 1 or y_host.shape[0] != x_host.shape[0]:
+        raise ValueError(
+            f"x and y must have the same number of examples on axis 0: x has {x_host.shape[0]}, "
+            f"y has shape {y_host.shape}"
+        )
+    if not np.issubdtype(x_host.dtype, np.floating):
+        raise ValueError(f"x must be a floating array (images in [0, 1]), got dtype {x_host.dtype}")
+    if not np.isfinite(x_host).all():
+        bad = int((~np.isfinite(x_host.reshape(len(x_host), -1))).any(axis=1).sum())
+        raise ValueError(f"x contains NaN or inf in {bad} example(s); clean the inputs first")
+    return x_host, y_host
+
+
+def _resolve_devices(devices: Sequence[jax.Device] | None) -> tuple[jax.Device, ...]:
+    devs = tuple(jax.local_devices() if devices is None else devices)
+    if not devs:
+        raise ValueError("devices must be None (all local devices) or a non-empty sequence")
+    return devs
+
+
+def _is_float64(dtype) -> bool:
+    return dtype is not None and jnp.dtype(dtype) == jnp.float64
+
+
+# ----------------------------------------------------------------------------------------------
+# per-example kernels (pure, unbatched; vmapped below)
+
+
+def _cast_floats(tree, dtype):
+    if dtype is None:
+        return tree
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree
+    )
+
+
+def _scalar_loss(loss_fn: LossFn, params, y, compute_dtype) -> Callable[[jax.Array], jax.Array]:
+    """x ↦ ℓ(params, x, y) with the model run in ``compute_dtype``, result in x's dtype."""
+
+    def f(x):
+        xc = x if compute_dtype is None else x.astype(compute_dtype)
+        return jnp.asarray(loss_fn(params, xc, y)).astype(x.dtype).reshape(())
+
+    return f
+
+
+def _rademacher(key, shape, dtype):
+    return jax.random.rademacher(key, shape, dtype=dtype)
+
+
+def _mean_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
+    n = samples.shape[0]
+    mean = samples.mean()
+    if n == 1:
+        return mean, jnp.full((), jnp.nan, samples.dtype)
+    return mean, samples.std(ddof=1) / jnp.sqrt(n)
+
+
+def _example_curvature(loss_fn, params, x, y, key, h, count, *, method, num_probes, compute_dtype):
+    """(trace, trace_sq, trace_stderr, trace_sq_stderr) for one example."""
+    f = _scalar_loss(loss_fn, params, y, compute_dtype)
+    if method == "exact":
+        flat, unravel = x.reshape(-1), lambda z: z.reshape(x.shape)
+        hess = jax.hessian(lambda z: f(unravel(z)))(flat)
+        zero = jnp.zeros((), x.dtype)
+        return jnp.trace(hess), jnp.sum(hess * hess), zero, zero
+
+    if method == "finite_difference":
+        grad_f = jax.grad(f)
+        g0 = grad_f(x)
+        apply_h = lambda v: (grad_f(x + h * v) - g0) / h
+    else:
+        apply_h = lambda v: hvp(f, x, v)
+
+    def probe(k):
+        v = _rademacher(k, x.shape, x.dtype)
+        hv = apply_h(v)
+        return jnp.vdot(v, hv), jnp.vdot(hv, hv)
+
+    quad, sq = jax.lax.map(probe, jax.random.split(key, num_probes))
+    tr, tr_se = _mean_stderr(quad)
+    tr2, tr2_se = _mean_stderr(sq)
+    return tr, tr2, tr_se, tr2_se
+
+
+def _example_zero_order(loss_fn, params, x, y, key, h, count, *, method, num_probes, compute_dtype):
+    """Zero-order vᵀHv (central) or |uᵀHv| (mixed) probe mean for one example."""
+    f = _scalar_loss(loss_fn, params, y, compute_dtype)
+    if method == "central":
+        f0 = f(x)
+
+        def probe(k):
+            v = _rademacher(k, x.shape, x.dtype)
+            return (f(x + h * v) - 2.0 * f0 + f(x - h * v)) / (h * h)
+
+    else:
+
+        def probe(k):
+            ku, kv = jax.random.split(k)
+            u = h * _rademacher(ku, x.shape, x.dtype)
+            v = h * _rademacher(kv, x.shape, x.dtype)
+            mixed = f(x + v + u) - f(x - v + u) - f(x + v - u) + f(x - v - u)
+            return jnp.abs(mixed) / (4.0 * h * h)
+
+    return (jax.lax.map(probe, jax.random.split(key, num_probes)).mean(),)
+
+
+def _example_reference(loss_fn, params, x, y, key, h, count, *, num_probes, compute_dtype):
+    """Seed-code score for one example whose batch holds ``count`` real examples.
+
+    ∇ₓᵢ of the batch-mean loss is ∇ℓᵢ / B exactly (eval-mode models have no cross-example terms).
+    """
+    f = _scalar_loss(loss_fn, params, y, compute_dtype)
+    batch_mean_grad = jax.grad(lambda z: f(z) / count)
+    g0 = batch_mean_grad(x)
+
+    def probe(k):
+        v = h * (_rademacher(k, x.shape, x.dtype) + 1e-7)
+        return jnp.linalg.norm((batch_mean_grad(x + v) - g0).reshape(-1))
+
+    return (jax.lax.map(probe, jax.random.split(key, num_probes)).mean(),)
+
+
+# ----------------------------------------------------------------------------------------------
+# batching, chunking and sharding
+
+
+def _batched(example_fn: Callable, loss_fn: LossFn, **config) -> Callable:
+    """kernel(params, x, y, idx, scalars, key) -> tuple of (B,) arrays, vmapped over examples.
+
+    ``idx`` (B,) global example indices (probe keys are fold_in(key, idx)); ``scalars`` = [h,
+    real examples in the batch] (traced, so sweeping h does not recompile).
+    """
+
+    def example_kernel(params, x, y, idx, scalars, key):
+        params_c = _cast_floats(params, config["compute_dtype"])
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+        h, count = scalars[0], scalars[1]
+        per_example = lambda xi, yi, ki: example_fn(loss_fn, params_c, xi, yi, ki, h, count, **config)
+        return jax.vmap(per_example)(x, y, keys)
+
+    return example_kernel
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(example_fn, loss_fn, devices: tuple, **config) -> Callable:
+    """One jitted (and, for several devices, shard_mapped) kernel per configuration."""
+    fn = _batched(example_fn, loss_fn, **config)
+    if len(devices) > 1:
+        mesh = Mesh(np.asarray(devices), ("examples",))
+        ex = P("examples")
+        fn = jax.shard_map(
+            fn, mesh=mesh, in_specs=(P(), ex, ex, ex, P(), P()), out_specs=ex, check_vma=False
+        )
+    return jax.jit(fn)
+
+
+def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_floats: int,
+                 exact_batches: bool) -> tuple[int, int]:
+    """(real examples per chunk, padded chunk length: a multiple of the device count).
+
+    With ``exact_batches`` (reference_score) a chunk holds exactly ``batch_size`` real examples
+    (default: all N); otherwise the chunk is rounded up and filled with real examples.
+    """
+    if batch_size is None:
+        if exact_batches:
+            batch_size = n
+        else:
+            batch_size = _DEFAULT_CHUNK_PER_DEVICE * num_devices
+            if per_example_floats:
+                batch_size = max(1, min(batch_size, _EXACT_CHUNK_FLOATS // per_example_floats))
+    real = min(batch_size, n)
+    padded = -(-real // num_devices) * num_devices
+    return (real if exact_batches else padded), padded
+
+
+def _run_chunks(kernel, params, x, y, key, *, h, step, chunk, devices, progress, desc) -> tuple:
+    """Apply ``kernel`` to chunks of ``step`` real examples padded to ``chunk``; host arrays (N,)."""
+    n = x.shape[0]
+    num_chunks = -(-n // step)
+    if len(devices) > 1:
+        mesh = Mesh(np.asarray(devices), ("examples",))
+        data_sharding, repl = NamedSharding(mesh, P("examples")), NamedSharding(mesh, P())
+    else:
+        data_sharding = repl = devices[0]
+    params_d = jax.device_put(params, repl)
+    key_d = jax.device_put(key, repl)
+    outs, pending = [], None
+    bar = tqdm(total=n, desc=desc, unit="ex", disable=not progress or num_chunks == 1, leave=False)
+    for c in range(num_chunks):
+        start, stop = c * step, min((c + 1) * step, n)
+        real = stop - start
+        pad = chunk - real
+        xs, ys = x[start:stop], y[start:stop]
+        idx = np.arange(start, start + chunk, dtype=np.int32)
+        if pad:  # pad with copies of the chunk's first example; their results are dropped
+            xs = np.concatenate([xs, np.repeat(xs[:1], pad, axis=0)])
+            ys = np.concatenate([ys, np.repeat(ys[:1], pad, axis=0)])
+        scalars = np.asarray([h, real], dtype=xs.dtype)
+        args = [jax.device_put(a, data_sharding) for a in (xs, ys, idx)]
+        out = kernel(params_d, *args, jax.device_put(scalars, repl), key_d)
+        if pending is not None:
+            outs.append(_to_host(*pending))
+            bar.update(pending[1])
+        pending = (out, real)
+    outs.append(_to_host(*pending))
+    bar.update(pending[1])
+    bar.close()
+    return tuple(np.concatenate([o[i] for o in outs]) for i in range(len(outs[0])))
+
+
+def _to_host(out, real):
+    return tuple(np.asarray(a)[:real] for a in out)
+
+
+def _compute(example_fn, loss_fn, params, x, y, key, *, h, batch_size, devices, progress, desc,
+             compute_dtype, count_real=False, per_example_floats=0, **config) -> tuple:
+    devs = _resolve_devices(devices)
+    step, chunk = _chunk_sizes(x.shape[0], batch_size, len(devs), per_example_floats, count_real)
+    x64 = _is_float64(compute_dtype)
+    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+        if x64:
+            x = x.astype(np.float64)
+            params = _cast_floats(jax.tree.map(np.asarray, params), np.float64)
+        kernel = _compiled(example_fn, loss_fn, devs, compute_dtype=None if x64 else compute_dtype,
+                           **config)
+        return _run_chunks(kernel, params, x, y, key, h=h, step=step, chunk=chunk, devices=devs,
+                           progress=progress, desc=desc)
+
+
+def _check_compute_dtype(compute_dtype):
+    if compute_dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(compute_dtype)
+    except TypeError as err:
+        raise ValueError(f"compute_dtype must be a floating dtype or None, got {compute_dtype!r}") from err
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"compute_dtype must be a floating dtype or None, got {compute_dtype!r}")
+    return dt
+
+
+# ----------------------------------------------------------------------------------------------
+# public API
+
+
+def make_curvature_fn(loss_fn: LossFn, *, num_probes: int = 10, method: str = "hutchinson",
+                      h: float = 1e-3, compute_dtype=None) -> Callable:
+    """A jit-able ``fn(params, x, y, key, idx=None) -> Curvature`` over a whole batch (N, ...).
+
+    Same estimator and same per-example keys (fold_in(key, idx[i]), idx defaults to arange(N)) as
+    :func:`input_curvature`, with no chunking, padding or host transfer, for use inside one's own
+    jitted code. Outputs are device arrays of shape (N,).
+    """
+    _check_config(num_probes, h, None, method, METHODS)
+    fn = _batched(_example_curvature, loss_fn, method=method, num_probes=int(num_probes),
+                  compute_dtype=_check_compute_dtype(compute_dtype))
+
+    def curvature_fn(params, x, y, key, idx=None):
+        idx = jnp.arange(x.shape[0], dtype=jnp.int32) if idx is None else idx
+        return Curvature(*fn(params, x, y, idx, jnp.asarray([h, x.shape[0]], x.dtype), key))
+
+    return curvature_fn
+
+
+def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
+                    method: str = "hutchinson", h: float = 1e-3, batch_size: int | None = None,
+                    compute_dtype=None, devices: Sequence[jax.Device] | None = None,
+                    progress: bool = True) -> Curvature:
+    """Per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) of a single-example ``loss_fn(params, x, y)``.
+
+    x: (N, ...) float inputs, y: (N, ...) targets; returns :class:`Curvature` of host arrays (N,).
+    ``method``: "hutchinson" (exact HVPs, ``num_probes`` Rademacher probes), "exact" (full
+    D×D Hessian, D = x[0].size, for small inputs) or "finite_difference" (Hv ≈ (∇ℓ(x+hv)−∇ℓ(x))/h).
+    Examples are processed in chunks of ``batch_size`` (default 512 per device; "exact" uses fewer
+    so a chunk holds ≤ 2²⁶ Hessian entries), the last chunk padded so one compiled function serves
+    all; ``devices`` (default all local devices) shard each chunk's example axis.
+    ``compute_dtype=jnp.bfloat16`` runs the model in bf16 and accumulates in x's dtype (float32);
+    ``compute_dtype=jnp.float64`` runs everything in float64 (enables x64 for the call; CPU).
+    """
+    _check_config(num_probes, h, batch_size, method, METHODS)
+    x_host, y_host = _check_data(x, y)
+    compute_dtype = _check_compute_dtype(compute_dtype)
+    d = int(np.prod(x_host.shape[1:]))
+    out = _compute(_example_curvature, loss_fn, params, x_host, y_host, key,
+                   batch_size=batch_size, devices=devices, progress=progress,
+                   desc=f"curvature ({method})", compute_dtype=compute_dtype, method=method,
+                   num_probes=int(num_probes), h=float(h),
+                   per_example_floats=d * d if method == "exact" else 0)
+    return Curvature(*out)
+
+
+def zero_order_queries(num_probes: int, method: str = "central") -> int:
+    """Model queries (loss evaluations) per example: 2P + 1 for "central", 4P for "mixed"."""
+    if method not in ZERO_ORDER_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {ZERO_ORDER_METHODS}")
+    return 2 * num_probes + 1 if method == "central" else 4 * num_probes
+
+
+def zero_order_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
+                         h: float = 1e-3, method: str = "central", batch_size: int | None = None,
+                         compute_dtype=None, devices: Sequence[jax.Device] | None = None,
+                         progress: bool = True):
+    """Black-box curvature from losses only; returns host array (N,).
+
+    "central": mean over probes of (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv))/h² ≈ vᵀHv, unbiased for tr(H) up to
+    O(h²); "mixed" (Curvature Clues): mean of |ℓ(x+hv+hu) − ℓ(x−hv+hu) − ℓ(x+hv−hu) + ℓ(x−hv−hu)|
+    / (4h²) ≈ |uᵀHv| with independent u, v (its square has mean ‖H‖_F²). Costs
+    :func:`zero_order_queries` model evaluations per example. In float32 the differences lose
+    about eps·ℓ/h² ≈ 1e-7·ℓ/1e-6 ≈ 0.1·ℓ to cancellation at h = 1e-3: pass
+    ``compute_dtype=jnp.float64`` (CPU) for a float64 evaluation.
+    """
+    _check_config(num_probes, h, batch_size, method, ZERO_ORDER_METHODS)
+    x_host, y_host = _check_data(x, y)
+    compute_dtype = _check_compute_dtype(compute_dtype)
+    (score,) = _compute(_example_zero_order, loss_fn, params, x_host, y_host, key,
+                        batch_size=batch_size, devices=devices, progress=progress,
+                        desc=f"zero-order curvature ({method})", compute_dtype=compute_dtype,
+                        method=method, num_probes=int(num_probes), h=float(h))
+    return score
+
+
+def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10, h: float = 1e-3,
+                    batch_size: int | None = None, compute_dtype=None,
+                    devices: Sequence[jax.Device] | None = None, progress: bool = True):
+    """The seed code's white-box score, with its exact semantics; host array (N,).
+
+    For each batch X of B real examples (``batch_size``; default: all N in one batch) and each
+    probe V = h·(R + 1e-7), R Rademacher: sᵢ = mean_probes ‖∇ₓᵢ[L(X+V) − L(X)]‖₂ with L the
+    *batch-mean* loss. Since ∇ₓᵢL = ∇ℓᵢ/B, sᵢ ≈ (h/B)·E‖H R‖ and (B sᵢ / h)² ≤ E‖HR‖² = tr(H²)
+    (Jensen): a norm, not a squared norm, that scales with h/B. Use it only to compare with the
+    papers' numbers; ``input_curvature`` gives tr(H²) directly.
+    """
+    _check_config(num_probes, h, batch_size, "reference", ("reference",))
+    x_host, y_host = _check_data(x, y)
+    compute_dtype = _check_compute_dtype(compute_dtype)
+    (score,) = _compute(_example_reference, loss_fn, params, x_host, y_host, key,
+                        batch_size=batch_size, devices=devices, progress=progress,
+                        desc="reference score", compute_dtype=compute_dtype, count_real=True,
+                        num_probes=int(num_probes), h=float(h))
+    return score
