@@ -29,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
+
+from jaxcurv._chunks import map_chunks
+from jaxcurv._tree import cast_floats
 
 __all__ = [
     "Curvature",
@@ -50,7 +52,7 @@ METHODS = ("hutchinson", "exact", "finite_difference")
 ZERO_ORDER_METHODS = ("central", "mixed")
 
 # Default number of examples per compiled call (per device); exact Hessians use fewer.
-_DEFAULT_CHUNK_PER_DEVICE = 512
+_DEFAULT_CHUNK_PER_DEVICE = 256
 _EXACT_CHUNK_FLOATS = 2**26  # Hessian floats held per chunk for method="exact" (256 MiB in f32)
 
 
@@ -77,7 +79,10 @@ def hvp(f: Callable[[jax.Array], jax.Array], x: jax.Array, v: jax.Array) -> jax.
 # validation (host side, before any compute)
 
 
-def _check_config(num_probes: int, h: float, batch_size, method: str, methods) -> None:
+def _check_config(num_probes: int, h: float, batch_size, method: str, methods,
+                  probe_batch: int | None = None) -> int:
+    """Validate the estimator settings; returns the resolved probe batch (probes vmapped at once:
+    all of them on CPU, where XLA runs convolutions inside loops slowly, one on accelerators)."""
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, methods))}")
     if isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
@@ -88,6 +93,13 @@ def _check_config(num_probes: int, h: float, batch_size, method: str, methods) -
         isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
     ):
         raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+    if probe_batch is None:
+        return int(num_probes) if jax.default_backend() == "cpu" else 1
+    if (isinstance(probe_batch, bool) or not isinstance(probe_batch, (int, np.integer))
+            or probe_batch < 1 or num_probes % probe_batch):
+        raise ValueError(f"probe_batch must be None or a divisor of num_probes={num_probes}, "
+                         f"got {probe_batch!r}")
+    return int(probe_batch)
 
 
 def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -123,14 +135,6 @@ def _is_float64(dtype) -> bool:
 # per-example kernels (pure, unbatched; vmapped below)
 
 
-def _cast_floats(tree, dtype):
-    if dtype is None:
-        return tree
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree
-    )
-
-
 def _scalar_loss(loss_fn: LossFn, params, y, compute_dtype) -> Callable[[jax.Array], jax.Array]:
     """x ↦ ℓ(params, x, y) with the model run in ``compute_dtype``, result in x's dtype."""
 
@@ -153,7 +157,19 @@ def _mean_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
     return mean, samples.std(ddof=1) / jnp.sqrt(n)
 
 
-def _example_curvature(loss_fn, params, x, y, key, h, count, *, method, num_probes, compute_dtype):
+def _over_probes(probe: Callable, key, num_probes: int, probe_batch: int):
+    """Evaluate ``probe(k)`` for the P keys split(key, P), ``probe_batch`` at a time (vmapped;
+    groups run in a lax.map loop). Returns the stacked outputs (P, ...)."""
+    keys = jax.random.split(key, num_probes)
+    if probe_batch >= num_probes:
+        return jax.vmap(probe)(keys)
+    groups = keys.reshape(num_probes // probe_batch, probe_batch, *keys.shape[1:])
+    out = jax.lax.map(jax.vmap(probe), groups)
+    return jax.tree.map(lambda a: a.reshape(num_probes, *a.shape[2:]), out)
+
+
+def _example_curvature(loss_fn, params, x, y, key, h, count, *, method, num_probes, probe_batch,
+                       compute_dtype):
     """(trace, trace_sq, trace_stderr, trace_sq_stderr) for one example."""
     f = _scalar_loss(loss_fn, params, y, compute_dtype)
     if method == "exact":
@@ -174,13 +190,14 @@ def _example_curvature(loss_fn, params, x, y, key, h, count, *, method, num_prob
         hv = apply_h(v)
         return jnp.vdot(v, hv), jnp.vdot(hv, hv)
 
-    quad, sq = jax.lax.map(probe, jax.random.split(key, num_probes))
+    quad, sq = _over_probes(probe, key, num_probes, probe_batch)
     tr, tr_se = _mean_stderr(quad)
     tr2, tr2_se = _mean_stderr(sq)
     return tr, tr2, tr_se, tr2_se
 
 
-def _example_zero_order(loss_fn, params, x, y, key, h, count, *, method, num_probes, compute_dtype):
+def _example_zero_order(loss_fn, params, x, y, key, h, count, *, method, num_probes, probe_batch,
+                        compute_dtype):
     """Zero-order vᵀHv (central) or |uᵀHv| (mixed) probe mean for one example."""
     f = _scalar_loss(loss_fn, params, y, compute_dtype)
     if method == "central":
@@ -199,10 +216,11 @@ def _example_zero_order(loss_fn, params, x, y, key, h, count, *, method, num_pro
             mixed = f(x + v + u) - f(x - v + u) - f(x + v - u) + f(x - v - u)
             return jnp.abs(mixed) / (4.0 * h * h)
 
-    return (jax.lax.map(probe, jax.random.split(key, num_probes)).mean(),)
+    return (_over_probes(probe, key, num_probes, probe_batch).mean(),)
 
 
-def _example_reference(loss_fn, params, x, y, key, h, count, *, num_probes, compute_dtype):
+def _example_reference(loss_fn, params, x, y, key, h, count, *, num_probes, probe_batch,
+                       compute_dtype):
     """Seed-code score for one example whose batch holds ``count`` real examples.
 
     ∇ₓᵢ of the batch-mean loss is ∇ℓᵢ / B exactly (eval-mode models have no cross-example terms).
@@ -215,7 +233,7 @@ def _example_reference(loss_fn, params, x, y, key, h, count, *, num_probes, comp
         v = h * (_rademacher(k, x.shape, x.dtype) + 1e-7)
         return jnp.linalg.norm((batch_mean_grad(x + v) - g0).reshape(-1))
 
-    return (jax.lax.map(probe, jax.random.split(key, num_probes)).mean(),)
+    return (_over_probes(probe, key, num_probes, probe_batch).mean(),)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +248,7 @@ def _batched(example_fn: Callable, loss_fn: LossFn, **config) -> Callable:
     """
 
     def example_kernel(params, x, y, idx, scalars, key):
-        params_c = _cast_floats(params, config["compute_dtype"])
+        params_c = cast_floats(params, config["compute_dtype"])
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
         h, count = scalars[0], scalars[1]
         per_example = lambda xi, yi, ki: example_fn(loss_fn, params_c, xi, yi, ki, h, count, **config)
@@ -273,8 +291,6 @@ def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_f
 
 def _run_chunks(kernel, params, x, y, key, *, h, step, chunk, devices, progress, desc) -> tuple:
     """Apply ``kernel`` to chunks of ``step`` real examples padded to ``chunk``; host arrays (N,)."""
-    n = x.shape[0]
-    num_chunks = -(-n // step)
     if len(devices) > 1:
         mesh = Mesh(np.asarray(devices), ("examples",))
         data_sharding, repl = NamedSharding(mesh, P("examples")), NamedSharding(mesh, P())
@@ -282,32 +298,13 @@ def _run_chunks(kernel, params, x, y, key, *, h, step, chunk, devices, progress,
         data_sharding = repl = devices[0]
     params_d = jax.device_put(params, repl)
     key_d = jax.device_put(key, repl)
-    outs, pending = [], None
-    bar = tqdm(total=n, desc=desc, unit="ex", disable=not progress or num_chunks == 1, leave=False)
-    for c in range(num_chunks):
-        start, stop = c * step, min((c + 1) * step, n)
-        real = stop - start
-        pad = chunk - real
-        xs, ys = x[start:stop], y[start:stop]
-        idx = np.arange(start, start + chunk, dtype=np.int32)
-        if pad:  # pad with copies of the chunk's first example; their results are dropped
-            xs = np.concatenate([xs, np.repeat(xs[:1], pad, axis=0)])
-            ys = np.concatenate([ys, np.repeat(ys[:1], pad, axis=0)])
-        scalars = np.asarray([h, real], dtype=xs.dtype)
-        args = [jax.device_put(a, data_sharding) for a in (xs, ys, idx)]
-        out = kernel(params_d, *args, jax.device_put(scalars, repl), key_d)
-        if pending is not None:
-            outs.append(_to_host(*pending))
-            bar.update(pending[1])
-        pending = (out, real)
-    outs.append(_to_host(*pending))
-    bar.update(pending[1])
-    bar.close()
-    return tuple(np.concatenate([o[i] for o in outs]) for i in range(len(outs[0])))
 
+    def run(xs, ys, idx, real):
+        scalars = jax.device_put(np.asarray([h, real], dtype=xs.dtype), repl)
+        xs, ys, idx = (jax.device_put(a, data_sharding) for a in (xs, ys, idx))
+        return kernel(params_d, xs, ys, idx, scalars, key_d)
 
-def _to_host(out, real):
-    return tuple(np.asarray(a)[:real] for a in out)
+    return map_chunks(run, (x, y), step=step, chunk=chunk, progress=progress, desc=desc)
 
 
 def _compute(example_fn, loss_fn, params, x, y, key, *, h, batch_size, devices, progress, desc,
@@ -318,7 +315,7 @@ def _compute(example_fn, loss_fn, params, x, y, key, *, h, batch_size, devices, 
     with jax.enable_x64(True) if x64 else contextlib.nullcontext():
         if x64:
             x = x.astype(np.float64)
-            params = _cast_floats(jax.tree.map(np.asarray, params), np.float64)
+            params = cast_floats(jax.tree.map(np.asarray, params), np.float64)
         kernel = _compiled(example_fn, loss_fn, devs, compute_dtype=None if x64 else compute_dtype,
                            **config)
         return _run_chunks(kernel, params, x, y, key, h=h, step=step, chunk=chunk, devices=devs,
@@ -342,16 +339,16 @@ def _check_compute_dtype(compute_dtype):
 
 
 def make_curvature_fn(loss_fn: LossFn, *, num_probes: int = 10, method: str = "hutchinson",
-                      h: float = 1e-3, compute_dtype=None) -> Callable:
+                      h: float = 1e-3, compute_dtype=None, probe_batch: int | None = None) -> Callable:
     """A jit-able ``fn(params, x, y, key, idx=None) -> Curvature`` over a whole batch (N, ...).
 
     Same estimator and same per-example keys (fold_in(key, idx[i]), idx defaults to arange(N)) as
     :func:`input_curvature`, with no chunking, padding or host transfer, for use inside one's own
     jitted code. Outputs are device arrays of shape (N,).
     """
-    _check_config(num_probes, h, None, method, METHODS)
+    probe_batch = _check_config(num_probes, h, None, method, METHODS, probe_batch)
     fn = _batched(_example_curvature, loss_fn, method=method, num_probes=int(num_probes),
-                  compute_dtype=_check_compute_dtype(compute_dtype))
+                  probe_batch=probe_batch, compute_dtype=_check_compute_dtype(compute_dtype))
 
     def curvature_fn(params, x, y, key, idx=None):
         idx = jnp.arange(x.shape[0], dtype=jnp.int32) if idx is None else idx
@@ -363,26 +360,28 @@ def make_curvature_fn(loss_fn: LossFn, *, num_probes: int = 10, method: str = "h
 def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                     method: str = "hutchinson", h: float = 1e-3, batch_size: int | None = None,
                     compute_dtype=None, devices: Sequence[jax.Device] | None = None,
-                    progress: bool = True) -> Curvature:
+                    probe_batch: int | None = None, progress: bool = True) -> Curvature:
     """Per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) of a single-example ``loss_fn(params, x, y)``.
 
     x: (N, ...) float inputs, y: (N, ...) targets; returns :class:`Curvature` of host arrays (N,).
     ``method``: "hutchinson" (exact HVPs, ``num_probes`` Rademacher probes), "exact" (full
     D×D Hessian, D = x[0].size, for small inputs) or "finite_difference" (Hv ≈ (∇ℓ(x+hv)−∇ℓ(x))/h).
-    Examples are processed in chunks of ``batch_size`` (default 512 per device; "exact" uses fewer
+    Examples are processed in chunks of ``batch_size`` (default 256 per device; "exact" uses fewer
     so a chunk holds ≤ 2²⁶ Hessian entries), the last chunk padded so one compiled function serves
     all; ``devices`` (default all local devices) shard each chunk's example axis.
     ``compute_dtype=jnp.bfloat16`` runs the model in bf16 and accumulates in x's dtype (float32);
     ``compute_dtype=jnp.float64`` runs everything in float64 (enables x64 for the call; CPU).
+    ``probe_batch`` probes are vmapped together (memory ∝ batch_size × probe_batch); default: all
+    on CPU (XLA:CPU runs convolutions inside loops slowly), 1 on GPU/TPU (a lax.map over probes).
     """
-    _check_config(num_probes, h, batch_size, method, METHODS)
+    probe_batch = _check_config(num_probes, h, batch_size, method, METHODS, probe_batch)
     x_host, y_host = _check_data(x, y)
     compute_dtype = _check_compute_dtype(compute_dtype)
     d = int(np.prod(x_host.shape[1:]))
     out = _compute(_example_curvature, loss_fn, params, x_host, y_host, key,
                    batch_size=batch_size, devices=devices, progress=progress,
                    desc=f"curvature ({method})", compute_dtype=compute_dtype, method=method,
-                   num_probes=int(num_probes), h=float(h),
+                   num_probes=int(num_probes), probe_batch=probe_batch, h=float(h),
                    per_example_floats=d * d if method == "exact" else 0)
     return Curvature(*out)
 
@@ -397,7 +396,7 @@ def zero_order_queries(num_probes: int, method: str = "central") -> int:
 def zero_order_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                          h: float = 1e-3, method: str = "central", batch_size: int | None = None,
                          compute_dtype=None, devices: Sequence[jax.Device] | None = None,
-                         progress: bool = True):
+                         probe_batch: int | None = None, progress: bool = True):
     """Black-box curvature from losses only; returns host array (N,).
 
     "central": mean over probes of (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv))/h² ≈ vᵀHv, unbiased for tr(H) up to
@@ -407,19 +406,21 @@ def zero_order_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int 
     about eps·ℓ/h² ≈ 1e-7·ℓ/1e-6 ≈ 0.1·ℓ to cancellation at h = 1e-3: pass
     ``compute_dtype=jnp.float64`` (CPU) for a float64 evaluation.
     """
-    _check_config(num_probes, h, batch_size, method, ZERO_ORDER_METHODS)
+    probe_batch = _check_config(num_probes, h, batch_size, method, ZERO_ORDER_METHODS, probe_batch)
     x_host, y_host = _check_data(x, y)
     compute_dtype = _check_compute_dtype(compute_dtype)
     (score,) = _compute(_example_zero_order, loss_fn, params, x_host, y_host, key,
                         batch_size=batch_size, devices=devices, progress=progress,
                         desc=f"zero-order curvature ({method})", compute_dtype=compute_dtype,
-                        method=method, num_probes=int(num_probes), h=float(h))
+                        method=method, num_probes=int(num_probes), probe_batch=probe_batch,
+                        h=float(h))
     return score
 
 
 def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10, h: float = 1e-3,
                     batch_size: int | None = None, compute_dtype=None,
-                    devices: Sequence[jax.Device] | None = None, progress: bool = True):
+                    devices: Sequence[jax.Device] | None = None, probe_batch: int | None = None,
+                    progress: bool = True):
     """The seed code's white-box score, with its exact semantics; host array (N,).
 
     For each batch X of B real examples (``batch_size``; default: all N in one batch) and each
@@ -428,11 +429,11 @@ def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     (Jensen): a norm, not a squared norm, that scales with h/B. Use it only to compare with the
     papers' numbers; ``input_curvature`` gives tr(H²) directly.
     """
-    _check_config(num_probes, h, batch_size, "reference", ("reference",))
+    probe_batch = _check_config(num_probes, h, batch_size, "reference", ("reference",), probe_batch)
     x_host, y_host = _check_data(x, y)
     compute_dtype = _check_compute_dtype(compute_dtype)
     (score,) = _compute(_example_reference, loss_fn, params, x_host, y_host, key,
                         batch_size=batch_size, devices=devices, progress=progress,
                         desc="reference score", compute_dtype=compute_dtype, count_real=True,
-                        num_probes=int(num_probes), h=float(h))
+                        num_probes=int(num_probes), probe_batch=probe_batch, h=float(h))
     return score

@@ -311,6 +311,20 @@ def test_results_do_not_depend_on_batch_size():
         np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
 
 
+def test_probe_batch_does_not_change_results():
+    module = _MLP()
+    params, x, y = _setup(module, n=5, shape=(4, 4, 1))
+    loss_fn = _loss_fn(module)
+    a = input_curvature(loss_fn, params, x, y, KEY, num_probes=6, probe_batch=2, progress=False)
+    b = input_curvature(loss_fn, params, x, y, KEY, num_probes=6, probe_batch=6, progress=False)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    z1 = zero_order_curvature(loss_fn, params, x, y, KEY, num_probes=6, probe_batch=3,
+                              progress=False)
+    z2 = zero_order_curvature(loss_fn, params, x, y, KEY, num_probes=6, progress=False)
+    np.testing.assert_allclose(z1, z2, rtol=1e-5, atol=1e-5)
+
+
 def test_make_curvature_fn_under_jit_equals_input_curvature():
     module = _MLP()
     params, x, y = _setup(module, n=7, shape=(4, 4, 1))
@@ -355,6 +369,7 @@ def test_no_recompilation_across_calls_and_last_chunk(caplog):
         (dict(method="lanczos"), "unknown method"),
         (dict(batch_size=0), "batch_size"),
         (dict(compute_dtype=jnp.int32), "compute_dtype"),
+        (dict(num_probes=6, probe_batch=4), "probe_batch"),
     ],
 )
 def test_bad_config_raises(kwargs, match):

@@ -1,0 +1,206 @@
+"""Pure training steps for one model, written so that ``jax.vmap`` lifts them to K members.
+
+``make_train_step`` returns ``step(state, images, labels, weights, key) -> (state, metrics)``:
+one optimizer update on a fixed-shape batch (B, H, W, C) where weights (B,) are 1 for real
+examples and 0 for padding. ``make_epoch_fn`` scans that step over an epoch's index plan
+(S, B) into a device-resident dataset, so an epoch is one compiled call with no host syncs.
+The host side (``epoch_plan``, ``poisson_epoch_plan``) draws each member's data order from
+``(seed, epoch, member)`` alone, which makes runs resumable and chunking-invariant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxcurv import models
+from jaxcurv._tree import cast_floats
+from jaxcurv.optim import OptimizerConfig, sam_gradient
+
+__all__ = [
+    "TrainState",
+    "DPStep",
+    "init_state",
+    "make_train_step",
+    "make_step_at",
+    "make_epoch_fn",
+    "epoch_plan",
+    "poisson_epoch_plan",
+]
+
+
+class TrainState(NamedTuple):
+    """params, batch_stats ({} without BatchNorm), optax state, and the count of updates made."""
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: jax.Array
+
+
+class DPStep(NamedTuple):
+    """Resolved DP-SGD settings for the step: clip norm C, noise multiplier σ, expected batch."""
+
+    l2_clip: float
+    noise_multiplier: float
+    expected_batch_size: float
+
+
+def init_state(model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array,
+               input_shape: tuple[int, ...]) -> TrainState:
+    """Initial state of one model for examples of shape (H, W, C)."""
+    variables = models.init_variables(model, key, input_shape)
+    params = variables["params"]
+    batch_stats = variables.get("batch_stats", {})
+    return TrainState(params, batch_stats, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
+                    config: OptimizerConfig | None = None, dp: DPStep | None = None,
+                    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+                    label_smoothing: float = 0.0, compute_dtype=None) -> Callable:
+    """``step(state, images, labels, weights, key) -> (state, metrics)`` for one model.
+
+    Non-private: loss Σ wᵢℓᵢ / Σ wᵢ (BatchNorm statistics over wᵢ > 0 only), SAM when
+    ``config.name == "sam"``; a batch with Σw = 0 leaves the state unchanged. DP-SGD (``dp``):
+    per-example gradients clipped to C, summed over wᵢ > 0, plus N(0, σ²C²) noise, divided by the
+    expected batch size (jaxcurv.privacy.dpsgd); every step updates, empty batches included.
+    ``augment(key, image) -> image`` is applied per example; ``compute_dtype`` (e.g. bfloat16)
+    runs the model in that dtype with float32 parameters and gradients.
+    """
+    batch_loss = models.make_batch_loss_fn(model, label_smoothing=label_smoothing)
+    use_sam = config is not None and config.is_sam
+    if dp is not None and use_sam:
+        raise ValueError("DP-SGD with SAM is not supported: choose optimizer 'sgd' or 'adam' with dp")
+
+    def loss_in_dtype(params, batch_stats, x, y, w):
+        loss, (logits, stats) = batch_loss(cast_floats(params, compute_dtype), batch_stats,
+                                           cast_floats(x, compute_dtype), y, w)
+        return loss, (logits, cast_floats(stats, jnp.float32))
+
+    def per_example_loss(params, x, y):
+        logits = model.apply({"params": cast_floats(params, compute_dtype)},
+                             cast_floats(x, compute_dtype)[None], train=True)[0]
+        return models.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+    def step(state: TrainState, images, labels, weights, key):
+        k_aug, k_noise = jax.random.split(key)
+        if augment is not None:
+            keys = jax.random.split(k_aug, images.shape[0])
+            images = jax.vmap(augment)(keys, images)
+        weights = weights.astype(jnp.float32)
+        count = weights.sum()
+        metrics = {"count": count}
+        if dp is not None:
+            from jaxcurv.privacy.dpsgd import dp_gradient
+
+            grads, info = dp_gradient(per_example_loss, state.params, images, labels, weights > 0,
+                                      k_noise, l2_clip=dp.l2_clip,
+                                      noise_multiplier=dp.noise_multiplier,
+                                      expected_batch_size=dp.expected_batch_size)
+            batch_stats = state.batch_stats
+            metrics.update({f"dp_{k}": v for k, v in info._asdict().items()})
+        else:
+            grad_fn = lambda p: _swap(jax.value_and_grad(loss_in_dtype, has_aux=True)(
+                p, state.batch_stats, images, labels, weights))
+            if use_sam:
+                grads, (loss, (logits, batch_stats)), _ = sam_gradient(
+                    grad_fn, state.params, rho=config.rho, adaptive=config.adaptive)
+            else:
+                grads, (loss, (logits, batch_stats)) = grad_fn(state.params)
+            correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+            metrics.update(loss=loss, accuracy=(weights * correct).sum() / jnp.maximum(count, 1.0))
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = TrainState(params, batch_stats, opt_state, state.step + 1)
+        if dp is None:  # an all-padding batch (a member with fewer examples) is a no-op
+            new_state = jax.tree.map(lambda new, old: jnp.where(count > 0, new, old),
+                                     new_state, state)
+        return new_state, metrics
+
+    return step
+
+
+def _swap(value_and_grads):
+    (loss, aux), grads = value_and_grads
+    return grads, (loss, aux)
+
+
+def make_step_at(step: Callable) -> Callable:
+    """``step_at(state, images, labels, idx (S,B), weights (S,B), key, s) -> (state, metrics)``:
+    step s of an epoch plan, gathering its batch from the device-resident ``images`` (N,H,W,C)
+    and ``labels`` (N,) with key fold_in(key, s). ``s`` may be traced (no recompilation)."""
+
+    def step_at(state, images, labels, idx, weights, key, s):
+        i, w = idx[s], weights[s]
+        return step(state, images[i], labels[i], w, jax.random.fold_in(key, s))
+
+    return step_at
+
+
+def make_epoch_fn(step: Callable) -> Callable:
+    """``epoch(state, images, labels, idx (S,B), weights (S,B), key) -> (state, metrics (S,))``:
+    a lax.scan of :func:`make_step_at` over the S steps of the plan (one compiled call per epoch).
+
+    On CPU prefer a host loop over a jitted ``make_step_at`` (dispatched without waiting): XLA:CPU
+    runs convolutions inside loop bodies many times slower (jax#12868; measured in BUILD_NOTES).
+    """
+    step_at = make_step_at(step)
+
+    def epoch(state, images, labels, idx, weights, key):
+        body = lambda st, s: step_at(st, images, labels, idx, weights, key, s)
+        return jax.lax.scan(body, state, jnp.arange(idx.shape[0]))
+
+    return epoch
+
+
+def _member_rng(seed: int, epoch: int, member: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(epoch), int(member)])
+
+
+def epoch_plan(subsets: Sequence[np.ndarray], batch_size: int, *, steps: int, seed: int,
+               epoch: int, member_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled fixed-shape batches for each member: (idx (K,S,B) int32, weights (K,S,B) f32).
+
+    Member k visits each index of ``subsets[k]`` once per epoch in a random order drawn from
+    (seed, epoch, member_ids[k]); the last partial batch is padded with other examples of the
+    member's subset at weight 0, and steps beyond the member's ⌈nₖ/B⌉ are all-zero batches.
+    """
+    k = len(subsets)
+    idx = np.zeros((k, steps, batch_size), np.int32)
+    weights = np.zeros((k, steps, batch_size), np.float32)
+    for row, (subset, member) in enumerate(zip(subsets, member_ids)):
+        rng = _member_rng(seed, epoch, member)
+        order = rng.permutation(subset)
+        n = len(order)
+        if n > steps * batch_size:
+            raise ValueError(f"member {member} has {n} examples, more than {steps}×{batch_size}")
+        filler = rng.choice(subset, size=steps * batch_size - n, replace=True)
+        idx[row] = np.concatenate([order, filler]).reshape(steps, batch_size)
+        weights[row].reshape(-1)[:n] = 1.0
+    return idx, weights
+
+
+def poisson_epoch_plan(subsets: Sequence[np.ndarray], sampling_rates: Sequence[float], *,
+                       steps: int, max_batch_size: int, seed: int, epoch: int,
+                       member_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson-sampled batches for DP-SGD: each example of member k's subset joins each step
+    independently with probability qₖ; padded to ``max_batch_size`` (overflow is an error).
+    Returns (idx (K,S,B) int32 global indices, weights (K,S,B) float32 0/1)."""
+    from jaxcurv.privacy.dpsgd import poisson_batches
+
+    k = len(subsets)
+    idx = np.zeros((k, steps, max_batch_size), np.int32)
+    weights = np.zeros((k, steps, max_batch_size), np.float32)
+    for row, (subset, q, member) in enumerate(zip(subsets, sampling_rates, member_ids)):
+        local, mask = poisson_batches(len(subset), q, steps, max_batch_size=max_batch_size,
+                                      seed=_member_rng(seed, epoch, member))
+        idx[row] = np.asarray(subset)[local]
+        weights[row] = mask
+    return idx, weights

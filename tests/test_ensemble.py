@@ -1,0 +1,278 @@
+"""Vectorized ensembles against independent single-model runs, naive loops and resumed runs."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcurv import data, ensemble, models
+from jaxcurv.curvature import input_curvature
+from jaxcurv.optim import OptimizerConfig, make_optimizer, make_schedule, sam_gradient
+from jaxcurv.training import epoch_plan
+
+KEY = jax.random.PRNGKey(0)
+
+
+@pytest.fixture(scope="module")
+def small():
+    full = data.load("digits")
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(full), 160, replace=False)
+    return full.take(idx)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return models.get_model("mlp", 10, hidden=32, depth=1)
+
+
+def _params(ens, k):
+    return jax.tree.leaves(ens.member(k)["params"])
+
+
+def _assert_tree_close(a, b, **tol):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), **tol)
+
+
+# --- host batching -----------------------------------------------------------------------------
+
+
+def test_epoch_plan_visits_each_subset_example_once():
+    subsets = [np.arange(0, 10), np.arange(5, 12)]
+    idx, w = epoch_plan(subsets, 4, steps=3, seed=1, epoch=0, member_ids=[0, 1])
+    assert idx.shape == w.shape == (2, 3, 4)
+    for k, subset in enumerate(subsets):
+        real = idx[k][w[k] > 0]
+        assert sorted(real.tolist()) == subset.tolist()
+        assert np.isin(idx[k], subset).all()  # padding rows hold subset examples at weight 0
+    again, _ = epoch_plan(subsets, 4, steps=3, seed=1, epoch=0, member_ids=[0, 1])
+    other, _ = epoch_plan(subsets, 4, steps=3, seed=1, epoch=1, member_ids=[0, 1])
+    np.testing.assert_array_equal(idx, again)
+    assert not np.array_equal(idx, other)
+
+
+# --- members train only on their subsets; vmap == independent runs -----------------------------
+
+
+def test_member_ignores_examples_outside_its_mask(small, mlp):
+    masks = data.subset_masks(len(small), 2, seed=3)
+    out = np.flatnonzero(~masks[0])[:20]
+    labels = small.labels.copy()
+    labels[out] = (labels[out] + 1) % 10
+    changed = data.Dataset(small.images, labels, 10, "changed")
+    kw = dict(epochs=2, batch_size=16, progress=False, members_per_chunk=2)
+    a = ensemble.train(mlp, small, masks, KEY, **kw)
+    b = ensemble.train(mlp, changed, masks, KEY, **kw)
+    _assert_tree_close(a.member(0), b.member(0), rtol=0, atol=0)  # member 0 never saw them
+    assert not all(np.allclose(u, v) for u, v in zip(_params(a, 1), _params(b, 1)))
+
+
+def test_vmapped_members_equal_independent_runs(small, mlp):
+    masks = data.subset_masks(len(small), 3, seed=4)
+    steps = int(np.ceil(masks.sum(1).max() / 16))
+    kw = dict(epochs=2, batch_size=16, progress=False, optimizer="sgd", learning_rate=0.1,
+              steps_per_epoch=steps)
+    together = ensemble.train(mlp, small, masks, KEY, members_per_chunk=3, **kw)
+    for k in range(3):
+        alone = ensemble.train(mlp, small, masks[k:k + 1], KEY, member_ids=[k], **kw)
+        _assert_tree_close(together.member(k), alone.member(0), rtol=2e-5, atol=2e-6)
+
+
+def test_scan_and_host_loop_give_the_same_result(small, mlp):
+    masks = data.subset_masks(len(small), 2, seed=5)
+    kw = dict(epochs=2, batch_size=32, progress=False, members_per_chunk=2, augment=True)
+    a = ensemble.train(mlp, small, masks, KEY, scan_steps=True, **kw)
+    b = ensemble.train(mlp, small, masks, KEY, scan_steps=False, **kw)
+    _assert_tree_close(a.variables, b.variables, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(a.history["train_loss"], b.history["train_loss"], rtol=1e-5)
+
+
+def test_training_learns_and_records(mlp):
+    tr, te = data.train_test("digits")
+    masks = data.subset_masks(len(tr), 2, seed=0)
+    ens = ensemble.train(mlp, tr, masks, KEY, epochs=4, batch_size=64, learning_rate=0.2,
+                         test=te, record_examples=True, progress=False)
+    e, k, n = 4, 2, len(tr)
+    assert ens.history["correct"].shape == (e, k, n) and ens.history["correct"].dtype == bool
+    assert ens.history["loss"].shape == (e, k, n)
+    assert ens.history["test_accuracy"].shape == (e, k)
+    assert ens.history["test_accuracy"][-1].min() > 0.85
+    assert ens.history["train_loss"][-1].max() < ens.history["train_loss"][0].min()
+    acc = ensemble.accuracy(ens, te)
+    np.testing.assert_allclose(acc, ens.history["test_accuracy"][-1])
+    logits = ensemble.predict(ens, te.images, progress=False)
+    assert logits.shape == (2, len(te), 10)
+    manual = mlp.apply(ens.member(1), te.images)
+    np.testing.assert_allclose(logits[1], manual, rtol=1e-5, atol=1e-5)
+    # in-subset examples are fit better than held-out ones
+    correct = ens.history["correct"][-1]
+    assert (correct[masks]).mean() > (correct[~masks]).mean()
+    loss = models.cross_entropy(jnp.asarray(logits[0]), te.labels)
+    assert np.isfinite(loss).all()
+
+
+def test_recorded_curvature_equals_member_curvature(small, mlp):
+    masks = data.subset_masks(len(small), 2, seed=2)
+    ens = ensemble.train(mlp, small, masks, KEY, epochs=2, batch_size=32, record_curvature=2,
+                         progress=False)
+    assert ens.history["curvature"].shape == (2, 2, len(small))
+    curv = ensemble.member_curvature(ens, small.images, small.labels, jax.random.fold_in(KEY, 1),
+                                     num_probes=2, progress=False)
+    np.testing.assert_allclose(curv.trace, ens.history["curvature"][-1], rtol=1e-4, atol=1e-5)
+
+
+def test_member_curvature_rows_equal_input_curvature(small, mlp):
+    masks = data.subset_masks(len(small), 2, seed=6)
+    ens = ensemble.train(mlp, small, masks, KEY, epochs=1, batch_size=32, progress=False,
+                         member_ids=[7, 3])
+    key = jax.random.PRNGKey(9)
+    curv = ensemble.member_curvature(ens, small.images, small.labels, key, num_probes=3,
+                                     progress=False)
+    assert curv.trace.shape == (2, len(small))
+    loss_fn = models.make_loss_fn(mlp)
+    for k, member_id in enumerate([7, 3]):
+        ref = input_curvature(loss_fn, ens.member(k), small.images, small.labels,
+                              jax.random.fold_in(key, member_id), num_probes=3, progress=False)
+        np.testing.assert_allclose(curv.trace_sq[k], ref.trace_sq, rtol=1e-6)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_identical_result(small, mlp, tmp_path):
+    masks = data.subset_masks(len(small), 2, seed=7)
+    kw = dict(epochs=3, batch_size=32, progress=False, record_examples=True, augment=True,
+              members_per_chunk=1)
+    reference = ensemble.train(mlp, small, masks, KEY, **kw)
+
+    def kill(epoch, info):
+        if info["chunk"] == 1 and epoch == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path, callbacks=[kill], **kw)
+    assert (tmp_path / "chunk_0000").exists() and (tmp_path / "chunk_0001").exists()
+    seen = []
+    resumed = ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path,
+                             callbacks=[lambda e, i: seen.append((i["chunk"], e))], **kw)
+    assert seen == [(1, 2)]  # chunk 0 was complete, chunk 1 resumed after epoch index 1
+    _assert_tree_close(resumed.variables, reference.variables, rtol=0, atol=0)
+    for name, values in reference.history.items():
+        np.testing.assert_array_equal(resumed.history[name], values)
+
+
+def test_checkpoint_dir_of_another_run_is_refused(small, mlp, tmp_path):
+    masks = data.subset_masks(len(small), 2, seed=8)
+    ensemble.train(mlp, small, masks, KEY, epochs=1, batch_size=32, progress=False,
+                   checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match="different configuration"):
+        ensemble.train(mlp, small, masks, KEY, epochs=2, batch_size=32, progress=False,
+                       checkpoint_dir=tmp_path)
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise(small, mlp):
+    masks = data.subset_masks(len(small), 2, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        ensemble.train(mlp, small, masks[:, :-1], KEY, epochs=1)
+    empty = masks.copy()
+    empty[1] = False
+    with pytest.raises(ValueError, match="no training example"):
+        ensemble.train(mlp, small, empty, KEY, epochs=1)
+    with pytest.raises(ValueError, match="epochs"):
+        ensemble.train(mlp, small, masks, KEY, epochs=0)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        ensemble.train(mlp, small, masks, KEY, epochs=1, optimizer="lbfgs")
+    with pytest.raises(ValueError, match="member_ids"):
+        ensemble.train(mlp, small, masks, KEY, epochs=1, member_ids=[1, 1])
+    with pytest.raises(ValueError, match="images"):
+        ensemble.predict(ensemble.Ensemble(mlp, {}, masks, np.arange(2), {}, {}), small.images[0])
+
+
+# --- optimizers ----------------------------------------------------------------------------------
+
+
+def test_sam_gradient_equals_naive_perturbation():
+    f = lambda p: jnp.sum(jnp.sin(p["a"])) * jnp.sum(p["b"] ** 2) + jnp.sum(p["a"] ** 4)
+    params = {"a": jnp.linspace(-1, 1, 5), "b": jnp.arange(3.0) - 1}
+    g = jax.grad(f)(params)
+    norm = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g)))
+    perturbed = jax.tree.map(lambda p, gi: p + 0.1 * gi / norm, params, g)
+    grad_fn = lambda p: (jax.grad(f)(p), None)
+    got, _, _ = sam_gradient(grad_fn, params, rho=0.1)
+    _assert_tree_close(got, jax.grad(f)(perturbed), rtol=1e-6)
+    # adaptive: ε = ρ θ²g / ‖|θ| g‖
+    scaled = jnp.sqrt(sum(jnp.sum((p * gi) ** 2) for p, gi in
+                          zip(jax.tree.leaves(params), jax.tree.leaves(g))))
+    perturbed = jax.tree.map(lambda p, gi: p + 0.1 * p * p * gi / scaled, params, g)
+    got, _, _ = sam_gradient(grad_fn, params, rho=0.1, adaptive=True)
+    _assert_tree_close(got, jax.grad(f)(perturbed), rtol=1e-6)
+
+
+def test_schedules_and_weight_decay():
+    cos = make_schedule(OptimizerConfig(learning_rate=0.1, schedule="cosine"), 100)
+    assert float(cos(0)) == pytest.approx(0.1) and float(cos(50)) == pytest.approx(0.05)
+    assert float(cos(100)) == pytest.approx(0.0, abs=1e-9)
+    one = make_schedule(OptimizerConfig(learning_rate=0.2, schedule="onecycle",
+                                        warmup_fraction=0.25), 100)
+    assert float(one(0)) == 0.0 and float(one(25)) == pytest.approx(0.2)
+    assert float(one(100)) == pytest.approx(0.0, abs=1e-9)
+    # weight decay applies to kernels only: zero gradient, constant lr, no momentum
+    config = OptimizerConfig(learning_rate=0.1, schedule="constant", momentum=0.0,
+                             weight_decay=0.5, nesterov=False)
+    tx = make_optimizer(config, 10)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.05 * np.ones((2, 2)))
+    np.testing.assert_allclose(updates["bias"], 0.0)
+    with pytest.raises(ValueError, match="rho"):
+        OptimizerConfig(name="sam", rho=0.0)
+
+
+def test_sam_training_differs_from_sgd(small, mlp):
+    masks = data.subset_masks(len(small), 2, seed=9)
+    kw = dict(epochs=1, batch_size=32, progress=False, members_per_chunk=2)
+    sgd = ensemble.train(mlp, small, masks, KEY, optimizer="sgd", **kw)
+    sam = ensemble.train(mlp, small, masks, KEY, optimizer=OptimizerConfig(name="sam", rho=0.1),
+                         **kw)
+    assert np.isfinite(sam.history["train_loss"]).all()
+    assert not np.allclose(_params(sgd, 0)[0], _params(sam, 0)[0])
+
+
+# --- sharding members over 8 fake CPU devices -------------------------------------------------
+
+
+def test_members_sharded_over_devices_equal_single_device():
+    script = textwrap.dedent(
+        """
+        import jax, numpy as np
+        from jaxcurv import data, ensemble, models
+        assert jax.local_device_count() == 8
+        ds = data.load("digits").take(np.arange(96))
+        masks = data.subset_masks(96, 8, seed=0)
+        model = models.get_model("mlp", 10, hidden=16, depth=1)
+        kw = dict(epochs=2, batch_size=16, progress=False, members_per_chunk=8, scan_steps=True)
+        a = ensemble.train(model, ds, masks, jax.random.PRNGKey(1), **kw)
+        b = ensemble.train(model, ds, masks, jax.random.PRNGKey(1), devices=jax.devices()[:1], **kw)
+        for u, v in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+        print("SHARDED_OK")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert "SHARDED_OK" in out.stdout, out.stderr[-3000:]
