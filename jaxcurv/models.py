@@ -4,7 +4,8 @@ Every model maps a batch x (B, H, W, C), float in [0, 1], any H, W, C, to float3
 (B, num_classes): ``model.apply(variables, x)`` is a pure function of (variables, x) in inference
 mode (BatchNorm uses its running averages). Layers infer their compute dtype from inputs and
 params (flax ``dtype=None``), so casting both x and the variables to bfloat16 runs the model in
-bf16; the logits are always cast to float32 at the end, so losses are computed in float32.
+bf16; the logits are cast to at least float32 at the end (bf16 → float32; a float64 run under
+x64 stays float64), so losses are computed in float32 or wider.
 
 Models (``get_model(name, num_classes, **kwargs)``):
 
@@ -70,6 +71,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 Variables = Mapping[str, Any]
 
 
+def _at_least_f32(x: jax.Array) -> jax.Array:
+    """Cast bf16/f16 logits to float32; float32 stays, float64 (x64 runs) stays float64."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _check_batch(x: jax.Array) -> None:
     """Static (trace-time) shape check: models take a batch (B, H, W, C)."""
     if x.ndim != 4:
@@ -125,11 +131,11 @@ class MLP(nn.Module):
         x = x.reshape((x.shape[0], -1))
         for _ in range(self.depth):
             x = act(nn.Dense(self.hidden, kernel_init=_lecun_init)(x))
-        return nn.Dense(self.num_classes, kernel_init=_lecun_init)(x).astype(jnp.float32)
+        return _at_least_f32(nn.Dense(self.num_classes, kernel_init=_lecun_init)(x))
 
 
 class CNN(nn.Module):
-    """Conv(w) → act → Conv(2w, stride 2) → act → avg-pool to ≈4×4 → Dense(hidden) → act → Dense(C).
+    """Conv(w) → act → Conv(2w, stride 2) → act → avg-pool to ≈4×4 → Dense(hidden) → act → Dense(C)
 
     The average pool uses window = stride = max(1, size // 4) per spatial axis, so an 8×8 input
     (4×4 after the strided conv) is not pooled and a 32×32 input (16×16) is pooled 4×4 → 4×4.
@@ -153,7 +159,7 @@ class CNN(nn.Module):
             x = nn.avg_pool(x, window, strides=window, padding="VALID")
         x = x.reshape((x.shape[0], -1))
         x = act(nn.Dense(self.hidden, kernel_init=_lecun_init)(x))
-        return nn.Dense(self.num_classes, kernel_init=_lecun_init)(x).astype(jnp.float32)
+        return _at_least_f32(nn.Dense(self.num_classes, kernel_init=_lecun_init)(x))
 
 
 def _norm_layer(norm: str, train: bool, num_groups: int, mask: jax.Array | None) -> Callable:
@@ -218,7 +224,7 @@ class ResNet18(nn.Module):
                 x = _BasicBlock(self.width * 2**stage, strides, self.norm, self.num_groups,
                                 self.activation)(x, train, bmask)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=_torch_default_init)(x).astype(jnp.float32)
+        return _at_least_f32(nn.Dense(self.num_classes, kernel_init=_torch_default_init)(x))
 
 
 def _dirac_init(base: Callable) -> Callable:
@@ -228,16 +234,18 @@ def _dirac_init(base: Callable) -> Callable:
     def init(key, shape, dtype=jnp.float32):
         kh, kw, cin, cout = shape
         n = min(cin, cout)
-        eye = jnp.zeros((kh, kw, cin, n), dtype).at[kh // 2, kw // 2, jnp.arange(n), jnp.arange(n)].set(1)
+        diag = jnp.arange(n)
+        eye = jnp.zeros((kh, kw, cin, n), dtype).at[kh // 2, kw // 2, diag, diag].set(1)
         return base(key, shape, dtype).at[..., :n].set(eye)
 
     return init
 
 
-def _max_pool_2(x: jax.Array) -> jax.Array:
-    """2×2 max-pool (floor mode, like torch's MaxPool2d(2)); an axis of size 1 is left alone."""
+def _pool_2(x: jax.Array, kind: str) -> jax.Array:
+    """2×2 max- or average-pool (floor mode, like torch's MaxPool2d(2)); a size-1 axis is kept."""
     window = (min(2, x.shape[1]), min(2, x.shape[2]))
-    return nn.max_pool(x, window, strides=window, padding="VALID")
+    pool = nn.max_pool if kind == "max" else nn.avg_pool
+    return pool(x, window, strides=window, padding="VALID")
 
 
 class FastNet(nn.Module):
@@ -249,6 +257,8 @@ class FastNet(nn.Module):
     no learned scale, BN momentum 0.6 (running ← 0.6·running + 0.4·batch), head scale 1/9. On 32×32
     the spatial sizes are 31 → 15 → 7 → 3 → 1, exactly airbench's. The stem kernel is meant to be
     set from data by ``init_fastnet_whitening`` and frozen (its bias trained for a few epochs).
+    ``pool="avg"`` replaces every max-pool by an average pool: max-pooling is piecewise linear, so
+    it adds kinks along which finite-difference curvature estimates jump (see BUILD_NOTES).
     """
 
     num_classes: int
@@ -257,6 +267,7 @@ class FastNet(nn.Module):
     scale: float = 1.0 / 9.0
     activation: str = "gelu"
     bn_momentum: float = 0.6
+    pool: str = "max"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, mask: jax.Array | None = None):
@@ -276,12 +287,12 @@ class FastNet(nn.Module):
 
         for features in (self.width, 4 * self.width, 4 * self.width):
             x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init)(x)
-            x = act(bn(_max_pool_2(x)))
+            x = act(bn(_pool_2(x, self.pool)))
             x = nn.Conv(features, (3, 3), padding="SAME", use_bias=False, kernel_init=conv_init)(x)
             x = act(bn(x))
-        x = jnp.max(x, axis=(1, 2))
+        x = jnp.max(x, axis=(1, 2)) if self.pool == "max" else jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, use_bias=False, kernel_init=_torch_default_init)(x)
-        return (x * self.scale).astype(jnp.float32)
+        return _at_least_f32(x * self.scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -293,7 +304,7 @@ _KWARGS: dict[str, dict[str, type]] = {
     "resnet18": {"width": int, "activation": str},
     "resnet18_gn": {"width": int, "num_groups": int, "activation": str},
     "fastnet": {"width": int, "whiten_kernel": int, "scale": float, "activation": str,
-                "bn_momentum": float},
+                "bn_momentum": float, "pool": str},
 }
 
 
@@ -301,7 +312,9 @@ def _check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     allowed = _KWARGS[name]
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ValueError(f"model {name!r} got unknown option(s) {unknown}; it accepts {sorted(allowed)}.")
+        raise ValueError(
+            f"model {name!r} got unknown option(s) {unknown}; it accepts {sorted(allowed)}."
+        )
     for key, value in kwargs.items():
         kind = allowed[key]
         if kind is int and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
@@ -309,7 +322,11 @@ def _check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
         if kind is float and (not isinstance(value, (int, float, np.floating)) or not math.isfinite(value)):
             raise ValueError(f"model {name!r}: {key} must be a finite number, got {value!r}.")
         if key == "activation" and value not in ACTIVATIONS:
-            raise ValueError(f"model {name!r}: unknown activation {value!r}; choose one of {sorted(ACTIVATIONS)}.")
+            raise ValueError(
+                f"model {name!r}: unknown activation {value!r}; choose one of {sorted(ACTIVATIONS)}."
+            )
+    if name == "fastnet" and kwargs.get("pool", "max") not in ("max", "avg"):
+        raise ValueError(f"fastnet: pool must be 'max' or 'avg', got {kwargs['pool']!r}.")
     if name == "fastnet" and not 0.0 <= float(kwargs.get("bn_momentum", 0.6)) < 1.0:
         raise ValueError(f"fastnet: bn_momentum must be in [0, 1), got {kwargs['bn_momentum']!r}.")
     if name == "resnet18_gn":
@@ -327,7 +344,8 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     Options: mlp(hidden=256, depth=2, activation="gelu"); cnn(width=16, hidden=64,
     activation="gelu"); resnet18(width=64, activation="relu"); resnet18_gn(width=64, num_groups=32,
     activation="relu"); fastnet(width=64, whiten_kernel=2, scale=1/9, activation="gelu",
-    bn_momentum=0.6). ``width`` is the first stage's channel count; later stages scale with it.
+    bn_momentum=0.6, pool="max"|"avg"). ``width`` is the first stage's channel count; later
+    stages scale with it.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}.")
@@ -353,8 +371,15 @@ def init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...
     ≈0.25 s per parameter tensor (≈4.5 s for a ResNet18), independent of width."""
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape):
-        raise ValueError(f"input_shape must be one example's (H, W, C) of positive ints, got {input_shape!r}.")
-    return dict(_jit_init(model, key, jnp.zeros((1, *shape), jnp.float32)))
+        raise ValueError(
+            f"input_shape must be one example's (H, W, C) of positive ints, got {input_shape!r}."
+        )
+    x = jnp.zeros((1, *shape), jnp.float32)
+    try:
+        hash(model)
+    except TypeError:  # a custom module with unhashable fields: initialize without the cache
+        return dict(model.init(key, x, train=False))
+    return dict(_jit_init(model, key, x))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -389,7 +414,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
     """Per-example softmax cross-entropy in float32: logits (..., C), integer labels (...) → (...).
 
     With smoothing α the target is (1 − α)·onehot(y) + α/C."""
-    logits = logits.astype(jnp.float32)
+    logits = _at_least_f32(logits)
     if label_smoothing == 0.0:
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
@@ -404,7 +429,9 @@ def make_loss_fn(model: nn.Module, *, label_smoothing: float = 0.0) -> Callable:
 
     def loss_fn(variables: Variables, x: jax.Array, y: jax.Array) -> jax.Array:
         if x.ndim != 3:
-            raise ValueError(f"loss_fn takes ONE example (H, W, C); got shape {tuple(x.shape)}. vmap it over a batch.")
+            raise ValueError(
+                f"loss_fn takes ONE example (H, W, C); got shape {tuple(x.shape)}. vmap it over a batch."
+            )
         logits = model.apply(variables, x[None], train=False)[0]
         return cross_entropy(logits, y, label_smoothing=label_smoothing)
 
@@ -439,7 +466,7 @@ def make_batch_loss_fn(model: nn.Module, *, label_smoothing: float = 0.0) -> Cal
             variables["batch_stats"] = batch_stats
         logits, new_stats = apply_train(model, variables, x, mask=weights > 0)
         losses = cross_entropy(logits, y, label_smoothing=label_smoothing)
-        weights = weights.astype(jnp.float32)
+        weights = weights.astype(losses.dtype)
         loss = jnp.sum(weights * losses) / jnp.maximum(jnp.sum(weights), 1.0)
         return loss, (logits, new_stats)
 
@@ -456,7 +483,9 @@ def init_fastnet_whitening(variables: Variables, images: Any, *, eps: float = 5e
     try:
         stem = variables["params"]["whiten"]
     except (KeyError, TypeError):
-        raise ValueError("variables have no params['whiten'] conv: pass FastNet variables (get_model('fastnet', …)).") from None
+        raise ValueError(
+            "variables have no params['whiten'] conv: pass FastNet variables (get_model('fastnet', …))."
+        ) from None
     kh, kw, cin, cout = stem["kernel"].shape
     images = np.asarray(images, np.float64)
     if images.ndim != 4 or images.shape[-1] != cin or images.shape[1] < kh or images.shape[2] < kw:
@@ -468,10 +497,13 @@ def init_fastnet_whitening(variables: Variables, images: Any, *, eps: float = 5e
     d = kh * kw * cin
     if cout != 2 * d:
         raise ValueError(f"whiten conv has {cout} output channels; expected 2·k²·C = {2 * d}.")
-    windows = np.lib.stride_tricks.sliding_window_view(images, (kh, kw), axis=(1, 2))  # N,h,w,C,kh,kw
-    patches = np.moveaxis(windows, 3, -1).reshape(-1, d)  # flattened in the kernel's (kh, kw, C) order
-    mean = patches.mean(axis=0)
-    eigvals, eigvecs = np.linalg.eigh(np.cov(patches, rowvar=False, bias=True).reshape(d, d))
+    total, outer, count = np.zeros(d), np.zeros((d, d)), 0
+    for start in range(0, len(images), 256):  # bounded memory: 256 images of patches at a time
+        windows = np.lib.stride_tricks.sliding_window_view(images[start:start + 256], (kh, kw), axis=(1, 2))
+        patches = np.moveaxis(windows, 3, -1).reshape(-1, d)  # N·h·w rows in the kernel's (kh, kw, C) order
+        total, outer, count = total + patches.sum(axis=0), outer + patches.T @ patches, count + len(patches)
+    mean = total / count
+    eigvals, eigvecs = np.linalg.eigh(outer / count - np.outer(mean, mean))
     order = np.argsort(eigvals)[::-1]
     scaled = eigvecs[:, order] / np.sqrt(np.maximum(eigvals[order], 0.0) + eps)
     weights = np.concatenate([scaled, -scaled], axis=1)  # (d, 2d)

@@ -1,0 +1,367 @@
+"""Benchmark (issue 3): per-sample tr(H) + tr(H²) of a CIFAR ResNet18, ours vs the seed algorithm.
+
+Ours: ``jaxcurv.curvature.input_curvature(..., method="hutchinson")`` — exact Hessian-vector
+products (forward over reverse), all probes and examples in one compiled call per chunk.
+Baseline: a faithful JAX re-implementation of the seed code's algorithm — finite differences with
+the *batch-mean* loss L(X) = mean_i ℓ(xᵢ), one jitted call per probe from a Python loop; each call
+differentiates L(X + V) − L(X) with V = h·(R + 1e-7), R Rademacher (so ∇L(X) is recomputed every
+probe, as the seed code does), and accumulates per example vᵀ(Δg)/h (trace) and ‖Δg/h‖²
+(trace_sq) with Δg = B·∇ₓᵢ[L(X+V) − L(X)] (per-example scale). A second baseline row hoists
+∇L(X) out of the loop (a stronger baseline than the seed code).
+
+Both run on the same model, batch and dtype in the same process; samples/s = N / median wall time
+of a full pass over the N benchmark examples (compile excluded, block_until_ready before reading
+the clock). Also: Spearman of bf16 vs fp32 trace_sq (ours) on the benchmark batch, a sweep of
+``batch_size`` × ``probe_batch`` (``--tune``), and scaling over 8 fake CPU devices
+(``--multi-device``; on 2 real cores that measures sharding overhead, not speedup).
+
+Model: models.get_model("resnet18", 10, width=w) with BatchNorm in inference mode
+(models.make_loss_fn); the running statistics are set to the benchmark batch's statistics (one
+train-mode pass) so the untrained network's logits are not degenerate. Inputs: CIFAR-10 test
+images when the shared npz is found (.data/cifar10-jpeg.npz or ../shared/data/), else uniform
+noise.
+
+    python bench/curvature.py --quick            # CPU, ~2 min
+    python bench/curvature.py                    # full protocol: width 64, batch 512 (GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+from jaxcurv import models  # noqa: E402
+from jaxcurv._tree import cast_floats  # noqa: E402
+from jaxcurv.curvature import input_curvature  # noqa: E402
+
+GPU_TARGET = {"bf16": 14_000.0, "fp32": 7_500.0, "ratio": 12.0, "spearman": 0.99}
+DTYPES = {"fp32": None, "bf16": jnp.bfloat16}
+
+
+# ----------------------------------------------------------------------------------------------
+# set-up
+
+
+def _images(n: int, source: str, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(x (n, 32, 32, 3) float32 in [0, 1], y (n,) int32, description)."""
+    path = C.shared_cifar10_path() if source == "auto" else None
+    if path is not None:
+        from jaxcurv import data
+
+        test = data.load(f"npz:{path}", split="test")
+        idx = np.random.default_rng(seed).permutation(len(test))[:n]
+        return test.images[idx], test.labels[idx], f"CIFAR-10 test images ({path.name})"
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 32, 32, 3), dtype=np.float32)
+    return x, rng.integers(0, 10, n).astype(np.int32), "uniform noise in [0, 1]"
+
+
+def _calibrated_variables(model, variables, x: np.ndarray) -> dict:
+    """BatchNorm running statistics := statistics of batch ``x``: one train-mode pass gives
+    r₁ = 0.9·r₀ + 0.1·b (flax momentum 0.9), hence b = (r₁ − 0.9·r₀)/0.1 (variances floored at 0)."""
+    _, r1 = models.apply_train(model, variables, jnp.asarray(x))
+
+    def solve(path, new, old):
+        batch = (new - 0.9 * old) / 0.1
+        return jnp.maximum(batch, 0.0) if getattr(path[-1], "key", None) == "var" else batch
+
+    out = dict(variables)
+    out["batch_stats"] = jax.tree_util.tree_map_with_path(solve, r1, variables["batch_stats"])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the seed algorithm, re-implemented faithfully in JAX
+
+
+def make_seed_curvature(model, *, h: float = 1e-3, compute_dtype=None, hoist_g0: bool = False):
+    """``fn(variables, x, y, probe_keys) -> (trace, trace_sq)`` (N,) with a Python loop over probes.
+
+    Per probe one jitted call: V = h·(R + 1e-7); Δg = ∇ₓ[L(X+V) − L(X)] with L the batch-mean loss
+    (``hoist_g0``: ∇L(X) computed once before the loop instead); Hv ≈ B·Δg/h per example;
+    accumulates vᵀHv ≈ Rᵀ(B·Δg)/h and ‖B·Δg/h‖².
+    """
+
+    def batch_loss(params_c, z, y):
+        logits = model.apply(params_c, z.astype(compute_dtype or z.dtype), train=False)
+        return models.cross_entropy(logits, y).mean()
+
+    grad_l = jax.grad(batch_loss, argnums=1)
+
+    @jax.jit
+    def g0_fn(variables, x, y):
+        return grad_l(cast_floats(variables, compute_dtype), x, y)
+
+    @jax.jit
+    def probe(variables, x, y, key, g0, acc_tr, acc_sq):
+        vc = cast_floats(variables, compute_dtype)
+        r = jax.random.rademacher(key, x.shape, x.dtype)
+        v = h * (r + 1e-7)
+        if g0 is None:
+            dg = jax.grad(lambda z: batch_loss(vc, z + v, y) - batch_loss(vc, z, y))(x)
+        else:
+            dg = grad_l(vc, x + v, y) - g0
+        hv = dg.astype(jnp.float32) * (x.shape[0] / h)
+        axes = tuple(range(1, x.ndim))
+        return acc_tr + jnp.sum(r * hv, axis=axes), acc_sq + jnp.sum(hv * hv, axis=axes)
+
+    def curvature(variables, x, y, probe_keys):
+        x = jnp.asarray(x)
+        y = jnp.asarray(y)
+        g0 = g0_fn(variables, x, y) if hoist_g0 else None
+        acc_tr = acc_sq = jnp.zeros(x.shape[0], jnp.float32)
+        for key in probe_keys:  # the seed code's loop over probes
+            acc_tr, acc_sq = probe(variables, x, y, key, g0, acc_tr, acc_sq)
+        p = len(probe_keys)
+        return acc_tr / p, acc_sq / p
+
+    return curvature
+
+
+# ----------------------------------------------------------------------------------------------
+# measurements
+
+
+def _ours(loss_fn, variables, x, y, key, *, num_probes, dtype, batch_size, probe_batch,
+          devices=None):
+    def run():
+        return input_curvature(loss_fn, variables, x, y, key, num_probes=num_probes,
+                               method="hutchinson", batch_size=batch_size,
+                               probe_batch=probe_batch, compute_dtype=dtype, devices=devices,
+                               progress=False)
+
+    return run
+
+
+def _row(name, dtype, n, timing: C.Timing, **extra):
+    return {"method": name, "dtype": dtype, "samples_per_s": n / timing.median,
+            "median_s": timing.median, "compile+first_s": timing.first,
+            "load": timing.load, **extra}
+
+
+def measure_main(args, model, variables, x, y) -> dict:
+    """Ours vs the seed algorithm, fp32 and bf16; Spearman bf16 vs fp32."""
+    loss_fn = models.make_loss_fn(model)
+    key = jax.random.PRNGKey(args.seed)
+    n = len(x)
+    probe_keys = list(jax.random.split(jax.random.PRNGKey(args.seed + 1), args.num_probes))
+    rows, ratios, outputs = [], [], {}
+    for name in args.dtypes:
+        dtype = DTYPES[name]
+        run = _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes, dtype=dtype,
+                    batch_size=args.batch_size, probe_batch=args.probe_batch)
+        t_ours = C.time_call(run, repeats=args.repeats)
+        outputs[name] = run()
+        rows.append(_row("ours: input_curvature(hutchinson)", name, n, t_ours))
+        seed_rows = {}
+        for label, hoist in (("seed: FD, batch-mean loss, probe loop", False),
+                             ("seed, ∇L(X) hoisted out of the loop", True)):
+            if hoist and not args.hoisted_baseline:
+                continue
+            fn = make_seed_curvature(model, compute_dtype=dtype, hoist_g0=hoist)
+            t = C.time_call(lambda: fn(variables, x, y, probe_keys), repeats=args.repeats)
+            seed_rows[hoist] = t
+            rows.append(_row(label, name, n, t))
+            if not hoist and name == "fp32":
+                seed_tr, seed_sq = (np.asarray(a) for a in fn(variables, x, y, probe_keys))
+                outputs["seed_fp32"] = (seed_tr, seed_sq)
+        ratios.append({"dtype": name, "ours_samples_per_s": n / t_ours.median,
+                       "seed_samples_per_s": n / seed_rows[False].median,
+                       "ratio_vs_seed": seed_rows[False].median / t_ours.median,
+                       **({"ratio_vs_hoisted": seed_rows[True].median / t_ours.median}
+                          if True in seed_rows else {}),
+                       "load": t_ours.load})
+    C.print_table(f"per-sample tr(H)+tr(H²), ResNet18 w={args.width}, N={n}, "
+                  f"{args.num_probes} probes — {C.describe_device()}", rows,
+                  ["method", "dtype", "samples_per_s", "median_s", "compile+first_s", "load"])
+    C.print_table("ratio ours / seed algorithm (same process, median of repeats)", ratios)
+    agreement = {}
+    if "fp32" in outputs and "bf16" in outputs:
+        agreement["spearman_bf16_vs_fp32_trace_sq"] = float(
+            stats.spearmanr(outputs["bf16"].trace_sq, outputs["fp32"].trace_sq).statistic)
+        agreement["spearman_bf16_vs_fp32_trace"] = float(
+            stats.spearmanr(outputs["bf16"].trace, outputs["fp32"].trace).statistic)
+    if "fp32" in outputs and "seed_fp32" in outputs:
+        # different probes: agreement is statistical (both estimate tr(H²) per example)
+        agreement["spearman_seed_vs_ours_trace_sq_fp32"] = float(
+            stats.spearmanr(outputs["seed_fp32"][1], outputs["fp32"].trace_sq).statistic)
+        # ReLU nets: finite differences cross activation boundaries, so the seed's ‖Δg/h‖²
+        # grows like 1/h and exceeds the exact tr(H²) by orders of magnitude (see README)
+        agreement["median_trace_sq_seed_over_ours_fp32"] = float(
+            np.median(outputs["seed_fp32"][1]) / np.median(outputs["fp32"].trace_sq))
+    if agreement:
+        C.print_table("agreement on the benchmark batch", [agreement])
+    return {"rows": rows, "ratios": ratios, "agreement": agreement}
+
+
+def measure_tune(args, model, variables, x, y) -> dict:
+    """Sweep of input_curvature's batch_size × probe_batch (fp32 unless --tune-dtype)."""
+    loss_fn = models.make_loss_fn(model)
+    key = jax.random.PRNGKey(args.seed)
+    n = len(x)
+    rows = []
+    for bs in args.tune_batch_sizes:
+        for pb in args.tune_probe_batches:
+            if args.num_probes % pb:
+                continue
+            run = _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes,
+                        dtype=DTYPES[args.tune_dtype], batch_size=bs, probe_batch=pb)
+            try:
+                t = C.time_call(run, repeats=args.tune_repeats)
+            except Exception as err:  # e.g. out of memory for a large probe batch on a GPU
+                rows.append({"batch_size": bs, "probe_batch": pb, "samples_per_s": float("nan"),
+                             "error": type(err).__name__})
+                continue
+            rows.append({"batch_size": bs, "probe_batch": pb, "samples_per_s": n / t.median,
+                         "median_s": t.median, "compile+first_s": t.first, "load": t.load})
+    ok = [r for r in rows if r["samples_per_s"] == r["samples_per_s"]]
+    best = max(ok, key=lambda r: r["samples_per_s"]) if ok else None
+    C.print_table(f"tuning input_curvature ({args.tune_dtype}, N={n}, width {args.width}) — "
+                  f"{C.describe_device()}", rows)
+    if best:
+        print(f"fastest: batch_size={best['batch_size']}, probe_batch={best['probe_batch']} "
+              f"({best['samples_per_s']:.1f} samples/s)")
+    return {"rows": rows, "best": best}
+
+
+def measure_devices_child(args, model, variables, x, y) -> dict:
+    """Run inside a process with 8 fake CPU devices: devices=None (all 8) vs one device."""
+    loss_fn = models.make_loss_fn(model)
+    key = jax.random.PRNGKey(args.seed)
+    n = len(x)
+    out = {"num_devices": jax.device_count()}
+    results = {}
+    for label, devs in (("all devices", None), ("one device", [jax.devices()[0]])):
+        run = _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes, dtype=None,
+                    batch_size=args.batch_size, probe_batch=args.probe_batch, devices=devs)
+        t = C.time_call(run, repeats=args.repeats)
+        results[label] = run()
+        out[label] = {"samples_per_s": n / t.median, **t.as_dict()}
+    out["max_abs_diff_trace_sq"] = float(np.max(np.abs(results["all devices"].trace_sq
+                                                       - results["one device"].trace_sq)))
+    return out
+
+
+def measure_devices(args) -> dict:
+    """Spawn this script with XLA_FLAGS=--xla_force_host_platform_device_count=8."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    cmd = [sys.executable, __file__, "--devices-child", "--width", str(args.width), "--batch",
+           str(args.batch), "--num-probes", str(args.num_probes), "--repeats", str(args.repeats),
+           "--data", args.data, "--seed", str(args.seed)]
+    if args.probe_batch:
+        cmd += ["--probe-batch", str(args.probe_batch)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("DEVICES_JSON ")]
+    if proc.returncode or not lines:
+        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+        raise RuntimeError("the 8-fake-device child process failed")
+    res = json.loads(lines[-1][len("DEVICES_JSON "):])
+    one, alln = res["one device"], res["all devices"]
+    row = {"devices": f"8 fake CPU devices vs 1 (on {os.cpu_count()} cores)",
+           "samples_per_s_8": alln["samples_per_s"], "samples_per_s_1": one["samples_per_s"],
+           "speedup_8_vs_1": alln["samples_per_s"] / one["samples_per_s"],
+           "max_abs_diff_trace_sq": res["max_abs_diff_trace_sq"],
+           "load": alln["load_avg_1min"]}
+    C.print_table("scaling over devices (8 fake CPU devices share the same cores: this measures "
+                  "sharding overhead, not a speedup)", [row])
+    return {**res, "summary": row}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--width", type=int, default=None, help="ResNet18 width (64 full, 16 quick)")
+    p.add_argument("--batch", type=int, default=None, help="benchmark examples N (512 full, 64 quick)")
+    p.add_argument("--num-probes", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="input_curvature batch_size (default: the library's, 256 per device)")
+    p.add_argument("--probe-batch", type=int, default=None,
+                   help="input_curvature probe_batch (default: all probes on CPU, 1 on GPU)")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16")
+    p.add_argument("--data", default="auto", choices=("auto", "random"),
+                   help="auto: CIFAR-10 test images if the shared npz is found")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-main", action="store_true", help="skip ours-vs-seed")
+    p.add_argument("--no-hoisted-baseline", dest="hoisted_baseline", action="store_false",
+                   help="skip the stronger baseline row with ∇L(X) hoisted")
+    p.add_argument("--tune", action="store_true", help="sweep batch_size × probe_batch")
+    p.add_argument("--tune-batch-sizes", default=None, help="comma list (default: N/4, N/2, N)")
+    p.add_argument("--tune-probe-batches", default="1,2,5,10")
+    p.add_argument("--tune-dtype", default="fp32", choices=tuple(DTYPES))
+    p.add_argument("--tune-repeats", type=int, default=2)
+    p.add_argument("--multi-device", action="store_true",
+                   help="also measure 8 fake CPU devices vs 1 (subprocess; CPU only)")
+    p.add_argument("--devices-child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.width = args.width or (16 if args.quick else 64)
+    args.batch = args.batch or (64 if args.quick else 512)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in args.dtypes:
+        if d not in DTYPES:
+            p.error(f"unknown dtype {d!r}; use fp32 and/or bf16")
+    n = args.batch
+    args.tune_batch_sizes = ([int(v) for v in args.tune_batch_sizes.split(",")]
+                             if args.tune_batch_sizes else sorted({max(1, n // 4), max(1, n // 2), n}))
+    args.tune_probe_batches = [int(v) for v in args.tune_probe_batches.split(",")]
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    x, y, source = _images(args.batch, args.data, args.seed)
+    model = models.get_model("resnet18", 10, width=args.width)
+    variables = models.init_variables(model, jax.random.PRNGKey(args.seed), x.shape[1:])
+    variables = _calibrated_variables(model, variables, x)
+    if args.devices_child:
+        print("DEVICES_JSON " + json.dumps(measure_devices_child(args, model, variables, x, y)))
+        return
+    print(f"ResNet18 width {args.width} ({models.count_params(variables):,} params), N = {args.batch} "
+          f"{source}, {args.num_probes} probes; {C.describe_device()}")
+    result = {"config": {k: v for k, v in vars(args).items()}, "data": source,
+              "gpu_targets": GPU_TARGET}
+    start = time.perf_counter()
+    if not args.no_main:
+        result["main"] = measure_main(args, model, variables, x, y)
+    if args.tune:
+        result["tune"] = measure_tune(args, model, variables, x, y)
+    if args.multi_device:
+        if jax.default_backend() != "cpu":
+            print("--multi-device uses fake CPU devices; skipped on", jax.default_backend())
+        else:
+            result["devices"] = measure_devices(args)
+    if jax.default_backend() == "gpu" and "main" in result:
+        by = {r["dtype"]: r for r in result["main"]["ratios"]}
+        checks = []
+        for name in ("fp32", "bf16"):
+            if name in by:
+                checks.append({"dtype": name, "samples_per_s": by[name]["ours_samples_per_s"],
+                               "target": GPU_TARGET[name],
+                               "met": by[name]["ours_samples_per_s"] >= GPU_TARGET[name],
+                               "ratio_vs_seed": by[name]["ratio_vs_seed"]})
+        C.print_table("GPU targets (one H100: ≥14,000 bf16, ≥7,500 fp32 samples/s, ≈12× seed)",
+                      checks)
+    result["wall_s"] = time.perf_counter() - start
+    C.write_json("curvature" + (f"_{args.tag}" if args.tag else ("_quick" if args.quick else "")),
+                 result, out=args.out)
+
+
+if __name__ == "__main__":
+    main()

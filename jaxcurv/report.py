@@ -1,0 +1,435 @@
+"""Figures (one function per figure, matplotlib Agg), CSV/JSON writers and the HTML report.
+
+Every ``figure_*`` function takes arrays and a path, writes one PNG and returns the path; the CLI
+and the experiment scripts share them. Figure numbers refer to "Unveiling Privacy, Memorization,
+and Input Curvature Links" (ICML 2024) unless another paper is named.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+__all__ = [
+    "figure_extreme_images",
+    "figure_curvature_histogram",
+    "figure_mem_vs_curvature",
+    "figure_proxies_vs_mem",
+    "figure_trace_vs_trace_sq",
+    "figure_roc",
+    "figure_mia_vs_mem",
+    "figure_label_noise",
+    "figure_privacy_bounds",
+    "figure_mem_vs_epsilon",
+    "figure_curve_vs_epsilon",
+    "figure_gain_by_mem",
+    "figure_distributions",
+    "write_csv",
+    "write_json",
+    "write_html",
+    "to_jsonable",
+]
+
+_DPI = 150
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
+                     "figure.constrained_layout.use": True})
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return path
+
+
+def _finite(*arrays):
+    ok = np.all([np.isfinite(np.asarray(a, float)) for a in arrays], axis=0)
+    return [np.asarray(a, float)[ok] for a in arrays]
+
+
+def _spearman(a, b) -> float:
+    a, b = _finite(a, b)
+    if len(a) < 3:
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def _show_image(ax, image):
+    image = np.asarray(image)
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0], cmap="gray_r" if image.max() <= 1 else "gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(np.clip(image, 0, 1))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+
+
+def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_names=None,
+                          score_name: str = "curvature") -> Path:
+    """Figure 2: the k lowest- and k highest-``score`` images with their labels and scores."""
+    scores = np.asarray(scores, float)
+    order = np.argsort(np.where(np.isfinite(scores), scores, np.nan))
+    finite = order[np.isfinite(scores[order])]
+    k = min(k, len(finite) // 2) or 1
+    groups = [("lowest", finite[:k]), ("highest", finite[::-1][:k])]
+    cols = min(8, k)
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(1.25 * cols, 2.9 * rows + 0.4),
+                             squeeze=False)
+    for g, (name, idx) in enumerate(groups):
+        for j in range(rows * cols):
+            ax = axes[g * rows + j // cols, j % cols]
+            if j >= len(idx):
+                ax.axis("off")
+                continue
+            i = idx[j]
+            _show_image(ax, images[i])
+            label = class_names[labels[i]] if class_names is not None else labels[i]
+            ax.set_title(f"{label}\n{scores[i]:.3g}", fontsize=7)
+        axes[g * rows, 0].set_ylabel(f"{name} {score_name}", fontsize=8)
+    fig.suptitle(f"{k} lowest (top) and highest (bottom) {score_name} training examples")
+    return _save(fig, path)
+
+
+def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)") -> Path:
+    """Histogram of curvature for correctly vs incorrectly classified examples (log x axis)."""
+    curvature = np.asarray(curvature, float)
+    correct = np.asarray(correct) >= 0.5
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    positive = curvature[np.isfinite(curvature) & (curvature > 0)]
+    use_log = len(positive) > 0.9 * np.isfinite(curvature).sum()
+    values = np.log10(np.maximum(curvature, positive.min() if len(positive) else 1e-12)) \
+        if use_log else curvature
+    bins = np.histogram_bin_edges(values[np.isfinite(values)], bins=40)
+    for mask, label, color in [(correct, "correct", "tab:blue"), (~correct, "misclassified",
+                                                                   "tab:red")]:
+        ax.hist(values[mask & np.isfinite(values)], bins=bins, alpha=0.6, density=True,
+                label=f"{label} (n={int(mask.sum())})", color=color)
+    ax.set_xlabel(f"log10 {name}" if use_log else name)
+    ax.set_ylabel("density")
+    ax.legend()
+    ax.set_title("Input-loss curvature by classification outcome")
+    return _save(fig, path)
+
+
+def figure_mem_vs_curvature(mem, curvature, path, *, top: int | None = None,
+                            name: str = "curvature tr(H)") -> Path:
+    """Figure 3: Feldman–Zhang memorization against curvature (optionally the ``top`` most
+    memorized), with the Spearman correlation."""
+    mem, curvature = _finite(mem, curvature)
+    if top:
+        idx = np.argsort(mem)[::-1][:top]
+        mem, curvature = mem[idx], curvature[idx]
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    ax.scatter(curvature, mem, s=6, alpha=0.5)
+    if len(curvature) and (curvature > 0).all():
+        ax.set_xscale("log")
+    ax.set_xlabel(name)
+    ax.set_ylabel("memorization score (FZ)")
+    suffix = f" (top {top})" if top else ""
+    ax.set_title(f"Memorization vs curvature{suffix}: Spearman ρ = {_spearman(mem, curvature):.3f}")
+    return _save(fig, path)
+
+
+def figure_proxies_vs_mem(mem, proxies: Mapping[str, Any], path) -> Path:
+    """Figures 10–13: each memorization proxy against mem, Spearman ρ per panel."""
+    names = [n for n, v in proxies.items() if v is not None and np.isfinite(v).any()]
+    cols = min(3, len(names)) or 1
+    rows = math.ceil(len(names) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        x, m = _finite(proxies[name], mem)
+        ax.scatter(x, m, s=4, alpha=0.4)
+        ax.set_xlabel(name)
+        ax.set_ylabel("mem")
+        ax.set_title(f"{name}: ρ = {_spearman(x, m):.3f}")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def figure_trace_vs_trace_sq(trace, trace_sq, mem, path) -> Path:
+    """Figures 14–16: tr(H) and tr(H²) against each other, coloured by memorization."""
+    trace, trace_sq, mem = _finite(trace, trace_sq, mem)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+    sc = axes[0].scatter(trace, trace_sq, c=mem, s=5, cmap="viridis", alpha=0.7)
+    axes[0].set_xlabel("tr(H)")
+    axes[0].set_ylabel("tr(H²)")
+    axes[0].set_yscale("log" if (trace_sq > 0).all() and len(trace_sq) else "linear")
+    fig.colorbar(sc, ax=axes[0], label="mem")
+    for ax, values, name in [(axes[1], trace, "tr(H)"), (axes[2], trace_sq, "tr(H²)")]:
+        ax.scatter(values, mem, s=4, alpha=0.4)
+        ax.set_xlabel(name)
+        ax.set_ylabel("mem")
+        ax.set_title(f"ρ(mem, {name}) = {_spearman(values, mem):.3f}")
+    return _save(fig, path)
+
+
+def figure_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, *,
+               aurocs: Mapping[str, float] | None = None, title: str = "Membership inference") -> Path:
+    """ROC curves on log-log axes (the LiRA convention), one line per attack."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    for name, (fpr, tpr) in curves.items():
+        label = name if aurocs is None else f"{name} (AUC {aurocs[name]:.3f})"
+        ax.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), label=label, lw=1.2)
+    ax.plot([1e-5, 1], [1e-5, 1], "k--", lw=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(1e-4, 1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=6, loc="lower right")
+    return _save(fig, path)
+
+
+def figure_mia_vs_mem(table: Sequence[Mapping[str, float]], path) -> Path:
+    """Figure 9: per memorization bin, attack AUROC, attack balanced accuracy and train accuracy."""
+    centers = [row["mem_center"] for row in table]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for key, label in [("auroc", "attack AUROC"), ("balanced_accuracy", "attack balanced acc."),
+                       ("train_accuracy", "train accuracy (in)")]:
+        ax.plot(centers, [row[key] for row in table], marker="o", label=label)
+    ax.set_xlabel("memorization score (bin centre)")
+    ax.set_ylabel("value")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    ax.set_title("Membership inference success by memorization")
+    return _save(fig, path)
+
+
+def figure_label_noise(scores: Mapping[str, Any], flipped, path) -> Path:
+    """Precision–recall of finding flipped labels by ranking each score from high to low."""
+    from sklearn.metrics import precision_recall_curve
+
+    flipped = np.asarray(flipped, bool)
+    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    for name, score in scores.items():
+        s = np.nan_to_num(np.asarray(score, float), nan=-np.inf)
+        precision, recall, _ = precision_recall_curve(flipped, s)
+        ax.plot(recall, precision, label=name)
+    ax.axhline(flipped.mean(), color="k", ls="--", lw=0.8, label="random")
+    ax.set_xlabel("recall of flipped labels")
+    ax.set_ylabel("precision")
+    ax.set_title("Finding mislabeled examples")
+    ax.legend()
+    return _save(fig, path)
+
+
+def figure_privacy_bounds(mem, curvature, epsilon: float, path, *, loss_bound: float | None = None,
+                          num_examples: int | None = None) -> Path:
+    """Memorization against its DP bound 1 − e^{−ε} (Thm 5.4) and curvature against Thm 5.3."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    mem = np.asarray(mem, float)
+    mem = mem[np.isfinite(mem)]
+    bound = 1 - math.exp(-epsilon)
+    axes[0].hist(mem, bins=40, color="tab:blue", alpha=0.8)
+    axes[0].axvline(bound, color="tab:red", label=f"1 − e^(−ε) = {bound:.3f}")
+    axes[0].set_xlabel("memorization score")
+    axes[0].set_title(f"mem under ε = {epsilon:.3g}: {np.mean(mem > bound):.1%} above bound")
+    axes[0].legend()
+    curvature = np.asarray(curvature, float)
+    curvature = curvature[np.isfinite(curvature)]
+    axes[1].hist(curvature, bins=40, color="tab:green", alpha=0.8)
+    if loss_bound is not None and num_examples is not None:
+        cb = loss_bound * (num_examples + 1) * (1 - math.exp(-epsilon))
+        axes[1].axvline(cb, color="tab:red", label=f"L(m+1)(1−e^(−ε)) = {cb:.3g}")
+        axes[1].legend()
+    axes[1].axvline(curvature.mean(), color="k", ls="--", lw=0.8)
+    axes[1].set_xlabel("curvature")
+    axes[1].set_title(f"mean curvature {curvature.mean():.3g}")
+    return _save(fig, path)
+
+
+def figure_mem_vs_epsilon(epsilons, mem_values, path, *, label: str = "top memorized") -> Path:
+    """Figure 6: memorization of the most memorized examples against ε (semi-log x) with the
+    bound 1 − e^{−ε}; ``mem_values`` is (E,) or (E, seeds)."""
+    eps = np.asarray(epsilons, float)
+    values = np.atleast_2d(np.asarray(mem_values, float).T).T
+    mean = np.nanmean(values, axis=1)
+    err = np.nanstd(values, axis=1) / np.sqrt(np.maximum(np.sum(np.isfinite(values), 1), 1))
+    grid = np.geomspace(max(eps[np.isfinite(eps)].min() / 2, 1e-2), eps[np.isfinite(eps)].max() * 2,
+                        200)
+    fig, ax = plt.subplots(figsize=(4.8, 3.5))
+    ax.errorbar(eps, mean, yerr=err, marker="o", capsize=3, label=label)
+    ax.plot(grid, 1 - np.exp(-grid), "r--", label="bound 1 − e^(−ε)")
+    ax.set_xscale("log")
+    ax.set_xlabel("privacy budget ε")
+    ax.set_ylabel("memorization score")
+    ax.set_title("Memorization vs privacy")
+    ax.legend()
+    return _save(fig, path)
+
+
+def figure_curve_vs_epsilon(epsilons, values, path, *, fit: tuple[np.ndarray, np.ndarray] | None = None,
+                            ylabel: str = "curvature", fit_label: str = "fit",
+                            title: str = "") -> Path:
+    """Figures 4, 5, 16: a quantity (E,) or (E, seeds) against ε with an optional fitted curve."""
+    eps = np.asarray(epsilons, float)
+    v = np.atleast_2d(np.asarray(values, float).T).T
+    mean = np.nanmean(v, axis=1)
+    err = np.nanstd(v, axis=1) / np.sqrt(np.maximum(np.sum(np.isfinite(v), 1), 1))
+    fig, ax = plt.subplots(figsize=(4.8, 3.5))
+    ax.errorbar(eps, mean, yerr=err, marker="o", capsize=3, label="measured")
+    if fit is not None:
+        ax.plot(fit[0], fit[1], "r--", label=fit_label)
+    ax.set_xscale("log")
+    ax.set_xlabel("privacy budget ε")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} vs privacy")
+    ax.legend()
+    return _save(fig, path)
+
+
+def figure_gain_by_mem(table: Sequence[Mapping[str, float]], path, *,
+                       ylabel: str = "accuracy gain of SAM over SGD") -> Path:
+    """Per memorization bin, a gain with its confidence interval (SAM vs SGD study)."""
+    centers = np.array([row["mem_center"] for row in table])
+    gain = np.array([row["gain"] for row in table])
+    lo = np.array([row["gain_lo"] for row in table])
+    hi = np.array([row["gain_hi"] for row in table])
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.bar(centers, gain, width=0.8 * np.min(np.diff(centers)) if len(centers) > 1 else 0.1,
+           yerr=[gain - lo, hi - gain], capsize=3, color="tab:purple", alpha=0.8)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("memorization score (bin centre)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("Where the gain goes")
+    return _save(fig, path)
+
+
+def figure_distributions(samples: Mapping[str, Any], path, *, xlabel: str, log: bool = True,
+                         title: str = "") -> Path:
+    """Overlaid histograms of one quantity under several conditions (e.g. SGD vs SAM)."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    arrays = {k: np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for k, v in samples.items()}
+    if log:
+        arrays = {k: np.log10(v[v > 0]) for k, v in arrays.items()}
+    allv = np.concatenate([v for v in arrays.values() if len(v)]) if arrays else np.zeros(1)
+    bins = np.histogram_bin_edges(allv, bins=40)
+    for name, v in arrays.items():
+        ax.hist(v, bins=bins, alpha=0.55, density=True, label=f"{name} (median {np.median(v):.3g})")
+    ax.set_xlabel(f"log10 {xlabel}" if log else xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# writers
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy/jax scalars and arrays (recursively) to JSON types; NaN/inf become None."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def write_json(path, data: Mapping[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(path, columns: Mapping[str, Any]) -> Path:
+    """One row per example from equal-length columns; floats with 6 significant digits."""
+    names = list(columns)
+    arrays = [np.asarray(columns[n]) for n in names]
+    n = len(arrays[0])
+    for name, a in zip(names, arrays):
+        if len(a) != n:
+            raise ValueError(f"column {name!r} has {len(a)} rows, expected {n}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(names)
+        for i in range(n):
+            writer.writerow([_cell(a[i]) for a in arrays])
+    os.replace(tmp, path)
+    return path
+
+
+def _cell(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "" if not np.isfinite(value) else f"{float(value):.6g}"
+    return str(value)
+
+
+def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols)
+                   + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "—" if not np.isfinite(value) else f"{float(value):.4g}"
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (float, np.floating)) for v in value):
+        return f"[{value[0]:.3g}, {value[1]:.3g}]"
+    return "—" if value is None else str(value)
+
+
+def write_html(path, *, title: str, sections: Sequence[Mapping[str, Any]]) -> Path:
+    """A self-contained report: each section has a heading, optional text, tables (lists of row
+    dicts) and figures (PNG paths, linked relative to the report)."""
+    path = Path(path)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
+             "padding:0 1em;color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;"
+             "padding-bottom:.2em;margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0;"
+             "font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+             "th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:.4em 0}"
+             "p.note{color:#555}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section['title'])}</h2>")
+        if section.get("text"):
+            parts.append(f"<p class='note'>{html.escape(section['text'])}</p>")
+        for table in section.get("tables", []):
+            parts.append(_table_html(table))
+        for fig in section.get("figures", []):
+            rel = os.path.relpath(fig, path.parent)
+            parts.append(f"<img src='{html.escape(rel)}' alt='{html.escape(Path(fig).stem)}'>")
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path

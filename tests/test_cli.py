@@ -1,0 +1,122 @@
+"""End-to-end: the `jaxcurv` command on small settings, its files, resume, and its errors."""
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxcurv.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--models", "4", "--epochs", "1", "--num-probes", "2", "--bootstrap", "10", "--quiet"]
+
+
+def _read_csv(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return rows, list(rows[0])
+
+
+@pytest.fixture(scope="module")
+def audit_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("audit")
+    assert main(["audit", *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def test_audit_writes_scores_summary_figures_report(audit_dir):
+    rows, columns = _read_csv(audit_dir / "scores.csv")
+    assert len(rows) == 1438  # digits training split
+    for name in ["index", "label", "curvature", "curvature_stderr", "curvature_sq", "loss",
+                 "correct", "mem", "mem_stderr", "confidence", "learning_time", "zero_order",
+                 "mia_lira_online", "mia_curvature_lr", "mia_zero_order_nll", "mia_rmia"]:
+        assert name in columns, name
+    curvature = np.array([float(r["curvature"]) for r in rows if r["curvature"]])
+    assert len(curvature) > 1400 and np.isfinite(curvature).all()
+    summary = json.loads((audit_dir / "summary.json").read_text())
+    assert summary["config"]["models"] == 4
+    assert 0 < summary["accuracy"]["test_mean"] <= 1
+    assert -1 <= summary["correlations"]["spearman_mem_curvature"] <= 1
+    attacks = {row["attack"] for row in summary["mia"]["metrics"]}
+    assert {"lira_online", "curvature_lr", "curvature_nll", "zero_order_lr", "rmia",
+            "loss"} <= attacks
+    for rel in summary["figures"].values():
+        png = audit_dir / rel
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (audit_dir / "report.html").read_text()
+    for rel in summary["figures"].values():
+        assert rel in page
+    assert "Membership inference" in page
+
+
+def test_audit_resumes_from_cache_with_identical_results(audit_dir):
+    before = (audit_dir / "scores.csv").read_text()
+    assert main(["audit", *SMALL, "--out", str(audit_dir)]) == 0
+    summary = json.loads((audit_dir / "summary.json").read_text())
+    assert summary["timings_s"]["curvature"] == "cached"
+    assert summary["timings_s"]["attacks"] == "cached"
+    assert (audit_dir / "scores.csv").read_text() == before
+
+
+def test_audit_label_noise_and_dp(tmp_path):
+    out = tmp_path / "noisy"
+    assert main(["audit", *SMALL, "--label-noise", "0.1", "--no-zero-order", "--out",
+                 str(out)]) == 0
+    rows, columns = _read_csv(out / "scores.csv")
+    assert "flipped" in columns and "true_label" in columns
+    assert sum(int(r["flipped"]) for r in rows) == round(0.1 * 1438)
+    summary = json.loads((out / "summary.json").read_text())
+    ranking = summary["label_noise"]["ranking"]
+    assert set(ranking) >= {"curvature", "mem"} and 0 <= ranking["curvature"]["auroc"] <= 1
+
+    out = tmp_path / "dp"
+    assert main(["audit", *SMALL, "--dp-epsilon", "4", "--no-zero-order", "--model", "mlp",
+                 "--out", str(out)]) == 0
+    privacy = json.loads((out / "summary.json").read_text())["privacy"]
+    assert privacy["epsilon_accounted"] == pytest.approx(4.0, abs=1e-3)
+    assert 0 <= privacy["epsilon_audited_lower_bound"] <= privacy["epsilon_accounted"]
+    assert "accuracy_cost" in privacy and "mem_bound" in privacy
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "1"], "--models must be >= 3"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--label-noise", "1.5"], "--label-noise"),
+    (["--model", "vgg"], "unknown model"),
+    (["--dp-epsilon", "-1"], "--dp-epsilon"),
+    (["--dp-epsilon", "2", "--model", "resnet18"], "resnet18_gn"),
+    (["--dataset", "nope"], "nope"),
+])
+def test_audit_bad_input_fails_fast_with_a_clear_message(args, message, capsys, tmp_path):
+    assert main(["audit", *args, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_help_explains_every_knob():
+    out = subprocess.run([sys.executable, "-m", "jaxcurv", "audit", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for knob in ["--dataset", "--model", "--models", "--epochs", "--num-probes", "--label-noise",
+                 "--dp-epsilon", "--optimizer", "--seed", "--out"]:
+        assert knob in out
+
+
+def test_epsilon_command(capsys):
+    assert main(["epsilon", "--noise-multiplier", "1.1", "--sampling-rate", str(256 / 60000),
+                 "--steps", "14062", "--delta", "1e-5"]) == 0
+    eps = float(capsys.readouterr().out.split()[-1])
+    assert eps == pytest.approx(2.597, abs=2e-3)
+
+
+def test_readme_leads_with_the_two_commands_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"```(?:bash|sh)?\n(.+?)\n```", readme, flags=re.S)[:2]
+    assert "jaxcurv audit" in commands[0] and "pytest" in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text()
+    for command in commands:
+        assert command.strip() in ci
