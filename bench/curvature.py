@@ -83,6 +83,24 @@ def _calibrated_variables(model, variables, x: np.ndarray) -> dict:
     return out
 
 
+def _trained_variables(model, variables, *, epochs: int, examples: int, seed: int) -> dict:
+    """Variables after ``epochs`` of SGD on ``examples`` CIFAR-10 training images (realistic
+    per-example curvature spread; an untrained net's spread is narrow, which makes rank
+    agreement between dtypes look worse than on a trained model)."""
+    from jaxcurv import data, ensemble
+
+    path = C.shared_cifar10_path()
+    if path is None:
+        raise SystemExit("--train-epochs needs CIFAR-10: copy ../shared/data/cifar10-jpeg.npz "
+                         "to .data/")
+    train = data.load(f"npz:{path}", split="train")
+    idx = np.random.default_rng(seed).permutation(len(train))[:examples]
+    member, _ = ensemble.fit_one(model, train.take(idx), jax.random.PRNGKey(seed + 7),
+                                 epochs=epochs, batch_size=128, learning_rate=0.05,
+                                 augment=True, progress=False)
+    return jax.tree.map(jnp.asarray, member)
+
+
 # ----------------------------------------------------------------------------------------------
 # the seed algorithm, re-implemented faithfully in JAX
 
@@ -262,7 +280,7 @@ def measure_devices(args) -> dict:
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, __file__, "--devices-child", "--width", str(args.width), "--batch",
            str(args.batch), "--num-probes", str(args.num_probes), "--repeats", str(args.repeats),
-           "--data", args.data, "--seed", str(args.seed)]
+           "--data", args.data, "--seed", str(args.seed), "--train-epochs", "0"]
     if args.probe_batch:
         cmd += ["--probe-batch", str(args.probe_batch)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -298,6 +316,10 @@ def parse_args(argv=None):
     p.add_argument("--data", default="auto", choices=("auto", "random"),
                    help="auto: CIFAR-10 test images if the shared npz is found")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-epochs", type=int, default=None,
+                   help="train the ResNet18 first (quick: 0 = untrained; full: 2)")
+    p.add_argument("--train-examples", type=int, default=None,
+                   help="CIFAR-10 training images for --train-epochs (quick 2,000; full 50,000)")
     p.add_argument("--no-main", action="store_true", help="skip ours-vs-seed")
     p.add_argument("--no-hoisted-baseline", dest="hoisted_baseline", action="store_false",
                    help="skip the stronger baseline row with ∇L(X) hoisted")
@@ -313,6 +335,9 @@ def parse_args(argv=None):
     args.width = args.width or (16 if args.quick else 64)
     args.batch = args.batch or (64 if args.quick else 512)
     args.repeats = args.repeats or (3 if args.quick else 5)
+    if args.train_epochs is None:
+        args.train_epochs = 0 if args.quick else 2
+    args.train_examples = args.train_examples or (2_000 if args.quick else 50_000)
     args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in args.dtypes:
         if d not in DTYPES:
@@ -329,13 +354,21 @@ def main(argv=None) -> None:
     x, y, source = _images(args.batch, args.data, args.seed)
     model = models.get_model("resnet18", 10, width=args.width)
     variables = models.init_variables(model, jax.random.PRNGKey(args.seed), x.shape[1:])
-    variables = _calibrated_variables(model, variables, x)
+    if args.train_epochs:
+        t0 = time.perf_counter()
+        variables = _trained_variables(model, variables, epochs=args.train_epochs,
+                                       examples=args.train_examples, seed=args.seed)
+        trained = (f"trained {args.train_epochs} epoch(s) on {args.train_examples} CIFAR-10 "
+                   f"images in {time.perf_counter() - t0:.0f} s")
+    else:
+        variables = _calibrated_variables(model, variables, x)
+        trained = "untrained (BatchNorm statistics of the benchmark batch)"
     if args.devices_child:
         print("DEVICES_JSON " + json.dumps(measure_devices_child(args, model, variables, x, y)))
         return
-    print(f"ResNet18 width {args.width} ({models.count_params(variables):,} params), N = {args.batch} "
-          f"{source}, {args.num_probes} probes; {C.describe_device()}")
-    result = {"config": {k: v for k, v in vars(args).items()}, "data": source,
+    print(f"ResNet18 width {args.width} ({models.count_params(variables):,} params), {trained}; "
+          f"N = {args.batch} {source}, {args.num_probes} probes; {C.describe_device()}")
+    result = {"config": {k: v for k, v in vars(args).items()}, "data": source, "model": trained,
               "gpu_targets": GPU_TARGET}
     start = time.perf_counter()
     if not args.no_main:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -54,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--h", type=float, default=d.h, help="zero-order step size (default 1e-3)")
     a.add_argument("--no-zero-order", dest="zero_order", action="store_false",
                    help="skip the black-box (losses only) curvature attack")
+    a.add_argument("--adversarial", action="store_true",
+                   help="also compute the adversarial-distance proxy (smallest L2 PGD step that "
+                   "flips the prediction; slower)")
     a.add_argument("--label-noise", type=float, default=d.label_noise, metavar="F",
                    help="flip this fraction of training labels and report how well curvature "
                    "and memorization find them (default 0)")
@@ -105,6 +107,7 @@ def _audit(args) -> int:
         fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, rho=args.rho,
         num_probes=args.num_probes, h=args.h, zero_order=args.zero_order,
+        adversarial=args.adversarial,
         label_noise=args.label_noise, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         dp_clip=args.dp_clip, augment=None if args.augment is None else args.augment == "on",
         bootstrap=args.bootstrap, seed=args.seed, out=args.out, progress=not args.quiet)

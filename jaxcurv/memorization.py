@@ -28,6 +28,7 @@ from scipy import special, stats
 from sklearn import metrics as _skm
 from tqdm.auto import tqdm
 
+from jaxcurv import ensemble as _ensemble
 from jaxcurv._chunks import map_chunks
 
 __all__ = [
@@ -105,7 +106,8 @@ def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 # Feldman–Zhang memorization
 
 
-def feldman_zhang(correct, in_mask, *, stderr_method: str = "plugin") -> tuple[np.ndarray, np.ndarray]:
+def feldman_zhang(correct, in_mask, *,
+                  stderr_method: str = "plugin") -> tuple[np.ndarray, np.ndarray]:
     """Feldman–Zhang memorization of each example from an ensemble: (mem, stderr), each (N,).
 
     correct, in_mask: bool (K, N) — member k classifies example i correctly / trained on it.
@@ -148,7 +150,8 @@ def feldman_zhang(correct, in_mask, *, stderr_method: str = "plugin") -> tuple[n
 
 
 def correctness(logits, labels) -> np.ndarray:
-    """correct[k, i] = argmax_c logits[k, i, c] == labels[i]: logits (K, N, C), labels (N,) → bool (K, N)."""
+    """correct[k, i] = (argmax_c logits[k, i, c] == labels[i]); logits (K, N, C), labels (N,) →
+    bool (K, N)."""
     logits, labels = _check_logits(logits, labels)
     return logits.argmax(-1) == labels[None]
 
@@ -226,7 +229,8 @@ def _pgd_success(logits_fn, params, x, y, target, radius, *, pgd_steps: int):
 
 @functools.lru_cache(maxsize=32)
 def _adversarial_kernels(logits_fn: Callable, pgd_steps: int, num_targets: int | None):
-    """Jitted (clean_wrong, step) for batches: step(params, x, y, lo, hi) → (lo, hi) updated."""
+    """Jitted batch kernels (start, step): start(params, x, y, max_norm) → (lo, hi) after testing
+    max_norm; step(params, x, y, lo, hi, min_norm) → (lo, hi) after one log-bisection step."""
 
     def example_success(params, x, y, radius):
         z = logits_fn(params, x)
@@ -302,7 +306,8 @@ def adversarial_distance(logits_fn: Callable, params, x, y, *, max_norm: float |
     if x.ndim < 2 or not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"x must be a float array (N, ...) of examples, got {x.dtype} {x.shape}")
     if y.shape != x.shape[:1] or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"y must be integer labels of shape (N={x.shape[0]},), got {y.dtype} {y.shape}")
+        raise ValueError(f"y must be integer labels of shape (N={x.shape[0]},), got {y.dtype} "
+                         f"{y.shape}")
     if not np.isfinite(x).all():
         raise ValueError("x contains NaN or inf; clean the inputs first")
     if max_norm is None:
@@ -313,7 +318,8 @@ def adversarial_distance(logits_fn: Callable, params, x, y, *, max_norm: float |
         raise ValueError(f"min_norm ({min_norm}) must be smaller than max_norm ({max_norm})")
     max_norm, min_norm = float(max_norm), float(min_norm)
     params = jax.device_put(params)
-    start, step = _adversarial_kernels(logits_fn, int(pgd_steps), num_targets)
+    start, step = _adversarial_kernels(logits_fn, int(pgd_steps),
+                                       None if num_targets is None else int(num_targets))
     chunk = min(batch_size or 256, len(x))
 
     def run(xs, ys, idx, real):
@@ -348,14 +354,26 @@ def _log_softmax_true(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.take_along_axis(logp, labels[None, :, None].astype(np.int64), axis=-1)[..., 0]
 
 
-def _check_curvature(curvature, k: int, n: int):
-    fields = ("trace", "trace_sq")
-    for f in fields:
-        a = getattr(curvature, f, None)
-        if a is None or np.shape(a) != (k, n):
-            raise ValueError(f"curvature.{f} must have shape (K={k}, N={n}) (ensemble."
-                             f"member_curvature output), got {np.shape(a) if a is not None else None}")
-    return curvature
+def _check_curvature(curvature, k: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(trace, trace_sq or None), each (K, N), from a Curvature of (K, N) fields or a (K, N) tr(H)
+    array (an ndarray has a .trace method, so look for trace_sq)."""
+    if hasattr(curvature, "trace_sq"):
+        fields = (curvature.trace, curvature.trace_sq)
+        names = ("curvature.trace", "curvature.trace_sq")
+    else:
+        fields, names = (curvature, None), ("curvature", None)
+    out = []
+    for a, name in zip(fields, names):
+        if name is None:
+            out.append(None)
+            continue
+        arr = np.asarray(a)
+        if arr.shape != (k, n) or not np.issubdtype(arr.dtype, np.number):
+            raise ValueError(f"{name} must be a real (K={k}, N={n}) array (a Curvature from "
+                             "ensemble.member_curvature, or its trace), got "
+                             f"{arr.dtype} {arr.shape}")
+        out.append(arr.astype(np.float64))
+    return out[0], out[1]
 
 
 def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
@@ -365,15 +383,17 @@ def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
     """Per-example memorization proxies of an ensemble on the data it was trained on: dict of (N,)
     float64 arrays (keys from ``PROXY_NAMES``; NaN for an example no member held in / out).
 
-    IN / OUT = members whose subset ``ensemble.masks[k]`` holds / lacks the example; end of training.
+    IN / OUT = members whose subset ``ensemble.masks[k]`` holds / lacks the example; all values at
+    the end of training unless stated.
       confidence, confidence_in: mean softmax p_y over OUT / IN members.
       loss, loss_out: mean cross-entropy −log p_y over IN / OUT members.
       learning_time: mean over IN members of :func:`learning_time` of history["correct"] (1-based,
         E + 1 = not learned); inverse_learning_time: mean over IN members of 1/t (not 1/mean t).
         Present when the ensemble was trained with ``record_examples=True``.
       curvature_in/_out, curvature_sq_in/_out: mean tr(H) / tr(H²) over IN / OUT members, from
-        ``curvature`` (a Curvature of (K, N) fields already computed) or, with ``end_curvature``,
-        from ensemble.member_curvature(…, key, num_probes=num_probes).
+        ``curvature`` — a Curvature of (K, N) fields already computed, or a (K, N) tr(H) array
+        (then no curvature_sq_*) — or, with ``end_curvature``, from
+        ensemble.member_curvature(…, key, num_probes=num_probes).
       curvature_train_in/_out: mean over epochs and IN / OUT members of history["curvature"]
         (present when trained with ``record_curvature``).
       adversarial_distance (with ``adversarial``): mean over IN members of
@@ -381,8 +401,6 @@ def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
         each member's IN examples; +inf if any IN member was never flipped within max_norm.
     ``logits`` (K, N, C): ``ensemble.predict(ensemble, dataset.images)`` if already computed.
     """
-    from jaxcurv import ensemble as _ens
-
     masks = np.asarray(ensemble.masks, bool)
     k_total, n = masks.shape
     if len(dataset) != n:
@@ -394,7 +412,10 @@ def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
         if logits.shape[0] != k_total:
             raise ValueError(f"logits must be (K={k_total}, N={n}, C), got {logits.shape}")
     if curvature is not None:
-        _check_curvature(curvature, k_total, n)
+        curvature = _check_curvature(curvature, k_total, n)
+    elif end_curvature and (isinstance(num_probes, bool)
+                            or not isinstance(num_probes, (int, np.integer)) or num_probes < 1):
+        raise ValueError(f"num_probes must be an integer >= 1, got {num_probes!r}")
     options = dict(adversarial_options or {})
     if adversarial:
         unknown = set(options) - {"max_norm", "min_norm", "pgd_steps", "search_steps",
@@ -413,7 +434,7 @@ def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
                              f"{np.shape(history[name])}")
 
     if logits is None:
-        logits = _ens.predict(ensemble, dataset.images, progress=progress)
+        logits = _ensemble.predict(ensemble, dataset.images, progress=progress)
     out_mask = ~masks
     logp = _log_softmax_true(logits, labels)
     result = {
@@ -427,13 +448,16 @@ def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
         result["learning_time"] = _masked_mean(t, masks)
         result["inverse_learning_time"] = _masked_mean(1.0 / t, masks)
     if curvature is None and end_curvature:
-        curvature = _ens.member_curvature(ensemble, dataset.images, labels, key,
-                                          num_probes=num_probes, progress=progress)
+        c = _ensemble.member_curvature(ensemble, dataset.images, labels, key,
+                                       num_probes=num_probes, progress=progress)
+        curvature = (c.trace, c.trace_sq)
     if curvature is not None:
-        result["curvature_in"] = _masked_mean(curvature.trace, masks)
-        result["curvature_out"] = _masked_mean(curvature.trace, out_mask)
-        result["curvature_sq_in"] = _masked_mean(curvature.trace_sq, masks)
-        result["curvature_sq_out"] = _masked_mean(curvature.trace_sq, out_mask)
+        trace, trace_sq = curvature
+        result["curvature_in"] = _masked_mean(trace, masks)
+        result["curvature_out"] = _masked_mean(trace, out_mask)
+        if trace_sq is not None:
+            result["curvature_sq_in"] = _masked_mean(trace_sq, masks)
+            result["curvature_sq_out"] = _masked_mean(trace_sq, out_mask)
     if "curvature" in history:
         over_epochs = np.asarray(history["curvature"], np.float64).mean(0)
         result["curvature_train_in"] = _masked_mean(over_epochs, masks)
@@ -456,8 +480,7 @@ def _member_adversarial(ensemble, dataset, masks, options, *, progress) -> np.nd
         idx = np.flatnonzero(masks[k])
         dist[k, idx] = adversarial_distance(fn, ensemble.member(k), dataset.images[idx],
                                             dataset.labels[idx], **options).distance
-    with np.errstate(invalid="ignore"):
-        return _masked_mean(np.where(masks, dist, 0.0), masks)
+    return _masked_mean(np.where(masks, dist, 0.0), masks)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -515,7 +538,8 @@ class BinStats(NamedTuple):
 
 
 def bin_by(values, target, bins: int | Any = 10, *, strategy: str = "quantile") -> BinStats:
-    """Mean and standard error (std ddof=1 / √n; NaN for n < 2) of target (N,) per bin of values (N,).
+    """Mean and standard error (std ddof=1 / √n; NaN for n < 2) of target (N,) per bin of values
+    (N,).
 
     bins: a count B with ``strategy`` "quantile" (equal-count bins of the sorted values; ties may
     straddle a border; lower/upper = the bin's smallest/largest value) or "uniform" (B equal-width
@@ -572,7 +596,8 @@ def rank_flipped(score, flipped) -> dict[str, float]:
     s = _as_float("score", score)
     f = _as_bool("flipped", flipped)
     if f.shape != s.shape:
-        raise ValueError(f"score and flipped must have the same shape (N,), got {s.shape} and {f.shape}")
+        raise ValueError(f"score and flipped must have the same shape (N,), got {s.shape} and "
+                         f"{f.shape}")
     nan = np.isnan(s)
     if nan.any():
         warnings.warn(f"rank_flipped: dropping {int(nan.sum())} example(s) with NaN score",

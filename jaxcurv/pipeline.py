@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from scipy import stats
 from jaxcurv import data as data_lib
 from jaxcurv import ensemble as ens_lib
 from jaxcurv import memorization, mia, models, report
-from jaxcurv.curvature import zero_order_curvature
+from jaxcurv.curvature import Curvature, zero_order_curvature
 from jaxcurv.optim import OptimizerConfig
 
 __all__ = ["AuditConfig", "run_audit", "MIA_ATTACKS", "attack_scores", "mia_by_memorization",
@@ -48,6 +49,7 @@ class AuditConfig:
     fraction: float = 0.5
     num_probes: int = 10
     zero_order: bool = True
+    adversarial: bool = False
     h: float = 1e-3
     label_noise: float = 0.0
     dp_epsilon: float | None = None
@@ -70,9 +72,10 @@ class AuditConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        if self.models < 3:
-            raise ValueError("--models must be >= 3: memorization needs members that hold each "
-                             "example in and out, and each member in turn is an attack target")
+        if self.models < 6:
+            raise ValueError("--models must be >= 6: each member in turn is an attack target "
+                             "whose shadows need at least two members holding each example in "
+                             "and two holding it out")
         if not 0 < self.fraction < 1:
             raise ValueError(f"--fraction must be in (0, 1), got {self.fraction}")
         if not 0 <= self.label_noise < 1:
@@ -190,6 +193,7 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
     zero_order (K, N) positive statistics (tr(H²), |uᵀHv|) or None; test_logits (K, Z, C) of the
     population for RMIA."""
     k = logits.shape[0]
+    pooled = k < 64  # few shadows: one global variance per group (Carlini et al. 2022, §VI)
     conf = mia.logit_confidence(logits, labels[None, None])          # (K, A, N)
     conf = np.moveaxis(conf, 1, -1)                                   # (K, N, A)
     loss = mia.cross_entropy(logits[:, 0], labels[None])              # (K, N)
@@ -198,13 +202,17 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
         "mentr": mia.mentr_attack(logits[:, 0], labels[None]),
         "calibrated_loss": mia.leave_one_model_out(mia.calibrated_loss, loss, masks),
         "attack_r": mia.leave_one_model_out(mia.attack_r, loss, masks),
-        "lira_online": mia.leave_one_model_out(mia.lira, conf, masks, online=True),
-        "lira_offline": mia.leave_one_model_out(mia.lira, conf, masks, online=False),
-        "curvature_lr": mia.leave_one_model_out(mia.curvature_lr, curvature, masks),
+        "lira_online": mia.leave_one_model_out(mia.lira, conf, masks, online=True,
+                                               fixed_variance=pooled),
+        "lira_offline": mia.leave_one_model_out(mia.lira, conf, masks, online=False,
+                                                fixed_variance=pooled),
+        "curvature_lr": mia.leave_one_model_out(mia.curvature_lr, curvature, masks,
+                                                fixed_variance=pooled),
         "curvature_nll": mia.leave_one_model_out(mia.curvature_nll, curvature, masks),
     }
     if zero_order is not None:
-        scores["zero_order_lr"] = mia.leave_one_model_out(mia.curvature_lr, zero_order, masks)
+        scores["zero_order_lr"] = mia.leave_one_model_out(mia.curvature_lr, zero_order, masks,
+                                                          fixed_variance=pooled)
         scores["zero_order_nll"] = mia.leave_one_model_out(mia.curvature_nll, zero_order, masks)
     probs = mia.true_class_probability(logits[:, 0], labels[None])           # (K, N)
     population = mia.true_class_probability(test_logits, test_labels[None])  # (K, Z)
@@ -229,21 +237,43 @@ def in_out_means(values: np.ndarray, masks: np.ndarray):
     return mean_in, np.where(n_in > 1, sd / np.sqrt(np.maximum(n_in, 1)), np.nan), mean_out
 
 
-def mia_by_memorization(scores, masks, mem, correct, *, bins: int = 5) -> list[dict[str, float]]:
-    """Figure 9 table: per memorization bin, AUROC/balanced accuracy of the attack on the pairs
-    (model, example) of that bin, and the in-model accuracy of those examples."""
-    edges = np.unique(np.nanquantile(mem, np.linspace(0, 1, bins + 1)))
+def mia_by_memorization(scores, masks, correct, *, edges=(0.0, 0.1, 0.3, 0.5, 0.7, 1.0),
+                        min_examples: int = 5) -> list[dict[str, float]]:
+    """Figure 9 table: per memorization bin, AUROC and balanced accuracy of an attack on the
+    (target member, example) pairs of that bin, and the in-member accuracy of those examples.
+
+    Cross-fitted: members are split in two halves (even / odd index); targets in one half are
+    binned by the memorization score estimated from the other half only. Binning by a score
+    computed from the target's own correctness would select on the outcome (e.g. mem < 0 picks
+    examples the in-members got wrong) and bias the per-bin attack success.
+    """
+    from jaxcurv.memorization import feldman_zhang
+
+    k = masks.shape[0]
+    halves = [np.arange(k) % 2 == 0, np.arange(k) % 2 == 1]
+    s_all, m_all, c_all, mem_all = [], [], [], []
+    for estimate, targets in [(halves[0], halves[1]), (halves[1], halves[0])]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # examples never in/out of a half get NaN
+            mem, _ = feldman_zhang(correct[estimate], masks[estimate])
+        s_all.append(scores[targets])
+        m_all.append(masks[targets])
+        c_all.append(correct[targets])
+        mem_all.append(np.broadcast_to(mem, masks[targets].shape))
+    s, m, c, mem = (np.concatenate(a).ravel() for a in (s_all, m_all, c_all, mem_all))
+    clipped = np.clip(mem, edges[0], edges[-1])
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        cols = (mem >= lo) & ((mem <= hi) if hi == edges[-1] else (mem < hi))
-        s, m = scores[:, cols].ravel(), masks[:, cols].ravel()
-        if m.all() or not m.any():
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        sel = np.isfinite(mem) & (clipped >= lo) & ((clipped <= hi) if last else (clipped < hi))
+        if sel.sum() < min_examples or m[sel].all() or not m[sel].any():
             continue
-        metrics = mia.roc_metrics(s, m)
-        rows.append({"mem_lo": float(lo), "mem_hi": float(hi), "mem_center": float(np.nanmean(
-            mem[cols])), "examples": int(cols.sum()), "auroc": float(metrics["auroc"]),
-            "balanced_accuracy": float(metrics["balanced_accuracy"]),
-            "train_accuracy": float(correct[:, cols][masks[:, cols]].mean())})
+        metrics = mia.roc_metrics(s[sel], m[sel])
+        rows.append({"mem_lo": float(lo), "mem_hi": float(hi),
+                     "mem_center": float(np.mean(mem[sel])), "pairs": int(sel.sum()),
+                     "auroc": float(metrics["auroc"]),
+                     "balanced_accuracy": float(metrics["balanced_accuracy"]),
+                     "train_accuracy": float(c[sel & m].mean())})
     return rows
 
 
@@ -332,8 +362,12 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     mem, mem_stderr = memorization.feldman_zhang(correct_final, masks)
 
     def proxies():
-        p = memorization.proxies(ens, train, jax.random.fold_in(key, 4),
-                                 curvature=curv["trace"], adversarial=False)
+        p = memorization.proxies(
+            ens, train, jax.random.fold_in(key, 4), logits=logits[:, 0],
+            curvature=Curvature(curv["trace"], curv["trace_sq"], curv["trace_stderr"],
+                                curv["trace_stderr"]),
+            adversarial=config.adversarial, progress=config.progress,
+            adversarial_options=dict(num_targets=3, pgd_steps=5, search_steps=8))
         return {name: np.asarray(v, float) for name, v in p.items()}
 
     proxy = stages.run("proxies", proxies)
@@ -358,7 +392,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     if zero is not None:
         z_in, _, z_out = in_out_means(zero, masks)
         columns.update(zero_order=z_in, zero_order_out=z_out)
-    for name in ("confidence", "learning_time"):
+    for name in ("confidence", "learning_time", "inverse_learning_time", "adversarial_distance"):
         if name in proxy:
             columns[name] = proxy[name]
     if config.label_noise > 0:
@@ -387,9 +421,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
             "fraction_above_0_5": float(np.nanmean(mem > 0.5))},
         "correlations": {"spearman_mem_curvature": _rho(mem, curv_in),
                          "spearman_mem_curvature_sq": _rho(mem, sq_in),
-                         "proxies": memorization.correlations(mem, {**{k2: v for k2, v in
-                                                                       proxy.items()},
-                                                                    "curvature_sq": sq_in})},
+                         "proxies": memorization.correlations(mem, proxy)},
     }
     pooled_member = masks.ravel()
     cluster = np.broadcast_to(np.arange(n), masks.shape).ravel()
@@ -406,7 +438,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
                                   "the others its shadows), pooled over members × examples",
                       "metrics": mia_rows}
     best = "lira_online"
-    by_mem = mia_by_memorization(scores[best], masks, mem, correct_final)
+    by_mem = mia_by_memorization(scores[best], masks, correct_final)
     summary["mia"]["by_memorization"] = {"attack": best, "bins": by_mem}
 
     figs = {
@@ -416,8 +448,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         "hist": report.figure_curvature_histogram(curv_in, columns["correct"] >= 0.5,
                                                   figures_dir / "curvature_histogram.png"),
         "mem_curv": report.figure_mem_vs_curvature(mem, curv_in, figures_dir / "mem_vs_curvature.png"),
-        "proxies": report.figure_proxies_vs_mem(mem, {**proxy, "curvature tr(H²)": sq_in},
-                                                figures_dir / "proxies_vs_mem.png"),
+        "proxies": report.figure_proxies_vs_mem(mem, proxy, figures_dir / "proxies_vs_mem.png"),
         "trace_sq": report.figure_trace_vs_trace_sq(curv_in, sq_in, mem,
                                                     figures_dir / "trace_vs_trace_sq.png"),
         "roc": report.figure_roc(curves, figures_dir / "mia_roc.png", aurocs=aurocs),

@@ -13,7 +13,7 @@ import pytest
 from jaxcurv.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["--models", "4", "--epochs", "1", "--num-probes", "2", "--bootstrap", "10", "--quiet"]
+SMALL = ["--models", "6", "--epochs", "1", "--num-probes", "2", "--bootstrap", "10", "--quiet"]
 
 
 def _read_csv(path):
@@ -39,7 +39,7 @@ def test_audit_writes_scores_summary_figures_report(audit_dir):
     curvature = np.array([float(r["curvature"]) for r in rows if r["curvature"]])
     assert len(curvature) > 1400 and np.isfinite(curvature).all()
     summary = json.loads((audit_dir / "summary.json").read_text())
-    assert summary["config"]["models"] == 4
+    assert summary["config"]["models"] == 6
     assert 0 < summary["accuracy"]["test_mean"] <= 1
     assert -1 <= summary["correlations"]["spearman_mem_curvature"] <= 1
     attacks = {row["attack"] for row in summary["mia"]["metrics"]}
@@ -84,7 +84,7 @@ def test_audit_label_noise_and_dp(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--models", "1"], "--models must be >= 3"),
+    (["--models", "5"], "--models must be >= 6"),
     (["--epochs", "0"], "--epochs must be an integer >= 1"),
     (["--label-noise", "1.5"], "--label-noise"),
     (["--model", "vgg"], "unknown model"),

@@ -1,5 +1,6 @@
 """Memorization and proxies against naive loops, closed forms, scipy and scikit-learn."""
 
+import logging
 import math
 import warnings
 
@@ -16,7 +17,7 @@ from jaxcurv.curvature import Curvature
 KEY = jax.random.PRNGKey(0)
 
 
-# --- Feldman–Zhang --------------------------------------------------------------------------------
+# --- Feldman–Zhang -----------------------------------------------------------------------------
 
 
 def _naive_fz(correct, in_mask, method="plugin"):
@@ -31,7 +32,8 @@ def _naive_fz(correct, in_mask, method="plugin"):
             se[i] = math.sqrt(p_in * (1 - p_in) / len(ins) + p_out * (1 - p_out) / len(outs))
         else:
             q_in, q_out = (sum(ins) + 1) / (len(ins) + 2), (sum(outs) + 1) / (len(outs) + 2)
-            se[i] = math.sqrt(q_in * (1 - q_in) / (len(ins) + 2) + q_out * (1 - q_out) / (len(outs) + 2))
+            se[i] = math.sqrt(q_in * (1 - q_in) / (len(ins) + 2)
+                              + q_out * (1 - q_out) / (len(outs) + 2))
     return mem, se
 
 
@@ -46,7 +48,8 @@ def test_feldman_zhang_equals_naive_loop(method):
     np.testing.assert_allclose(mem, ref_mem, rtol=0, atol=1e-15)
     np.testing.assert_allclose(se, ref_se, rtol=1e-14, atol=0)
     # 0/1 integer arrays are accepted as booleans
-    mem01, _ = mz.feldman_zhang(correct.astype(np.int32), in_mask.astype(float), stderr_method=method)
+    mem01, _ = mz.feldman_zhang(correct.astype(np.int32), in_mask.astype(float),
+                                stderr_method=method)
     np.testing.assert_array_equal(mem01, mem)
 
 
@@ -117,7 +120,8 @@ def test_feldman_zhang_errors(correct, in_mask, kwargs, match):
 
 def test_correctness_is_argmax_match():
     logits = np.array([[[0.0, 2.0], [3.0, 1.0]], [[5.0, 1.0], [0.0, 0.5]]])
-    np.testing.assert_array_equal(mz.correctness(logits, np.array([1, 1])), [[True, False], [False, True]])
+    np.testing.assert_array_equal(mz.correctness(logits, np.array([1, 1])),
+                                  [[True, False], [False, True]])
     with pytest.raises(ValueError, match="labels"):
         mz.correctness(logits, np.array([1, 2]))
 
@@ -135,7 +139,7 @@ def test_learning_time_hand_made():
         mz.learning_time(np.zeros((0, 3), bool))
 
 
-# --- proxies from given arrays (no model needed) ---------------------------------------------------
+# --- proxies from given arrays (no model needed) ------------------------------------------------
 
 
 def _fake_ensemble(rng, k, n, c, e):
@@ -161,7 +165,8 @@ def test_proxies_from_arrays_equal_naive_loops():
         ins = [j for j in range(k) if ens.masks[j, i]]
         outs = [j for j in range(k) if not ens.masks[j, i]]
         y = ds.labels[i]
-        prob = [math.exp(logits[j, i, y]) / sum(math.exp(v) for v in logits[j, i]) for j in range(k)]
+        prob = [math.exp(logits[j, i, y]) / sum(math.exp(v) for v in logits[j, i])
+                for j in range(k)]
         expect = {
             "confidence": np.mean([prob[j] for j in outs]),
             "confidence_in": np.mean([prob[j] for j in ins]),
@@ -178,6 +183,10 @@ def test_proxies_from_arrays_equal_naive_loops():
         }
         for name, value in expect.items():
             np.testing.assert_allclose(got[name][i], value, rtol=1e-12, err_msg=name)
+    # a bare (K, N) tr(H) array is accepted too (no tr(H²) proxies then)
+    bare = mz.proxies(ens, ds, KEY, logits=logits, curvature=curv.trace, progress=False)
+    assert "curvature_sq_in" not in bare
+    np.testing.assert_array_equal(bare["curvature_in"], got["curvature_in"])
 
 
 def test_proxies_validation():
@@ -188,9 +197,13 @@ def test_proxies_validation():
         mz.proxies(ens, ds.take(np.arange(9)), KEY, **kw)
     with pytest.raises(ValueError, match=r"logits must be \(K=4"):
         mz.proxies(ens, ds, KEY, logits=logits[:3], curvature=curv, progress=False)
+    with pytest.raises(ValueError, match=r"curvature must be a real \(K=4"):
+        mz.proxies(ens, ds, KEY, logits=logits, curvature=curv.trace[:, :3], progress=False)
     with pytest.raises(ValueError, match="curvature.trace"):
         mz.proxies(ens, ds, KEY, logits=logits, curvature=Curvature(*(a[:2] for a in curv)),
                    progress=False)
+    with pytest.raises(ValueError, match="num_probes"):
+        mz.proxies(ens, ds, KEY, logits=logits, num_probes=0, progress=False)
     with pytest.raises(ValueError, match="unknown adversarial_options"):
         mz.proxies(ens, ds, KEY, adversarial=True, adversarial_options={"eps": 1.0}, **kw)
     with pytest.raises(ValueError, match="pgd_steps"):
@@ -204,7 +217,7 @@ def _linear_logits(params, x):
     return x.reshape(-1) @ params["w"] + params["b"]
 
 
-def test_adversarial_distance_linear_closed_form():
+def test_adversarial_distance_linear_closed_form(caplog):
     rng = np.random.default_rng(8)
     n, c = 40, 5
     params = {"w": rng.normal(size=(16, c)).astype(np.float32),
@@ -230,14 +243,15 @@ def test_adversarial_distance_linear_closed_form():
     np.testing.assert_array_less(exact[ok], res.distance[ok] * (1 + 1e-5))
     # a max_norm below the distance gives +inf with lower = max_norm
     cap = float(np.median(exact[ok]))
-    capped = mz.adversarial_distance(_linear_logits, params, x, y, **{**kw, "max_norm": cap})
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        caplog.clear()  # same shapes, other max_norm: no recompilation
+        capped = mz.adversarial_distance(_linear_logits, params, x, y, **{**kw, "max_norm": cap})
+        assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
     far = exact > cap * (1 + 1e-4)
     assert far.sum() >= 3 and np.isinf(capped.distance[far]).all()
     np.testing.assert_allclose(capped.lower[far], cap, rtol=1e-6)  # float32 radius
     near = ok & (exact < cap * (1 - 1e-2))
     np.testing.assert_array_less(exact[near], capped.distance[near] * (1 + 1e-5))
-    start, step = mz._adversarial_kernels(_linear_logits, 10, None)
-    assert start._cache_size() == 1 and step._cache_size() == 1  # no recompilation across calls
 
 
 def test_adversarial_distance_validation():
@@ -294,12 +308,13 @@ def test_proxies_on_trained_ensemble(tiny):
     total = np.zeros(200)
     for k in range(ens.num_members):
         idx = np.flatnonzero(ens.masks[k])
-        total[idx] += mz.adversarial_distance(fn, ens.member(k), ds.images[idx], ds.labels[idx],
-                                              batch_size=int(ens.masks.sum(1).max()), **adv).distance
+        res = mz.adversarial_distance(fn, ens.member(k), ds.images[idx], ds.labels[idx],
+                                      batch_size=int(ens.masks.sum(1).max()), **adv)
+        total[idx] += res.distance
     np.testing.assert_allclose(got["adversarial_distance"], total / ens.masks.sum(0), rtol=1e-6)
 
 
-# --- correlations, ranking, binning ----------------------------------------------------------------
+# --- correlations, ranking, binning -------------------------------------------------------------
 
 
 def test_correlations_against_scipy():

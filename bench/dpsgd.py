@@ -1,0 +1,182 @@
+"""Benchmark (issue 5): one DP-SGD step vs one non-private step, same model and batch, same process.
+
+Both steps come from ``jaxcurv.training.make_train_step`` (jitted): the private one with
+``dp=DPStep(l2_clip, noise_multiplier, expected_batch_size)`` (per-example gradients by
+vmap(grad), clipping, masked sum, Gaussian noise: jaxcurv.privacy.dpsgd.dp_gradient), the other
+plain minibatch SGD. Timing: compile excluded, median of repeats, block_until_ready. Target: DP
+step ≤ 2× the non-private step for the CNN on CPU (batch 256) and for resnet18_gn (batch 256) on
+one H100.
+
+``--train-eps8`` (full mode, GPU): ResNet18-GN on CIFAR-10 at ε = 8, δ = 1e-5 through
+``ensemble.train(..., dp=DPConfig(target_epsilon=8))`` — test accuracy and wall time (target
+≥ 65 %). Needs dp_accounting (σ is calibrated): on the GPU machine carry its wheels (README).
+
+    python bench/dpsgd.py --quick          # CPU: cnn, batch 256, 32×32×3 and 8×8×1 inputs
+    python bench/dpsgd.py                  # GPU: resnet18_gn and cnn, batch 256
+    python bench/dpsgd.py --train-eps8     # GPU: + the ε = 8 CIFAR-10 training run
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+from jaxcurv import models  # noqa: E402
+from jaxcurv.optim import OptimizerConfig, make_optimizer  # noqa: E402
+from jaxcurv.training import DPStep, init_state, make_train_step  # noqa: E402
+
+GPU_TARGET = {"ratio": 2.0, "eps8_test_accuracy": 0.65}
+
+
+def _model(name: str, width: int | None):
+    if name == "resnet18_gn":
+        width = width or 64
+        return models.get_model("resnet18_gn", 10, width=width, num_groups=min(32, width))
+    if name == "cnn":
+        return models.get_model("cnn", 10, **({"width": width} if width else {}))
+    raise ValueError(name)
+
+
+def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, repeats: int,
+                 compute_dtype=None, microbatch_size=None, seed: int = 0) -> dict:
+    """Median seconds of one jitted DP step and one non-private step on the same batch."""
+    model = _model(name, width)
+    config = OptimizerConfig(name="sgd", learning_rate=0.1)
+    tx = make_optimizer(config, 1000)
+    state = init_state(model, tx, jax.random.PRNGKey(seed), shape)
+    rng = np.random.default_rng(seed)
+    images = jnp.asarray(rng.random((batch, *shape), dtype=np.float32))
+    labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
+    weights = jnp.ones((batch,), jnp.float32)
+    key = jax.random.PRNGKey(seed + 1)
+    dp = DPStep(l2_clip=1.0, noise_multiplier=1.0, expected_batch_size=float(batch))
+    steps = {
+        "non-private": jax.jit(make_train_step(model, tx, config=config,
+                                               compute_dtype=compute_dtype)),
+        "DP-SGD": jax.jit(make_train_step(model, tx, config=config, dp=dp,
+                                          compute_dtype=compute_dtype)),
+    }
+    timings = {}
+    for label, step in steps.items():
+        timings[label] = C.time_call(lambda: step(state, images, labels, weights, key),
+                                     repeats=repeats)
+    row = {"model": name + (f" w={width}" if width else ""), "input": "×".join(map(str, shape)),
+           "batch": batch, "dtype": "bf16" if compute_dtype is not None else "fp32",
+           "params": models.count_params({"params": state.params}),
+           "nonprivate_ms": 1e3 * timings["non-private"].median,
+           "dp_ms": 1e3 * timings["DP-SGD"].median,
+           "ratio_dp_over_nonprivate": timings["DP-SGD"].median / timings["non-private"].median,
+           "dp_compile_s": timings["DP-SGD"].first, "load": timings["DP-SGD"].load}
+    print(row, flush=True)
+    return row
+
+
+def train_eps8(args) -> dict:
+    """ResNet18-GN on CIFAR-10 at ε = 8, δ = 1e-5: test accuracy and wall time."""
+    from jaxcurv import data, ensemble
+    from jaxcurv.privacy import DPConfig
+
+    path = C.shared_cifar10_path()
+    if args.data_dir:
+        train_set = data.load("cifar10", split="train", data_dir=args.data_dir)
+        test_set = data.load("cifar10", split="test", data_dir=args.data_dir)
+    elif path is not None:
+        train_set = data.load(f"npz:{path}", split="train")
+        test_set = data.load(f"npz:{path}", split="test")
+    else:
+        raise SystemExit("CIFAR-10 not found: copy ../shared/data/cifar10-jpeg.npz to .data/")
+    if args.limit_train:  # smoke test of the code path (CPU)
+        train_set = train_set.take(np.arange(args.limit_train))
+        test_set = test_set.take(np.arange(min(args.limit_train, len(test_set))))
+    model = _model("resnet18_gn", args.eps8_width)
+    dp = DPConfig(target_epsilon=8.0, delta=1e-5, l2_clip=1.0)
+    optimizer = OptimizerConfig(name="sgd", learning_rate=args.eps8_lr, momentum=0.9,
+                                nesterov=True, weight_decay=0.0, schedule="cosine",
+                                warmup_fraction=0.05)
+    masks = np.ones((1, len(train_set)), bool)
+    start = time.perf_counter()
+    ens = ensemble.train(model, train_set, masks, jax.random.PRNGKey(args.seed),
+                         epochs=args.eps8_epochs, batch_size=args.eps8_batch,
+                         optimizer=optimizer, augment={"padding": 4, "flip": True}, dp=dp,
+                         compute_dtype=jnp.bfloat16 if args.eps8_bf16 else None,
+                         members_per_chunk=1, scan_steps=True, progress=True)
+    wall = time.perf_counter() - start
+    acc = float(ensemble.accuracy(ens, test_set)[0])
+    row = {"model": f"resnet18_gn w={args.eps8_width}", "epochs": args.eps8_epochs,
+           "expected_batch": args.eps8_batch, "epsilon": ens.privacy["epsilon_max"],
+           "noise_multiplier": ens.privacy["noise_multiplier"], "delta": 1e-5,
+           "test_accuracy": acc, "wall_s": wall, "target_met": acc >= GPU_TARGET["eps8_test_accuracy"],
+           "load": C.load_average()}
+    C.print_table("DP-SGD ResNet18-GN on CIFAR-10 at ε = 8 — " + C.describe_device(), [row])
+    return {"row": row, "privacy": ens.privacy, "optimizer": str(optimizer)}
+
+
+def parse_args(argv=None):
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--models", default=None,
+                   help="comma list of model[:HxWxC[:width]] (quick: cnn:32x32x3,cnn:8x8x1; "
+                        "full: resnet18_gn:32x32x3,cnn:32x32x3)")
+    p.add_argument("--bf16", action="store_true", help="also time both steps with bf16 compute")
+    p.add_argument("--train-eps8", action="store_true", help="ResNet18-GN CIFAR-10 at ε = 8")
+    p.add_argument("--no-steps", action="store_true", help="skip the step timing")
+    p.add_argument("--eps8-epochs", type=int, default=30)
+    p.add_argument("--eps8-batch", type=int, default=1024, help="expected (Poisson) batch size")
+    p.add_argument("--eps8-lr", type=float, default=2.0)
+    p.add_argument("--eps8-width", type=int, default=32)
+    p.add_argument("--eps8-bf16", action="store_true")
+    p.add_argument("--limit-train", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.repeats = args.repeats or (5 if args.quick else 10)
+    args.models = args.models or ("cnn:32x32x3,cnn:8x8x1" if args.quick
+                                  else "resnet18_gn:32x32x3,cnn:32x32x3")
+    return args
+
+
+def _parse_model(spec: str):
+    parts = spec.split(":")
+    name = parts[0]
+    shape = tuple(int(v) for v in parts[1].split("x")) if len(parts) > 1 else (32, 32, 3)
+    width = int(parts[2]) if len(parts) > 2 else None
+    return name, shape, width
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    result = {"config": vars(args), "gpu_targets": GPU_TARGET}
+    start = time.perf_counter()
+    print(C.describe_device())
+    if not args.no_steps:
+        rows = []
+        for spec in args.models.split(","):
+            name, shape, width = _parse_model(spec)
+            rows.append(measure_step(name, shape, args.batch, width=width, repeats=args.repeats,
+                                     seed=args.seed))
+            if args.bf16:
+                rows.append(measure_step(name, shape, args.batch, width=width,
+                                         repeats=args.repeats, compute_dtype=jnp.bfloat16,
+                                         seed=args.seed))
+        C.print_table("DP-SGD step vs non-private step (same model, batch, process; target ≤ 2×) — "
+                      + C.describe_device(), rows,
+                      ["model", "input", "batch", "dtype", "params", "nonprivate_ms", "dp_ms",
+                       "ratio_dp_over_nonprivate", "dp_compile_s", "load"])
+        result["steps"] = rows
+    if args.train_eps8:
+        result["eps8"] = train_eps8(args)
+    result["wall_s"] = time.perf_counter() - start
+    C.write_json("dpsgd" + (f"_{args.tag}" if args.tag else ("_quick" if args.quick else "")),
+                 result, out=args.out)
+
+
+if __name__ == "__main__":
+    main()
