@@ -2,8 +2,6 @@
 
 import logging
 import os
-import subprocess
-import sys
 import textwrap
 
 import flax.linen as nn
@@ -404,7 +402,7 @@ def test_bad_data_raises_before_compute():
 # --- sharding over 8 fake CPU devices ---------------------------------------------------------
 
 
-def test_sharded_equals_single_device():
+def test_sharded_equals_single_device(run_on_fake_devices):
     script = textwrap.dedent(
         """
         import jax, jax.numpy as jnp, numpy as np
@@ -434,8 +432,4 @@ def test_sharded_equals_single_device():
         print("SHARDED_OK")
         """
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert "SHARDED_OK" in out.stdout, out.stderr[-3000:]
+    run_on_fake_devices(script)

@@ -1,8 +1,5 @@
 """Vectorized ensembles against independent single-model runs, naive loops and resumed runs."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -254,7 +251,7 @@ def test_sam_training_differs_from_sgd(small, mlp):
 # --- sharding members over 8 fake CPU devices -------------------------------------------------
 
 
-def test_members_sharded_over_devices_equal_single_device():
+def test_members_sharded_over_devices_equal_single_device(run_on_fake_devices):
     script = textwrap.dedent(
         """
         import jax, numpy as np
@@ -271,8 +268,4 @@ def test_members_sharded_over_devices_equal_single_device():
         print("SHARDED_OK")
         """
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert "SHARDED_OK" in out.stdout, out.stderr[-3000:]
+    run_on_fake_devices(script)

@@ -21,9 +21,11 @@ grid: dp_accounting with the legacy orders and the improved conversion also give
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dp_accounting
 import numpy as np
@@ -95,6 +97,19 @@ def dpsgd_event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp
     )
 
 
+@contextlib.contextmanager
+def _quiet_rdp_orders() -> Iterator[None]:
+    """Silence, for one accounting call, dp_accounting's "failed to converge … Excluding this
+    order" messages on the absl logger: dropping an order can only raise ε, never lower it."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def epsilon(
     noise_multiplier: float,
     sampling_rate: float,
@@ -114,8 +129,9 @@ def epsilon(
             f"noise_multiplier must be > 0, got {noise_multiplier!r}; σ = 0 is not private"
         )
     acc = _make_accountant(accountant)()
-    acc.compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
-    return float(acc.get_epsilon(float(delta)))
+    with _quiet_rdp_orders():
+        acc.compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
+        return float(acc.get_epsilon(float(delta)))
 
 
 def calibrate_noise_multiplier(
@@ -164,14 +180,15 @@ def calibrate_noise_multiplier(
                     f"ε = {target} is reached even with σ < 1e-6 (q = {sampling_rate}, "
                     f"steps = {steps}, δ = {delta}); train without DP or lower target_epsilon"
                 )
-    sigma = dp_accounting.calibrate_dp_mechanism(
-        _make_accountant(accountant),
-        lambda s: dpsgd_event(s, sampling_rate, steps),
-        target,
-        float(delta),
-        bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
-        tol=_CALIBRATION_TOL,
-    )
+    with _quiet_rdp_orders():
+        sigma = dp_accounting.calibrate_dp_mechanism(
+            _make_accountant(accountant),
+            lambda s: dpsgd_event(s, sampling_rate, steps),
+            target,
+            float(delta),
+            bracket_interval=dp_accounting.ExplicitBracketInterval(lo, hi),
+            tol=_CALIBRATION_TOL,
+        )
     return float(sigma)
 
 
