@@ -26,6 +26,7 @@ __all__ = [
     "Timing",
     "block",
     "time_call",
+    "time_interleaved",
     "environment",
     "describe_device",
     "load_average",
@@ -76,6 +77,28 @@ def time_call(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1) -> Ti
         block(fn())
         times.append(time.perf_counter() - start)
     return Timing(first, statistics.median(times), min(times), tuple(times), load_average())
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 5) -> dict[str, Timing]:
+    """Time several ``fn()`` side by side: each is called once untimed-in-the-median (compile;
+    reported as ``first``), then the functions are called in turn, ``repeats`` rounds, so a change
+    of machine load hits all of them alike. Medians per function."""
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    first = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        block(fn())
+        first[name] = time.perf_counter() - start
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            block(fn())
+            times[name].append(time.perf_counter() - start)
+    load = load_average()
+    return {name: Timing(first[name], statistics.median(t), min(t), tuple(t), load)
+            for name, t in times.items()}
 
 
 def load_average() -> float:

@@ -273,6 +273,37 @@ def measure_devices_child(args, model, variables, x, y) -> dict:
     return out
 
 
+def _rss_gb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1e6
+    except OSError:
+        pass
+    return 0.0
+
+
+def _run_watched(cmd, env, *, max_rss_gb: float):
+    """Run ``cmd``; kill it (only it) if its resident memory exceeds ``max_rss_gb`` — the CPU
+    machine is shared. Returns (stdout, stderr, returncode, peak RSS GB)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        peak = 0.0
+        while proc.poll() is None:
+            peak = max(peak, _rss_gb(proc.pid))
+            if peak > max_rss_gb:
+                proc.kill()
+                print(f"child killed: resident memory {peak:.1f} GB > {max_rss_gb} GB",
+                      file=sys.stderr)
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read(), proc.returncode, peak
+
+
 def measure_devices(args) -> dict:
     """Spawn this script with XLA_FLAGS=--xla_force_host_platform_device_count=8."""
     env = dict(os.environ)
@@ -283,12 +314,14 @@ def measure_devices(args) -> dict:
            "--data", args.data, "--seed", str(args.seed), "--train-epochs", "0"]
     if args.probe_batch:
         cmd += ["--probe-batch", str(args.probe_batch)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("DEVICES_JSON ")]
-    if proc.returncode or not lines:
-        print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-        raise RuntimeError("the 8-fake-device child process failed")
+    stdout, stderr, returncode, peak = _run_watched(cmd, env, max_rss_gb=args.child_max_rss_gb)
+    lines = [l for l in stdout.splitlines() if l.startswith("DEVICES_JSON ")]
+    if returncode or not lines:
+        print(stdout[-3000:], stderr[-3000:], file=sys.stderr)
+        raise RuntimeError(f"the 8-fake-device child process failed (exit {returncode}, peak "
+                           f"RSS {peak:.1f} GB)")
     res = json.loads(lines[-1][len("DEVICES_JSON "):])
+    res["child_peak_rss_gb"] = peak
     one, alln = res["one device"], res["all devices"]
     row = {"devices": f"8 fake CPU devices vs 1 (on {os.cpu_count()} cores)",
            "samples_per_s_8": alln["samples_per_s"], "samples_per_s_1": one["samples_per_s"],
@@ -330,6 +363,8 @@ def parse_args(argv=None):
     p.add_argument("--tune-repeats", type=int, default=2)
     p.add_argument("--multi-device", action="store_true",
                    help="also measure 8 fake CPU devices vs 1 (subprocess; CPU only)")
+    p.add_argument("--child-max-rss-gb", type=float, default=8.0,
+                   help="kill the 8-device child process above this resident memory")
     p.add_argument("--devices-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.width = args.width or (16 if args.quick else 64)

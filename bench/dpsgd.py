@@ -64,10 +64,9 @@ def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, r
         "DP-SGD": jax.jit(make_train_step(model, tx, config=config, dp=dp,
                                           compute_dtype=compute_dtype)),
     }
-    timings = {}
-    for label, step in steps.items():
-        timings[label] = C.time_call(lambda: step(state, images, labels, weights, key),
-                                     repeats=repeats)
+    timings = C.time_interleaved(
+        {label: (lambda step=step: step(state, images, labels, weights, key))
+         for label, step in steps.items()}, repeats=repeats)
     row = {"model": name + (f" w={width}" if width else ""), "input": "×".join(map(str, shape)),
            "batch": batch, "dtype": "bf16" if compute_dtype is not None else "fp32",
            "params": models.count_params({"params": state.params}),

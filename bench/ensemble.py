@@ -156,7 +156,7 @@ def run_layouts(model, dataset, masks_all, key, recipe, args) -> list[dict]:
 def ratio_rows(rows: list[dict]) -> list[dict]:
     out = []
     for k in sorted({r["K"] for r in rows}):
-        mine = {r["layout"].split(",")[0]: r for r in rows if r["K"] == k}
+        mine = {r["layout"]: r for r in rows if r["K"] == k}
         loop = next(v for name, v in mine.items() if name.startswith("loop of single runs"))
         entry = {"K": k}
         for name, r in mine.items():

@@ -1,7 +1,6 @@
 """Curvature core against independent ground truth: jax.hessian, closed forms, naive loops."""
 
 import logging
-import os
 import textwrap
 
 import flax.linen as nn
