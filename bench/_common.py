@@ -151,7 +151,7 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
         if isinstance(v, float):
             if v != v:  # NaN
                 return "nan"
-            return f"{v:,.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+            return f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.4g}"
         return str(v)
 
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]

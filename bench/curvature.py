@@ -177,31 +177,33 @@ def measure_main(args, model, variables, x, y) -> dict:
     n = len(x)
     probe_keys = list(jax.random.split(jax.random.PRNGKey(args.seed + 1), args.num_probes))
     rows, ratios, outputs = [], [], {}
+    labels = {"ours": "ours: input_curvature(hutchinson)",
+              "seed": "seed: FD, batch-mean loss, probe loop",
+              "hoisted": "seed, ∇L(X) hoisted out of the loop"}
     for name in args.dtypes:
         dtype = DTYPES[name]
-        run = _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes, dtype=dtype,
-                    batch_size=args.batch_size, probe_batch=args.probe_batch)
-        t_ours = C.time_call(run, repeats=args.repeats)
-        outputs[name] = run()
-        rows.append(_row("ours: input_curvature(hutchinson)", name, n, t_ours))
-        seed_rows = {}
-        for label, hoist in (("seed: FD, batch-mean loss, probe loop", False),
-                             ("seed, ∇L(X) hoisted out of the loop", True)):
+        fns = {"ours": _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes,
+                             dtype=dtype, batch_size=args.batch_size,
+                             probe_batch=args.probe_batch)}
+        for label, hoist in (("seed", False), ("hoisted", True)):
             if hoist and not args.hoisted_baseline:
                 continue
-            fn = make_seed_curvature(model, compute_dtype=dtype, hoist_g0=hoist)
-            t = C.time_call(lambda: fn(variables, x, y, probe_keys), repeats=args.repeats)
-            seed_rows[hoist] = t
-            rows.append(_row(label, name, n, t))
-            if not hoist and name == "fp32":
-                seed_tr, seed_sq = (np.asarray(a) for a in fn(variables, x, y, probe_keys))
-                outputs["seed_fp32"] = (seed_tr, seed_sq)
-        ratios.append({"dtype": name, "ours_samples_per_s": n / t_ours.median,
-                       "seed_samples_per_s": n / seed_rows[False].median,
-                       "ratio_vs_seed": seed_rows[False].median / t_ours.median,
-                       **({"ratio_vs_hoisted": seed_rows[True].median / t_ours.median}
-                          if True in seed_rows else {}),
-                       "load": t_ours.load})
+            seed_fn = make_seed_curvature(model, compute_dtype=dtype, hoist_g0=hoist)
+            fns[label] = (lambda f=seed_fn: f(variables, x, y, probe_keys))
+        # interleaved repeats: a change of machine load hits every method alike
+        timings = C.time_interleaved(fns, repeats=args.repeats)
+        for label, t in timings.items():
+            rows.append(_row(labels[label], name, n, t))
+        outputs[name] = fns["ours"]()
+        if name == "fp32":
+            outputs["seed_fp32"] = tuple(np.asarray(a) for a in fns["seed"]())
+        ratio = {"dtype": name, "ours_samples_per_s": n / timings["ours"].median,
+                 "seed_samples_per_s": n / timings["seed"].median,
+                 "ratio_vs_seed": timings["seed"].median / timings["ours"].median}
+        if "hoisted" in timings:
+            ratio["ratio_vs_hoisted"] = timings["hoisted"].median / timings["ours"].median
+        ratio["load"] = timings["ours"].load
+        ratios.append(ratio)
     C.print_table(f"per-sample tr(H)+tr(H²), ResNet18 w={args.width}, N={n}, "
                   f"{args.num_probes} probes — {C.describe_device()}", rows,
                   ["method", "dtype", "samples_per_s", "median_s", "compile+first_s", "load"])
@@ -261,12 +263,12 @@ def measure_devices_child(args, model, variables, x, y) -> dict:
     key = jax.random.PRNGKey(args.seed)
     n = len(x)
     out = {"num_devices": jax.device_count()}
-    results = {}
-    for label, devs in (("all devices", None), ("one device", [jax.devices()[0]])):
-        run = _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes, dtype=None,
-                    batch_size=args.batch_size, probe_batch=args.probe_batch, devices=devs)
-        t = C.time_call(run, repeats=args.repeats)
-        results[label] = run()
+    fns = {label: _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes, dtype=None,
+                        batch_size=args.batch_size, probe_batch=args.probe_batch, devices=devs)
+           for label, devs in (("all devices", None), ("one device", [jax.devices()[0]]))}
+    timings = C.time_interleaved(fns, repeats=args.repeats)
+    results = {label: fn() for label, fn in fns.items()}
+    for label, t in timings.items():
         out[label] = {"samples_per_s": n / t.median, **t.as_dict()}
     out["max_abs_diff_trace_sq"] = float(np.max(np.abs(results["all devices"].trace_sq
                                                        - results["one device"].trace_sq)))
@@ -342,7 +344,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=None, help="benchmark examples N (512 full, 64 quick)")
     p.add_argument("--num-probes", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=None,
-                   help="input_curvature batch_size (default: the library's, 256 per device)")
+                   help="input_curvature batch_size (quick: the library's default, 256 per "
+                        "device; full: --batch)")
     p.add_argument("--probe-batch", type=int, default=None,
                    help="input_curvature probe_batch (default: all probes on CPU, 1 on GPU)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16")
@@ -370,6 +373,8 @@ def parse_args(argv=None):
     args.width = args.width or (16 if args.quick else 64)
     args.batch = args.batch or (64 if args.quick else 512)
     args.repeats = args.repeats or (3 if args.quick else 5)
+    if args.batch_size is None and not args.quick:
+        args.batch_size = args.batch  # the protocol: one chunk of 512
     if args.train_epochs is None:
         args.train_epochs = 0 if args.quick else 2
     args.train_examples = args.train_examples or (2_000 if args.quick else 50_000)

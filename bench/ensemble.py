@@ -137,6 +137,7 @@ def run_layouts(model, dataset, masks_all, key, recipe, args) -> list[dict]:
             _, stamps, wall = timed_train(model, dataset, masks, key, recipe=recipe, **kw)
             rows.append(_layout_row(name, k, epochs, stamps.steady_epoch_times(), wall,
                                     C.load_average(), members_per_chunk=kw["members_per_chunk"]))
+            print(rows[-1], flush=True)
         # the Python loop over single-member runs (at most --loop-members of them are run)
         steady, wall_total = [], 0.0
         n_loop = min(k, args.loop_members)
@@ -150,6 +151,7 @@ def run_layouts(model, dataset, masks_all, key, recipe, args) -> list[dict]:
                                 + ("" if n_loop == k else f", {n_loop} of {k} run"),
                                 k, epochs, steady, wall_total * k / n_loop, C.load_average(),
                                 members_per_chunk=1))
+        print(rows[-1], flush=True)
     return rows
 
 

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"(expected) batch size (default {d.batch_size})")
     a.add_argument("--learning-rate", type=float, default=None,
-                   help="peak learning rate (default 0.05; 0.5 with --dp-epsilon)")
+                   help="peak learning rate (default 0.05)")
     a.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adam", "sam"],
                    help="sgd (momentum 0.9, cosine schedule), adam, or sam (SGD + "
                    "sharpness-aware minimization)")

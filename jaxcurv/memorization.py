@@ -33,6 +33,8 @@ from jaxcurv._chunks import map_chunks
 
 __all__ = [
     "feldman_zhang",
+    "cross_fitted_memorization",
+    "masked_mean",
     "correctness",
     "learning_time",
     "AdversarialDistance",
@@ -94,7 +96,7 @@ def _as_float(name: str, a: Any, *, ndim: int = 1) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def _masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def masked_mean(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Mean over axis 0 of values (K, N) where mask (K, N); NaN where a column has no True."""
     values = np.asarray(values, np.float64)
     count = mask.sum(0)
@@ -147,6 +149,27 @@ def feldman_zhang(correct, in_mask, *,
                       f"subset and {int((n_out == 0).sum())} in every model's; their mem and "
                       "stderr are NaN (use more models or balanced subset_masks)", stacklevel=2)
     return mem.astype(np.float64), stderr.astype(np.float64)
+
+
+def cross_fitted_memorization(correct, in_mask) -> np.ndarray:
+    """(K, N): row k holds each example's FZ memorization estimated only from the members of the
+    other half (members split by index parity), so an analysis of member k's outcomes per
+    memorization bin does not select on member k's own correctness. NaN (no warning) where that
+    half never holds an example in or out."""
+    correct, in_mask = _as_bool("correct", correct), _as_bool("in_mask", in_mask)
+    if correct.shape != in_mask.shape or correct.ndim != 2:
+        raise ValueError(f"correct {correct.shape} and in_mask {in_mask.shape} must be the same (K, N)")
+    k = correct.shape[0]
+    if k < 4:
+        raise ValueError(f"cross-fitting needs K >= 4 members (two per half), got {k}")
+    odd = np.arange(k) % 2 == 1
+    out = np.empty(correct.shape)
+    for estimate in (odd, ~odd):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mem, _ = feldman_zhang(correct[estimate], in_mask[estimate])
+        out[~estimate] = mem
+    return out
 
 
 def correctness(logits, labels) -> np.ndarray:
@@ -438,30 +461,30 @@ def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
     out_mask = ~masks
     logp = _log_softmax_true(logits, labels)
     result = {
-        "confidence": _masked_mean(np.exp(logp), out_mask),
-        "confidence_in": _masked_mean(np.exp(logp), masks),
-        "loss": _masked_mean(-logp, masks),
-        "loss_out": _masked_mean(-logp, out_mask),
+        "confidence": masked_mean(np.exp(logp), out_mask),
+        "confidence_in": masked_mean(np.exp(logp), masks),
+        "loss": masked_mean(-logp, masks),
+        "loss_out": masked_mean(-logp, out_mask),
     }
     if "correct" in history:
         t = learning_time(history["correct"])
-        result["learning_time"] = _masked_mean(t, masks)
-        result["inverse_learning_time"] = _masked_mean(1.0 / t, masks)
+        result["learning_time"] = masked_mean(t, masks)
+        result["inverse_learning_time"] = masked_mean(1.0 / t, masks)
     if curvature is None and end_curvature:
         c = _ensemble.member_curvature(ensemble, dataset.images, labels, key,
                                        num_probes=num_probes, progress=progress)
         curvature = (c.trace, c.trace_sq)
     if curvature is not None:
         trace, trace_sq = curvature
-        result["curvature_in"] = _masked_mean(trace, masks)
-        result["curvature_out"] = _masked_mean(trace, out_mask)
+        result["curvature_in"] = masked_mean(trace, masks)
+        result["curvature_out"] = masked_mean(trace, out_mask)
         if trace_sq is not None:
-            result["curvature_sq_in"] = _masked_mean(trace_sq, masks)
-            result["curvature_sq_out"] = _masked_mean(trace_sq, out_mask)
+            result["curvature_sq_in"] = masked_mean(trace_sq, masks)
+            result["curvature_sq_out"] = masked_mean(trace_sq, out_mask)
     if "curvature" in history:
         over_epochs = np.asarray(history["curvature"], np.float64).mean(0)
-        result["curvature_train_in"] = _masked_mean(over_epochs, masks)
-        result["curvature_train_out"] = _masked_mean(over_epochs, out_mask)
+        result["curvature_train_in"] = masked_mean(over_epochs, masks)
+        result["curvature_train_out"] = masked_mean(over_epochs, out_mask)
     if adversarial:
         result["adversarial_distance"] = _member_adversarial(ensemble, dataset, masks, options,
                                                              progress=progress)
@@ -480,7 +503,7 @@ def _member_adversarial(ensemble, dataset, masks, options, *, progress) -> np.nd
         idx = np.flatnonzero(masks[k])
         dist[k, idx] = adversarial_distance(fn, ensemble.member(k), dataset.images[idx],
                                             dataset.labels[idx], **options).distance
-    return _masked_mean(np.where(masks, dist, 0.0), masks)
+    return masked_mean(np.where(masks, dist, 0.0), masks)
 
 
 # ----------------------------------------------------------------------------------------------

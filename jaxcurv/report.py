@@ -31,6 +31,7 @@ __all__ = [
     "figure_trace_vs_trace_sq",
     "figure_roc",
     "figure_mia_vs_mem",
+    "figure_bound_fit",
     "figure_label_noise",
     "figure_privacy_bounds",
     "figure_mem_vs_epsilon",
@@ -137,7 +138,7 @@ def figure_mem_vs_curvature(mem, curvature, path, *, top: int | None = None,
         mem, curvature = mem[idx], curvature[idx]
     fig, ax = plt.subplots(figsize=(4.6, 3.6))
     ax.scatter(curvature, mem, s=6, alpha=0.5)
-    if len(curvature) and (curvature > 0).all():
+    if len(curvature) and (curvature > 0).all() and curvature.max() > 20 * curvature.min():
         ax.set_xscale("log")
     ax.set_xlabel(name)
     ax.set_ylabel("memorization score (FZ)")
@@ -184,9 +185,11 @@ def figure_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, *,
                aurocs: Mapping[str, float] | None = None, title: str = "Membership inference") -> Path:
     """ROC curves on log-log axes (the LiRA convention), one line per attack."""
     fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    for name, (fpr, tpr) in curves.items():
+    colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
+    for i, (name, (fpr, tpr)) in enumerate(curves.items()):
         label = name if aurocs is None else f"{name} (AUC {aurocs[name]:.3f})"
-        ax.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), label=label, lw=1.2)
+        ax.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), label=label, lw=1.2,
+                color=colors[i % len(colors)], ls="-" if i < 10 else "--")
     ax.plot([1e-5, 1], [1e-5, 1], "k--", lw=0.8, label="chance")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -199,18 +202,46 @@ def figure_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, *,
     return _save(fig, path)
 
 
-def figure_mia_vs_mem(table: Sequence[Mapping[str, float]], path) -> Path:
-    """Figure 9: per memorization bin, attack AUROC, attack balanced accuracy and train accuracy."""
-    centers = [row["mem_center"] for row in table]
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for key, label in [("auroc", "attack AUROC"), ("balanced_accuracy", "attack balanced acc."),
-                       ("train_accuracy", "train accuracy (in)")]:
-        ax.plot(centers, [row[key] for row in table], marker="o", label=label)
-    ax.set_xlabel("memorization score (bin centre)")
-    ax.set_ylabel("value")
-    ax.set_ylim(0, 1.02)
-    ax.legend()
-    ax.set_title("Membership inference success by memorization")
+def figure_mia_vs_mem(tables, path, *, title: str = "") -> Path:
+    """Figure 9: per memorization bin, attack AUROC, attack balanced accuracy and the in-member
+    train accuracy. ``tables``: the rows of ``pipeline.mia_by_memorization`` for one attack, or a
+    dict attack name → rows (one panel per attack)."""
+    if not isinstance(tables, Mapping):
+        tables = {"": tables}
+    fig, axes = plt.subplots(1, len(tables), figsize=(3.8 * len(tables) + 0.6, 3.4),
+                             squeeze=False, sharey=True)
+    for ax, (attack, rows) in zip(axes[0], tables.items()):
+        centers = [row["mem_center"] for row in rows]
+        for key, label in [("auroc", "attack AUROC"), ("balanced_accuracy", "attack balanced acc."),
+                           ("train_accuracy", "train accuracy (in)")]:
+            ax.plot(centers, [row[key] for row in rows], marker="o", label=label)
+        ax.axhline(0.5, color="k", lw=0.6, ls=":")
+        ax.set_xlabel("memorization score (bin mean)")
+        ax.set_ylim(0.0, 1.02)
+        if attack:
+            ax.set_title(attack)
+    axes[0, 0].set_ylabel("value")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or "Membership inference success by memorization")
+    return _save(fig, path)
+
+
+def figure_bound_fit(curvature, mem, bin_curvature, bin_mem, p1: float, c1: float, m_sub: float,
+                     r2: float, path, *, bin_label: str = "bins") -> Path:
+    """Eq. 15: per-example (curvature, mem), the binned points of the fit, and the fitted line
+    mem = p₁·√m_sub·Curv + c₁ (m_sub: its mean over the bins)."""
+    curvature, mem = np.asarray(curvature, float), np.asarray(mem, float)
+    ok = np.isfinite(curvature) & np.isfinite(mem)
+    fig, ax = plt.subplots(figsize=(5.0, 3.7))
+    ax.scatter(curvature[ok], mem[ok], s=4, alpha=0.25, color="tab:gray", label="examples")
+    ax.scatter(bin_curvature, bin_mem, s=18, color="tab:blue", label=bin_label, zorder=3)
+    x = np.linspace(min(float(curvature[ok].min()), 0.0), float(curvature[ok].max()), 200)
+    ax.plot(x, p1 * np.sqrt(m_sub) * x + c1, "r--", zorder=4,
+            label=f"p₁√m_sub·Curv + c₁ (p₁={p1:.3g}, c₁={c1:.3g}, R²={r2:.3f})")
+    ax.set_xlabel("curvature tr(H) (mean over members trained on the example)")
+    ax.set_ylabel("memorization score (FZ)")
+    ax.set_title("Eq. 15: memorization vs curvature fit")
+    ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
 
 
@@ -319,12 +350,14 @@ def figure_distributions(samples: Mapping[str, Any], path, *, xlabel: str, log: 
     """Overlaid histograms of one quantity under several conditions (e.g. SGD vs SAM)."""
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     arrays = {k: np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for k, v in samples.items()}
+    medians = {k: float(np.median(v)) if len(v) else float("nan") for k, v in arrays.items()}
     if log:
         arrays = {k: np.log10(v[v > 0]) for k, v in arrays.items()}
     allv = np.concatenate([v for v in arrays.values() if len(v)]) if arrays else np.zeros(1)
     bins = np.histogram_bin_edges(allv, bins=40)
     for name, v in arrays.items():
-        ax.hist(v, bins=bins, alpha=0.55, density=True, label=f"{name} (median {np.median(v):.3g})")
+        ax.hist(v, bins=bins, alpha=0.55, density=True,
+                label=f"{name} (median {medians[name]:.3g})")
     ax.set_xlabel(f"log10 {xlabel}" if log else xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)

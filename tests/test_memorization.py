@@ -394,3 +394,27 @@ def test_bin_by_against_naive_loops():
     for bad, match in [(0, "bins must be"), ([1.0, 0.5], "increasing")]:
         with pytest.raises(ValueError, match=match):
             mz.bin_by(v, t, bad)
+
+
+def test_masked_mean_and_cross_fitted_memorization_against_naive_loops():
+    from jaxcurv.memorization import cross_fitted_memorization, masked_mean
+
+    rng = np.random.default_rng(5)
+    k, n = 8, 40
+    masks = rng.random((k, n)) < 0.5
+    masks[0], masks[1] = True, False  # every example is in and out of each parity half
+    correct = rng.random((k, n)) < 0.7
+    values = rng.normal(size=(k, n))
+    naive = [values[masks[:, i], i].mean() for i in range(n)]
+    np.testing.assert_allclose(masked_mean(values, masks), naive)
+    got = cross_fitted_memorization(correct, masks)
+    assert got.shape == (k, n)
+    for row in range(k):
+        others = [j for j in range(k) if j % 2 != row % 2]
+        for i in range(n):
+            ins = [correct[j, i] for j in others if masks[j, i]]
+            outs = [correct[j, i] for j in others if not masks[j, i]]
+            expected = np.mean(ins) - np.mean(outs) if ins and outs else np.nan
+            np.testing.assert_allclose(got[row, i], expected, equal_nan=True)
+    with pytest.raises(ValueError, match="K >= 4"):
+        cross_fitted_memorization(correct[:3], masks[:3])

@@ -1,0 +1,134 @@
+"""Membership-inference success by memorization score: Figure 9.
+
+Paper: Ravikumar et al., "Curvature Clues: Decoding Deep Learning Privacy with Input Loss
+Curvature" (NeurIPS 2024), Figure 9 (attack accuracy, AUROC and train accuracy per memorization
+bin: highly memorized examples are the ones membership inference exposes). An ensemble on random
+50 % subsets gives Feldman–Zhang memorization and doubles as shadow models: every member in turn
+is the target, the others its shadows (jaxcurv.mia.leave_one_model_out); per memorization bin
+(fixed edges) jaxcurv.pipeline.mia_by_memorization gives AUROC, balanced accuracy (the attack
+accuracy) and the in-model train accuracy, for LiRA and the curvature attacks. It is cross-fitted:
+targets in one half of the members are binned by memorization estimated from the other half, so
+the bins do not select on the targets' own outcomes.
+
+    python experiments/lira_vs_memorization.py --config small   # digits, 16 models, CPU
+    python experiments/lira_vs_memorization.py --config full    # CIFAR-100 and CIFAR-10, ResNet18
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+EXPERIMENT = "lira_vs_memorization"
+
+__all__ = ["LiraMemConfig", "CONFIGS", "ATTACKS", "main"]
+
+# attacks of jaxcurv.pipeline.attack_scores that need no zero-order signal
+ATTACKS = ("loss", "mentr", "calibrated_loss", "attack_r", "lira_online", "lira_offline", "rmia",
+           "curvature_lr", "curvature_nll")
+
+
+@dataclasses.dataclass(frozen=True)
+class LiraMemConfig(C.Config):
+    """attacks: which attacks to bin (from ATTACKS; curvature_* use white-box tr(H²)); edges:
+    memorization bin edges (mem is clipped into [edges[0], edges[-1]]); min_pairs: bins with fewer
+    (member, example) pairs are dropped."""
+
+    attacks: tuple[str, ...] = ("lira_online", "curvature_nll", "loss")
+    edges: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
+    min_pairs: int = 5
+
+
+CONFIGS = {
+    "tiny": LiraMemConfig(name="tiny", train_size=300, test_size=100, members=6, epochs=2,
+                          num_probes=2),
+    "small": LiraMemConfig(name="small", members=16, epochs=12),
+    "full": LiraMemConfig(name="full", datasets=("cifar100", "cifar10"), fallback_dataset=None,
+                          model="resnet18", members=64, epochs=100, batch_size=128,
+                          learning_rate=0.1, edges=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
+                                                    0.9, 1.0)),
+}
+
+
+def main(config: LiraMemConfig) -> dict:
+    from jaxcurv import data as data_lib
+    from jaxcurv import ensemble, memorization, pipeline, report
+
+    C.validate(config)
+    unknown = sorted(set(config.attacks) - set(ATTACKS))
+    if unknown or not config.attacks:
+        raise ValueError(f"attacks must be a non-empty subset of {ATTACKS}; unknown: {unknown}")
+    if config.members < 6:
+        raise ValueError(f"need members >= 6 (leave-one-model-out needs >= 2 IN and 2 OUT shadows "
+                         f"per example after balancing), got {config.members}")
+    if len(config.edges) < 2 or any(b <= a for a, b in zip(config.edges, config.edges[1:])):
+        raise ValueError(f"edges must be >= 2 increasing values, got {config.edges}")
+    out = C.output_dir(config, EXPERIMENT)
+    timer = C.Timer()
+    results, notes, lines = {}, [], []
+    for spec in config.datasets:
+        with timer(f"{spec}: data"):
+            data = C.load_data(spec, config)
+        notes.append(data.note)
+        train, test = data.train, data.test
+        masks = data_lib.subset_masks(len(train), config.members, fraction=config.fraction,
+                                      seed=config.seed)
+        with timer(f"{spec}: train"):
+            ens = C.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}")
+        with timer(f"{spec}: predict, memorization"):
+            logits = ensemble.predict(ens, train.images, progress=False)
+            test_logits = ensemble.predict(ens, test.images, progress=False)
+            correct = logits.argmax(-1) == train.labels[None]
+            mem, mem_se = memorization.feldman_zhang(correct, masks)
+        with timer(f"{spec}: curvature"):  # attack_scores needs it (cached per ensemble)
+            curvature = np.abs(C.member_curvature(config, ens, train.images, train.labels,
+                                                  key_seed=config.seed + 1).trace_sq)
+        with timer(f"{spec}: attacks"):
+            scores = pipeline.attack_scores(logits[:, None], train.labels, masks, curvature, None,
+                                            test_logits, test.labels)
+            tables = {a: pipeline.mia_by_memorization(scores[a], masks, correct,
+                                                      edges=config.edges,
+                                                      min_examples=config.min_pairs)
+                      for a in config.attacks}
+        d = out / data.slug
+        for attack, rows in tables.items():
+            report.write_csv(d / f"by_memorization_{attack}.csv",
+                             {k: [r[k] for r in rows] for k in rows[0]})
+        figures = [report.figure_mia_vs_mem(
+            tables, d / "fig9_mia_vs_memorization.png",
+            title=f"{data.slug}: membership inference by memorization ({config.members} models, "
+                  "leave-one-model-out)")]
+        results[data.slug] = {
+            "data": data.describe(),
+            "protocol": f"leave-one-model-out over {config.members} members (each the target, the "
+                        "others its shadows); per bin, AUROC and balanced accuracy over the "
+                        "(member, example) pairs of that bin; bins cross-fitted (memorization "
+                        "of a target's examples estimated from the other half of the members)",
+            "test_accuracy_mean": float(ens.history["test_accuracy"][-1].mean()),
+            "memorization": {"mean": float(np.nanmean(mem)),
+                             "mean_stderr": float(np.nanmean(mem_se))},
+            "by_memorization": tables,
+            "figures": [str(p.relative_to(out)) for p in figures],
+        }
+        lines.append(f"[{data.slug}] {len(train)} examples, {config.members} members, test acc "
+                     f"{results[data.slug]['test_accuracy_mean']:.3f}")
+        for attack, rows in tables.items():
+            lines.append(f"  {attack}: " + "; ".join(
+                f"mem≈{r['mem_center']:.2f} (n={r['pairs']}) AUROC {r['auroc']:.3f} acc "
+                f"{r['balanced_accuracy']:.3f} train {r['train_accuracy']:.3f}" for r in rows))
+        if data.note:
+            lines.append(f"[{data.slug}] note: {data.note}")
+    C.write_summary(out, EXPERIMENT, config, results, timings=timer.total(), notes=notes)
+    C.print_summary(EXPERIMENT, config, lines + [f"runtime {timer.total()['total']:.1f} s"], out)
+    return results
+
+
+if __name__ == "__main__":
+    C.cli(CONFIGS, main, description=__doc__)

@@ -1,0 +1,134 @@
+"""The 16 lowest- and 16 highest-curvature training images: Figure 2.
+
+Paper: Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature Links" (ICML 2024),
+Figure 2 (CIFAR images ranked by input-loss curvature; low curvature = prototypical, high =
+atypical, ambiguous or mislabeled). The small config uses a ReLU CNN like the paper's ReLU
+ResNet18: its tr(H) is the positive semi-definite Gauss–Newton term, so "lowest" means flattest
+(a GELU network also has negative-curvature examples). ``members`` models (seeds) are trained
+on the whole training set; each example's tr(∇²ₓℓ) (exact HVPs, Hutchinson probes; optionally
+also averaged over the training epochs) is averaged over the seeds and the images at both ends
+are shown with labels.
+
+    python experiments/lowest_highest_curvature.py --config small   # CIFAR-10 subset (or digits)
+    python experiments/lowest_highest_curvature.py --config full    # CIFAR-100, CIFAR-10, ResNet18
+
+The small config reads a copy of cifar10-jpeg.npz (see experiments/_common.py for where it is
+looked for); without it it runs on the embedded digits and says so in its outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+EXPERIMENT = "lowest_highest_curvature"
+
+__all__ = ["ExtremeConfig", "CONFIGS", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtremeConfig(C.Config):
+    """k: images shown at each end; members: seeds, each trained on all training examples;
+    record_curvature: probes per epoch to also average curvature over training (0: end only)."""
+
+    k: int = 16
+    record_curvature: int = 0
+
+
+CONFIGS = {
+    "tiny": ExtremeConfig(name="tiny", datasets=("digits",), train_size=200, test_size=100,
+                          members=1, epochs=2, num_probes=2, k=8),
+    "small": ExtremeConfig(name="small", datasets=(C.CIFAR10_NPZ_SPEC,), train_size=2500,
+                           test_size=1000, model_kwargs={"activation": "relu"}, members=2,
+                           epochs=15, num_probes=5),
+    "full": ExtremeConfig(name="full", datasets=("cifar100", "cifar10"), fallback_dataset=None,
+                          model="resnet18", members=3, epochs=100, batch_size=128,
+                          learning_rate=0.1, num_probes=10, record_curvature=0),
+}
+
+
+def main(config: ExtremeConfig) -> dict:
+    from jaxcurv import report
+
+    C.validate(config)
+    if config.k < 1:
+        raise ValueError(f"k must be >= 1, got {config.k}")
+    out = C.output_dir(config, EXPERIMENT)
+    timer = C.Timer()
+    results, notes, lines = {}, [], []
+    for spec in config.datasets:
+        with timer(f"{spec}: data"):
+            data = C.load_data(spec, config)
+        notes.append(data.note)
+        train = data.train
+        masks = np.ones((config.members, len(train)), bool)  # every seed trains on everything
+        with timer(f"{spec}: train"):
+            ens = C.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}",
+                                   record_examples=False, record_curvature=config.record_curvature)
+        with timer(f"{spec}: curvature"):
+            curv = C.member_curvature(config, ens, train.images, train.labels,
+                                      key_seed=config.seed + 1)
+        trace = np.asarray(curv.trace).mean(0)
+        columns = {"index": np.arange(len(train)), "source_index": data.train_index,
+                   "label": train.labels, "curvature": trace,
+                   "curvature_sq": np.asarray(curv.trace_sq).mean(0),
+                   "curvature_seed_std": np.asarray(curv.trace).std(0)}
+        score, what = trace, "tr(H)"
+        if "curvature" in ens.history:  # (E, K, N) per-epoch curvature
+            columns["curvature_over_training"] = ens.history["curvature"].mean((0, 1))
+            score, what = columns["curvature_over_training"], "tr(H) averaged over training"
+        d = out / data.slug
+        report.write_csv(d / "curvature.csv", columns)
+        fig = report.figure_extreme_images(train.images, train.labels, score,
+                                           d / "fig2_lowest_highest_curvature.png", k=config.k,
+                                           class_names=train.class_names, score_name=what)
+        order = np.argsort(score)
+        k = min(config.k, len(train) // 2)
+        ends = {"lowest": order[:k], "highest": order[::-1][:k]}
+        names = train.class_names or tuple(str(c) for c in range(train.num_classes))
+        test_acc = ens.history["test_accuracy"][-1]
+        results[data.slug] = {
+            "data": data.describe(), "test_accuracy_per_seed": test_acc,
+            "score": what,
+            "curvature": {"mean": float(trace.mean()), "median": float(np.median(trace)),
+                          "max": float(trace.max()),
+                          "seed_rank_agreement_spearman": _seed_agreement(np.asarray(curv.trace))},
+            **{end: {"index": idx, "source_index": data.train_index[idx],
+                     "label": [names[int(c)] for c in train.labels[idx]],
+                     "curvature": score[idx]} for end, idx in ends.items()},
+            "figure": str(fig.relative_to(out)),
+        }
+        lines += [f"[{data.slug}] {len(train)} images, {config.members} seed(s), test acc "
+                  f"{np.mean(test_acc):.3f}; {what}: median {np.median(score):.3g}, lowest "
+                  f"{score[ends['lowest'][0]]:.3g}, highest {score[ends['highest'][0]]:.3g}",
+                  f"[{data.slug}] lowest-curvature labels: "
+                  + ", ".join(names[int(c)] for c in train.labels[ends['lowest']]),
+                  f"[{data.slug}] highest-curvature labels: "
+                  + ", ".join(names[int(c)] for c in train.labels[ends['highest']])]
+        if data.note:
+            lines.append(f"[{data.slug}] note: {data.note}")
+    C.write_summary(out, EXPERIMENT, config, results, timings=timer.total(), notes=notes)
+    C.print_summary(EXPERIMENT, config, lines + [f"runtime {timer.total()['total']:.1f} s"], out)
+    return results
+
+
+def _seed_agreement(trace: np.ndarray) -> float | None:
+    """Mean pairwise Spearman correlation of the per-example curvature of different seeds."""
+    from scipy import stats
+
+    if trace.shape[0] < 2:
+        return None
+    rhos = [stats.spearmanr(trace[i], trace[j]).statistic for i in range(len(trace))
+            for j in range(i + 1, len(trace))]
+    return float(np.mean(rhos))
+
+
+if __name__ == "__main__":
+    C.cli(CONFIGS, main, description=__doc__)

@@ -1,0 +1,179 @@
+"""Memorization vs input curvature: Figure 3, proxies (Figures 10–13), tr(H) vs tr(H²) (14–16).
+
+Paper: Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature Links" (ICML 2024).
+An ensemble of ``members`` models is trained on random 50 % subsets (balanced masks);
+Feldman–Zhang memorization from its correctness; per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) by exact
+HVPs and Hutchinson probes on every member, averaged over the members that trained on the
+example (IN); the other proxies from jaxcurv.memorization.proxies. Correlations (Spearman,
+Pearson) → JSON.
+
+    python experiments/mem_vs_curvature.py --config small     # digits, CPU, ~1 min
+    python experiments/mem_vs_curvature.py --config full      # CIFAR-100, CIFAR-10, ResNet18
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+EXPERIMENT = "mem_vs_curvature"
+
+__all__ = ["MemCurvConfig", "CONFIGS", "check_config", "compute", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemCurvConfig(C.Config):
+    """top: Figure 3 shows the ``top`` most memorized examples; adversarial: also the adversarial
+    distance proxy (a PGD search per example, slow on large sets) with ``adversarial_options``
+    (jaxcurv.memorization.adversarial_distance keywords; the small config trades precision for
+    speed: 2 target classes, 5 PGD steps, 8 bisection steps); record_curvature: probes per
+    epoch for the curvature-averaged-over-training proxy (0: off); bins: memorization bins of the
+    binned curvature table."""
+
+    top: int = 100
+    adversarial: bool = True
+    adversarial_options: dict = dataclasses.field(
+        default_factory=lambda: {"num_targets": 2, "pgd_steps": 5, "search_steps": 8})
+    record_curvature: int = 0
+    bins: int = 10
+
+
+CONFIGS = {
+    "tiny": MemCurvConfig(name="tiny", train_size=300, test_size=100, members=4, epochs=2,
+                          num_probes=2, top=20, adversarial=False, bins=4),
+    "small": MemCurvConfig(name="small", datasets=("digits",), members=16, epochs=12, top=100),
+    "full": MemCurvConfig(name="full", datasets=("cifar100", "cifar10"), fallback_dataset=None,
+                          model="resnet18", members=64, epochs=100, batch_size=128,
+                          learning_rate=0.1, num_probes=10, top=1000, adversarial=False,
+                          record_curvature=0, bins=50),
+}
+
+
+def check_config(config: MemCurvConfig) -> None:
+    """ValueError for settings this experiment cannot use (after the shared checks)."""
+    if config.members < 2:
+        raise ValueError("members must be >= 2: memorization needs models with and without each "
+                         "example")
+    if config.top < 1 or config.bins < 1:
+        raise ValueError(f"top and bins must be >= 1, got top={config.top}, bins={config.bins}")
+
+
+def compute(config: MemCurvConfig, data: C.Data) -> tuple[dict[str, np.ndarray], dict]:
+    """Per-example columns (mem, mem_stderr and every proxy, (N,) each) and ensemble facts."""
+    import jax
+
+    from jaxcurv import data as data_lib
+    from jaxcurv import ensemble, memorization
+
+    train = data.train
+    masks = data_lib.subset_masks(len(train), config.members, fraction=config.fraction,
+                                  seed=config.seed)
+    ens = C.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}",
+                           record_curvature=config.record_curvature)
+    logits = ensemble.predict(ens, train.images, progress=config.progress)
+    correct = logits.argmax(-1) == train.labels[None]
+    mem, mem_stderr = memorization.feldman_zhang(correct, masks)
+    curvature = C.member_curvature(config, ens, train.images, train.labels,
+                                   key_seed=config.seed + 1)
+
+    def proxies():
+        return memorization.proxies(ens, train, jax.random.PRNGKey(config.seed + 2),
+                                    logits=logits, curvature=curvature,
+                                    adversarial=config.adversarial,
+                                    adversarial_options=config.adversarial_options,
+                                    progress=config.progress)
+
+    proxy = C.cached_arrays(config, f"{EXPERIMENT}-proxies",
+                            (C.ensemble_key(ens), config.adversarial, config.adversarial_options,
+                             config.seed), proxies)
+    test_acc = ens.history["test_accuracy"][-1]
+    facts = {"test_accuracy_mean": float(test_acc.mean()),
+             "test_accuracy_min": float(test_acc.min()),
+             "train_accuracy_in": float(correct[masks].mean()),
+             "heldout_accuracy_out": float(correct[~masks].mean()),
+             "members": config.members, "subset_size_mean": float(masks.sum(1).mean())}
+    return {"mem": mem, "mem_stderr": mem_stderr, **proxy}, facts
+
+
+def _proxy_panels(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = {"curvature_in": "curvature tr(H) (in)", "curvature_sq_in": "curvature tr(H²) (in)",
+             "curvature_out": "curvature tr(H) (out)", "curvature_train_in": "tr(H) over training",
+             "confidence": "confidence (out)", "loss": "loss (in)",
+             "learning_time": "learning time (epochs)",
+             "adversarial_distance": "adversarial distance (L2)"}
+    return {label: cols[key] for key, label in names.items() if key in cols}
+
+
+def main(config: MemCurvConfig) -> dict:
+    from jaxcurv import memorization, report
+
+    C.validate(config)
+    check_config(config)
+    out = C.output_dir(config, EXPERIMENT)
+    timer = C.Timer()
+    results, notes, lines = {}, [], []
+    for spec in config.datasets:
+        with timer(f"{spec}: data"):
+            data = C.load_data(spec, config)
+        notes.append(data.note)
+        with timer(f"{spec}: ensemble, curvature, proxies"):
+            cols, facts = compute(config, data)
+        d = out / data.slug
+        train = data.train
+        mem, curv, curv_sq = cols["mem"], cols["curvature_in"], cols["curvature_sq_in"]
+        report.write_csv(d / "scores.csv", {"index": np.arange(len(train)),
+                                            "source_index": data.train_index,
+                                            "label": train.labels, **cols})
+        top = memorization.top_memorized(mem, min(config.top, len(train)))
+        figures = [
+            report.figure_mem_vs_curvature(mem, curv, d / "fig3_mem_vs_curvature_top.png",
+                                           top=config.top),
+            report.figure_mem_vs_curvature(mem, curv, d / "mem_vs_curvature_all.png"),
+            report.figure_proxies_vs_mem(mem, _proxy_panels(cols),
+                                         d / "fig10-13_proxies_vs_mem.png"),
+            report.figure_trace_vs_trace_sq(curv, curv_sq, mem,
+                                            d / "fig14-16_trace_vs_trace_sq.png"),
+        ]
+        proxy_cols = {k: v for k, v in cols.items() if k not in ("mem", "mem_stderr")}
+        corr_all = memorization.correlations(mem, proxy_cols)
+        corr_top = memorization.correlations(mem[top], {k: v[top] for k, v in proxy_cols.items()})
+        binned = memorization.bin_by(mem, curv, min(config.bins, len(train)))
+        results[data.slug] = {
+            "data": data.describe(), "ensemble": facts,
+            "memorization": {"mean": float(np.nanmean(mem)), "top_mean": float(np.mean(mem[top])),
+                             "top": len(top), "mean_stderr": float(np.nanmean(cols["mem_stderr"]))},
+            "spearman_mem_curvature": {"all": corr_all["curvature_in"]["spearman"],
+                                       "top": corr_top["curvature_in"]["spearman"]},
+            "spearman_mem_curvature_sq": {"all": corr_all["curvature_sq_in"]["spearman"],
+                                          "top": corr_top["curvature_sq_in"]["spearman"]},
+            "correlations_all": corr_all, "correlations_top": corr_top,
+            "curvature_by_mem_bin": binned._asdict(),
+            "figures": [str(p.relative_to(out)) for p in figures],
+        }
+        rho_all = ", ".join(f"{k} {v['spearman']:+.3f}" for k, v in corr_all.items())
+        lines += [f"[{data.slug}] {len(train)} examples, {config.members} members, test acc "
+                  f"{facts['test_accuracy_mean']:.3f}, mean mem {np.nanmean(mem):.3f}, "
+                  f"top-{len(top)} mean mem {np.mean(mem[top]):.3f}",
+                  f"[{data.slug}] Spearman(mem, tr H): all "
+                  f"{corr_all['curvature_in']['spearman']:+.3f}, top-{len(top)} "
+                  f"{corr_top['curvature_in']['spearman']:+.3f}; "
+                  f"tr H²: all {corr_all['curvature_sq_in']['spearman']:+.3f}",
+                  f"[{data.slug}] Spearman with mem, all examples: {rho_all}",
+                  f"[{data.slug}] mean tr(H) by mem bin (low → high): "
+                  + ", ".join(f"{v:.3g}" for v in binned.target_mean)]
+        if data.note:
+            lines.append(f"[{data.slug}] note: {data.note}")
+    C.write_summary(out, EXPERIMENT, config, results, timings=timer.total(), notes=notes)
+    C.print_summary(EXPERIMENT, config, lines + [f"runtime {timer.total()['total']:.1f} s"], out)
+    return results
+
+
+if __name__ == "__main__":
+    C.cli(CONFIGS, main, description=__doc__)

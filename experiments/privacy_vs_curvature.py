@@ -1,0 +1,214 @@
+"""Train loss and input curvature against the privacy budget ε, with the papers' fits: Figures 4,
+5 and 16.
+
+Paper: Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature Links" (ICML 2024):
+Fig. 4 (converged train loss vs ε, fitted L(ε) = a + b e^{−cε}), Fig. 5 (mean input curvature
+vs ε, fitted eq. 16: Curv = (a + b e^{−cε})(m + 1)(1 − e^{−ε}) + c₂, the shape of Thm 5.3 with
+that loss bound) and Fig. 16 (the same for tr(H²)). For every ε, ``members`` DP-SGD models
+(seeds) are trained on the whole training set (m examples); loss and per-example tr(H), tr(H²)
+(exact HVPs, Hutchinson probes) are averaged over the training set, then over seeds. Fits from
+jaxcurv.privacy.theory; R² into summary.json. A non-private run is reported for reference (not
+fitted).
+
+    python experiments/privacy_vs_curvature.py --config small   # digits, 7 ε values, 2 seeds
+    python experiments/privacy_vs_curvature.py --config full    # ResNet18-GN, ε from 1 to 100
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+EXPERIMENT = "privacy_vs_curvature"
+
+__all__ = ["PrivacyCurvConfig", "CONFIGS", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyCurvConfig(C.Config):
+    """members: seeds per ε, each trained on all m training examples. epsilons: the ε grid (eq. 16
+    has 4 parameters: give >= 5 values); delta, l2_clip (C), accountant: DP-SGD settings (σ
+    calibrated per ε); dp_learning_rate: peak SGD rate under DP (default: the non-private rate;
+    0.5 made ε <= 3 runs on digits diverge to train loss > ln 10, far from the Fig. 4 regime)."""
+
+    epsilons: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 100.0)
+    delta: float = 1e-5
+    l2_clip: float = 1.0
+    accountant: str = "rdp"
+    dp_learning_rate: float = 0.05
+
+
+CONFIGS = {
+    "tiny": PrivacyCurvConfig(name="tiny", train_size=200, test_size=100,
+                              model_kwargs={"width": 4, "hidden": 16}, members=1, epochs=2,
+                              num_probes=2, epsilons=(1.0, 3.0, 10.0, 30.0)),
+    "small": PrivacyCurvConfig(name="small", model_kwargs={"width": 8, "hidden": 32}, members=2,
+                               epochs=12, num_probes=10),
+    "full": PrivacyCurvConfig(name="full", datasets=("cifar10", "cifar100"), fallback_dataset=None,
+                              model="resnet18_gn", members=3, epochs=50, batch_size=256,
+                              learning_rate=0.1, dp_learning_rate=0.1, num_probes=10,
+                              epsilons=(1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 20.0, 30.0, 50.0, 75.0,
+                                        100.0)),
+}
+
+
+def _validate(config: PrivacyCurvConfig) -> None:
+    C.validate(config)
+    if len(config.epsilons) < 4 or any(not (math.isfinite(e) and e > 0) for e in config.epsilons):
+        raise ValueError(f"epsilons needs >= 4 finite values > 0 (eq. 16 has 4 parameters), got "
+                         f"{config.epsilons}")
+    if not 0 < config.delta < 1 or not config.l2_clip > 0:
+        raise ValueError(f"need 0 < delta < 1 and l2_clip > 0, got {config.delta}, "
+                         f"{config.l2_clip}")
+    if config.model == "resnet18":
+        raise ValueError("DP-SGD needs per-example gradients: use model resnet18_gn, not resnet18")
+
+
+def _measure(config, ens, train, key_seed: int) -> dict[str, np.ndarray]:
+    """Per seed (K,): mean and max train loss, train accuracy, mean tr(H) and tr(H²)."""
+    from jaxcurv import ensemble, mia
+
+    logits = ensemble.predict(ens, train.images, progress=False)
+    loss = mia.cross_entropy(logits, train.labels[None])
+    curv = C.member_curvature(config, ens, train.images, train.labels, key_seed=key_seed)
+    return {"loss_mean": loss.mean(1), "loss_max": loss.max(1),
+            "train_accuracy": (logits.argmax(-1) == train.labels[None]).mean(1),
+            "test_accuracy": ens.history["test_accuracy"][-1],
+            "curvature": np.asarray(curv.trace).mean(1),
+            "curvature_sq": np.asarray(curv.trace_sq).mean(1)}
+
+
+def main(config: PrivacyCurvConfig) -> dict:
+    from scipy import stats
+
+    from jaxcurv import report
+    from jaxcurv.privacy import DPConfig, theory
+
+    _validate(config)
+    C.quiet_dp_accounting()
+    out = C.output_dir(config, EXPERIMENT)
+    timer = C.Timer()
+    eps = np.asarray(sorted(config.epsilons), float)
+    grid = np.geomspace(eps.min() / 2, eps.max() * 2, 200)
+    results, notes, lines = {}, [], []
+    for spec in config.datasets:
+        with timer(f"{spec}: data"):
+            data = C.load_data(spec, config)
+        notes.append(data.note)
+        train = data.train
+        m = len(train)
+        masks = np.ones((config.members, m), bool)
+        per_eps = []
+        for e in eps:
+            dp = DPConfig(target_epsilon=float(e), delta=config.delta, l2_clip=config.l2_clip,
+                          accountant=config.accountant)
+            with timer(f"{spec}: train DP"):
+                ens = C.train_ensemble(
+                    config, data, masks, tag=f"{EXPERIMENT}-{data.slug}", dp=dp,
+                    optimizer=C.optimizer_config(config, name="sgd",
+                                                 learning_rate=config.dp_learning_rate),
+                    record_examples=False)
+            with timer(f"{spec}: loss, curvature"):
+                per_eps.append(_measure(config, ens, train, config.seed + 1)
+                               | {"noise_multiplier": ens.privacy["noise_multiplier"],
+                                  "epsilon_spent": ens.privacy["epsilon_max"]})
+        with timer(f"{spec}: train non-private"):
+            ref = C.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-ref",
+                                   record_examples=False)
+            nonprivate = _measure(config, ref, train, config.seed + 1)
+        values = {k: np.stack([p[k] for p in per_eps]) for k in
+                  ("loss_mean", "loss_max", "train_accuracy", "test_accuracy", "curvature",
+                   "curvature_sq")}                                           # (E, seeds)
+        means = {k: v.mean(1) for k, v in values.items()}
+        loss_fit = theory.fit_loss_bound(eps, means["loss_mean"])
+        curv_fit = theory.fit_curvature_privacy(eps, means["curvature"], num_examples=m)
+        sq_fit = theory.fit_curvature_privacy(eps, means["curvature_sq"], num_examples=m)
+        d = out / data.slug
+        report.write_csv(d / "curvature_vs_epsilon.csv", {
+            "epsilon": np.repeat(eps, config.members), "seed": np.tile(np.arange(config.members),
+                                                                       len(eps)),
+            **{k: v.ravel() for k, v in values.items()},
+            "noise_multiplier": np.repeat([p["noise_multiplier"] for p in per_eps],
+                                          config.members)})
+        figures = [
+            report.figure_curve_vs_epsilon(
+                eps, values["loss_mean"], d / "fig4_loss_vs_epsilon.png",
+                fit=(grid, theory.loss_bound_model(grid, loss_fit.a, loss_fit.b, loss_fit.c)),
+                ylabel="train loss (mean over examples)",
+                fit_label=f"a + b·e^(−cε), R² = {loss_fit.r2:.3f}",
+                title="Fig. 4: converged train loss vs privacy"),
+            report.figure_curve_vs_epsilon(
+                eps, values["curvature"], d / "fig5_curvature_vs_epsilon.png",
+                fit=(grid, theory.curvature_bound_model(grid, curv_fit.a, curv_fit.b, curv_fit.c,
+                                                        curv_fit.c2, num_examples=m)),
+                ylabel="mean input curvature tr(H)",
+                fit_label=f"eq. 16 fit, R² = {curv_fit.r2:.3f}",
+                title="Fig. 5: curvature vs privacy"),
+            report.figure_curve_vs_epsilon(
+                eps, values["curvature_sq"], d / "fig16_curvature_sq_vs_epsilon.png",
+                fit=(grid, theory.curvature_bound_model(grid, sq_fit.a, sq_fit.b, sq_fit.c,
+                                                        sq_fit.c2, num_examples=m)),
+                ylabel="mean tr(H²)", fit_label=f"eq. 16 form, R² = {sq_fit.r2:.3f}",
+                title="tr(H²) vs privacy"),
+        ]
+
+        def fit_dict(fit):
+            """Fitted parameters, R², the points left after fitting, and whether the fit has the
+            paper's shape (a, b >= 0: a bound that grows with ε)."""
+            return {**{k: v for k, v in fit._asdict().items() if k != "predicted"},
+                    "residual_dof": len(eps) - (len(fit) - 2),
+                    "paper_shape": bool(fit.a >= 0 and fit.b >= 0)}
+
+        trend = {k: float(stats.spearmanr(eps, means[k]).statistic)
+                 for k in ("loss_mean", "curvature", "curvature_sq")}
+
+        results[data.slug] = {
+            "data": data.describe(), "m": m, "epsilons": eps,
+            "per_epsilon_mean": means, "per_seed": values,
+            "noise_multiplier": [p["noise_multiplier"] for p in per_eps],
+            "epsilon_spent": [p["epsilon_spent"] for p in per_eps],
+            "nonprivate": {k: float(np.mean(v)) for k, v in nonprivate.items()},
+            "fit_loss_bound": fit_dict(loss_fit), "fit_eq16_curvature": fit_dict(curv_fit),
+            "fit_eq16_curvature_sq": fit_dict(sq_fit),
+            "spearman_with_epsilon": trend,
+            "paper_trend": {"loss_decreases_with_epsilon": trend["loss_mean"] < 0,
+                            "curvature_increases_with_epsilon": trend["curvature"] > 0},
+            "thm_5_3_bound_with_fitted_loss": theory.curvature_bound(
+                eps, loss_bound=1.0, num_examples=m) * theory.loss_bound_model(
+                eps, loss_fit.a, loss_fit.b, loss_fit.c),
+            "figures": [str(p.relative_to(out)) for p in figures],
+        }
+        lines += [f"[{data.slug}] m={m}, {config.members} seed(s) per ε; ε: "
+                  + ", ".join(f"{e:g}" for e in eps),
+                  "  train loss: " + ", ".join(f"{v:.3f}" for v in means["loss_mean"])
+                  + f" (non-private {np.mean(nonprivate['loss_mean']):.3f}); fit "
+                  f"a={loss_fit.a:.3g} b={loss_fit.b:.3g} c={loss_fit.c:.3g}, R²={loss_fit.r2:.3f}",
+                  "  mean tr(H): " + ", ".join(f"{v:.3g}" for v in means["curvature"])
+                  + f" (non-private {np.mean(nonprivate['curvature']):.3g}); eq. 16 fit "
+                  f"a={curv_fit.a:.3g} b={curv_fit.b:.3g} c={curv_fit.c:.3g} c2={curv_fit.c2:.3g}, "
+                  f"R²={curv_fit.r2:.3f}",
+                  "  mean tr(H²): " + ", ".join(f"{v:.3g}" for v in means["curvature_sq"])
+                  + f"; eq. 16 form R²={sq_fit.r2:.3f}",
+                  f"  Spearman with ε: loss {trend['loss_mean']:+.2f}, tr(H) "
+                  f"{trend['curvature']:+.2f}, tr(H²) {trend['curvature_sq']:+.2f} (paper: loss −, "
+                  "curvature +); eq. 16 fit with the paper's shape (a, b >= 0): "
+                  f"{fit_dict(curv_fit)['paper_shape']}",
+                  "  test accuracy: " + ", ".join(f"{v:.3f}" for v in means["test_accuracy"])
+                  + f" (non-private {np.mean(nonprivate['test_accuracy']):.3f})"]
+        if data.note:
+            lines.append(f"[{data.slug}] note: {data.note}")
+    C.write_summary(out, EXPERIMENT, config, results, timings=timer.total(), notes=notes)
+    C.print_summary(EXPERIMENT, config, lines + [f"runtime {timer.total()['total']:.1f} s"], out)
+    return results
+
+
+if __name__ == "__main__":
+    C.cli(CONFIGS, main, description=__doc__)

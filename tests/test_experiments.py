@@ -1,0 +1,169 @@
+"""Experiment scripts: shared plumbing (overrides, dataset fallback) and one end-to-end run of
+mem_vs_curvature's tiny config plus curvature_bound_fit on its cached data, with their outputs
+checked against independent recomputations."""
+
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import _common as C  # noqa: E402
+import curvature_bound_fit as cbf  # noqa: E402
+import mem_vs_curvature as mvc  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_csv(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows]) for k in rows[0]}
+
+
+# ----------------------------------------------------------------------------------------------
+# shared plumbing
+
+
+def test_overrides_parse_json_and_coerce_to_field_types():
+    base = mvc.CONFIGS["small"]
+    cfg = C.apply_overrides(base, ["members=8", 'datasets=["digits", "cifar10"]',
+                                   "learning_rate=1", "model=mlp", "train_size=null",
+                                   'model_kwargs={"hidden": 32}', "adversarial=false"])
+    assert cfg.members == 8 and cfg.datasets == ("digits", "cifar10")
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    assert cfg.model == "mlp" and cfg.train_size is None and cfg.model_kwargs == {"hidden": 32}
+    assert cfg.adversarial is False and base.members == 16  # the named config is untouched
+    for bad, match in [(["nope=1"], "unknown setting"), (["members=abc"], "integer"),
+                       (["members=2.5"], "integer"), (["datasets=digits"], "list"),
+                       (["members"], "KEY=VALUE"), (["adversarial=1"], "true or false")]:
+        with pytest.raises(ValueError, match=match):
+            C.apply_overrides(base, bad)
+
+
+def test_parse_args_flags_and_set(tmp_path):
+    cfg = C.parse_args(mvc.CONFIGS, ["--config", "tiny", "--out", str(tmp_path), "--seed", "3",
+                                     "--data-dir", "/data", "--set", "top=7"])
+    assert (cfg.name, cfg.out, cfg.seed, cfg.data_dir, cfg.top) == ("tiny", str(tmp_path), 3,
+                                                                    "/data", 7)
+    with pytest.raises(SystemExit):
+        C.parse_args(mvc.CONFIGS, ["--config", "nope"])
+
+
+def test_script_help_runs_without_jax():
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "mia_curvature.py"),
+                          "--help"], capture_output=True, text=True, timeout=60, check=True)
+    assert "--config" in out.stdout and "Curvature Clues" in out.stdout
+
+
+def test_cifar10_npz_falls_back_to_digits_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "REPO_ROOT", tmp_path / "repo")  # no shared/data next to it
+    monkeypatch.delenv("JAXCURV_CIFAR10_NPZ", raising=False)
+    cfg = C.Config(datasets=(C.CIFAR10_NPZ_SPEC,), train_size=50, test_size=20,
+                   data_dir=str(tmp_path))
+    data = C.load_data(C.CIFAR10_NPZ_SPEC, cfg)
+    assert data.slug == "digits" and data.train.name == "digits"
+    assert "not found" in data.note and "digits" in data.note
+    assert (len(data.train), len(data.test)) == (50, 20)
+    assert np.all(np.diff(data.train_index) > 0) and data.train_index.max() < 1438
+    with pytest.raises(FileNotFoundError, match="JAXCURV_CIFAR10_NPZ"):
+        C.load_data(C.CIFAR10_NPZ_SPEC, dataclasses.replace(cfg, fallback_dataset=None))
+
+
+def test_cifar10_npz_is_found_through_the_environment(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "my-cifar.npz"
+    np.savez(path, train_images=rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8),
+             train_labels=np.arange(30) % 10, test_images=np.zeros((10, 4, 4, 3), np.uint8),
+             test_labels=np.arange(10))
+    monkeypatch.setenv("JAXCURV_CIFAR10_NPZ", str(path))
+    data = C.load_data(C.CIFAR10_NPZ_SPEC, C.Config(train_size=12, seed=1))
+    assert data.slug == "cifar10" and data.note is None and data.source == f"npz:{path}"
+    assert len(data.train) == 12 and len(data.test) == 10
+    np.testing.assert_array_equal(data.train.labels, np.arange(30)[data.train_index] % 10)
+
+
+def test_bad_settings_fail_before_any_work(tmp_path):
+    tiny = dataclasses.replace(mvc.CONFIGS["tiny"], out=str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="members must be >= 2"):
+        mvc.main(dataclasses.replace(tiny, members=1))
+    with pytest.raises(ValueError, match="unknown model"):
+        mvc.main(dataclasses.replace(tiny, model="vgg"))
+    with pytest.raises(ValueError, match="fraction"):
+        mvc.main(dataclasses.replace(tiny, fraction=1.0))
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end: mem_vs_curvature tiny, its rerun from the cache, and curvature_bound_fit on it
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiments")
+    cfg = dataclasses.replace(mvc.CONFIGS["tiny"], out=str(root / "mvc"),
+                              cache_dir=str(root / "cache"))
+    results = mvc.main(cfg)
+    return cfg, root, results
+
+
+def test_mem_vs_curvature_writes_csv_json_and_figures(tiny_run):
+    cfg, root, results = tiny_run
+    out = Path(cfg.out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "mem_vs_curvature"
+    assert summary["config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))  # config echo
+    cols = _read_csv(out / "digits" / "scores.csv")
+    assert len(cols["mem"]) == cfg.train_size == 300
+    # 4 members, each example in exactly 2: mem = (correct_in − correct_out)/2 ∈ {−1, −½, 0, ½, 1}
+    assert np.all(np.isfinite(cols["mem"]))
+    np.testing.assert_array_equal(2 * cols["mem"], np.round(2 * cols["mem"]))
+    assert np.abs(cols["mem"]).max() <= 1
+    for name in ("curvature_in", "curvature_sq_in", "confidence", "learning_time"):
+        assert np.isfinite(cols[name]).all(), name
+    assert (cols["curvature_sq_in"] > 0).all()
+    # the JSON's Spearman equals scipy's on the CSV columns (CSV keeps 6 significant digits)
+    rho = stats.spearmanr(cols["mem"], cols["curvature_in"]).statistic
+    assert summary["results"]["digits"]["spearman_mem_curvature"]["all"] == pytest.approx(
+        rho, abs=1e-3)
+    for rel in summary["results"]["digits"]["figures"]:
+        assert (out / rel).read_bytes()[:8] == PNG
+    assert summary["timings_s"]["total"] > 0
+
+
+def test_rerun_is_served_from_the_cache_with_identical_results(tiny_run):
+    cfg, root, _ = tiny_run
+    before = (Path(cfg.out) / "digits" / "scores.csv").read_text()
+    again = dataclasses.replace(cfg, out=str(root / "mvc_again"))
+    mvc.main(again)
+    summary = json.loads((root / "mvc_again" / "summary.json").read_text())
+    assert (root / "mvc_again" / "digits" / "scores.csv").read_text() == before
+    first = json.loads((Path(cfg.out) / "summary.json").read_text())["timings_s"]["total"]
+    assert summary["timings_s"]["total"] < first
+
+
+def test_curvature_bound_fit_reuses_the_data_and_reports_a_consistent_fit(tiny_run):
+    cfg, root, _ = tiny_run
+    fit_cfg = cbf.BoundFitConfig(**{**dataclasses.asdict(cfg), "out": str(root / "fit"),
+                                    "fit_bins": 10})
+    results = cbf.main(fit_cfg)["digits"]
+    bins = _read_csv(root / "fit" / "digits" / "bins.csv")
+    fit = results["fit_binned"]
+    line = fit["p1"] * np.sqrt(bins["m_sub"]) * bins["curvature_max"] + fit["c1"]
+    np.testing.assert_allclose(bins["fitted"], line, rtol=1e-4, atol=1e-6)
+    y = bins["mem_mean"]
+    r2 = 1 - np.sum((y - line) ** 2) / np.sum((y - y.mean()) ** 2)
+    assert fit["r2"] == pytest.approx(r2, abs=1e-4)
+    assert fit["p1"] >= 0 and fit["c1"] >= 0
+    # m_sub: half of the example's class count in the 300-example subset
+    labels = _read_csv(Path(cfg.out) / "digits" / "scores.csv")["label"].astype(int)
+    assert results["m_sub_mean"] == pytest.approx(np.mean(0.5 * np.bincount(labels)[labels]))
+    assert (root / "fit" / "digits" / "eq15_bound_fit.png").read_bytes()[:8] == PNG
