@@ -36,6 +36,7 @@ __all__ = [
     "base_parser",
     "results_dir",
     "shared_cifar10_path",
+    "random_subset",
 ]
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -221,3 +222,12 @@ def shared_cifar10_path() -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+def random_subset(dataset, n: int, seed: int):
+    """``n`` examples of a jaxcurv Dataset drawn without replacement (CIFAR files are ordered by
+    class, so a prefix would hold one class)."""
+    import numpy as np
+
+    n = min(int(n), len(dataset))
+    return dataset.take(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n]))

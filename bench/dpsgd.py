@@ -93,8 +93,8 @@ def train_eps8(args) -> dict:
     else:
         raise SystemExit("CIFAR-10 not found: copy ../shared/data/cifar10-jpeg.npz to .data/")
     if args.limit_train:  # smoke test of the code path (CPU)
-        train_set = train_set.take(np.arange(args.limit_train))
-        test_set = test_set.take(np.arange(min(args.limit_train, len(test_set))))
+        train_set = C.random_subset(train_set, args.limit_train, args.seed)
+        test_set = C.random_subset(test_set, args.limit_train, args.seed + 1)
     model = _model("resnet18_gn", args.eps8_width)
     dp = DPConfig(target_epsilon=8.0, delta=1e-5, l2_clip=1.0)
     # De et al. (2022)-style plain SGD (their WRN-16-4 recipe: lr 4, no momentum, batch 4096);

@@ -180,7 +180,7 @@ def quick(args) -> dict:
         train_set, test_set = _cifar(args)
         model = models.get_model("fastnet", 10, width=args.width or 16)
     if args.limit_train:
-        train_set = train_set.take(np.arange(min(args.limit_train, len(train_set))))
+        train_set = C.random_subset(train_set, args.limit_train, args.seed)
     recipe = quick_recipe(args) if args.model == "cnn" else fastnet_recipe(args)
     masks = data.subset_masks(len(train_set), max(max(args.ks), 2), fraction=0.5, seed=args.seed)
     key = jax.random.PRNGKey(args.seed)
@@ -211,8 +211,8 @@ def full(args) -> dict:
     """fastnet on half-CIFAR-10: members/hour and test accuracy per K; loop baseline."""
     train_set, test_set = _cifar(args)
     if args.limit_train:  # smoke test of the full code path on a CPU
-        train_set = train_set.take(np.arange(args.limit_train))
-        test_set = test_set.take(np.arange(min(args.limit_train, len(test_set))))
+        train_set = C.random_subset(train_set, args.limit_train, args.seed)
+        test_set = C.random_subset(test_set, args.limit_train, args.seed + 1)
     model = models.get_model("fastnet", 10, width=args.width or 64)
     recipe = fastnet_recipe(args)
     masks_all = data.subset_masks(len(train_set), max(max(args.ks), 2), fraction=0.5,
