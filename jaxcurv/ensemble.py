@@ -327,6 +327,56 @@ def member_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *, num_
 # training
 
 
+def _transform_init(state: TrainState, transform, sharding) -> TrainState:
+    """Apply ``transform`` to each member's initial variables and restack."""
+    members = []
+    for k in range(jax.tree.leaves(state.params)[0].shape[0]):
+        variables = {"params": _unstack(state.params, k)}
+        if models.uses_batch_norm({"batch_stats": state.batch_stats}):
+            variables["batch_stats"] = _unstack(state.batch_stats, k)
+        members.append(transform(variables))
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *members)
+    stacked = jax.device_put(stacked, sharding)
+    return state._replace(params=stacked["params"],
+                          batch_stats=stacked.get("batch_stats", state.batch_stats))
+
+
+def _hashable(value):
+    """dicts (augment options) as sorted tuples, so they can key a cache."""
+    if isinstance(value, dict):
+        return tuple(sorted(value.items()))
+    return value
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_training(model, config, total_steps, dp_step, augment, label_smoothing,
+                       compute_dtype, input_shape, scan_steps, steps_per_epoch):
+    """(init_fn(keys) -> stacked TrainState, epoch_fn(state, images, labels, idx, w, keys)),
+    jitted once per configuration: repeated ``train`` calls (e.g. one member at a time, or a
+    resumed run) reuse the executables instead of recompiling."""
+    tx = make_optimizer(config, total_steps)
+    augment = dict(augment) if isinstance(augment, tuple) else augment
+    step = make_train_step(model, tx, config=config, dp=dp_step,
+                           augment=_augmenter(augment, input_shape),
+                           label_smoothing=label_smoothing, compute_dtype=compute_dtype)
+    init_fn = jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_shape)))
+    if scan_steps:
+        epoch_fn = jax.jit(jax.vmap(make_epoch_fn(step), in_axes=(0, None, None, 0, 0, 0)),
+                           donate_argnums=0)
+        return init_fn, epoch_fn
+    step_fn = jax.jit(jax.vmap(make_step_at(step), in_axes=(0, None, None, 0, 0, 0, None)),
+                      donate_argnums=0)
+
+    def epoch_fn(state, images, labels, idx, w, keys):
+        metrics = []
+        for s in range(steps_per_epoch):  # dispatched asynchronously: no host sync here
+            state, m = step_fn(state, images, labels, idx, w, keys, s)
+            metrics.append(m)
+        return state, jax.tree.map(lambda *a: jnp.stack(a, axis=1), *metrics)
+
+    return init_fn, epoch_fn
+
+
 def _member_keys(key, member_ids, purpose: int):
     return jnp.stack([jax.random.fold_in(jax.random.fold_in(key, int(m)), purpose)
                       for m in member_ids])
@@ -340,7 +390,7 @@ def train(model, dataset: Dataset, masks, key: jax.Array, *, epochs: int, batch_
           members_per_chunk: int | None = None, devices: Sequence[jax.Device] | None = None,
           compute_dtype=None, member_ids: Sequence[int] | None = None,
           steps_per_epoch: int | None = None, scan_steps: bool | None = None,
-          progress: bool = True,
+          init_transform: Callable[[dict], dict] | None = None, progress: bool = True,
           callbacks: Sequence[Callable[[int, dict], None]] = ()) -> Ensemble:
     """Train K members of ``model`` (a flax module or a name for models.get_model), member k on
     ``dataset`` rows where ``masks[k]`` (K, N) is true, members vmapped in one jit-compiled step
@@ -357,7 +407,10 @@ def train(model, dataset: Dataset, masks, key: jax.Array, *, epochs: int, batch_
     members are sharded over ``devices`` (default: all local devices). ``scan_steps``: run an
     epoch as one lax.scan (default on GPU/TPU) or as a host loop of async-dispatched steps
     (default on CPU, where XLA runs convolutions in loop bodies slowly).
-    ``callbacks``: fn(epoch, info) after each epoch.
+    ``init_transform``: fn(variables) -> variables applied to each member's initial flax
+    variables (e.g. ``lambda v: models.init_fastnet_whitening(v, images)``, airbench's data-based
+    stem); the optimizer state is unaffected (zero moments). ``callbacks``: fn(epoch, info) after
+    each epoch.
     """
     model = _resolve_model(model, dataset)
     masks = _check_masks(masks, len(dataset))
@@ -401,30 +454,17 @@ def train(model, dataset: Dataset, masks, key: jax.Array, *, epochs: int, batch_
             "augment": augment, "label_smoothing": label_smoothing, "steps_per_epoch":
             steps_per_epoch, "dp": privacy, "record_examples": record_examples,
             "record_curvature": record_curvature, "compute_dtype": str(compute_dtype),
-            "dataset": dataset.name, "num_members": k_total, "model": type(model).__name__}
+            "dataset": dataset.name, "num_members": k_total, "model": type(model).__name__,
+            "init_transform": getattr(init_transform, "__qualname__", repr(init_transform))}
     checkpoints = None
     if checkpoint_dir is not None:
         checkpoints = _Checkpoints(checkpoint_dir, _fingerprint(model, dataset, masks, member_ids,
                                                                 seed, echo), checkpoint_every)
 
-    tx = make_optimizer(config, total_steps)
-    step = make_train_step(model, tx, config=config, dp=dp_step,
-                           augment=_augmenter(augment, input_shape),
-                           label_smoothing=label_smoothing, compute_dtype=compute_dtype)
-    if scan_steps:
-        epoch_fn = jax.jit(jax.vmap(make_epoch_fn(step), in_axes=(0, None, None, 0, 0, 0)),
-                           donate_argnums=0)
-    else:
-        step_fn = jax.jit(jax.vmap(make_step_at(step), in_axes=(0, None, None, 0, 0, 0, None)),
-                          donate_argnums=0)
-
-        def epoch_fn(state, images, labels, idx, w, keys):
-            metrics = []
-            for s in range(steps_per_epoch):  # dispatched asynchronously: no host sync here
-                state, m = step_fn(state, images, labels, idx, w, keys, s)
-                metrics.append(m)
-            return state, jax.tree.map(lambda *a: jnp.stack(a, axis=1), *metrics)
-    init_fn = jax.jit(jax.vmap(lambda k: init_state(model, tx, k, input_shape)))
+    init_fn, epoch_fn = _compiled_training(
+        model, config, total_steps, dp_step, _hashable(augment), float(label_smoothing),
+        None if compute_dtype is None else jnp.dtype(compute_dtype), tuple(input_shape),
+        scan_steps, steps_per_epoch)
     if n_dev > 1:
         mesh = Mesh(np.asarray(devs), ("members",))
         member_sharding, replicated = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
@@ -442,6 +482,8 @@ def train(model, dataset: Dataset, masks, key: jax.Array, *, epochs: int, batch_
         rows = np.concatenate([rows, np.repeat(rows[:1], chunk_k - real)])  # pad the last chunk
         ids, chunk_subsets = member_ids[rows], [subsets[r] for r in rows]
         state = init_fn(jax.device_put(_member_keys(key, ids, 0), member_sharding))
+        if init_transform is not None:
+            state = _transform_init(state, init_transform, member_sharding)
         history: dict[str, np.ndarray] = {}
         done = 0
         if checkpoints is not None:

@@ -269,3 +269,21 @@ def test_members_sharded_over_devices_equal_single_device(run_on_fake_devices):
         """
     )
     run_on_fake_devices(script)
+
+
+def test_init_transform_sets_each_members_initial_variables(small, mlp):
+    masks = data.subset_masks(len(small), 2, seed=10)
+    seen = []
+
+    def zero_last_bias(variables):
+        seen.append(1)
+        params = jax.tree.map(lambda a: a, variables["params"])
+        last = sorted(params)[-1]
+        params[last] = dict(params[last], bias=jnp.full_like(params[last]["bias"], 3.0))
+        return {**variables, "params": params}
+
+    ens = ensemble.train(mlp, small, masks, KEY, epochs=1, batch_size=32, learning_rate=1e-6,
+                         members_per_chunk=2, init_transform=zero_last_bias, progress=False)
+    assert len(seen) == 2
+    last = sorted(ens.variables["params"])[-1]
+    np.testing.assert_allclose(ens.variables["params"][last]["bias"], 3.0, atol=1e-3)
