@@ -51,6 +51,7 @@ __all__ = [
     "environment",
     "write_summary",
     "print_summary",
+    "finish",
     "apply_overrides",
     "parse_args",
     "cli",
@@ -390,6 +391,13 @@ def write_summary(out: Path, experiment: str, config: Config, results: Mapping[s
         "experiment": experiment, "config": dataclasses.asdict(config),
         "environment": environment(), "notes": [n for n in notes if n],
         "results": results, "timings_s": dict(timings)})
+
+
+def finish(out: Path, experiment: str, config: Config, results: Mapping[str, Any], *,
+           timer: "Timer", notes: Sequence[str], lines: Sequence[str]) -> None:
+    """Write summary.json and print the summary with the total runtime (every script's last step)."""
+    write_summary(out, experiment, config, results, timings=timer.total(), notes=notes)
+    print_summary(experiment, config, [*lines, f"runtime {timer.total()['total']:.1f} s"], out)
 
 
 def print_summary(experiment: str, config: Config, lines: Sequence[str], out: Path) -> None:

@@ -125,8 +125,7 @@ def main(config: LiraMemConfig) -> dict:
                 f"{r['balanced_accuracy']:.3f} train {r['train_accuracy']:.3f}" for r in rows))
         if data.note:
             lines.append(f"[{data.slug}] note: {data.note}")
-    C.write_summary(out, EXPERIMENT, config, results, timings=timer.total(), notes=notes)
-    C.print_summary(EXPERIMENT, config, lines + [f"runtime {timer.total()['total']:.1f} s"], out)
+    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 

@@ -114,8 +114,7 @@ def main(config: ExtremeConfig) -> dict:
                   + ", ".join(names[int(c)] for c in train.labels[ends['highest']])]
         if data.note:
             lines.append(f"[{data.slug}] note: {data.note}")
-    C.write_summary(out, EXPERIMENT, config, results, timings=timer.total(), notes=notes)
-    C.print_summary(EXPERIMENT, config, lines + [f"runtime {timer.total()['total']:.1f} s"], out)
+    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 

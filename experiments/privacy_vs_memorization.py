@@ -175,8 +175,7 @@ def main(config: PrivacyMemConfig) -> dict:
     notes.append("Feldman–Zhang estimates from a finite ensemble are noisy: the top-k of an "
                  "ensemble's own estimates is biased upward (top_mem_self); the plotted series "
                  "follows examples picked by the non-private ensemble (top_mem_selected).")
-    C.write_summary(out, EXPERIMENT, config, results, timings=timer.total(), notes=notes)
-    C.print_summary(EXPERIMENT, config, lines + [f"runtime {timer.total()['total']:.1f} s"], out)
+    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 

@@ -194,6 +194,8 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
     zero_order (K, N) positive statistics (tr(H²), |uᵀHv|) or None; test_logits (K, Z, C) of the
     population for RMIA."""
     k = logits.shape[0]
+    floor = lambda c: np.maximum(c, 1e-30)  # the attacks take log c: an exact 0 (a saturated
+    # softmax's Hessian underflowing in float32) ties at the floor instead of raising
     pooled = k < 64  # few shadows: one global variance per group (Carlini et al. 2022, §VI)
     conf = mia.logit_confidence(logits, labels[None, None])          # (K, A, N)
     conf = np.moveaxis(conf, 1, -1)                                   # (K, N, A)
@@ -207,14 +209,15 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
                                                fixed_variance=pooled),
         "lira_offline": mia.leave_one_model_out(mia.lira, conf, masks, online=False,
                                                 fixed_variance=pooled),
-        "curvature_lr": mia.leave_one_model_out(mia.curvature_lr, curvature, masks,
+        "curvature_lr": mia.leave_one_model_out(mia.curvature_lr, floor(curvature), masks,
                                                 fixed_variance=pooled),
-        "curvature_nll": mia.leave_one_model_out(mia.curvature_nll, curvature, masks),
+        "curvature_nll": mia.leave_one_model_out(mia.curvature_nll, floor(curvature), masks),
     }
     if zero_order is not None:
-        scores["zero_order_lr"] = mia.leave_one_model_out(mia.curvature_lr, zero_order, masks,
-                                                          fixed_variance=pooled)
-        scores["zero_order_nll"] = mia.leave_one_model_out(mia.curvature_nll, zero_order, masks)
+        scores["zero_order_lr"] = mia.leave_one_model_out(mia.curvature_lr, floor(zero_order),
+                                                          masks, fixed_variance=pooled)
+        scores["zero_order_nll"] = mia.leave_one_model_out(mia.curvature_nll, floor(zero_order),
+                                                           masks)
     probs = mia.true_class_probability(logits[:, 0], labels[None])           # (K, N)
     population = mia.true_class_probability(test_logits, test_labels[None])  # (K, Z)
     scores["rmia"] = mia.rmia_leave_one_model_out(probs, masks, population)
