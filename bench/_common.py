@@ -178,24 +178,11 @@ def write_json(name: str, payload: dict[str, Any], *, out: str | os.PathLike | N
     """Write ``payload`` (+ environment echo) to ``<out>/<name>.json`` (default results/bench/)."""
     path = results_dir(out) / f"{name}.json"
     payload = {"environment": environment(), **payload}
-    path.write_text(json.dumps(payload, indent=2, default=_jsonable))
+    from jaxcurv.report import to_jsonable
+
+    path.write_text(json.dumps(to_jsonable(payload), indent=2))
     print(f"\nwrote {path}", flush=True)
     return path
-
-
-def _jsonable(obj: Any) -> Any:
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, tuple):
-        return list(obj)
-    return str(obj)
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
