@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "cifar100 | tfds:<name> | npz:<path>")
     a.add_argument("--data-dir", default=None, help="folder with dataset files (CIFAR pickles, "
                    "an npz, or a TFDS data_dir)")
+    a.add_argument("--max-examples", type=int, default=None, metavar="N",
+                   help="use a random subset of N training (and at most N test) examples, e.g. "
+                   "to try CIFAR on a CPU")
     a.add_argument("--model", default=d.model, help="mlp | cnn (default) | resnet18 | resnet18_gn "
                    "| fastnet")
     a.add_argument("--models", type=int, default=d.models, metavar="K",
@@ -103,7 +106,8 @@ def _audit(args) -> int:
     from jaxcurv.pipeline import AuditConfig, run_audit
 
     config = AuditConfig(
-        dataset=args.dataset, data_dir=args.data_dir, model=args.model, models=args.models,
+        dataset=args.dataset, data_dir=args.data_dir, max_examples=args.max_examples,
+        model=args.model, models=args.models,
         fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, rho=args.rho,
         num_probes=args.num_probes, h=args.h, zero_order=args.zero_order,
@@ -187,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command(args)
     except (ValueError, FileNotFoundError) as err:
-        print(f"jaxcurv {args.command}: error: {err}", file=sys.stderr)
+        hint = ("\n(on the command line, DIR is --data-dir DIR)"
+                if isinstance(err, FileNotFoundError) and "data_dir" in str(err) else "")
+        print(f"jaxcurv {args.command}: error: {err}{hint}", file=sys.stderr)
         return 2
 
 

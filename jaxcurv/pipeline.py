@@ -61,6 +61,7 @@ class AuditConfig:
     seed: int = 0
     out: str = "results/audit"
     data_dir: str | None = None
+    max_examples: int | None = None
     bootstrap: int = 100
     progress: bool = True
 
@@ -96,6 +97,8 @@ class AuditConfig:
             raise ValueError(f"--h must be > 0, got {self.h}")
         if self.bootstrap < 0:
             raise ValueError("--bootstrap must be >= 0")
+        if self.max_examples is not None and self.max_examples < 2 * self.models:
+            raise ValueError(f"--max-examples must be >= 2 × --models = {2 * self.models}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,6 +150,10 @@ def _fingerprint(config: AuditConfig) -> str:
 def _load_data(config: AuditConfig):
     train = data_lib.load(config.dataset, split="train", data_dir=config.data_dir)
     test = data_lib.load(config.dataset, split="test", data_dir=config.data_dir)
+    if config.max_examples is not None:  # a random subset of each split (seeded)
+        rng = np.random.default_rng(config.seed)
+        train, test = (d.take(np.sort(rng.choice(len(d), min(len(d), config.max_examples),
+                                                 replace=False))) for d in (train, test))
     true_labels = train.labels
     flipped = np.zeros(len(train), bool)
     if config.label_noise > 0:
