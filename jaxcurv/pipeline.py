@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
+from tqdm.auto import tqdm
 
 from jaxcurv import data as data_lib
 from jaxcurv import ensemble as ens_lib
@@ -345,7 +346,8 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
                                          jax.random.fold_in(jax.random.fold_in(key, 3), j),
                                          num_probes=config.num_probes, h=config.h,
                                          method="mixed", compute_dtype=dtype, progress=False)
-                    for j in range(k)]
+                    for j in tqdm(range(k), desc="member zero-order curvature", leave=False,
+                                  disable=not config.progress)]
             return {"zero_order": np.stack(rows)}
 
         zero = stages.run("zero_order", zero_order)["zero_order"]
