@@ -373,6 +373,8 @@ def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     ``compute_dtype=jnp.float64`` runs everything in float64 (enables x64 for the call; CPU).
     ``probe_batch`` probes are vmapped together (memory ∝ batch_size × probe_batch); default: all
     on CPU (XLA:CPU runs convolutions inside loops slowly), 1 on GPU/TPU (a lax.map over probes).
+    The compiled kernel is cached per ``loss_fn`` object: pass the same function (not a new
+    lambda) on every call to reuse it.
     """
     probe_batch = _check_config(num_probes, h, batch_size, method, METHODS, probe_batch)
     x_host, y_host = _check_data(x, y)
