@@ -52,6 +52,7 @@ __all__ = [
     "write_summary",
     "print_summary",
     "finish",
+    "each_dataset",
     "apply_overrides",
     "parse_args",
     "cli",
@@ -391,6 +392,19 @@ def write_summary(out: Path, experiment: str, config: Config, results: Mapping[s
         "experiment": experiment, "config": dataclasses.asdict(config),
         "environment": environment(), "notes": [n for n in notes if n],
         "results": results, "timings_s": dict(timings)})
+
+
+def each_dataset(config: Config, timer: "Timer", notes: list, lines: list):
+    """Yield (spec, Data) for each of ``config.datasets``: loading is timed, the data's note is
+    recorded in ``notes``, and after the loop body a "[slug] note: …" summary line is added to
+    ``lines`` when there is a note."""
+    for spec in config.datasets:
+        with timer(f"{spec}: data"):
+            data = load_data(spec, config)
+        notes.append(data.note)
+        yield spec, data
+        if data.note:
+            lines.append(f"[{data.slug}] note: {data.note}")
 
 
 def finish(out: Path, experiment: str, config: Config, results: Mapping[str, Any], *,

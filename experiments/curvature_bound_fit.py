@@ -58,10 +58,7 @@ def main(config: BoundFitConfig) -> dict:
     out = C.output_dir(config, EXPERIMENT)
     timer = C.Timer()
     results, notes, lines = {}, [], []
-    for spec in config.datasets:
-        with timer(f"{spec}: data"):
-            data = C.load_data(spec, config)
-        notes.append(data.note)
+    for spec, data in C.each_dataset(config, timer, notes, lines):
         with timer(f"{spec}: mem_vs_curvature data (cached when it ran before)"):
             cols, facts = mvc.compute(config, data)
         labels = data.train.labels
@@ -100,8 +97,6 @@ def main(config: BoundFitConfig) -> dict:
                   f"{np.mean(bin_mem > line + 1e-12):.0%} of bins above the line",
                   f"[{data.slug}] per-example fit ({len(ok)} examples): p1={per_example.p1:.4g}, "
                   f"c1={per_example.c1:.4g}, R²={per_example.r2:.3f}"]
-        if data.note:
-            lines.append(f"[{data.slug}] note: {data.note}")
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 

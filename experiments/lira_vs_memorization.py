@@ -73,10 +73,7 @@ def main(config: LiraMemConfig) -> dict:
     out = C.output_dir(config, EXPERIMENT)
     timer = C.Timer()
     results, notes, lines = {}, [], []
-    for spec in config.datasets:
-        with timer(f"{spec}: data"):
-            data = C.load_data(spec, config)
-        notes.append(data.note)
+    for spec, data in C.each_dataset(config, timer, notes, lines):
         train, test = data.train, data.test
         masks = data_lib.subset_masks(len(train), config.members, fraction=config.fraction,
                                       seed=config.seed)
@@ -123,8 +120,6 @@ def main(config: LiraMemConfig) -> dict:
             lines.append(f"  {attack}: " + "; ".join(
                 f"mem≈{r['mem_center']:.2f} (n={r['pairs']}) AUROC {r['auroc']:.3f} acc "
                 f"{r['balanced_accuracy']:.3f} train {r['train_accuracy']:.3f}" for r in rows))
-        if data.note:
-            lines.append(f"[{data.slug}] note: {data.note}")
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 

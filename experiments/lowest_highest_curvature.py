@@ -63,10 +63,7 @@ def main(config: ExtremeConfig) -> dict:
     out = C.output_dir(config, EXPERIMENT)
     timer = C.Timer()
     results, notes, lines = {}, [], []
-    for spec in config.datasets:
-        with timer(f"{spec}: data"):
-            data = C.load_data(spec, config)
-        notes.append(data.note)
+    for spec, data in C.each_dataset(config, timer, notes, lines):
         train = data.train
         masks = np.ones((config.members, len(train)), bool)  # every seed trains on everything
         with timer(f"{spec}: train"):
@@ -112,8 +109,6 @@ def main(config: ExtremeConfig) -> dict:
                   + ", ".join(names[int(c)] for c in train.labels[ends['lowest']]),
                   f"[{data.slug}] highest-curvature labels: "
                   + ", ".join(names[int(c)] for c in train.labels[ends['highest']])]
-        if data.note:
-            lines.append(f"[{data.slug}] note: {data.note}")
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 

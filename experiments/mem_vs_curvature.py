@@ -119,10 +119,7 @@ def main(config: MemCurvConfig) -> dict:
     out = C.output_dir(config, EXPERIMENT)
     timer = C.Timer()
     results, notes, lines = {}, [], []
-    for spec in config.datasets:
-        with timer(f"{spec}: data"):
-            data = C.load_data(spec, config)
-        notes.append(data.note)
+    for spec, data in C.each_dataset(config, timer, notes, lines):
         with timer(f"{spec}: ensemble, curvature, proxies"):
             cols, facts = compute(config, data)
         d = out / data.slug
@@ -168,8 +165,6 @@ def main(config: MemCurvConfig) -> dict:
                   f"[{data.slug}] Spearman with mem, all examples: {rho_all}",
                   f"[{data.slug}] mean tr(H) by mem bin (low → high): "
                   + ", ".join(f"{v:.3g}" for v in binned.target_mean)]
-        if data.note:
-            lines.append(f"[{data.slug}] note: {data.note}")
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 

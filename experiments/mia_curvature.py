@@ -190,10 +190,7 @@ def main(config: MiaCurvConfig) -> dict:
     results = {}
     notes = [C.estimator_note(config)]
     lines = []
-    for spec in config.datasets:
-        with timer(f"{spec}: data"):
-            data = C.load_data(spec, config)
-        notes.append(data.note)
+    for spec, data in C.each_dataset(config, timer, notes, lines):
         train, test = data.train, data.test
         n = len(train)
         masks = data_lib.subset_masks(n, config.members, fraction=config.fraction, seed=config.seed)
@@ -275,8 +272,6 @@ def main(config: MiaCurvConfig) -> dict:
                      " × views: " + ", ".join(f"{k} {v:+.3f}" for k, v in
                                              results[data.slug]["signal_spearman_vs_trace_sq"]
                                              .items()))
-        if data.note:
-            lines.append(f"[{data.slug}] note: {data.note}")
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 

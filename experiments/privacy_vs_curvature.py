@@ -99,10 +99,7 @@ def main(config: PrivacyCurvConfig) -> dict:
     eps = np.asarray(sorted(config.epsilons), float)
     grid = np.geomspace(eps.min() / 2, eps.max() * 2, 200)
     results, notes, lines = {}, [], []
-    for spec in config.datasets:
-        with timer(f"{spec}: data"):
-            data = C.load_data(spec, config)
-        notes.append(data.note)
+    for spec, data in C.each_dataset(config, timer, notes, lines):
         train = data.train
         m = len(train)
         masks = np.ones((config.members, m), bool)
@@ -203,8 +200,6 @@ def main(config: PrivacyCurvConfig) -> dict:
                   f"{fit_dict(curv_fit)['paper_shape']}",
                   "  test accuracy: " + ", ".join(f"{v:.3f}" for v in means["test_accuracy"])
                   + f" (non-private {np.mean(nonprivate['test_accuracy']):.3f})"]
-        if data.note:
-            lines.append(f"[{data.slug}] note: {data.note}")
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 

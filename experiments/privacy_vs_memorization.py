@@ -96,10 +96,7 @@ def main(config: PrivacyMemConfig) -> dict:
     timer = C.Timer()
     eps = np.asarray(sorted(config.epsilons), float)
     results, notes, lines = {}, [], []
-    for spec in config.datasets:
-        with timer(f"{spec}: data"):
-            data = C.load_data(spec, config)
-        notes.append(data.note)
+    for spec, data in C.each_dataset(config, timer, notes, lines):
         train = data.train
         top_k = min(config.top, len(train))
         rows = []
@@ -170,8 +167,6 @@ def main(config: PrivacyMemConfig) -> dict:
                 f"mean mem {np.mean([x['mean_mem'] for x in r]):.3f}, test acc "
                 f"{np.mean([x['test_accuracy'] for x in r]):.3f}, "
                 f"σ {r[0]['noise_multiplier']:.3g}")
-        if data.note:
-            lines.append(f"[{data.slug}] note: {data.note}")
     notes.append("Feldman–Zhang estimates from a finite ensemble are noisy: the top-k of an "
                  "ensemble's own estimates is biased upward (top_mem_self); the plotted series "
                  "follows examples picked by the non-private ensemble (top_mem_selected).")

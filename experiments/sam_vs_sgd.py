@@ -168,10 +168,7 @@ def main(config: SamConfig) -> dict:
     out = C.output_dir(config, EXPERIMENT)
     timer = C.Timer()
     results, notes, lines = {}, [], []
-    for spec in config.datasets:
-        with timer(f"{spec}: data"):
-            data = C.load_data(spec, config)
-        notes.append(data.note)
+    for spec, data in C.each_dataset(config, timer, notes, lines):
         train, test = data.train, data.test
         n = len(train)
         masks = data_lib.subset_masks(n, config.members, fraction=config.fraction, seed=config.seed)
@@ -276,8 +273,6 @@ def main(config: SamConfig) -> dict:
                       f"{k} {v:.3g}" for k, v in results[data.slug]["curvature_median_in"].items()),
                   f"[{data.slug}] verdict ({config.verdict_attack}): "
                   f"{verdict['sam_raises_privacy_risk']}"]
-        if data.note:
-            lines.append(f"[{data.slug}] note: {data.note}")
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 

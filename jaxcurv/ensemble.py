@@ -142,8 +142,6 @@ def _augmenter(augment, image_shape) -> Callable | None:
 
 def _resolve_dp(dp, subsets, batch_size: int, total_steps: int, model, input_shape):
     """DPConfig → (DPStep, max batch size, privacy report); refuses BatchNorm models."""
-    from jaxcurv.privacy import accounting, dpsgd
-
     abstract = jax.eval_shape(lambda k: models.init_variables(model, k, input_shape),
                               jax.random.PRNGKey(0))
     if models.uses_batch_norm(abstract):
@@ -151,21 +149,21 @@ def _resolve_dp(dp, subsets, batch_size: int, total_steps: int, model, input_sha
             "DP-SGD needs per-example gradients, but this model has BatchNorm (statistics shared "
             "across examples): use 'resnet18_gn' (GroupNorm) or a model without BatchNorm"
         )
-    sizes = np.array([len(s) for s in subsets])
-    rates = batch_size / sizes
-    if (rates > 1).any():
-        raise ValueError(f"batch_size {batch_size} exceeds a member's subset size {sizes.min()}")
-    sigma = dp.resolve_noise_multiplier(float(rates.max()), total_steps)
-    eps = [accounting.epsilon(sigma, float(q), total_steps, dp.delta, accountant=dp.accountant)
-           for q in rates]
-    # union bound over every step of every member: P[any batch overflows] ≤ overflow_probability
-    max_batch = max(dpsgd.max_batch_size(int(n), float(q), total_steps * len(subsets),
-                                         overflow_probability=dp.overflow_probability)
-                    for n, q in zip(sizes, rates))
+    smallest = min(len(s) for s in subsets)
+    if batch_size > smallest:
+        raise ValueError(f"batch_size {batch_size} exceeds a member's subset size {smallest}")
+    # σ for the largest sampling rate; then each member's plan (its q, ε, padded batch size with
+    # the overflow union bound over every step of every member) from DPConfig.resolve
+    sigma = dp.resolve_noise_multiplier(batch_size / smallest, total_steps)
+    fixed = dataclasses.replace(dp, noise_multiplier=sigma, target_epsilon=None)
+    plans = [fixed.resolve(num_examples=len(s), batch_size=batch_size, steps=total_steps,
+                           num_members=len(subsets)) for s in subsets]
+    eps = [p.epsilon for p in plans]
+    max_batch = max(p.max_batch_size for p in plans)
     report = {"noise_multiplier": sigma, "l2_clip": dp.l2_clip, "delta": dp.delta,
-              "accountant": dp.accountant, "sampling_rates": rates.tolist(), "steps": total_steps,
-              "epsilon": eps, "epsilon_max": max(eps), "target_epsilon": dp.target_epsilon,
-              "max_batch_size": int(max_batch)}
+              "accountant": dp.accountant, "sampling_rates": [p.sampling_rate for p in plans],
+              "steps": total_steps, "epsilon": eps, "epsilon_max": max(eps),
+              "target_epsilon": dp.target_epsilon, "max_batch_size": int(max_batch)}
     return DPStep(dp.l2_clip, sigma, float(batch_size)), int(max_batch), report
 
 
@@ -327,14 +325,19 @@ def member_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *, num_
 # training
 
 
+def _variables(state: TrainState) -> dict:
+    """Flax variables of a (stacked) TrainState: params, and batch_stats when there is BatchNorm."""
+    variables = {"params": state.params}
+    if models.uses_batch_norm({"batch_stats": state.batch_stats}):
+        variables["batch_stats"] = state.batch_stats
+    return variables
+
+
 def _transform_init(state: TrainState, transform, sharding) -> TrainState:
     """Apply ``transform`` to each member's initial variables and restack."""
-    members = []
-    for k in range(jax.tree.leaves(state.params)[0].shape[0]):
-        variables = {"params": _unstack(state.params, k)}
-        if models.uses_batch_norm({"batch_stats": state.batch_stats}):
-            variables["batch_stats"] = _unstack(state.batch_stats, k)
-        members.append(transform(variables))
+    variables = _variables(state)
+    members = [transform(_unstack(variables, k))
+               for k in range(jax.tree.leaves(state.params)[0].shape[0])]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *members)
     stacked = jax.device_put(stacked, sharding)
     return state._replace(params=stacked["params"],
@@ -517,10 +520,7 @@ def train(model, dataset: Dataset, masks, key: jax.Array, *, epochs: int, batch_
                              if k in ("train_loss", "test_accuracy")})
             for callback in callbacks:
                 callback(epoch, {"chunk": c, "members": ids[:real], "history": history})
-        variables = {"params": state.params}
-        if models.uses_batch_norm({"batch_stats": state.batch_stats}):
-            variables["batch_stats"] = state.batch_stats
-        variables = jax.tree.map(lambda a: np.asarray(a)[:real], variables)
+        variables = jax.tree.map(lambda a: np.asarray(a)[:real], _variables(state))
         results.append((variables, {k: v[:, :real] for k, v in history.items()}))
     bar.close()
 
@@ -540,9 +540,7 @@ def _epoch_record(model, state: TrainState, metrics, dataset, test, member_ids, 
         out["train_accuracy"] = (np.asarray(metrics["accuracy"]) * count).sum(1) / weight
     else:
         out["dp_nonfinite"] = np.asarray(metrics["dp_num_nonfinite"]).sum(1)
-    variables = {"params": state.params}
-    if models.uses_batch_norm({"batch_stats": state.batch_stats}):
-        variables["batch_stats"] = state.batch_stats
+    variables = _variables(state)
     if test is not None:
         logits = _member_logits(model, variables, test.images, compute_dtype=compute_dtype)
         out["test_accuracy"] = (logits.argmax(-1) == test.labels[None]).mean(1)

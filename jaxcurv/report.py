@@ -1,4 +1,4 @@
-"""Figures (one function per figure, matplotlib Agg), CSV/JSON writers and the HTML report.
+"""Figures (one function per figure, matplotlib), CSV/JSON writers and the HTML report.
 
 Every ``figure_*`` function takes arrays and a path, writes one PNG and returns the path; the CLI
 and the experiment scripts share them. Figure numbers refer to "Unveiling Privacy, Memorization,
@@ -8,6 +8,7 @@ and Input Curvature Links" (ICML 2024) unless another paper is named.
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import json
 import math
@@ -17,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure
+from scipy import stats
 
 __all__ = [
     "figure_extreme_images",
@@ -45,15 +44,30 @@ __all__ = [
 ]
 
 _DPI = 150
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
-                     "figure.constrained_layout.use": True})
+# Applied per figure (rc_context), never to the user's global matplotlib state; figures are
+# matplotlib.figure.Figure objects written with Agg, so no pyplot backend is selected or needed.
+_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
+          "figure.constrained_layout.use": True}
+
+
+def _styled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_STYLE):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _subplots(*args, figsize=None, **kwargs):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
     return path
 
 
@@ -80,6 +94,7 @@ def _show_image(ax, image):
     ax.grid(False)
 
 
+@_styled
 def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_names=None,
                           score_name: str = "curvature") -> Path:
     """Figure 2: the k lowest- and k highest-``score`` images with their labels and scores."""
@@ -90,7 +105,7 @@ def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_na
     groups = [("lowest", finite[:k]), ("highest", finite[::-1][:k])]
     cols = min(8, k)
     rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(2 * rows, cols, figsize=(1.25 * cols, 2.9 * rows + 0.4),
+    fig, axes = _subplots(2 * rows, cols, figsize=(1.25 * cols, 2.9 * rows + 0.4),
                              squeeze=False)
     for g, (name, idx) in enumerate(groups):
         for j in range(rows * cols):
@@ -107,11 +122,12 @@ def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_na
     return _save(fig, path)
 
 
+@_styled
 def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)") -> Path:
     """Histogram of curvature for correctly vs incorrectly classified examples (log x axis)."""
     curvature = np.asarray(curvature, float)
     correct = np.asarray(correct) >= 0.5
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = _subplots(figsize=(5, 3.4))
     positive = curvature[np.isfinite(curvature) & (curvature > 0)]
     use_log = len(positive) > 0.9 * np.isfinite(curvature).sum()
     values = np.log10(np.maximum(curvature, positive.min() if len(positive) else 1e-12)) \
@@ -128,6 +144,7 @@ def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)")
     return _save(fig, path)
 
 
+@_styled
 def figure_mem_vs_curvature(mem, curvature, path, *, top: int | None = None,
                             name: str = "curvature tr(H)") -> Path:
     """Figure 3: Feldman–Zhang memorization against curvature (optionally the ``top`` most
@@ -136,7 +153,7 @@ def figure_mem_vs_curvature(mem, curvature, path, *, top: int | None = None,
     if top:
         idx = np.argsort(mem)[::-1][:top]
         mem, curvature = mem[idx], curvature[idx]
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    fig, ax = _subplots(figsize=(4.6, 3.6))
     ax.scatter(curvature, mem, s=6, alpha=0.5)
     if len(curvature) and (curvature > 0).all() and curvature.max() > 20 * curvature.min():
         ax.set_xscale("log")
@@ -147,12 +164,13 @@ def figure_mem_vs_curvature(mem, curvature, path, *, top: int | None = None,
     return _save(fig, path)
 
 
+@_styled
 def figure_proxies_vs_mem(mem, proxies: Mapping[str, Any], path) -> Path:
     """Figures 10–13: each memorization proxy against mem, Spearman ρ per panel."""
     names = [n for n, v in proxies.items() if v is not None and np.isfinite(v).any()]
     cols = min(3, len(names)) or 1
     rows = math.ceil(len(names) / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         x, m = _finite(proxies[name], mem)
         ax.scatter(x, m, s=4, alpha=0.4)
@@ -164,10 +182,11 @@ def figure_proxies_vs_mem(mem, proxies: Mapping[str, Any], path) -> Path:
     return _save(fig, path)
 
 
+@_styled
 def figure_trace_vs_trace_sq(trace, trace_sq, mem, path) -> Path:
     """Figures 14–16: tr(H) and tr(H²) against each other, coloured by memorization."""
     trace, trace_sq, mem = _finite(trace, trace_sq, mem)
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
+    fig, axes = _subplots(1, 3, figsize=(11, 3.3))
     sc = axes[0].scatter(trace, trace_sq, c=mem, s=5, cmap="viridis", alpha=0.7)
     axes[0].set_xlabel("tr(H)")
     axes[0].set_ylabel("tr(H²)")
@@ -181,11 +200,12 @@ def figure_trace_vs_trace_sq(trace, trace_sq, mem, path) -> Path:
     return _save(fig, path)
 
 
+@_styled
 def figure_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, *,
                aurocs: Mapping[str, float] | None = None, title: str = "Membership inference") -> Path:
     """ROC curves on log-log axes (the LiRA convention), one line per attack."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.2))
-    colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10").colors
+    fig, ax = _subplots(figsize=(4.8, 4.2))
+    colors = matplotlib.colormaps["tab20" if len(curves) > 10 else "tab10"].colors
     for i, (name, (fpr, tpr)) in enumerate(curves.items()):
         label = name if aurocs is None else f"{name} (AUC {aurocs[name]:.3f})"
         ax.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), label=label, lw=1.2,
@@ -202,13 +222,14 @@ def figure_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, *,
     return _save(fig, path)
 
 
+@_styled
 def figure_mia_vs_mem(tables, path, *, title: str = "") -> Path:
     """Figure 9: per memorization bin, attack AUROC, attack balanced accuracy and the in-member
     train accuracy. ``tables``: the rows of ``pipeline.mia_by_memorization`` for one attack, or a
     dict attack name → rows (one panel per attack)."""
     if not isinstance(tables, Mapping):
         tables = {"": tables}
-    fig, axes = plt.subplots(1, len(tables), figsize=(3.8 * len(tables) + 0.6, 3.4),
+    fig, axes = _subplots(1, len(tables), figsize=(3.8 * len(tables) + 0.6, 3.4),
                              squeeze=False, sharey=True)
     for ax, (attack, rows) in zip(axes[0], tables.items()):
         centers = [row["mem_center"] for row in rows]
@@ -226,13 +247,14 @@ def figure_mia_vs_mem(tables, path, *, title: str = "") -> Path:
     return _save(fig, path)
 
 
+@_styled
 def figure_bound_fit(curvature, mem, bin_curvature, bin_mem, p1: float, c1: float, m_sub: float,
                      r2: float, path, *, bin_label: str = "bins") -> Path:
     """Eq. 15: per-example (curvature, mem), the binned points of the fit, and the fitted line
     mem = p₁·√m_sub·Curv + c₁ (m_sub: its mean over the bins)."""
     curvature, mem = np.asarray(curvature, float), np.asarray(mem, float)
     ok = np.isfinite(curvature) & np.isfinite(mem)
-    fig, ax = plt.subplots(figsize=(5.0, 3.7))
+    fig, ax = _subplots(figsize=(5.0, 3.7))
     ax.scatter(curvature[ok], mem[ok], s=4, alpha=0.25, color="tab:gray", label="examples")
     ax.scatter(bin_curvature, bin_mem, s=18, color="tab:blue", label=bin_label, zorder=3)
     x = np.linspace(min(float(curvature[ok].min()), 0.0), float(curvature[ok].max()), 200)
@@ -245,12 +267,13 @@ def figure_bound_fit(curvature, mem, bin_curvature, bin_mem, p1: float, c1: floa
     return _save(fig, path)
 
 
+@_styled
 def figure_label_noise(scores: Mapping[str, Any], flipped, path) -> Path:
     """Precision–recall of finding flipped labels by ranking each score from high to low."""
     from sklearn.metrics import precision_recall_curve
 
     flipped = np.asarray(flipped, bool)
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    fig, ax = _subplots(figsize=(4.6, 3.6))
     for name, score in scores.items():
         s = np.nan_to_num(np.asarray(score, float), nan=-np.inf)
         precision, recall, _ = precision_recall_curve(flipped, s)
@@ -263,10 +286,11 @@ def figure_label_noise(scores: Mapping[str, Any], flipped, path) -> Path:
     return _save(fig, path)
 
 
+@_styled
 def figure_privacy_bounds(mem, curvature, epsilon: float, path, *, loss_bound: float | None = None,
                           num_examples: int | None = None) -> Path:
     """Memorization against its DP bound 1 − e^{−ε} (Thm 5.4) and curvature against Thm 5.3."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = _subplots(1, 2, figsize=(9, 3.4))
     mem = np.asarray(mem, float)
     mem = mem[np.isfinite(mem)]
     bound = 1 - math.exp(-epsilon)
@@ -288,6 +312,7 @@ def figure_privacy_bounds(mem, curvature, epsilon: float, path, *, loss_bound: f
     return _save(fig, path)
 
 
+@_styled
 def figure_mem_vs_epsilon(epsilons, mem_values, path, *, label: str = "top memorized") -> Path:
     """Figure 6: memorization of the most memorized examples against ε (semi-log x) with the
     bound 1 − e^{−ε}; ``mem_values`` is (E,) or (E, seeds)."""
@@ -297,7 +322,7 @@ def figure_mem_vs_epsilon(epsilons, mem_values, path, *, label: str = "top memor
     err = np.nanstd(values, axis=1) / np.sqrt(np.maximum(np.sum(np.isfinite(values), 1), 1))
     grid = np.geomspace(max(eps[np.isfinite(eps)].min() / 2, 1e-2), eps[np.isfinite(eps)].max() * 2,
                         200)
-    fig, ax = plt.subplots(figsize=(4.8, 3.5))
+    fig, ax = _subplots(figsize=(4.8, 3.5))
     ax.errorbar(eps, mean, yerr=err, marker="o", capsize=3, label=label)
     ax.plot(grid, 1 - np.exp(-grid), "r--", label="bound 1 − e^(−ε)")
     ax.set_xscale("log")
@@ -308,6 +333,7 @@ def figure_mem_vs_epsilon(epsilons, mem_values, path, *, label: str = "top memor
     return _save(fig, path)
 
 
+@_styled
 def figure_curve_vs_epsilon(epsilons, values, path, *, fit: tuple[np.ndarray, np.ndarray] | None = None,
                             ylabel: str = "curvature", fit_label: str = "fit",
                             title: str = "") -> Path:
@@ -316,7 +342,7 @@ def figure_curve_vs_epsilon(epsilons, values, path, *, fit: tuple[np.ndarray, np
     v = np.atleast_2d(np.asarray(values, float).T).T
     mean = np.nanmean(v, axis=1)
     err = np.nanstd(v, axis=1) / np.sqrt(np.maximum(np.sum(np.isfinite(v), 1), 1))
-    fig, ax = plt.subplots(figsize=(4.8, 3.5))
+    fig, ax = _subplots(figsize=(4.8, 3.5))
     ax.errorbar(eps, mean, yerr=err, marker="o", capsize=3, label="measured")
     if fit is not None:
         ax.plot(fit[0], fit[1], "r--", label=fit_label)
@@ -328,6 +354,7 @@ def figure_curve_vs_epsilon(epsilons, values, path, *, fit: tuple[np.ndarray, np
     return _save(fig, path)
 
 
+@_styled
 def figure_gain_by_mem(table: Sequence[Mapping[str, float]], path, *,
                        ylabel: str = "accuracy gain of SAM over SGD") -> Path:
     """Per memorization bin, a gain with its confidence interval (SAM vs SGD study)."""
@@ -335,7 +362,7 @@ def figure_gain_by_mem(table: Sequence[Mapping[str, float]], path, *,
     gain = np.array([row["gain"] for row in table])
     lo = np.array([row["gain_lo"] for row in table])
     hi = np.array([row["gain_hi"] for row in table])
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = _subplots(figsize=(5, 3.4))
     ax.bar(centers, gain, width=0.8 * np.min(np.diff(centers)) if len(centers) > 1 else 0.1,
            yerr=[gain - lo, hi - gain], capsize=3, color="tab:purple", alpha=0.8)
     ax.axhline(0, color="k", lw=0.8)
@@ -345,10 +372,11 @@ def figure_gain_by_mem(table: Sequence[Mapping[str, float]], path, *,
     return _save(fig, path)
 
 
+@_styled
 def figure_distributions(samples: Mapping[str, Any], path, *, xlabel: str, log: bool = True,
                          title: str = "") -> Path:
     """Overlaid histograms of one quantity under several conditions (e.g. SGD vs SAM)."""
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    fig, ax = _subplots(figsize=(4.8, 3.4))
     arrays = {k: np.asarray(v, float)[np.isfinite(np.asarray(v, float))] for k, v in samples.items()}
     medians = {k: float(np.median(v)) if len(v) else float("nan") for k, v in arrays.items()}
     if log:
