@@ -1,10 +1,10 @@
-"""Shared helpers of the benchmark scripts: timing, environment echo, tables, JSON output.
+"""What the benchmark scripts share beyond the workflow layer: the command line, CIFAR-10 lookup,
+plain-text tables and the JSON of results.
 
-Timing rules (every script): compile/warm-up calls are made and timed separately, the measured
-calls are repeated and summarized by their median, and every clock read follows
-``jax.block_until_ready`` (or a host transfer, which implies it). Ratios are always measured side
-by side in the same process. The machine's load average is recorded with every figure because the
-CPU figures come from 2 shared cores.
+Timing (``jaxcurv.workflow.time_call`` / ``time_interleaved``): compile/warm-up calls are timed
+separately, the measured calls are repeated and summarized by their median, and every clock read
+follows ``jax.block_until_ready``. Ratios are always measured side by side in the same process.
+The machine's load average is recorded with every figure (shared CPUs make timings noisy).
 """
 
 from __future__ import annotations
@@ -12,134 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import jax
-
-__all__ = [
-    "Timing",
-    "block",
-    "time_call",
-    "time_interleaved",
-    "environment",
-    "describe_device",
-    "load_average",
-    "format_table",
-    "print_table",
-    "write_json",
-    "base_parser",
-    "results_dir",
-    "shared_cifar10_path",
-    "random_subset",
-]
-
-_REPO = Path(__file__).resolve().parents[1]
-
-
-class Timing(NamedTuple):
-    """Wall times in seconds: ``first`` (compile + run), ``median``/``minimum`` of ``times``
-    (the repeats after warm-up) and the 1-minute load average read right after the repeats."""
-
-    first: float
-    median: float
-    minimum: float
-    times: tuple[float, ...]
-    load: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"first_s": self.first, "median_s": self.median, "min_s": self.minimum,
-                "times_s": list(self.times), "load_avg_1min": self.load}
-
-
-def block(out: Any) -> Any:
-    """Wait for every device array in ``out`` (numpy leaves pass through)."""
-    return jax.block_until_ready(out)
-
-
-def time_call(fn: Callable[[], Any], *, repeats: int = 3, warmup: int = 1) -> Timing:
-    """Time ``fn()`` (which returns arrays): ``warmup`` untimed-in-the-median calls (the first one
-    is reported as ``first``: compile + run), then ``repeats`` timed calls; median and minimum."""
-    if repeats < 1 or warmup < 1:
-        raise ValueError("repeats and warmup must be >= 1 (the first call compiles)")
-    start = time.perf_counter()
-    block(fn())
-    first = time.perf_counter() - start
-    for _ in range(warmup - 1):
-        block(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        block(fn())
-        times.append(time.perf_counter() - start)
-    return Timing(first, statistics.median(times), min(times), tuple(times), load_average())
-
-
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, repeats: int = 5) -> dict[str, Timing]:
-    """Time several ``fn()`` side by side: each is called once untimed-in-the-median (compile;
-    reported as ``first``), then the functions are called in turn, ``repeats`` rounds, so a change
-    of machine load hits all of them alike. Medians per function."""
-    if repeats < 1:
-        raise ValueError("repeats must be >= 1")
-    first = {}
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        block(fn())
-        first[name] = time.perf_counter() - start
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            block(fn())
-            times[name].append(time.perf_counter() - start)
-    load = load_average()
-    return {name: Timing(first[name], statistics.median(t), min(t), tuple(t), load)
-            for name, t in times.items()}
-
-
-def load_average() -> float:
-    """1-minute load average of the machine (NaN where the OS has none)."""
-    try:
-        return float(os.getloadavg()[0])
-    except OSError:
-        return float("nan")
-
-
-def environment() -> dict[str, Any]:
-    """What ran the benchmark: backend, devices, versions, cores, flags, load."""
-    devices = jax.devices()
-    env = {
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "load_avg_1min_start": load_average(),
-        "argv": sys.argv,
-    }
-    try:
-        import flax
-
-        env["flax"] = flax.__version__
-    except ImportError:  # pragma: no cover - flax is a dependency
-        pass
-    return env
-
-
-def describe_device() -> str:
-    """One line naming the device for the tables, e.g. 'cpu: cpu ×1 (2 cores, load 1.9)'."""
-    env = environment()
-    return (f"{env['backend']}: {env['device_kind']} ×{env['device_count']} "
-            f"({env['cpu_count']} host cores, load {env['load_avg_1min_start']:.2f}, "
-            f"jax {env['jax']})")
+__all__ = ["format_table", "print_table", "results_dir", "write_json", "base_parser",
+           "cifar10", "random_subset"]
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -169,46 +47,56 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
 
 
 def results_dir(out: str | os.PathLike | None = None) -> Path:
-    path = Path(out) if out else _REPO / "results" / "bench"
+    """``out``, or results/bench/ under the current folder."""
+    path = Path(out) if out else Path("results") / "bench"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def write_json(name: str, payload: dict[str, Any], *, out: str | os.PathLike | None = None) -> Path:
     """Write ``payload`` (+ environment echo) to ``<out>/<name>.json`` (default results/bench/)."""
-    path = results_dir(out) / f"{name}.json"
-    payload = {"environment": environment(), **payload}
     from jaxcurv.report import to_jsonable
+    from jaxcurv.workflow import environment
 
-    path.write_text(json.dumps(to_jsonable(payload), indent=2))
+    path = results_dir(out) / f"{name}.json"
+    path.write_text(json.dumps(to_jsonable({"environment": environment(), **payload}), indent=2))
     print(f"\nwrote {path}", flush=True)
     return path
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
-    """--quick (CPU, small), --repeats, --out (JSON folder), --tag (JSON file suffix)."""
+    """--quick (CPU, small), --repeats, --out (JSON folder), --tag (JSON file suffix),
+    --data-dir (CIFAR-10 files; else $JAXCURV_DATA_DIR)."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="small sizes for a CPU run of seconds to a couple of minutes; "
-                             "without it the full (GPU) protocol of the issue runs")
+                             "without it the full (GPU) protocol runs")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed repeats after warm-up (median reported); default per mode")
     parser.add_argument("--out", default=None,
                         help="folder for the JSON of results (default results/bench/)")
     parser.add_argument("--tag", default="",
                         help="suffix for the JSON file name, e.g. the device")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with CIFAR-10 (python files, archive, cifar10.npz or "
+                             "cifar10-jpeg.npz); default $JAXCURV_DATA_DIR")
     return parser
 
 
-def shared_cifar10_path() -> Path | None:
-    """The shared CIFAR-10 JPEG npz: ./.data/cifar10-jpeg.npz (carried to the GPU machine) or
-    ../shared/data/cifar10-jpeg.npz beside the checkout; None when neither exists."""
-    for path in (_REPO / ".data" / "cifar10-jpeg.npz",
-                 _REPO.parent / "shared" / "data" / "cifar10-jpeg.npz"):
-        if path.is_file():
-            return path
-    return None
+def cifar10(data_dir: str | os.PathLike | None, *, required: str | None = None):
+    """(train, test) CIFAR-10 Datasets from local files found by jaxcurv.data.locate in
+    ``data_dir`` or $JAXCURV_DATA_DIR, or None when there are none. ``required``: what needs
+    them; then a missing copy exits with the fix instead."""
+    from jaxcurv import data
+
+    if data.locate("cifar10", data_dir) is None:
+        if required:
+            raise SystemExit(f"{required} needs CIFAR-10: pass --data-dir DIR or set "
+                             f"${data.DATA_DIR_ENV}=DIR, DIR holding cifar-10-batches-py/, "
+                             "cifar-10-python.tar.gz, cifar10.npz or cifar10-jpeg.npz")
+        return None
+    return data.train_test("cifar10", data_dir=data_dir)
 
 
 def random_subset(dataset, n: int, seed: int):

@@ -1,7 +1,8 @@
 """Benchmark (issue 3): per-sample tr(H) + tr(H²) of a CIFAR ResNet18, ours vs the seed algorithm.
 
-Ours: ``jaxcurv.curvature.input_curvature(..., method="hutchinson")`` — exact Hessian-vector
-products (forward over reverse), all probes and examples in one compiled call per chunk.
+Ours: ``jaxcurv.curvature.make_input_curvature(..., method="hutchinson")`` (the compiled form of
+``input_curvature``, held across the timed calls) — exact Hessian-vector products (forward over
+reverse), all probes and examples in one compiled call per chunk.
 Baseline: a faithful JAX re-implementation of the seed code's algorithm — finite differences with
 the *batch-mean* loss L(X) = mean_i ℓ(xᵢ), one jitted call per probe from a Python loop; each call
 differentiates L(X + V) − L(X) with V = h·(R + 1e-7), R Rademacher (so ∇L(X) is recomputed every
@@ -18,11 +19,11 @@ the clock). Also: Spearman of bf16 vs fp32 trace_sq (ours) on the benchmark batc
 Model: models.get_model("resnet18", 10, width=w) with BatchNorm in inference mode
 (models.make_loss_fn); the running statistics are set to the benchmark batch's statistics (one
 train-mode pass) so the untrained network's logits are not degenerate. Inputs: CIFAR-10 test
-images when the shared npz is found (.data/cifar10-jpeg.npz or ../shared/data/), else uniform
+images when local CIFAR-10 files are found (``--data-dir`` or ``$JAXCURV_DATA_DIR``), else uniform
 noise.
 
-    python bench/curvature.py --quick            # CPU, ~2 min
-    python bench/curvature.py                    # full protocol: width 64, batch 512 (GPU)
+    python -m bench.curvature --quick            # CPU, ~2 min
+    python -m bench.curvature                    # full protocol: width 64, batch 512 (GPU)
 """
 
 from __future__ import annotations
@@ -33,20 +34,22 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from jaxcurv import models
+from jaxcurv.curvature import make_input_curvature
+from jaxcurv.workflow import Timing, describe_device, time_call, time_interleaved
 
-from jaxcurv import models  # noqa: E402
-from jaxcurv._tree import cast_floats  # noqa: E402
-from jaxcurv.curvature import input_curvature  # noqa: E402
+if __package__:  # python -m bench.curvature
+    from bench import _common as C
+else:  # python bench/curvature.py: this folder is sys.path[0]
+    import _common as C
 
+_TRAIN_KEY, _PROBE_KEY = 7, 1  # fold_in ids of PRNGKey(--seed)
 GPU_TARGET = {"bf16": 14_000.0, "fp32": 7_500.0, "ratio": 12.0, "spearman": 0.99}
 DTYPES = {"fp32": None, "bf16": jnp.bfloat16}
 
@@ -55,15 +58,13 @@ DTYPES = {"fp32": None, "bf16": jnp.bfloat16}
 # set-up
 
 
-def _images(n: int, source: str, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+def _images(n: int, source: str, seed: int, data_dir) -> tuple[np.ndarray, np.ndarray, str]:
     """(x (n, 32, 32, 3) float32 in [0, 1], y (n,) int32, description)."""
-    path = C.shared_cifar10_path() if source == "auto" else None
-    if path is not None:
-        from jaxcurv import data
-
-        test = data.load(f"npz:{path}", split="test")
+    splits = C.cifar10(data_dir) if source == "auto" else None
+    if splits is not None:
+        test = splits[1]
         idx = np.random.default_rng(seed).permutation(len(test))[:n]
-        return test.images[idx], test.labels[idx], f"CIFAR-10 test images ({path.name})"
+        return test.images[idx], test.labels[idx], "CIFAR-10 test images"
     rng = np.random.default_rng(seed)
     x = rng.random((n, 32, 32, 3), dtype=np.float32)
     return x, rng.integers(0, 10, n).astype(np.int32), "uniform noise in [0, 1]"
@@ -83,22 +84,28 @@ def _calibrated_variables(model, variables, x: np.ndarray) -> dict:
     return out
 
 
-def _trained_variables(model, variables, *, epochs: int, examples: int, seed: int) -> dict:
+def _trained_variables(model, variables, *, epochs: int, examples: int, seed: int,
+                       data_dir) -> dict:
     """Variables after ``epochs`` of SGD on ``examples`` CIFAR-10 training images (realistic
     per-example curvature spread; an untrained net's spread is narrow, which makes rank
     agreement between dtypes look worse than on a trained model)."""
-    from jaxcurv import data, ensemble
+    from jaxcurv import ensemble
 
-    path = C.shared_cifar10_path()
-    if path is None:
-        raise SystemExit("--train-epochs needs CIFAR-10: copy ../shared/data/cifar10-jpeg.npz "
-                         "to .data/")
-    train = data.load(f"npz:{path}", split="train")
+    train, _ = C.cifar10(data_dir, required="--train-epochs")
     idx = np.random.default_rng(seed).permutation(len(train))[:examples]
-    member, _ = ensemble.fit_one(model, train.take(idx), jax.random.PRNGKey(seed + 7),
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), _TRAIN_KEY)
+    member, _ = ensemble.fit_one(model, train.take(idx), key,
                                  epochs=epochs, batch_size=128, learning_rate=0.05,
                                  augment=True, progress=False)
     return jax.tree.map(jnp.asarray, member)
+
+
+def _cast_floats(tree, dtype):
+    """Every floating leaf of ``tree`` cast to ``dtype`` (unchanged when dtype is None)."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype,
+                                                                     jnp.floating) else a, tree)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,11 +128,11 @@ def make_seed_curvature(model, *, h: float = 1e-3, compute_dtype=None, hoist_g0:
 
     @jax.jit
     def g0_fn(variables, x, y):
-        return grad_l(cast_floats(variables, compute_dtype), x, y)
+        return grad_l(_cast_floats(variables, compute_dtype), x, y)
 
     @jax.jit
     def probe(variables, x, y, key, g0, acc_tr, acc_sq):
-        vc = cast_floats(variables, compute_dtype)
+        vc = _cast_floats(variables, compute_dtype)
         r = jax.random.rademacher(key, x.shape, x.dtype)
         v = h * (r + 1e-7)
         if g0 is None:
@@ -155,16 +162,18 @@ def make_seed_curvature(model, *, h: float = 1e-3, compute_dtype=None, hoist_g0:
 
 def _ours(loss_fn, variables, x, y, key, *, num_probes, dtype, batch_size, probe_batch,
           devices=None):
+    """A call of the held estimator (compiled on its first call, reused by the repeats)."""
+    estimate = make_input_curvature(loss_fn, num_probes=num_probes, method="hutchinson",
+                                    batch_size=batch_size, probe_batch=probe_batch,
+                                    compute_dtype=dtype, devices=devices)
+
     def run():
-        return input_curvature(loss_fn, variables, x, y, key, num_probes=num_probes,
-                               method="hutchinson", batch_size=batch_size,
-                               probe_batch=probe_batch, compute_dtype=dtype, devices=devices,
-                               progress=False)
+        return estimate(variables, x, y, key)
 
     return run
 
 
-def _row(name, dtype, n, timing: C.Timing, **extra):
+def _row(name, dtype, n, timing: Timing, **extra):
     return {"method": name, "dtype": dtype, "samples_per_s": n / timing.median,
             "median_s": timing.median, "compile+first_s": timing.first,
             "load": timing.load, **extra}
@@ -175,7 +184,7 @@ def measure_main(args, model, variables, x, y) -> dict:
     loss_fn = models.make_loss_fn(model)
     key = jax.random.PRNGKey(args.seed)
     n = len(x)
-    probe_keys = list(jax.random.split(jax.random.PRNGKey(args.seed + 1), args.num_probes))
+    probe_keys = list(jax.random.split(jax.random.fold_in(key, _PROBE_KEY), args.num_probes))
     rows, ratios, outputs = [], [], {}
     labels = {"ours": "ours: input_curvature(hutchinson)",
               "seed": "seed: FD, batch-mean loss, probe loop",
@@ -191,7 +200,7 @@ def measure_main(args, model, variables, x, y) -> dict:
             seed_fn = make_seed_curvature(model, compute_dtype=dtype, hoist_g0=hoist)
             fns[label] = (lambda f=seed_fn: f(variables, x, y, probe_keys))
         # interleaved repeats: a change of machine load hits every method alike
-        timings = C.time_interleaved(fns, repeats=args.repeats)
+        timings = time_interleaved(fns, repeats=args.repeats)
         for label, t in timings.items():
             rows.append(_row(labels[label], name, n, t))
         outputs[name] = fns["ours"]()
@@ -205,7 +214,7 @@ def measure_main(args, model, variables, x, y) -> dict:
         ratio["load"] = timings["ours"].load
         ratios.append(ratio)
     C.print_table(f"per-sample tr(H)+tr(H²), ResNet18 w={args.width}, N={n}, "
-                  f"{args.num_probes} probes — {C.describe_device()}", rows,
+                  f"{args.num_probes} probes — {describe_device()}", rows,
                   ["method", "dtype", "samples_per_s", "median_s", "compile+first_s", "load"])
     C.print_table("ratio ours / seed algorithm (same process, median of repeats)", ratios)
     agreement = {}
@@ -240,7 +249,7 @@ def measure_tune(args, model, variables, x, y) -> dict:
             run = _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes,
                         dtype=DTYPES[args.tune_dtype], batch_size=bs, probe_batch=pb)
             try:
-                t = C.time_call(run, repeats=args.tune_repeats)
+                t = time_call(run, repeats=args.tune_repeats)
             except Exception as err:  # e.g. out of memory for a large probe batch on a GPU
                 rows.append({"batch_size": bs, "probe_batch": pb, "samples_per_s": float("nan"),
                              "error": type(err).__name__})
@@ -250,7 +259,7 @@ def measure_tune(args, model, variables, x, y) -> dict:
     ok = [r for r in rows if r["samples_per_s"] == r["samples_per_s"]]
     best = max(ok, key=lambda r: r["samples_per_s"]) if ok else None
     C.print_table(f"tuning input_curvature ({args.tune_dtype}, N={n}, width {args.width}) — "
-                  f"{C.describe_device()}", rows)
+                  f"{describe_device()}", rows)
     if best:
         print(f"fastest: batch_size={best['batch_size']}, probe_batch={best['probe_batch']} "
               f"({best['samples_per_s']:.1f} samples/s)")
@@ -266,7 +275,7 @@ def measure_devices_child(args, model, variables, x, y) -> dict:
     fns = {label: _ours(loss_fn, variables, x, y, key, num_probes=args.num_probes, dtype=None,
                         batch_size=args.batch_size, probe_batch=args.probe_batch, devices=devs)
            for label, devs in (("all devices", None), ("one device", [jax.devices()[0]]))}
-    timings = C.time_interleaved(fns, repeats=args.repeats)
+    timings = time_interleaved(fns, repeats=args.repeats)
     results = {label: fn() for label, fn in fns.items()}
     for label, t in timings.items():
         out[label] = {"samples_per_s": n / t.median, **t.as_dict()}
@@ -287,8 +296,8 @@ def _rss_gb(pid: int) -> float:
 
 
 def _run_watched(cmd, env, *, max_rss_gb: float):
-    """Run ``cmd``; kill it (only it) if its resident memory exceeds ``max_rss_gb`` — the CPU
-    machine is shared. Returns (stdout, stderr, returncode, peak RSS GB)."""
+    """Run ``cmd``; kill it (only it) if its resident memory exceeds ``max_rss_gb``, so 8 fake
+    devices cannot exhaust the host. Returns (stdout, stderr, returncode, peak RSS GB)."""
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -316,6 +325,8 @@ def measure_devices(args) -> dict:
            "--data", args.data, "--seed", str(args.seed), "--train-epochs", "0"]
     if args.probe_batch:
         cmd += ["--probe-batch", str(args.probe_batch)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
     stdout, stderr, returncode, peak = _run_watched(cmd, env, max_rss_gb=args.child_max_rss_gb)
     lines = [l for l in stdout.splitlines() if l.startswith("DEVICES_JSON ")]
     if returncode or not lines:
@@ -350,7 +361,7 @@ def parse_args(argv=None):
                    help="input_curvature probe_batch (default: all probes on CPU, 1 on GPU)")
     p.add_argument("--dtypes", default="fp32,bf16", help="comma list of fp32, bf16")
     p.add_argument("--data", default="auto", choices=("auto", "random"),
-                   help="auto: CIFAR-10 test images if the shared npz is found")
+                   help="auto: CIFAR-10 test images if local CIFAR-10 files are found")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-epochs", type=int, default=None,
                    help="train the ResNet18 first (quick: 0 = untrained; full: 2)")
@@ -391,13 +402,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    x, y, source = _images(args.batch, args.data, args.seed)
+    x, y, source = _images(args.batch, args.data, args.seed, args.data_dir)
     model = models.get_model("resnet18", 10, width=args.width)
     variables = models.init_variables(model, jax.random.PRNGKey(args.seed), x.shape[1:])
     if args.train_epochs:
         t0 = time.perf_counter()
         variables = _trained_variables(model, variables, epochs=args.train_epochs,
-                                       examples=args.train_examples, seed=args.seed)
+                                       examples=args.train_examples, seed=args.seed,
+                                       data_dir=args.data_dir)
         trained = (f"trained {args.train_epochs} epoch(s) on {args.train_examples} CIFAR-10 "
                    f"images in {time.perf_counter() - t0:.0f} s")
     else:
@@ -407,7 +419,7 @@ def main(argv=None) -> None:
         print("DEVICES_JSON " + json.dumps(measure_devices_child(args, model, variables, x, y)))
         return
     print(f"ResNet18 width {args.width} ({models.count_params(variables):,} params), {trained}; "
-          f"N = {args.batch} {source}, {args.num_probes} probes; {C.describe_device()}")
+          f"N = {args.batch} {source}, {args.num_probes} probes; {describe_device()}")
     result = {"config": {k: v for k, v in vars(args).items()}, "data": source, "model": trained,
               "gpu_targets": GPU_TARGET}
     start = time.perf_counter()

@@ -9,29 +9,37 @@ one H100.
 
 ``--train-eps8`` (full mode, GPU): ResNet18-GN on CIFAR-10 at ε = 8, δ = 1e-5 through
 ``ensemble.train(..., dp=DPConfig(target_epsilon=8))`` — test accuracy and wall time (target
-≥ 65 %). Needs dp_accounting (σ is calibrated): on the GPU machine carry its wheels (README).
+≥ 65 %). Only that run needs dp_accounting (σ is calibrated); the step timing imports no
+accounting. CIFAR-10 from ``--data-dir`` or ``$JAXCURV_DATA_DIR``.
 
-    python bench/dpsgd.py --quick          # CPU: cnn, batch 256, 32×32×3 and 8×8×1 inputs
-    python bench/dpsgd.py                  # GPU: resnet18_gn and cnn, batch 256
-    python bench/dpsgd.py --train-eps8     # GPU: + the ε = 8 CIFAR-10 training run
+    python -m bench.dpsgd --quick          # CPU: cnn, batch 256, 32×32×3 and 8×8×1 inputs
+    python -m bench.dpsgd                  # GPU: resnet18_gn and cnn, batch 256
+    python -m bench.dpsgd --train-eps8     # GPU: + the ε = 8 CIFAR-10 training run
+
+``--lr-sweep`` (CPU, minutes; needs dp_accounting): mean test accuracy of DP-SGD members on
+digits (GELU CNN on 50 % subsets, as in the audit) for each learning rate × ε — the evidence for
+the audit's peak rate of 0.05 under DP.
+
+    python -m bench.dpsgd --no-steps --lr-sweep
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from jaxcurv import models
+from jaxcurv.optim import OptimizerConfig, make_optimizer
+from jaxcurv.training import DPStep, init_state, make_train_step
+from jaxcurv.workflow import describe_device, load_average, time_interleaved
 
-from jaxcurv import models  # noqa: E402
-from jaxcurv.optim import OptimizerConfig, make_optimizer  # noqa: E402
-from jaxcurv.training import DPStep, init_state, make_train_step  # noqa: E402
+if __package__:  # python -m bench.dpsgd
+    from bench import _common as C
+else:  # python bench/dpsgd.py: this folder is sys.path[0]
+    import _common as C
 
 GPU_TARGET = {"ratio": 2.0, "eps8_test_accuracy": 0.65}
 
@@ -56,7 +64,7 @@ def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, r
     images = jnp.asarray(rng.random((batch, *shape), dtype=np.float32))
     labels = jnp.asarray(rng.integers(0, 10, batch).astype(np.int32))
     weights = jnp.ones((batch,), jnp.float32)
-    key = jax.random.PRNGKey(seed + 1)
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     dp = DPStep(l2_clip=1.0, noise_multiplier=1.0, expected_batch_size=float(batch))
     steps = {
         "non-private": jax.jit(make_train_step(model, tx, config=config,
@@ -64,7 +72,7 @@ def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, r
         "DP-SGD": jax.jit(make_train_step(model, tx, config=config, dp=dp,
                                           compute_dtype=compute_dtype)),
     }
-    timings = C.time_interleaved(
+    timings = time_interleaved(
         {label: (lambda step=step: step(state, images, labels, weights, key))
          for label, step in steps.items()}, repeats=repeats)
     row = {"model": name + (f" w={width}" if width else ""), "input": "×".join(map(str, shape)),
@@ -80,18 +88,10 @@ def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, r
 
 def train_eps8(args) -> dict:
     """ResNet18-GN on CIFAR-10 at ε = 8, δ = 1e-5: test accuracy and wall time."""
-    from jaxcurv import data, ensemble
+    from jaxcurv import ensemble
     from jaxcurv.privacy import DPConfig
 
-    path = C.shared_cifar10_path()
-    if args.data_dir:
-        train_set = data.load("cifar10", split="train", data_dir=args.data_dir)
-        test_set = data.load("cifar10", split="test", data_dir=args.data_dir)
-    elif path is not None:
-        train_set = data.load(f"npz:{path}", split="train")
-        test_set = data.load(f"npz:{path}", split="test")
-    else:
-        raise SystemExit("CIFAR-10 not found: copy ../shared/data/cifar10-jpeg.npz to .data/")
+    train_set, test_set = C.cifar10(args.data_dir, required="--train-eps8")
     if args.limit_train:  # smoke test of the code path (CPU)
         train_set = C.random_subset(train_set, args.limit_train, args.seed)
         test_set = C.random_subset(test_set, args.limit_train, args.seed + 1)
@@ -118,9 +118,37 @@ def train_eps8(args) -> dict:
            "expected_batch": args.eps8_batch, "epsilon": ens.privacy["epsilon_max"],
            "noise_multiplier": ens.privacy["noise_multiplier"], "delta": 1e-5,
            "test_accuracy": acc, "wall_s": wall, "target_met": acc >= GPU_TARGET["eps8_test_accuracy"],
-           "load": C.load_average()}
-    C.print_table("DP-SGD ResNet18-GN on CIFAR-10 at ε = 8 — " + C.describe_device(), [row])
+           "load": load_average()}
+    C.print_table("DP-SGD ResNet18-GN on CIFAR-10 at ε = 8 — " + describe_device(), [row])
     return {"row": row, "privacy": ens.privacy, "optimizer": str(optimizer)}
+
+
+def lr_sweep(args) -> list[dict]:
+    """DP-SGD mean test accuracy on digits per (ε, learning rate); σ calibrated per ε."""
+    from jaxcurv import data, ensemble
+    from jaxcurv.privacy import DPConfig
+
+    train_set, test_set = data.train_test("digits")
+    model = models.get_model("cnn", train_set.num_classes)
+    masks = data.subset_masks(len(train_set), args.sweep_members, fraction=0.5, seed=args.seed)
+    rows = []
+    for eps in args.sweep_epsilons:
+        for lr in args.sweep_lrs:
+            start = time.perf_counter()
+            ens = ensemble.train(model, train_set, masks, jax.random.PRNGKey(args.seed),
+                                 epochs=args.sweep_epochs, batch_size=64,
+                                 optimizer=OptimizerConfig(name="sgd", learning_rate=lr),
+                                 dp=DPConfig(target_epsilon=eps, delta=1e-5, l2_clip=1.0),
+                                 test=test_set)
+            acc = ens.history["test_accuracy"][-1]
+            rows.append({"epsilon": eps, "learning_rate": lr, "members": args.sweep_members,
+                         "epochs": args.sweep_epochs, "test_accuracy_mean": float(acc.mean()),
+                         "test_accuracy_min": float(acc.min()),
+                         "noise_multiplier": float(ens.privacy["noise_multiplier"]),
+                         "wall_s": time.perf_counter() - start})
+    C.print_table("DP-SGD on digits (GELU CNN, 50 % subsets, batch 64): test accuracy by ε and "
+                  "peak learning rate", rows)
+    return rows
 
 
 def parse_args(argv=None):
@@ -140,10 +168,17 @@ def parse_args(argv=None):
     p.add_argument("--eps8-width", type=int, default=32)
     p.add_argument("--eps8-bf16", action="store_true")
     p.add_argument("--limit-train", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--lr-sweep", action="store_true",
+                   help="DP test accuracy on digits by learning rate and ε")
+    p.add_argument("--sweep-epsilons", default="1,8")
+    p.add_argument("--sweep-lrs", default="0.05,0.2,0.5")
+    p.add_argument("--sweep-members", type=int, default=2)
+    p.add_argument("--sweep-epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.repeats = args.repeats or (5 if args.quick else 10)
+    args.sweep_epsilons = [float(v) for v in args.sweep_epsilons.split(",")]
+    args.sweep_lrs = [float(v) for v in args.sweep_lrs.split(",")]
     args.models = args.models or ("cnn:32x32x3,cnn:8x8x1" if args.quick
                                   else "resnet18_gn:32x32x3,cnn:32x32x3")
     return args
@@ -161,7 +196,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     result = {"config": vars(args), "gpu_targets": GPU_TARGET}
     start = time.perf_counter()
-    print(C.describe_device())
+    print(describe_device())
     if not args.no_steps:
         rows = []
         for spec in args.models.split(","):
@@ -173,12 +208,14 @@ def main(argv=None) -> None:
                                          repeats=args.repeats, compute_dtype=jnp.bfloat16,
                                          seed=args.seed))
         C.print_table("DP-SGD step vs non-private step (same model, batch, process; target ≤ 2×) — "
-                      + C.describe_device(), rows,
+                      + describe_device(), rows,
                       ["model", "input", "batch", "dtype", "params", "nonprivate_ms", "dp_ms",
                        "ratio_dp_over_nonprivate", "dp_compile_s", "load"])
         result["steps"] = rows
     if args.train_eps8:
         result["eps8"] = train_eps8(args)
+    if args.lr_sweep:
+        result["lr_sweep"] = lr_sweep(args)
     result["wall_s"] = time.perf_counter() - start
     C.write_json("dpsgd" + (f"_{args.tag}" if args.tag else ("_quick" if args.quick else "")),
                  result, out=args.out)

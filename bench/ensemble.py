@@ -24,26 +24,29 @@ examples, weight decay 2e-3 per step at peak, linear warm-up over 20 % then line
 1024, flip + 2-pixel reflect translate, bf16 compute), members/hour, mean/min test accuracy per
 K and the fastest K; targets ≥ 90 % mean test accuracy and ≥ 1,500 members/hour on one H100.
 
-    python bench/ensemble.py --quick                       # CPU: cnn on digits, K = 2, 4, 8
-    python bench/ensemble.py                               # GPU: fastnet, half-CIFAR-10
+CIFAR-10 comes from ``--data-dir`` or ``$JAXCURV_DATA_DIR``.
+
+    python -m bench.ensemble --quick                       # CPU: cnn on digits, K = 2, 4, 8
+    python -m bench.ensemble                               # GPU: fastnet, half-CIFAR-10
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from jaxcurv import data, ensemble, models
+from jaxcurv.optim import OptimizerConfig
+from jaxcurv.workflow import describe_device, load_average
 
-from jaxcurv import data, ensemble, models  # noqa: E402
-from jaxcurv.optim import OptimizerConfig  # noqa: E402
+if __package__:  # python -m bench.ensemble
+    from bench import _common as C
+else:  # python bench/ensemble.py: this folder is sys.path[0]
+    import _common as C
 
 GPU_TARGET = {"mean_test_accuracy": 0.90, "members_per_hour": 1500.0, "ratio_vs_loop": 3.0}
 
@@ -144,7 +147,7 @@ def run_layouts(model, dataset, masks_all, key, recipe, args) -> list[dict]:
         for name, kw in layouts:
             _, stamps, wall = timed_train(model, dataset, masks, key, recipe=recipe, **kw)
             rows.append(_layout_row(name, k, epochs, stamps.steady_epoch_times(), wall,
-                                    C.load_average(), members_per_chunk=kw["members_per_chunk"]))
+                                    load_average(), members_per_chunk=kw["members_per_chunk"]))
             print(rows[-1], flush=True)
         # the Python loop over single-member runs (at most --loop-members of them are run)
         steady, wall_total = [], 0.0
@@ -157,7 +160,7 @@ def run_layouts(model, dataset, masks_all, key, recipe, args) -> list[dict]:
             wall_total += wall
         rows.append(_layout_row(f"loop of single runs ({'scan' if args.loop_scan else 'host loop'})"
                                 + ("" if n_loop == k else f", {n_loop} of {k} run"),
-                                k, epochs, steady, wall_total * k / n_loop, C.load_average(),
+                                k, epochs, steady, wall_total * k / n_loop, load_average(),
                                 members_per_chunk=1))
         print(rows[-1], flush=True)
     return rows
@@ -193,7 +196,7 @@ def quick(args) -> dict:
     masks = data.subset_masks(len(train_set), max(max(args.ks), 2), fraction=0.5, seed=args.seed)
     key = jax.random.PRNGKey(args.seed)
     print(f"{args.model} on {train_set.name} ({len(train_set)} train, 50 % subsets), "
-          f"{recipe['epochs']} epochs, batch {recipe['batch_size']}; {C.describe_device()}")
+          f"{recipe['epochs']} epochs, batch {recipe['batch_size']}; {describe_device()}")
     rows = run_layouts(model, train_set, masks, key, recipe, args)
     C.print_table("members trained per second (steady state, compile excluded)", rows,
                   ["layout", "K", "steady_epoch_s", "members_per_s", "wall_s_incl_compile",
@@ -205,14 +208,7 @@ def quick(args) -> dict:
 
 
 def _cifar(args):
-    if args.data_dir:
-        return (data.load("cifar10", split="train", data_dir=args.data_dir),
-                data.load("cifar10", split="test", data_dir=args.data_dir))
-    path = C.shared_cifar10_path()
-    if path is None:
-        raise SystemExit("CIFAR-10 not found: copy ../shared/data/cifar10-jpeg.npz to .data/ or "
-                         "pass --data-dir with the CIFAR-10 python files")
-    return (data.load(f"npz:{path}", split="train"), data.load(f"npz:{path}", split="test"))
+    return C.cifar10(args.data_dir, required="fastnet on CIFAR-10")
 
 
 def full(args) -> dict:
@@ -229,7 +225,7 @@ def full(args) -> dict:
     epochs = recipe["epochs"]
     print(f"fastnet w={args.width or 64} on half-CIFAR-10 ({len(train_set)} train images, "
           f"{masks_all.sum(1).min()} per member), {epochs} epochs, batch {recipe['batch_size']}, "
-          f"bf16={args.bf16}; {C.describe_device()}")
+          f"bf16={args.bf16}; {describe_device()}")
     rows = []
     for k in args.ks:
         try:
@@ -253,7 +249,7 @@ def full(args) -> dict:
                      "s_per_member": epochs * steady / k,
                      "compile_s": compile_s, "eval_s": eval_s,
                      "mean_test_acc": float(acc.mean()), "min_test_acc": float(acc.min()),
-                     "max_test_acc": float(acc.max()), "load": C.load_average()})
+                     "max_test_acc": float(acc.max()), "load": load_average()})
         print(rows[-1], flush=True)
     # loop baseline: single-member runs (each train() call compiles again; steady epochs only)
     steady, accs = [], []
@@ -265,11 +261,11 @@ def full(args) -> dict:
     t1 = statistics.median(steady)
     loop = {"layout": f"loop of single runs ({args.loop_members} run)", "steady_epoch_s": t1,
             "members_per_hour": 3600.0 / (epochs * t1), "mean_test_acc": float(np.mean(accs)),
-            "load": C.load_average()}
+            "load": load_average()}
     ok = [r for r in rows if "error" not in r]
     for r in ok:
         r["ratio_vs_loop"] = r["members_per_hour"] / loop["members_per_hour"]
-    C.print_table("fastnet on half-CIFAR-10: vmapped K members (scan) — " + C.describe_device(),
+    C.print_table("fastnet on half-CIFAR-10: vmapped K members (scan) — " + describe_device(),
                   rows, ["K", "members_per_hour", "members_per_hour_wall", "s_per_member",
                          "ratio_vs_loop", "mean_test_acc", "min_test_acc", "compile_s", "load"])
     C.print_table("loop of single runs (same recipe)", [loop])
@@ -306,7 +302,6 @@ def parse_args(argv=None):
     p.add_argument("--all-layouts", action="store_true", help="full mode: also the host-loop layouts")
     p.add_argument("--limit-train", type=int, default=0,
                    help="use only the first N training images (smoke test of a mode)")
-    p.add_argument("--data-dir", default=None, help="CIFAR-10 files for data.load('cifar10')")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.ks = [int(v) for v in (args.ks or ("2,4,8" if args.quick else "16,32")).split(",")]

@@ -17,25 +17,26 @@ compile). Also the model queries per example of the zero-order curvature signal
 augmentations), and, with ``--zero-order-timing``, zero_order_curvature's throughput on the
 digits CNN.
 
-    python bench/mia.py --quick      # 5,000 targets × 16 shadows × 2 augmentations
-    python bench/mia.py              # 50,000 × 64 × 2 (the issue's size; fine on a CPU)
+    python -m bench.mia --quick      # 5,000 targets × 16 shadows × 2 augmentations
+    python -m bench.mia              # 50,000 × 64 × 2 (the issue's size; fine on a CPU)
 """
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+from jaxcurv import mia
+from jaxcurv.curvature import zero_order_queries
+from jaxcurv.data import subset_masks
+from jaxcurv.workflow import describe_device, time_call
 
-from jaxcurv import mia  # noqa: E402
-from jaxcurv.curvature import zero_order_queries  # noqa: E402
-from jaxcurv.data import subset_masks  # noqa: E402
+if __package__:  # python -m bench.mia
+    from bench import _common as C
+else:  # python bench/mia.py: this folder is sys.path[0]
+    import _common as C
 
 
 def make_statistics(n: int, k: int, a: int, z: int, seed: int) -> dict:
@@ -107,21 +108,23 @@ def zero_order_rows(num_probes: int, augmentations: int) -> list[dict]:
 
 
 def zero_order_timing(num_probes: int, repeats: int) -> list[dict]:
-    """zero_order_curvature on the digits CNN (untrained), float32: examples/s and queries/s."""
+    """zero_order_curvature on the digits CNN (untrained), float32: examples/s and queries/s
+    (the estimator held by make_zero_order_curvature: compiled once, then timed)."""
     import jax
 
     from jaxcurv import data, models
-    from jaxcurv.curvature import zero_order_curvature
+    from jaxcurv.curvature import make_zero_order_curvature
 
     ds = data.load("digits", split="train")
     model = models.get_model("cnn", ds.num_classes)
-    variables = models.init_variables(model, jax.random.PRNGKey(0), ds.image_shape)
+    key = jax.random.PRNGKey(0)
+    variables = models.init_variables(model, jax.random.fold_in(key, 0), ds.image_shape)
     loss_fn = models.make_loss_fn(model)
     rows = []
     for method in ("mixed", "central"):
-        t = C.time_call(lambda: zero_order_curvature(
-            loss_fn, variables, ds.images, ds.labels, jax.random.PRNGKey(1),
-            num_probes=num_probes, method=method, progress=False), repeats=repeats)
+        estimate = make_zero_order_curvature(loss_fn, num_probes=num_probes, method=method)
+        t = time_call(lambda: estimate(variables, ds.images, ds.labels,
+                                       jax.random.fold_in(key, 1)), repeats=repeats)
         n = len(ds)
         rows.append({"method": method, "examples": n, "examples_per_s": n / t.median,
                      "queries_per_s": n * zero_order_queries(num_probes, method) / t.median,
@@ -158,12 +161,12 @@ def main(argv=None) -> None:
     gen_s = time.perf_counter() - t0
     print(f"{args.targets:,} targets × {args.shadows} shadows × {args.augmentations} augmentations "
           f"(RMIA population {args.population:,}); statistics generated in {gen_s:.1f} s; "
-          f"{C.describe_device()}")
+          f"{describe_device()}")
     rows, total = [], 0.0
     for name, fn in attacks(s, args.bootstrap).items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t = C.time_call(fn, repeats=args.repeats)
+            t = time_call(fn, repeats=args.repeats)
             scores = fn()
         row = {"attack": name, "median_s": t.median, "min_s": t.minimum,
                "targets_per_s": args.targets / t.median, "load": t.load}
@@ -175,7 +178,7 @@ def main(argv=None) -> None:
         total += t.median
         print(row, flush=True)
     C.print_table(f"attack score time, {args.targets:,} targets × {args.shadows} shadows × "
-                  f"{args.augmentations} augmentations — {C.describe_device()}", rows,
+                  f"{args.augmentations} augmentations — {describe_device()}", rows,
                   ["attack", "median_s", "min_s", "targets_per_s", "auroc", "load"])
     print(f"all attacks above, one after another: {total:.2f} s")
     zo = zero_order_rows(args.num_probes, args.augmentations)

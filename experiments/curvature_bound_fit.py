@@ -10,26 +10,22 @@ class in a member's subset (fraction × class count). Fit by jaxcurv.privacy.the
 .fit_memorization_curvature (p₁, c₁ ≥ 0); R² into summary.json; the fitted line is drawn over the
 scatter.
 
-    python experiments/curvature_bound_fit.py --config small   # reuses mem_vs_curvature small
-    python experiments/curvature_bound_fit.py --config full
+    python -m experiments.curvature_bound_fit --config small   # reuses mem_vs_curvature small
+    python -m experiments.curvature_bound_fit --config full
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
-import mem_vs_curvature as mvc  # noqa: E402
+from experiments import _common as C
+from experiments import mem_vs_curvature as mvc
 
 EXPERIMENT = "curvature_bound_fit"
 
-__all__ = ["BoundFitConfig", "CONFIGS", "main"]
+__all__ = ["BoundFitConfig", "CONFIGS", "get_config", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +42,15 @@ CONFIGS = {name: BoundFitConfig(**dataclasses.asdict(cfg),
            for name, cfg in mvc.CONFIGS.items()}
 
 
+def get_config(name: str) -> BoundFitConfig:
+    """The named config (the names of mem_vs_curvature, whose data it fits)."""
+    return C.named_config(CONFIGS, name)
+
+
 def main(config: BoundFitConfig) -> dict:
     from jaxcurv import report
     from jaxcurv.privacy import theory
+    from jaxcurv.workflow import Timer
 
     C.validate(config)
     mvc.check_config(config)
@@ -56,7 +58,7 @@ def main(config: BoundFitConfig) -> dict:
         raise ValueError(f"need fit_bins >= 2 and bin_curvature 'max' or 'mean', got "
                          f"{config.fit_bins}, {config.bin_curvature!r}")
     out = C.output_dir(config, EXPERIMENT)
-    timer = C.Timer()
+    timer = Timer()
     results, notes, lines = {}, [], []
     for spec, data in C.each_dataset(config, timer, notes, lines):
         with timer(f"{spec}: mem_vs_curvature data (cached when it ran before)"):

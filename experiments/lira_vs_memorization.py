@@ -5,32 +5,28 @@ Curvature" (NeurIPS 2024), Figure 9 (attack accuracy, AUROC and train accuracy p
 bin: highly memorized examples are the ones membership inference exposes). An ensemble on random
 50 % subsets gives Feldman–Zhang memorization and doubles as shadow models: every member in turn
 is the target, the others its shadows (jaxcurv.mia.leave_one_model_out); per memorization bin
-(fixed edges) jaxcurv.pipeline.mia_by_memorization gives AUROC, balanced accuracy (the attack
+(fixed edges) jaxcurv.workflow.mia_by_memorization gives AUROC, balanced accuracy (the attack
 accuracy) and the in-model train accuracy, for LiRA and the curvature attacks. It is cross-fitted:
 targets in one half of the members are binned by memorization estimated from the other half, so
 the bins do not select on the targets' own outcomes.
 
-    python experiments/lira_vs_memorization.py --config small   # digits, 16 models, CPU
-    python experiments/lira_vs_memorization.py --config full    # CIFAR-100 and CIFAR-10, ResNet18
+    python -m experiments.lira_vs_memorization --config small   # digits, 16 models, CPU
+    python -m experiments.lira_vs_memorization --config full    # CIFAR-100 and CIFAR-10, ResNet18
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from experiments import _common as C
 
 EXPERIMENT = "lira_vs_memorization"
 
-__all__ = ["LiraMemConfig", "CONFIGS", "ATTACKS", "main"]
+__all__ = ["LiraMemConfig", "CONFIGS", "ATTACKS", "get_config", "main"]
 
-# attacks of jaxcurv.pipeline.attack_scores that need no zero-order signal
+# attacks of jaxcurv.workflow.attack_scores that need no zero-order signal
 ATTACKS = ("loss", "mentr", "calibrated_loss", "attack_r", "lira_online", "lira_offline", "rmia",
            "curvature_lr", "curvature_nll")
 
@@ -57,9 +53,15 @@ CONFIGS = {
 }
 
 
+def get_config(name: str) -> LiraMemConfig:
+    """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
+    return C.named_config(CONFIGS, name)
+
+
 def main(config: LiraMemConfig) -> dict:
     from jaxcurv import data as data_lib
-    from jaxcurv import ensemble, memorization, pipeline, report
+    from jaxcurv import ensemble, memorization, report
+    from jaxcurv.workflow import Timer, attack_scores, mia_by_memorization
 
     C.validate(config)
     unknown = sorted(set(config.attacks) - set(ATTACKS))
@@ -71,7 +73,7 @@ def main(config: LiraMemConfig) -> dict:
     if len(config.edges) < 2 or any(b <= a for a, b in zip(config.edges, config.edges[1:])):
         raise ValueError(f"edges must be >= 2 increasing values, got {config.edges}")
     out = C.output_dir(config, EXPERIMENT)
-    timer = C.Timer()
+    timer = Timer()
     results, notes, lines = {}, [], []
     for spec, data in C.each_dataset(config, timer, notes, lines):
         train, test = data.train, data.test
@@ -86,13 +88,12 @@ def main(config: LiraMemConfig) -> dict:
             mem, mem_se = memorization.feldman_zhang(correct, masks)
         with timer(f"{spec}: curvature"):  # attack_scores needs it (cached per ensemble)
             curvature = np.abs(C.member_curvature(config, ens, train.images, train.labels,
-                                                  key_seed=config.seed + 1).trace_sq)
+                                                  key=C.run_key(config, C.CURVATURE)).trace_sq)
         with timer(f"{spec}: attacks"):
-            scores = pipeline.attack_scores(logits[:, None], train.labels, masks, curvature, None,
+            scores = attack_scores(logits[:, None], train.labels, masks, curvature, None,
                                             test_logits, test.labels)
-            tables = {a: pipeline.mia_by_memorization(scores[a], masks, correct,
-                                                      edges=config.edges,
-                                                      min_examples=config.min_pairs)
+            tables = {a: mia_by_memorization(scores[a], masks, correct, edges=config.edges,
+                                             min_examples=config.min_pairs)
                       for a in config.attacks}
         d = out / data.slug
         for attack, rows in tables.items():

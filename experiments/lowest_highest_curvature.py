@@ -9,28 +9,25 @@ on the whole training set; each example's tr(∇²ₓℓ) (exact HVPs, Hutchinso
 also averaged over the training epochs) is averaged over the seeds and the images at both ends
 are shown with labels.
 
-    python experiments/lowest_highest_curvature.py --config small   # CIFAR-10 subset (or digits)
-    python experiments/lowest_highest_curvature.py --config full    # CIFAR-100, CIFAR-10, ResNet18
+    python -m experiments.lowest_highest_curvature --config small   # CIFAR-10 subset (or digits)
+    python -m experiments.lowest_highest_curvature --config full    # CIFAR-100, CIFAR-10, ResNet18
 
-The small config reads a copy of cifar10-jpeg.npz (see experiments/_common.py for where it is
-looked for); without it it runs on the embedded digits and says so in its outputs.
+The small config reads CIFAR-10 files from --data-dir or $JAXCURV_DATA_DIR (the official python
+files or archive, cifar10.npz or cifar10-jpeg.npz); without them it runs on the embedded digits
+and says so in its outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from experiments import _common as C
 
 EXPERIMENT = "lowest_highest_curvature"
 
-__all__ = ["ExtremeConfig", "CONFIGS", "main"]
+__all__ = ["ExtremeConfig", "CONFIGS", "get_config", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +42,7 @@ class ExtremeConfig(C.Config):
 CONFIGS = {
     "tiny": ExtremeConfig(name="tiny", datasets=("digits",), train_size=200, test_size=100,
                           members=1, epochs=2, num_probes=2, k=8),
-    "small": ExtremeConfig(name="small", datasets=(C.CIFAR10_NPZ_SPEC,), train_size=2500,
+    "small": ExtremeConfig(name="small", datasets=("cifar10",), train_size=2500,
                            test_size=1000, model_kwargs={"activation": "relu"}, members=2,
                            epochs=15, num_probes=5),
     "full": ExtremeConfig(name="full", datasets=("cifar100", "cifar10"), fallback_dataset=None,
@@ -54,14 +51,20 @@ CONFIGS = {
 }
 
 
+def get_config(name: str) -> ExtremeConfig:
+    """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
+    return C.named_config(CONFIGS, name)
+
+
 def main(config: ExtremeConfig) -> dict:
     from jaxcurv import report
+    from jaxcurv.workflow import Timer
 
     C.validate(config)
     if config.k < 1:
         raise ValueError(f"k must be >= 1, got {config.k}")
     out = C.output_dir(config, EXPERIMENT)
-    timer = C.Timer()
+    timer = Timer()
     results, notes, lines = {}, [], []
     for spec, data in C.each_dataset(config, timer, notes, lines):
         train = data.train
@@ -71,7 +74,7 @@ def main(config: ExtremeConfig) -> dict:
                                    record_examples=False, record_curvature=config.record_curvature)
         with timer(f"{spec}: curvature"):
             curv = C.member_curvature(config, ens, train.images, train.labels,
-                                      key_seed=config.seed + 1)
+                                      key=C.run_key(config, C.CURVATURE))
         trace = np.asarray(curv.trace).mean(0)
         columns = {"index": np.arange(len(train)), "source_index": data.train_index,
                    "label": train.labels, "curvature": trace,

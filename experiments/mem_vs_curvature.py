@@ -4,35 +4,31 @@ Paper: Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature L
 An ensemble of ``members`` models is trained on random 50 % subsets (balanced masks);
 Feldman–Zhang memorization from its correctness; per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) by exact
 HVPs and Hutchinson probes on every member, averaged over the members that trained on the
-example (IN); the other proxies from jaxcurv.memorization.proxies. Correlations (Spearman,
+example (IN); the other proxies from jaxcurv.workflow.proxies. Correlations (Spearman,
 Pearson) → JSON.
 
-    python experiments/mem_vs_curvature.py --config small     # digits, CPU, ~1 min
-    python experiments/mem_vs_curvature.py --config full      # CIFAR-100, CIFAR-10, ResNet18
+    python -m experiments.mem_vs_curvature --config small     # digits, CPU, ~1 min
+    python -m experiments.mem_vs_curvature --config full      # CIFAR-100, CIFAR-10, ResNet18
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from experiments import _common as C
 
 EXPERIMENT = "mem_vs_curvature"
 
-__all__ = ["MemCurvConfig", "CONFIGS", "check_config", "compute", "main"]
+__all__ = ["MemCurvConfig", "CONFIGS", "get_config", "check_config", "compute", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
 class MemCurvConfig(C.Config):
     """top: Figure 3 shows the ``top`` most memorized examples; adversarial: also the adversarial
     distance proxy (a PGD search per example, slow on large sets) with ``adversarial_options``
-    (jaxcurv.memorization.adversarial_distance keywords; the small config trades precision for
+    (jaxcurv.adversarial.adversarial_distance keywords; the small config trades precision for
     speed: 2 target classes, 5 PGD steps, 8 bisection steps); record_curvature: probes per
     epoch for the curvature-averaged-over-training proxy (0: off); bins: memorization bins of the
     binned curvature table."""
@@ -56,6 +52,11 @@ CONFIGS = {
 }
 
 
+def get_config(name: str) -> MemCurvConfig:
+    """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
+    return C.named_config(CONFIGS, name)
+
+
 def check_config(config: MemCurvConfig) -> None:
     """ValueError for settings this experiment cannot use (after the shared checks)."""
     if config.members < 2:
@@ -67,10 +68,9 @@ def check_config(config: MemCurvConfig) -> None:
 
 def compute(config: MemCurvConfig, data: C.Data) -> tuple[dict[str, np.ndarray], dict]:
     """Per-example columns (mem, mem_stderr and every proxy, (N,) each) and ensemble facts."""
-    import jax
-
     from jaxcurv import data as data_lib
     from jaxcurv import ensemble, memorization
+    from jaxcurv.workflow import ensemble_fingerprint, proxies
 
     train = data.train
     masks = data_lib.subset_masks(len(train), config.members, fraction=config.fraction,
@@ -81,18 +81,18 @@ def compute(config: MemCurvConfig, data: C.Data) -> tuple[dict[str, np.ndarray],
     correct = logits.argmax(-1) == train.labels[None]
     mem, mem_stderr = memorization.feldman_zhang(correct, masks)
     curvature = C.member_curvature(config, ens, train.images, train.labels,
-                                   key_seed=config.seed + 1)
+                                   key=C.run_key(config, C.CURVATURE))
+    key = C.run_key(config, C.PROXIES)
 
-    def proxies():
-        return memorization.proxies(ens, train, jax.random.PRNGKey(config.seed + 2),
-                                    logits=logits, curvature=curvature,
-                                    adversarial=config.adversarial,
-                                    adversarial_options=config.adversarial_options,
-                                    progress=config.progress)
+    def compute_proxies():
+        return proxies(ens, train, key, logits=logits, curvature=curvature,
+                       adversarial=config.adversarial,
+                       adversarial_options=config.adversarial_options, progress=config.progress)
 
-    proxy = C.cached_arrays(config, f"{EXPERIMENT}-proxies",
-                            (C.ensemble_key(ens), config.adversarial, config.adversarial_options,
-                             config.seed), proxies)
+    proxy = C.stage_cache(config).run(
+        f"{EXPERIMENT}-proxies", (ensemble_fingerprint(ens), curvature._asdict(),
+                                  config.adversarial, config.adversarial_options,
+                                  C.key_data(key)), compute_proxies)
     test_acc = ens.history["test_accuracy"][-1]
     facts = {"test_accuracy_mean": float(test_acc.mean()),
              "test_accuracy_min": float(test_acc.min()),
@@ -113,11 +113,12 @@ def _proxy_panels(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def main(config: MemCurvConfig) -> dict:
     from jaxcurv import memorization, report
+    from jaxcurv.workflow import Timer
 
     C.validate(config)
     check_config(config)
     out = C.output_dir(config, EXPERIMENT)
-    timer = C.Timer()
+    timer = Timer()
     results, notes, lines = {}, [], []
     for spec, data in C.each_dataset(config, timer, notes, lines):
         with timer(f"{spec}: ensemble, curvature, proxies"):

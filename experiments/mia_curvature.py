@@ -19,26 +19,22 @@ AUROC, balanced accuracy (max over thresholds, and at the EER point — what the
 TPR at 0.1 % / 1 % FPR, with example-cluster bootstrap intervals; the paper's published numbers
 next to the matching rows.
 
-    python experiments/mia_curvature.py --config small   # digits, 16 models, GELU CNN, CPU
-    python experiments/mia_curvature.py --config full    # CIFAR-10 and CIFAR-100, 65 ResNet18
+    python -m experiments.mia_curvature --config small   # digits, 16 models, GELU CNN, CPU
+    python -m experiments.mia_curvature --config full    # CIFAR-10 and CIFAR-100, 65 ResNet18
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from experiments import _common as C
 
 EXPERIMENT = "mia_curvature"
 
-__all__ = ["MiaCurvConfig", "CONFIGS", "PAPER", "main"]
+__all__ = ["MiaCurvConfig", "CONFIGS", "PAPER", "get_config", "main"]
 
 # Curvature Clues (NeurIPS 2024), zero-order curvature NLL attack, in percent; "balanced
 # accuracy" is the notebooks' value at the EER point (roc_metrics' balanced_accuracy_eer).
@@ -77,6 +73,11 @@ CONFIGS = {
 }
 
 
+def get_config(name: str) -> MiaCurvConfig:
+    """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
+    return C.named_config(CONFIGS, name)
+
+
 def _validate(config: MiaCurvConfig) -> None:
     C.validate(config)
     if config.members < 6:
@@ -101,57 +102,62 @@ def _views(config: MiaCurvConfig, images: np.ndarray) -> dict[str, np.ndarray]:
     return views
 
 
-def _per_member(config, ens, views, labels, fn, name: str, key_seed: int) -> np.ndarray:
-    """fn(loss_fn, member variables, images, labels, key) for every member and view, cached:
-    (K, N, A)."""
+def _per_view(config, ens, views, labels, name: str, key, compute) -> np.ndarray:
+    """compute(images, key) -> (K, N) for every view, stacked (K, N, A) and cached."""
+    from jaxcurv.workflow import ensemble_fingerprint
+
+    def run():
+        return {"stat": np.stack([compute(x, key) for x in views.values()], axis=-1)}
+
+    cache_key = (ensemble_fingerprint(ens), name, list(views), list(views.values()), labels,
+                 C.key_data(key), config.num_probes, config.h, config.zero_order_dtype,
+                 config.reference_batch_size)
+    return C.stage_cache(config).run(f"{EXPERIMENT}-{name}", cache_key, run)["stat"]
+
+
+def _reference_scores(config, ens, images, labels, key) -> np.ndarray:
+    """The seed code's score of every member (K, N); member k's key is fold_in(key, k)."""
     import jax
 
-    from jaxcurv import models
+    from jaxcurv import ensemble
+    from jaxcurv.curvature import make_reference_score
 
-    loss_fn = models.make_loss_fn(ens.model)  # one object: the kernels compile once
-
-    def compute():
-        out = np.stack([np.stack([fn(loss_fn, ens.member(k), x, labels,
-                                     jax.random.fold_in(jax.random.PRNGKey(key_seed), k))
-                                  for x in views.values()], axis=-1)
-                        for k in range(ens.num_members)])
-        return {"stat": out}
-
-    key = (C.ensemble_key(ens), name, list(views), key_seed, config.num_probes, config.h,
-           config.zero_order_dtype, config.reference_batch_size)
-    return C.cached_arrays(config, f"{EXPERIMENT}-{name}", key, compute)["stat"]
+    score = make_reference_score(ensemble.member_loss_fn(ens), num_probes=config.num_probes,
+                                 h=config.h, batch_size=config.reference_batch_size)
+    return np.stack([score(ens.member(k), images, labels, jax.random.fold_in(key, k))
+                     for k in range(ens.num_members)])
 
 
 def _signals(config: MiaCurvConfig, ens, views, labels) -> dict[str, np.ndarray]:
     """Positive curvature statistics (K, N, A) per signal name."""
     import jax.numpy as jnp
 
-    from jaxcurv.curvature import reference_score, zero_order_curvature
+    from jaxcurv import ensemble
 
-    trace_sq = np.stack([np.asarray(C.member_curvature(config, ens, x, labels,
-                                                       key_seed=config.seed + 1).trace_sq)
-                         for x in views.values()], axis=-1)
+    trace_sq = np.stack([np.asarray(C.member_curvature(
+        config, ens, x, labels, key=C.run_key(config, C.CURVATURE)).trace_sq)
+        for x in views.values()], axis=-1)
     signals = {"curvature": np.abs(trace_sq)}
     if config.zero_order:
         dtype = jnp.float64 if config.zero_order_dtype == "float64" else None
-        signals["zero_order"] = _per_member(
-            config, ens, views, labels, lambda f, p, x, y, k: zero_order_curvature(
-                f, p, x, y, k, num_probes=config.num_probes, h=config.h, method="mixed",
-                compute_dtype=dtype, progress=False), "zero_order", config.seed + 2)
+        signals["zero_order"] = _per_view(
+            config, ens, views, labels, "zero_order", C.run_key(config, C.ZERO_ORDER),
+            lambda x, key: ensemble.member_zero_order_curvature(
+                ens, x, labels, key, num_probes=config.num_probes, h=config.h, method="mixed",
+                compute_dtype=dtype, progress=config.progress))
     if config.reference_score:
-        signals["reference"] = _per_member(
-            config, ens, views, labels, lambda f, p, x, y, k: reference_score(
-                f, p, x, y, k, num_probes=config.num_probes, h=config.h,
-                batch_size=config.reference_batch_size, progress=False),
-            "reference", config.seed + 3)
+        signals["reference"] = _per_view(
+            config, ens, views, labels, "reference", C.run_key(config, C.REFERENCE),
+            lambda x, key: _reference_scores(config, ens, x, labels, key))
     return signals
 
 
 def _attacks(config, logits, labels, masks, signals, test_logits, test_labels):
     """{(attack, mode): (K, N) leave-one-model-out scores}."""
-    from jaxcurv import mia, pipeline
+    from jaxcurv import mia
+    from jaxcurv.workflow import attack_scores
 
-    corrected = pipeline.attack_scores(logits, labels, masks, signals["curvature"],
+    corrected = attack_scores(logits, labels, masks, signals["curvature"],
                                        signals.get("zero_order"), test_logits, test_labels)
     scores = {(name, "corrected" if "curvature" in name or "zero_order" in name else "—"): s
               for name, s in corrected.items()}
@@ -178,15 +184,53 @@ def _signal(attack: str) -> str:
     return next(v for k, v in _SIGNALS.items() if attack.startswith(k))
 
 
+def _row(name: str, mode: str, m: dict, every: dict, paper: dict) -> dict:
+    """One row of the table: the metrics over the targets, the paper's numbers when it has them."""
+    row = {"attack": name, "mode": mode, "signal": _signal(name),
+           **{k: m[k] for k in ("auroc", "balanced_accuracy", "balanced_accuracy_eer",
+                                "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")},
+           **{k: m.get(k) for k in ("auroc_ci", "balanced_accuracy_eer_ci",
+                                    "tpr_at_fpr_0_1pct_ci")},
+           "auroc_all_members_as_targets": every["auroc"],
+           "paper_auroc": None, "paper_balanced_accuracy": None}
+    if name in paper:
+        row["paper_auroc"] = paper[name]["auroc"] / 100
+        row["paper_balanced_accuracy"] = paper[name]["balanced_accuracy_eer"] / 100
+    return row
+
+
+def _table(config, scores, masks, paper: dict):
+    """Metrics over the ``targets`` first members × all examples (example-cluster bootstrap):
+    (rows sorted by AUROC, ROC curves per mode group, AUROC per curve label)."""
+    from jaxcurv import mia
+
+    rows_t = np.arange(config.targets)
+    n = masks.shape[1]
+    cluster = np.broadcast_to(np.arange(n), (config.targets, n))
+    table, curves, aurocs = [], {"corrected": {}, "paper_compatible": {}}, {}
+    for (name, mode), s in scores.items():
+        m = mia.roc_metrics(s[rows_t], masks[rows_t], bootstrap=config.bootstrap,
+                            seed=config.seed, cluster=cluster)
+        table.append(_row(name, mode, m, mia.roc_metrics(s, masks), paper))
+        label = f"{name} ({mode})" if mode != "—" else name
+        if mode != "—" or name in _ROC_BASELINES:  # <= 10 curves: distinct colours
+            for group in ([mode] if mode in curves else list(curves)):
+                curves[group][name] = mia.roc_curve(s[rows_t], masks[rows_t])
+        aurocs[label] = m["auroc"]
+    table.sort(key=lambda r: -r["auroc"])
+    return table, curves, aurocs
+
+
 def main(config: MiaCurvConfig) -> dict:
     from scipy import stats
 
     from jaxcurv import data as data_lib
-    from jaxcurv import ensemble, mia, report
+    from jaxcurv import ensemble, report
+    from jaxcurv.workflow import Timer
 
     _validate(config)
     out = C.output_dir(config, EXPERIMENT)
-    timer = C.Timer()
+    timer = Timer()
     results = {}
     notes = [C.estimator_note(config)]
     lines = []
@@ -206,35 +250,9 @@ def main(config: MiaCurvConfig) -> dict:
         with timer(f"{spec}: attacks"):
             scores = _attacks(config, logits, train.labels, masks, signals, test_logits,
                               test.labels)
-        rows_t = np.arange(config.targets)
-        cluster = np.broadcast_to(np.arange(n), (config.targets, n))
         paper = PAPER.get(data.slug, {})
-        table, curves, aurocs = [], {"corrected": {}, "paper_compatible": {}}, {}
         with timer(f"{spec}: metrics"):
-            for (name, mode), s in scores.items():
-                m = mia.roc_metrics(s[rows_t], masks[rows_t], bootstrap=config.bootstrap,
-                                    seed=config.seed, cluster=cluster)
-                every = mia.roc_metrics(s, masks)
-                row = {"attack": name, "mode": mode, "signal": _signal(name),
-                       "auroc": m["auroc"], "balanced_accuracy": m["balanced_accuracy"],
-                       "balanced_accuracy_eer": m["balanced_accuracy_eer"],
-                       "tpr_at_fpr_0_1pct": m["tpr_at_fpr_0_1pct"],
-                       "tpr_at_fpr_1pct": m["tpr_at_fpr_1pct"],
-                       "auroc_ci": m.get("auroc_ci"),
-                       "balanced_accuracy_eer_ci": m.get("balanced_accuracy_eer_ci"),
-                       "tpr_at_fpr_0_1pct_ci": m.get("tpr_at_fpr_0_1pct_ci"),
-                       "auroc_all_members_as_targets": every["auroc"],
-                       "paper_auroc": None, "paper_balanced_accuracy": None}
-                if name in paper:
-                    row["paper_auroc"] = paper[name]["auroc"] / 100
-                    row["paper_balanced_accuracy"] = paper[name]["balanced_accuracy_eer"] / 100
-                table.append(row)
-                label = f"{name} ({mode})" if mode != "—" else name
-                if mode != "—" or name in _ROC_BASELINES:  # <= 10 curves: distinct colours
-                    for group in ([mode] if mode in curves else list(curves)):
-                        curves[group][name] = mia.roc_curve(s[rows_t], masks[rows_t])
-                aurocs[label] = m["auroc"]
-        table.sort(key=lambda r: -r["auroc"])
+            table, curves, aurocs = _table(config, scores, masks, paper)
         d = out / data.slug
         report.write_csv(d / "mia_table.csv", {k: [_cell(r[k]) for r in table] for k in table[0]})
         figures = [report.figure_roc(
@@ -259,21 +277,27 @@ def main(config: MiaCurvConfig) -> dict:
                 for name, v in signals.items() if name != "curvature"},
             "figures": [str(p.relative_to(out)) for p in figures],
         }
-        lines.append(f"[{data.slug}] {n} examples, {config.members} models, views "
-                     f"{'+'.join(views)}, test acc {np.mean(ens.history['test_accuracy'][-1]):.3f};"
-                     f" {config.targets} targets (AUROC / bal.acc@EER / TPR@0.1%FPR):")
-        for r in table:
-            paper_txt = (f"   paper {100 * r['paper_auroc']:.2f} / "
-                         f"{100 * r['paper_balanced_accuracy']:.2f}") if r["paper_auroc"] else ""
-            lines.append(f"  {r['attack']:<16} {r['mode']:<17} {r['auroc']:.3f} / "
-                         f"{r['balanced_accuracy_eer']:.3f} / {r['tpr_at_fpr_0_1pct']:.3f}"
-                         f"{paper_txt}")
-        lines.append(f"[{data.slug}] Spearman of each signal with tr(H²) over models × examples"
-                     " × views: " + ", ".join(f"{k} {v:+.3f}" for k, v in
-                                             results[data.slug]["signal_spearman_vs_trace_sq"]
-                                             .items()))
+        lines += _lines(data.slug, config, results[data.slug])
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
+
+
+def _lines(slug: str, config, result: dict) -> list[str]:
+    """The printed summary of one dataset."""
+    views, table = result["views"], result["table"]
+    lines = [f"[{slug}] {result['data']['train_examples']} examples, {config.members} models, "
+             f"views {'+'.join(views)}, test acc {np.mean(result['test_accuracy']):.3f}; "
+             f"{config.targets} targets (AUROC / bal.acc@EER / TPR@0.1%FPR):"]
+    for r in table:
+        paper_txt = (f"   paper {100 * r['paper_auroc']:.2f} / "
+                     f"{100 * r['paper_balanced_accuracy']:.2f}") if r["paper_auroc"] else ""
+        lines.append(f"  {r['attack']:<16} {r['mode']:<17} {r['auroc']:.3f} / "
+                     f"{r['balanced_accuracy_eer']:.3f} / {r['tpr_at_fpr_0_1pct']:.3f}"
+                     f"{paper_txt}")
+    lines.append(f"[{slug}] Spearman of each signal with tr(H²) over models × examples × views: "
+                 + ", ".join(f"{k} {v:+.3f}" for k, v in
+                             result["signal_spearman_vs_trace_sq"].items()))
+    return lines
 
 
 def _cell(value):

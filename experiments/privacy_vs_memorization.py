@@ -8,26 +8,22 @@ examples are chosen once, by a non-private ensemble on the same subsets, so thei
 under DP is measured without the upward selection bias of taking the top-k of each noisy DP
 estimate (that biased value is also in the JSON). Plotted on a log ε axis with the bound 1 − e^{−ε}.
 
-    python experiments/privacy_vs_memorization.py --config small   # digits, ε ∈ {1, 10, 100}
-    python experiments/privacy_vs_memorization.py --config full    # ResNet18-GN, ε from 1 to 100
+    python -m experiments.privacy_vs_memorization --config small   # digits, ε ∈ {1, 10, 100}
+    python -m experiments.privacy_vs_memorization --config full    # ResNet18-GN, ε from 1 to 100
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from experiments import _common as C
 
 EXPERIMENT = "privacy_vs_memorization"
 
-__all__ = ["PrivacyMemConfig", "CONFIGS", "main"]
+__all__ = ["PrivacyMemConfig", "CONFIGS", "get_config", "main"]
 
 EPSILON_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0)
 
@@ -61,6 +57,11 @@ CONFIGS = {
 }
 
 
+def get_config(name: str) -> PrivacyMemConfig:
+    """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
+    return C.named_config(CONFIGS, name)
+
+
 def _validate(config: PrivacyMemConfig) -> None:
     C.validate(config)
     if config.members < 2:
@@ -85,88 +86,102 @@ def _memorization(ens, train):
     return memorization.feldman_zhang(correct, ens.masks)
 
 
-def main(config: PrivacyMemConfig) -> dict:
+def _repetition(config, data, eps, s: int, top_k: int, timer, spec: str) -> list[dict]:
+    """Repetition ``s`` (new subsets and keys): the non-private row (ε = inf) and one row per ε,
+    the top-k picked by the non-private ensemble."""
+    import jax
+
     from jaxcurv import data as data_lib
-    from jaxcurv import memorization, report
+    from jaxcurv import memorization
     from jaxcurv.privacy import DPConfig, memorization_bound
 
+    train = data.train
+    masks = data_lib.subset_masks(len(train), config.members, fraction=config.fraction,
+                                  seed=config.seed + 1000 * s)
+    key = jax.random.fold_in(C.run_key(config, C.TRAIN), s)  # new keys per repetition
+    with timer(f"{spec}: train non-private"):
+        ref = C.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-ref",
+                               key=key, record_examples=False)
+    mem_ref, _ = _memorization(ref, train)
+    top = memorization.top_memorized(mem_ref, top_k)
+    rows = [{"seed": s, "epsilon": math.inf, "top_mem_selected": float(mem_ref[top].mean()),
+             "top_mem_self": float(mem_ref[top].mean()), "mean_mem": float(np.nanmean(mem_ref)),
+             "max_mem": float(np.nanmax(mem_ref)), "bound": 1.0, "fraction_above_bound": 0.0,
+             "test_accuracy": float(ref.history["test_accuracy"][-1].mean()),
+             "noise_multiplier": 0.0, "epsilon_spent": math.inf}]
+    for e in eps:
+        dp = DPConfig(target_epsilon=float(e), delta=config.delta, l2_clip=config.l2_clip,
+                      accountant=config.accountant)
+        with timer(f"{spec}: train DP"):
+            ens = C.train_ensemble(
+                config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-dp", dp=dp,
+                optimizer=C.optimizer_config(config, name="sgd",
+                                             learning_rate=config.dp_learning_rate),
+                key=key, record_examples=False)
+        mem, mem_se = _memorization(ens, train)
+        bound = memorization_bound(float(e))
+        rows.append({
+            "seed": s, "epsilon": float(e), "top_mem_selected": float(np.nanmean(mem[top])),
+            "top_mem_selected_stderr": float(np.sqrt(np.nanmean(mem_se[top] ** 2) / top_k)),
+            "top_mem_self": float(np.mean(mem[memorization.top_memorized(mem, top_k)])),
+            "mean_mem": float(np.nanmean(mem)), "max_mem": float(np.nanmax(mem)),
+            "bound": bound, "fraction_above_bound": float(np.nanmean(mem > bound)),
+            "test_accuracy": float(ens.history["test_accuracy"][-1].mean()),
+            "noise_multiplier": float(ens.privacy["noise_multiplier"]),
+            "epsilon_spent": float(ens.privacy["epsilon_max"])})
+    return rows
+
+
+def _lines(slug: str, config, eps, mean_sel, rows, nonprivate: float, top_k: int) -> list[str]:
+    from jaxcurv.privacy import memorization_bound
+
+    lines = [f"[{slug}] top-{top_k} memorized (picked by a non-private ensemble of "
+             f"{config.members}): mem {nonprivate:.3f} without DP"]
+    for e, m in zip(eps, mean_sel):
+        r = [x for x in rows if x["epsilon"] == e]
+        lines.append(
+            f"[{slug}] ε={e:g}: top-{top_k} mem {m:.3f} (bound {memorization_bound(e):.3f}), "
+            f"self-selected top-{top_k} {np.mean([x['top_mem_self'] for x in r]):.3f}, "
+            f"mean mem {np.mean([x['mean_mem'] for x in r]):.3f}, test acc "
+            f"{np.mean([x['test_accuracy'] for x in r]):.3f}, σ {r[0]['noise_multiplier']:.3g}")
+    return lines
+
+
+def main(config: PrivacyMemConfig) -> dict:
+    from jaxcurv import report
+    from jaxcurv.privacy import memorization_bound
+    from jaxcurv.workflow import Timer
+
     _validate(config)
-    C.quiet_dp_accounting()
     out = C.output_dir(config, EXPERIMENT)
-    timer = C.Timer()
+    timer = Timer()
     eps = np.asarray(sorted(config.epsilons), float)
     results, notes, lines = {}, [], []
     for spec, data in C.each_dataset(config, timer, notes, lines):
-        train = data.train
-        top_k = min(config.top, len(train))
-        rows = []
-        selected = np.full((len(eps), config.seeds), np.nan)  # mean mem of the top-k (non-DP pick)
-        for s in range(config.seeds):
-            masks = data_lib.subset_masks(len(train), config.members, fraction=config.fraction,
-                                          seed=config.seed + 1000 * s)
-            with timer(f"{spec}: train non-private"):
-                ref = C.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-ref",
-                                       key_seed=config.seed + s, record_examples=False)
-            mem_ref, _ = _memorization(ref, train)
-            top = memorization.top_memorized(mem_ref, top_k)
-            rows.append({"seed": s, "epsilon": math.inf,
-                         "top_mem_selected": float(mem_ref[top].mean()),
-                         "top_mem_self": float(mem_ref[top].mean()),
-                         "mean_mem": float(np.nanmean(mem_ref)),
-                         "max_mem": float(np.nanmax(mem_ref)),
-                         "bound": 1.0, "fraction_above_bound": 0.0,
-                         "test_accuracy": float(ref.history["test_accuracy"][-1].mean()),
-                         "noise_multiplier": 0.0, "epsilon_spent": math.inf})
-            for e_i, e in enumerate(eps):
-                dp = DPConfig(target_epsilon=float(e), delta=config.delta, l2_clip=config.l2_clip,
-                              accountant=config.accountant)
-                with timer(f"{spec}: train DP"):
-                    ens = C.train_ensemble(
-                        config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-dp", dp=dp,
-                        optimizer=C.optimizer_config(config, name="sgd",
-                                                     learning_rate=config.dp_learning_rate),
-                        key_seed=config.seed + s, record_examples=False)
-                mem, mem_se = _memorization(ens, train)
-                bound = memorization_bound(float(e))
-                selected[e_i, s] = float(np.nanmean(mem[top]))
-                rows.append({
-                    "seed": s, "epsilon": float(e), "top_mem_selected": selected[e_i, s],
-                    "top_mem_selected_stderr": float(np.sqrt(np.nanmean(mem_se[top] ** 2) / top_k)),
-                    "top_mem_self": float(np.mean(mem[memorization.top_memorized(mem, top_k)])),
-                    "mean_mem": float(np.nanmean(mem)), "max_mem": float(np.nanmax(mem)),
-                    "bound": bound, "fraction_above_bound": float(np.nanmean(mem > bound)),
-                    "test_accuracy": float(ens.history["test_accuracy"][-1].mean()),
-                    "noise_multiplier": float(ens.privacy["noise_multiplier"]),
-                    "epsilon_spent": float(ens.privacy["epsilon_max"])})
+        top_k = min(config.top, len(data.train))
+        rows = [r for s in range(config.seeds)
+                for r in _repetition(config, data, eps, s, top_k, timer, spec)]
+        # mean mem of the top-k (non-DP pick), (E, seeds)
+        selected = np.array([[r["top_mem_selected"] for r in rows if r["epsilon"] == e]
+                             for e in eps])
         d = out / data.slug
         report.write_csv(d / "mem_vs_epsilon.csv", {k: [r.get(k, np.nan) for r in rows]
                                                     for k in rows[-1]})
         fig = report.figure_mem_vs_epsilon(eps, selected, d / "fig6_mem_vs_epsilon.png",
                                            label=f"mean mem of the top-{top_k} (picked without DP)")
-        dp_rows = [r for r in rows if math.isfinite(r["epsilon"])]
         mean_sel = np.nanmean(selected, axis=1)
+        bounds = [memorization_bound(float(e)) for e in eps]
+        nonprivate = float(np.mean([r["top_mem_selected"] for r in rows
+                                    if not math.isfinite(r["epsilon"])]))
         results[data.slug] = {
             "data": data.describe(), "rows": rows, "top": top_k,
             "top_mem_selected_mean": dict(zip(map(str, eps), mean_sel)),
-            "top_mem_nonprivate": float(np.mean([r["top_mem_selected"] for r in rows
-                                                 if not math.isfinite(r["epsilon"])])),
-            "bound": {str(e): memorization_bound(float(e)) for e in eps},
-            "selected_mean_within_bound": bool(np.all(mean_sel <= [memorization_bound(float(e))
-                                                                   for e in eps])),
+            "top_mem_nonprivate": nonprivate,
+            "bound": dict(zip(map(str, eps), bounds)),
+            "selected_mean_within_bound": bool(np.all(mean_sel <= bounds)),
             "figure": str(fig.relative_to(out)),
         }
-        lines.append(f"[{data.slug}] top-{top_k} memorized (picked by a non-private ensemble of "
-                     f"{config.members}): mem {results[data.slug]['top_mem_nonprivate']:.3f} "
-                     "without DP")
-        for e, m in zip(eps, mean_sel):
-            r = [x for x in dp_rows if x["epsilon"] == e]
-            lines.append(
-                f"[{data.slug}] ε={e:g}: top-{top_k} mem {m:.3f} "
-                f"(bound {memorization_bound(e):.3f}), "
-                f"self-selected top-{top_k} {np.mean([x['top_mem_self'] for x in r]):.3f}, "
-                f"mean mem {np.mean([x['mean_mem'] for x in r]):.3f}, test acc "
-                f"{np.mean([x['test_accuracy'] for x in r]):.3f}, "
-                f"σ {r[0]['noise_multiplier']:.3g}")
+        lines += _lines(data.slug, config, eps, mean_sel, rows, nonprivate, top_k)
     notes.append("Feldman–Zhang estimates from a finite ensemble are noisy: the top-k of an "
                  "ensemble's own estimates is biased upward (top_mem_self); the plotted series "
                  "follows examples picked by the non-private ensemble (top_mem_selected).")

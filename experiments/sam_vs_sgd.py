@@ -16,25 +16,22 @@ SAM (OptimizerConfig(name="sam", rho=...)). Reported:
 - input-curvature distributions for both;
 - a verdict in summary.json: does SAM raise the privacy risk on this data, with the intervals.
 
-    python experiments/sam_vs_sgd.py --config small   # digits, 16 + 16 models, CPU
-    python experiments/sam_vs_sgd.py --config full    # CIFAR-100 and CIFAR-10, ResNet18
+    python -m experiments.sam_vs_sgd --config small   # digits, 16 + 16 models, CPU
+    python -m experiments.sam_vs_sgd --config full    # CIFAR-100 and CIFAR-10, ResNet18
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _common as C  # noqa: E402
+from experiments import _common as C
 
 EXPERIMENT = "sam_vs_sgd"
 
-__all__ = ["SamConfig", "CONFIGS", "main", "gain_by_memorization", "paired_metric_difference"]
+__all__ = ["SamConfig", "CONFIGS", "get_config", "main", "gain_by_memorization",
+           "paired_metric_difference"]
 
 _ATTACKS = ("loss", "mentr", "calibrated_loss", "attack_r", "lira_online", "lira_offline", "rmia",
             "curvature_lr", "curvature_nll")
@@ -60,6 +57,11 @@ CONFIGS = {
                       model="resnet18", members=64, epochs=100, batch_size=128, learning_rate=0.1,
                       rho=0.05, bootstrap=1000),
 }
+
+
+def get_config(name: str) -> SamConfig:
+    """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
+    return C.named_config(CONFIGS, name)
 
 
 def _validate(config: SamConfig) -> None:
@@ -160,95 +162,140 @@ def _verdict(diff: dict, attack: str, alpha: float) -> dict:
                     "lowers if below 0, else no significant difference"}
 
 
+def _arm(config: SamConfig, data, masks, opt: str, timer, spec: str) -> dict:
+    """One optimizer's ensemble on the shared subsets: correctness (K, N), attack scores, member
+    curvature, test correctness (K, Z) and memorization (N,)."""
+    from jaxcurv import ensemble, memorization
+    from jaxcurv.workflow import attack_scores
+
+    train, test = data.train, data.test
+    with timer(f"{spec}: train {opt}"):
+        ens = C.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}",
+                               optimizer=C.optimizer_config(config, name=opt))
+    with timer(f"{spec}: predict, curvature, attacks ({opt})"):
+        logits = ensemble.predict(ens, train.images, progress=False)
+        test_logits = ensemble.predict(ens, test.images, progress=False)
+        curv = C.member_curvature(config, ens, train.images, train.labels,
+                                  key=C.run_key(config, C.CURVATURE))
+        scores = attack_scores(logits[:, None], train.labels, masks, np.abs(curv.trace_sq), None,
+                               test_logits, test.labels)
+    correct = logits.argmax(-1) == train.labels[None]
+    return {"correct": correct, "scores": scores, "curvature": curv,
+            "test_correct": test_logits.argmax(-1) == test.labels[None],
+            "mem": memorization.feldman_zhang(correct, masks)[0]}
+
+
+def _test_gain(config: SamConfig, arms: dict) -> tuple[float, tuple[float, float]]:
+    """Mean SAM − SGD test accuracy with its (1 − alpha) bootstrap interval over test examples."""
+    test_diff = arms["sam"]["test_correct"].mean(0) - arms["sgd"]["test_correct"].mean(0)  # (Z,)
+    rng = np.random.default_rng(config.seed)
+    draws = rng.choice(test_diff, size=(config.bootstrap, test_diff.size)).mean(1)
+    lo, hi = np.quantile(draws, [config.alpha / 2, 1 - config.alpha / 2])
+    return float(test_diff.mean()), (float(lo), float(hi))
+
+
+def _mia(config: SamConfig, arms: dict, masks) -> tuple[list, dict, dict, dict]:
+    """MIA metrics of both arms (rows), ROC curves and AUROCs by label, and the paired SAM − SGD
+    differences per attack."""
+    from jaxcurv import mia
+
+    cluster = np.broadcast_to(np.arange(masks.shape[1]), masks.shape)
+    rows, curves, aurocs, diffs = [], {}, {}, {}
+    for attack in config.attacks:
+        for opt, arm in arms.items():
+            m = mia.roc_metrics(arm["scores"][attack], masks, bootstrap=config.bootstrap,
+                                seed=config.seed, alpha=config.alpha, cluster=cluster)
+            rows.append({"attack": attack, "optimizer": opt, **{
+                k: m[k] for k in ("auroc", "auroc_ci", "balanced_accuracy", "tpr_at_fpr_1pct",
+                                  "tpr_at_fpr_1pct_ci", "tpr_at_fpr_0_1pct",
+                                  "tpr_at_fpr_0_1pct_ci")}})
+            label = f"{opt.upper()} {attack}"
+            curves[label] = mia.roc_curve(arm["scores"][attack], masks)
+            aurocs[label] = m["auroc"]
+        diffs[attack] = paired_metric_difference(
+            arms["sgd"]["scores"][attack], arms["sam"]["scores"][attack], masks,
+            bootstrap=config.bootstrap, seed=config.seed, alpha=config.alpha)
+    return rows, curves, aurocs, diffs
+
+
+def _figures(slug: str, gains, curves, aurocs, curv_in, sq_in, d) -> list:
+    from jaxcurv import report
+
+    nonpos = ", ".join(f"{k} {int(np.sum(v <= 0))}" for k, v in curv_in.items())
+    return [
+        report.figure_gain_by_mem(gains, d / "gain_by_memorization.png",
+                                  ylabel="held-out accuracy gain, SAM − SGD"),
+        report.figure_roc(curves, d / "roc_sam_vs_sgd.png", aurocs=aurocs,
+                          title=f"{slug}: MIA, SAM vs SGD"),
+        report.figure_distributions(curv_in, d / "curvature_distributions.png",
+                                    xlabel="tr(H), mean over IN members",
+                                    title=f"tr(H), SGD vs SAM (≤ 0 dropped: {nonpos})"),
+        report.figure_distributions(sq_in, d / "curvature_sq_distributions.png",
+                                    xlabel="tr(H²), mean over IN members",
+                                    title="tr(H²), SGD vs SAM"),
+    ]
+
+
+def _lines(slug: str, config: SamConfig, result: dict) -> list[str]:
+    acc = result["test_accuracy"]
+    gain, (lo, hi) = result["test_accuracy_gain"]["gain"], result["test_accuracy_gain"]["ci"]
+    gains, rows = result["gain_by_memorization"], result["mia"]
+    lines = [f"[{slug}] test accuracy SGD {acc['sgd']:.4f}, SAM {acc['sam']:.4f} (ρ="
+             f"{config.rho}); gain {gain:+.4f} [{lo:+.4f}, {hi:+.4f}]",
+             f"[{slug}] held-out accuracy gain by SGD memorization (cross-fitted): "
+             + "; ".join(f"mem≈{r['mem_center']:.2f}: {r['gain']:+.3f} [{r['gain_lo']:+.3f}, "
+                         f"{r['gain_hi']:+.3f}]" for r in gains)]
+    for attack, diff in result["mia_difference_sam_minus_sgd"].items():
+        a_sgd, a_sam = (next(r["auroc"] for r in rows if r["attack"] == attack
+                             and r["optimizer"] == o) for o in ("sgd", "sam"))
+        d_lo, d_hi = diff["auroc"]["ci"]
+        lines.append(f"[{slug}] {attack}: AUROC SGD {a_sgd:.4f}, SAM {a_sam:.4f}, difference "
+                     f"{diff['auroc']['difference']:+.4f} [{d_lo:+.4f}, {d_hi:+.4f}]; "
+                     f"TPR@1%FPR diff {diff['tpr_at_fpr_1pct']['difference']:+.4f}")
+    return lines + [f"[{slug}] median tr(H) (in): " + ", ".join(
+                        f"{k} {v:.3g}" for k, v in result["curvature_median_in"].items()),
+                    f"[{slug}] verdict ({config.verdict_attack}): "
+                    f"{result['verdict']['sam_raises_privacy_risk']}"]
+
+
 def main(config: SamConfig) -> dict:
     from jaxcurv import data as data_lib
-    from jaxcurv import ensemble, memorization, mia, pipeline, report
+    from jaxcurv import memorization, report
+    from jaxcurv.workflow import Timer
 
     _validate(config)
     out = C.output_dir(config, EXPERIMENT)
-    timer = C.Timer()
+    timer = Timer()
     results, notes, lines = {}, [], []
     for spec, data in C.each_dataset(config, timer, notes, lines):
-        train, test = data.train, data.test
-        n = len(train)
+        train, n = data.train, len(data.train)
         masks = data_lib.subset_masks(n, config.members, fraction=config.fraction, seed=config.seed)
-        arms = {}
-        for opt in ("sgd", "sam"):
-            with timer(f"{spec}: train {opt}"):
-                ens = C.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}",
-                                       optimizer=C.optimizer_config(config, name=opt))
-            with timer(f"{spec}: predict, curvature, attacks ({opt})"):
-                logits = ensemble.predict(ens, train.images, progress=False)
-                test_logits = ensemble.predict(ens, test.images, progress=False)
-                curv = C.member_curvature(config, ens, train.images, train.labels,
-                                          key_seed=config.seed + 1)
-                scores = pipeline.attack_scores(logits[:, None], train.labels, masks,
-                                                np.abs(curv.trace_sq), None, test_logits,
-                                                test.labels)
-            correct = logits.argmax(-1) == train.labels[None]
-            arms[opt] = {"correct": correct, "scores": scores, "curvature": curv,
-                         "test_correct": test_logits.argmax(-1) == test.labels[None],
-                         "mem": memorization.feldman_zhang(correct, masks)[0]}
-        sgd, sam = arms["sgd"], arms["sam"]
-        cluster = np.broadcast_to(np.arange(n), masks.shape)
+        arms = {opt: _arm(config, data, masks, opt, timer, spec) for opt in ("sgd", "sam")}
         with timer(f"{spec}: statistics"):
-            gains = gain_by_memorization(sgd["correct"], sam["correct"], masks, edges=config.edges,
-                                         bootstrap=config.bootstrap, seed=config.seed,
-                                         alpha=config.alpha)
-            test_diff = (sam["test_correct"].mean(0) - sgd["test_correct"].mean(0))  # (Z,)
-            rng = np.random.default_rng(config.seed)
-            draws = rng.choice(test_diff, size=(config.bootstrap, test_diff.size)).mean(1)
-            test_ci = tuple(float(q) for q in np.quantile(draws, [config.alpha / 2,
-                                                                  1 - config.alpha / 2]))
-            mia_rows, curves, aurocs, diffs = [], {}, {}, {}
-            for attack in config.attacks:
-                for opt, arm in arms.items():
-                    m = mia.roc_metrics(arm["scores"][attack], masks, bootstrap=config.bootstrap,
-                                        seed=config.seed, alpha=config.alpha, cluster=cluster)
-                    mia_rows.append({"attack": attack, "optimizer": opt, **{
-                        k: m[k] for k in ("auroc", "auroc_ci", "balanced_accuracy",
-                                          "tpr_at_fpr_1pct", "tpr_at_fpr_1pct_ci",
-                                          "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_ci")}})
-                    label = f"{opt.upper()} {attack}"
-                    curves[label] = mia.roc_curve(arm["scores"][attack], masks)
-                    aurocs[label] = m["auroc"]
-                diffs[attack] = paired_metric_difference(
-                    sgd["scores"][attack], sam["scores"][attack], masks,
-                    bootstrap=config.bootstrap, seed=config.seed, alpha=config.alpha)
+            gains = gain_by_memorization(arms["sgd"]["correct"], arms["sam"]["correct"], masks,
+                                         edges=config.edges, bootstrap=config.bootstrap,
+                                         seed=config.seed, alpha=config.alpha)
+            test_gain, test_ci = _test_gain(config, arms)
+            mia_rows, curves, aurocs, diffs = _mia(config, arms, masks)
         verdict = _verdict(diffs[config.verdict_attack], config.verdict_attack, config.alpha)
-        curv_in = {opt.upper(): pipeline.member_mean(np.asarray(a["curvature"].trace), masks)
-                   for opt, a in arms.items()}
-        sq_in = {opt.upper(): pipeline.member_mean(np.asarray(a["curvature"].trace_sq), masks)
-                 for opt, a in arms.items()}
+        curv_in, sq_in = ({opt.upper(): memorization.masked_mean(np.asarray(
+            getattr(a["curvature"], field)), masks) for opt, a in arms.items()}
+            for field in ("trace", "trace_sq"))
         d = out / data.slug
         report.write_csv(d / "gain_by_memorization.csv", {k: [r.get(k) for r in gains]
                                                           for k in gains[0]})
         report.write_csv(d / "mia.csv", {k: [str(r[k]) if isinstance(r[k], tuple) else r[k]
                                              for r in mia_rows] for k in mia_rows[0]})
         report.write_csv(d / "per_example.csv", {
-            "index": np.arange(n), "label": train.labels, "mem_sgd": sgd["mem"],
-            "mem_sam": sam["mem"], "curvature_sgd": curv_in["SGD"], "curvature_sam": curv_in["SAM"],
-            "curvature_sq_sgd": sq_in["SGD"], "curvature_sq_sam": sq_in["SAM"]})
-        nonpos = {k: int(np.sum(v <= 0)) for k, v in curv_in.items()}
-        figures = [
-            report.figure_gain_by_mem(gains, d / "gain_by_memorization.png",
-                                      ylabel="held-out accuracy gain, SAM − SGD"),
-            report.figure_roc(curves, d / "roc_sam_vs_sgd.png", aurocs=aurocs,
-                              title=f"{data.slug}: MIA, SAM vs SGD"),
-            report.figure_distributions(curv_in, d / "curvature_distributions.png",
-                                        xlabel="tr(H), mean over IN members",
-                                        title="tr(H), SGD vs SAM (≤ 0 dropped: "
-                                              + ", ".join(f"{k} {v}" for k, v in nonpos.items())
-                                              + ")"),
-            report.figure_distributions(sq_in, d / "curvature_sq_distributions.png",
-                                        xlabel="tr(H²), mean over IN members",
-                                        title="tr(H²), SGD vs SAM"),
-        ]
-        acc = {opt: float(a["test_correct"].mean()) for opt, a in arms.items()}
+            "index": np.arange(n), "label": train.labels, "mem_sgd": arms["sgd"]["mem"],
+            "mem_sam": arms["sam"]["mem"], "curvature_sgd": curv_in["SGD"],
+            "curvature_sam": curv_in["SAM"], "curvature_sq_sgd": sq_in["SGD"],
+            "curvature_sq_sam": sq_in["SAM"]})
+        figures = _figures(data.slug, gains, curves, aurocs, curv_in, sq_in, d)
         results[data.slug] = {
             "data": data.describe(), "rho": config.rho,
-            "test_accuracy": acc,
-            "test_accuracy_gain": {"gain": float(test_diff.mean()), "ci": test_ci},
+            "test_accuracy": {opt: float(a["test_correct"].mean()) for opt, a in arms.items()},
+            "test_accuracy_gain": {"gain": test_gain, "ci": test_ci},
             "gain_by_memorization": gains,
             "mia": mia_rows, "mia_difference_sam_minus_sgd": diffs, "verdict": verdict,
             "curvature_median_in": {k: float(np.nanmedian(v)) for k, v in curv_in.items()},
@@ -256,23 +303,7 @@ def main(config: SamConfig) -> dict:
             "mean_memorization": {opt: float(np.nanmean(a["mem"])) for opt, a in arms.items()},
             "figures": [str(p.relative_to(out)) for p in figures],
         }
-        lines += [f"[{data.slug}] test accuracy SGD {acc['sgd']:.4f}, SAM {acc['sam']:.4f} (ρ="
-                  f"{config.rho}); gain {test_diff.mean():+.4f} [{test_ci[0]:+.4f}, "
-                  f"{test_ci[1]:+.4f}]",
-                  f"[{data.slug}] held-out accuracy gain by SGD memorization (cross-fitted): "
-                  + "; ".join(f"mem≈{r['mem_center']:.2f}: {r['gain']:+.3f} [{r['gain_lo']:+.3f}, "
-                              f"{r['gain_hi']:+.3f}]" for r in gains)]
-        for attack, diff in diffs.items():
-            a_sgd, a_sam = (next(r["auroc"] for r in mia_rows if r["attack"] == attack
-                                 and r["optimizer"] == o) for o in ("sgd", "sam"))
-            lo, hi = diff["auroc"]["ci"]
-            lines.append(f"[{data.slug}] {attack}: AUROC SGD {a_sgd:.4f}, SAM {a_sam:.4f}, "
-                         f"difference {diff['auroc']['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]; "
-                         f"TPR@1%FPR diff {diff['tpr_at_fpr_1pct']['difference']:+.4f}")
-        lines += [f"[{data.slug}] median tr(H) (in): " + ", ".join(
-                      f"{k} {v:.3g}" for k, v in results[data.slug]["curvature_median_in"].items()),
-                  f"[{data.slug}] verdict ({config.verdict_attack}): "
-                  f"{verdict['sam_raises_privacy_risk']}"]
+        lines += _lines(data.slug, config, results[data.slug])
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 

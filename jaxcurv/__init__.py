@@ -1,8 +1,11 @@
 """jaxcurv: input-loss curvature, memorization, membership inference and DP audits in JAX.
 
 Top level: the curvature core (``hvp``, ``input_curvature``, ``zero_order_curvature``,
-``Curvature``). Submodules: ``data``, ``models``, ``ensemble``, ``optim``, ``training``,
-``memorization``, ``mia``, ``privacy``, ``report``, ``pipeline`` (the audit), ``cli``.
+``Curvature`` and the ``make_*`` constructors that return held estimators). Primitives:
+``data``, ``models``, ``optim``, ``training``, ``ensemble``, ``memorization``, ``adversarial``,
+``mia``, ``privacy``; ``report`` draws figures; ``workflow`` combines them into the audit and
+the experiments; ``cli`` is the ``jaxcurv`` command (``pipeline`` is kept as an alias of the
+workflow's audit names).
 """
 
 import importlib
@@ -12,6 +15,9 @@ from jaxcurv.curvature import (
     hvp,
     input_curvature,
     make_curvature_fn,
+    make_input_curvature,
+    make_reference_score,
+    make_zero_order_curvature,
     reference_score,
     zero_order_curvature,
     zero_order_queries,
@@ -20,7 +26,7 @@ from jaxcurv.curvature import (
 __version__ = "0.1.0"
 
 _SUBMODULES = ("curvature", "data", "models", "optim", "training", "ensemble", "memorization",
-               "mia", "privacy", "report", "pipeline", "cli")
+               "adversarial", "mia", "privacy", "report", "workflow", "pipeline", "cli")
 
 __all__ = [
     "__version__",
@@ -28,6 +34,9 @@ __all__ = [
     "hvp",
     "input_curvature",
     "make_curvature_fn",
+    "make_input_curvature",
+    "make_reference_score",
+    "make_zero_order_curvature",
     "reference_score",
     "zero_order_curvature",
     "zero_order_queries",

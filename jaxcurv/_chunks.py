@@ -11,7 +11,7 @@ __all__ = ["map_chunks"]
 
 
 def map_chunks(fn: Callable[..., tuple], arrays: Sequence[np.ndarray], *, step: int, chunk: int,
-               out_axis: int = 0, progress: bool = True, desc: str = "") -> tuple[np.ndarray, ...]:
+               out_axis: int = 0, progress: bool = False, desc: str = "") -> tuple[np.ndarray, ...]:
     """Apply ``fn(*chunk_arrays, idx, real) -> tuple of arrays`` over the leading axis.
 
     Each call gets ``step`` real examples (fewer in the last call) padded to ``chunk`` rows by

@@ -6,8 +6,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["cast_floats"]
+__all__ = ["cast_floats", "unstack", "stack"]
 
 
 def cast_floats(tree: Any, dtype) -> Any:
@@ -17,3 +18,14 @@ def cast_floats(tree: Any, dtype) -> Any:
     return jax.tree.map(
         lambda a: a.astype(dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, tree
     )
+
+
+def unstack(tree: Any, k: int) -> Any:
+    """Entry ``k`` of a pytree whose leaves are stacked on a leading axis."""
+    return jax.tree.map(lambda a: a[k], tree)
+
+
+def stack(trees: list[Any], *, host: bool = False) -> Any:
+    """Stack pytrees of equal structure on a new leading axis (numpy when ``host``, else jax)."""
+    fn = np.stack if host else jnp.stack
+    return jax.tree.map(lambda *a: fn(a), *trees)

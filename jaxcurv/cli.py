@@ -1,4 +1,7 @@
-"""The ``jaxcurv`` command: ``audit`` (the main job), ``curvature`` and ``epsilon``."""
+"""The ``jaxcurv`` command: ``audit`` (the main job), ``curvature`` and ``epsilon``.
+
+Parses flags into the workflow's configs and calls :mod:`jaxcurv.workflow`; progress output is on
+unless ``--quiet``."""
 
 from __future__ import annotations
 
@@ -20,19 +23,25 @@ again with the same arguments resumes from its checkpoints and cached stages.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxcurv.pipeline import AuditConfig
-
-    d = AuditConfig()
     parser = argparse.ArgumentParser(prog="jaxcurv", description="Input curvature, memorization, "
                                      "membership inference and differential privacy audits in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_audit(sub)
+    _add_curvature(sub)
+    _add_epsilon(sub)
+    return parser
 
+
+def _add_audit(sub) -> None:
+    from jaxcurv.workflow.config import OPTIMIZERS, AuditConfig
+
+    d = AuditConfig()
     a = sub.add_parser("audit", help="run the whole audit on a dataset (the main job)",
                        description=_AUDIT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--dataset", default=d.dataset, help="digits (embedded, default) | cifar10 | "
                    "cifar100 | tfds:<name> | npz:<path>")
-    a.add_argument("--data-dir", default=None, help="folder with dataset files (CIFAR pickles, "
-                   "an npz, or a TFDS data_dir)")
+    a.add_argument("--data-dir", default=None, help="folder with dataset files (CIFAR python "
+                   "files or archive, an npz, or a TFDS data_dir); else $JAXCURV_DATA_DIR")
     a.add_argument("--max-examples", type=int, default=None, metavar="N",
                    help="use a random subset of N training (and at most N test) examples, e.g. "
                    "to try CIFAR on a CPU")
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"(expected) batch size (default {d.batch_size})")
     a.add_argument("--learning-rate", type=float, default=None,
                    help="peak learning rate (default 0.05)")
-    a.add_argument("--optimizer", default=d.optimizer, choices=["sgd", "adam", "sam"],
+    a.add_argument("--optimizer", default=d.optimizer, choices=list(OPTIMIZERS),
                    help="sgd (momentum 0.9, cosine schedule), adam, or sam (SGD + "
                    "sharpness-aware minimization)")
     a.add_argument("--rho", type=float, default=d.rho, help="SAM radius (default 0.05)")
@@ -76,20 +85,28 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
     a.add_argument("--quiet", action="store_true", help="no progress output")
 
+
+def _add_curvature(sub) -> None:
+    from jaxcurv.workflow.commands import CURVATURE_METHODS, CurvatureConfig
+
+    dc = CurvatureConfig()
     c = sub.add_parser("curvature", help="train one model and write per-example curvature",
                        description="Train one model on a dataset, then write the input curvature "
                        "tr(H), tr(H²) and their standard errors of every training example to a CSV.")
-    c.add_argument("--dataset", default="digits")
-    c.add_argument("--data-dir", default=None)
-    c.add_argument("--model", default="cnn")
-    c.add_argument("--epochs", type=int, default=12)
-    c.add_argument("--batch-size", type=int, default=64)
-    c.add_argument("--num-probes", type=int, default=10)
-    c.add_argument("--method", default="hutchinson", choices=["hutchinson", "exact",
-                                                              "finite_difference"])
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", default="results/curvature.csv")
+    c.add_argument("--dataset", default=dc.dataset)
+    c.add_argument("--data-dir", default=None, help="folder with dataset files; else "
+                   "$JAXCURV_DATA_DIR")
+    c.add_argument("--model", default=dc.model)
+    c.add_argument("--epochs", type=int, default=dc.epochs)
+    c.add_argument("--batch-size", type=int, default=dc.batch_size)
+    c.add_argument("--num-probes", type=int, default=dc.num_probes)
+    c.add_argument("--method", default=dc.method, choices=list(CURVATURE_METHODS))
+    c.add_argument("--seed", type=int, default=dc.seed)
+    c.add_argument("--out", default=dc.out)
+    c.add_argument("--quiet", action="store_true", help="no progress output")
 
+
+def _add_epsilon(sub) -> None:
     e = sub.add_parser("epsilon", help="DP-SGD epsilon of (sigma, q, steps, delta)",
                        description="Privacy accounting of Poisson-subsampled Gaussian DP-SGD with "
                        "dp_accounting: prints epsilon, or the noise multiplier for a target epsilon.")
@@ -99,11 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, required=True)
     e.add_argument("--delta", type=float, default=1e-5)
     e.add_argument("--accountant", default="rdp", choices=["rdp", "pld", "rdp_classic"])
-    return parser
 
 
 def _audit(args) -> int:
-    from jaxcurv.pipeline import AuditConfig, run_audit
+    from jaxcurv.workflow import AuditConfig, run_audit
 
     config = AuditConfig(
         dataset=args.dataset, data_dir=args.data_dir, max_examples=args.max_examples,
@@ -115,7 +131,6 @@ def _audit(args) -> int:
         label_noise=args.label_noise, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         dp_clip=args.dp_clip, augment=None if args.augment is None else args.augment == "on",
         bootstrap=args.bootstrap, seed=args.seed, out=args.out, progress=not args.quiet)
-    config.validate()
     summary = run_audit(config)
     if not args.quiet:
         _print_summary(summary, args.out)
@@ -145,42 +160,24 @@ def _print_summary(summary: dict, out: str) -> None:
 
 
 def _curvature(args) -> int:
-    import jax
-    import numpy as np
+    from jaxcurv.workflow import CurvatureConfig, run_curvature
 
-    from jaxcurv import curvature, data, ensemble, models, report
-
-    for name in ("epochs", "batch_size", "num_probes"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
-    train = data.load(args.dataset, split="train", data_dir=args.data_dir)
-    model = models.get_model(args.model, train.num_classes)
-    key = jax.random.PRNGKey(args.seed)
-    variables, _ = ensemble.fit_one(model, train, key, epochs=args.epochs,
-                                    batch_size=args.batch_size)
-    c = curvature.input_curvature(models.make_loss_fn(model), variables, train.images,
-                                  train.labels, jax.random.fold_in(key, 1),
-                                  num_probes=args.num_probes, method=args.method)
-    report.write_csv(args.out, {"index": np.arange(len(train)), "label": train.labels,
-                                "curvature": c.trace, "curvature_stderr": c.trace_stderr,
-                                "curvature_sq": c.trace_sq, "curvature_sq_stderr": c.trace_sq_stderr})
-    print(f"wrote {args.out}")
+    path = run_curvature(CurvatureConfig(
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, epochs=args.epochs,
+        batch_size=args.batch_size, num_probes=args.num_probes, method=args.method,
+        seed=args.seed, out=args.out, progress=not args.quiet))
+    print(f"wrote {path}")
     return 0
 
 
 def _epsilon(args) -> int:
-    from jaxcurv.privacy import calibrate_noise_multiplier, epsilon
+    from jaxcurv.workflow import privacy_accounting
 
-    if (args.noise_multiplier is None) == (args.target_epsilon is None):
-        raise ValueError("give exactly one of --noise-multiplier and --target-epsilon")
-    if args.target_epsilon is not None:
-        sigma = calibrate_noise_multiplier(args.target_epsilon, args.sampling_rate, args.steps,
-                                           args.delta, accountant=args.accountant)
-        print(f"noise_multiplier {sigma:.6g}")
-    else:
-        eps = epsilon(args.noise_multiplier, args.sampling_rate, args.steps, args.delta,
-                      accountant=args.accountant)
-        print(f"epsilon {eps:.6g}")
+    result = privacy_accounting(sampling_rate=args.sampling_rate, steps=args.steps,
+                                delta=args.delta, noise_multiplier=args.noise_multiplier,
+                                target_epsilon=args.target_epsilon, accountant=args.accountant)
+    for name, value in result.items():
+        print(f"{name} {value:.6g}")
     return 0
 
 

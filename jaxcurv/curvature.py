@@ -14,13 +14,17 @@ Estimators (v Rademacher, P probes):
 - ``zero_order_curvature``: losses only; ``"central"`` vᵀHv ≈ (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv)) / h²,
   ``"mixed"`` |uᵀHv| ≈ |ℓ(x+hv+hu) − ℓ(x−hv+hu) − ℓ(x+hv−hu) + ℓ(x−hv−hu)| / (4h²).
 - ``reference_score``: the seed code's white-box score (see its docstring).
+
+``make_input_curvature``, ``make_zero_order_curvature`` and ``make_reference_score`` fix the
+configuration and return ``fn(params, x, y, key, *, h=None, progress=False)``, which holds its
+compiled kernel: the caller keeps ``fn`` and calls it again without recompiling (``h`` is a traced
+input, so a sweep over h reuses it too). ``input_curvature``, ``zero_order_curvature`` and
+``reference_score`` are one-call conveniences over them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -32,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxcurv._chunks import map_chunks
 from jaxcurv._tree import cast_floats
+from jaxcurv._validate import check_positive, check_positive_int
 
 __all__ = [
     "Curvature",
@@ -39,6 +44,9 @@ __all__ = [
     "hvp",
     "input_curvature",
     "make_curvature_fn",
+    "make_input_curvature",
+    "make_zero_order_curvature",
+    "make_reference_score",
     "zero_order_curvature",
     "zero_order_queries",
     "reference_score",
@@ -85,21 +93,17 @@ def _check_config(num_probes: int, h: float, batch_size, method: str, methods,
     all of them on CPU, where XLA runs convolutions inside loops slowly, one on accelerators)."""
     if method not in methods:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, methods))}")
-    if isinstance(num_probes, bool) or not isinstance(num_probes, (int, np.integer)) or num_probes < 1:
-        raise ValueError(f"num_probes must be an integer >= 1, got {num_probes!r}")
-    if isinstance(h, bool) or not (isinstance(h, (int, float, np.floating)) and math.isfinite(h) and h > 0):
-        raise ValueError(f"h must be a finite float > 0, got {h!r}")
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1
-    ):
-        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
+    num_probes = check_positive_int("num_probes", num_probes)
+    check_positive("h", h)
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
     if probe_batch is None:
-        return int(num_probes) if jax.default_backend() == "cpu" else 1
-    if (isinstance(probe_batch, bool) or not isinstance(probe_batch, (int, np.integer))
-            or probe_batch < 1 or num_probes % probe_batch):
+        return num_probes if jax.default_backend() == "cpu" else 1
+    probe_batch = check_positive_int("probe_batch", probe_batch)
+    if num_probes % probe_batch:
         raise ValueError(f"probe_batch must be None or a divisor of num_probes={num_probes}, "
                          f"got {probe_batch!r}")
-    return int(probe_batch)
+    return probe_batch
 
 
 def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +129,18 @@ def _resolve_devices(devices: Sequence[jax.Device] | None) -> tuple[jax.Device, 
     if not devs:
         raise ValueError("devices must be None (all local devices) or a non-empty sequence")
     return devs
+
+
+def _check_compute_dtype(compute_dtype):
+    if compute_dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(compute_dtype)
+    except TypeError as err:
+        raise ValueError(f"compute_dtype must be a floating dtype or None, got {compute_dtype!r}") from err
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"compute_dtype must be a floating dtype or None, got {compute_dtype!r}")
+    return dt
 
 
 def _is_float64(dtype) -> bool:
@@ -257,19 +273,6 @@ def _batched(example_fn: Callable, loss_fn: LossFn, **config) -> Callable:
     return example_kernel
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(example_fn, loss_fn, devices: tuple, **config) -> Callable:
-    """One jitted (and, for several devices, shard_mapped) kernel per configuration."""
-    fn = _batched(example_fn, loss_fn, **config)
-    if len(devices) > 1:
-        mesh = Mesh(np.asarray(devices), ("examples",))
-        ex = P("examples")
-        fn = jax.shard_map(
-            fn, mesh=mesh, in_specs=(P(), ex, ex, ex, P(), P()), out_specs=ex, check_vma=False
-        )
-    return jax.jit(fn)
-
-
 def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_floats: int,
                  exact_batches: bool) -> tuple[int, int]:
     """(real examples per chunk, padded chunk length: a multiple of the device count).
@@ -289,53 +292,57 @@ def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_f
     return (real if exact_batches else padded), padded
 
 
-def _run_chunks(kernel, params, x, y, key, *, h, step, chunk, devices, progress, desc) -> tuple:
-    """Apply ``kernel`` to chunks of ``step`` real examples padded to ``chunk``; host arrays (N,)."""
-    if len(devices) > 1:
-        mesh = Mesh(np.asarray(devices), ("examples",))
-        data_sharding, repl = NamedSharding(mesh, P("examples")), NamedSharding(mesh, P())
-    else:
-        data_sharding = repl = devices[0]
-    params_d = jax.device_put(params, repl)
-    key_d = jax.device_put(key, repl)
+def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
+                    batch_size: int | None, compute_dtype, devices, desc: str,
+                    exact_batches: bool = False, hessian_memory: bool = False,
+                    **config) -> Callable:
+    """Host-level ``estimate(params, x, y, key, *, h=None, progress=False) -> tuple of host (N,)
+    arrays``.
 
-    def run(xs, ys, idx, real):
-        scalars = jax.device_put(np.asarray([h, real], dtype=xs.dtype), repl)
-        xs, ys, idx = (jax.device_put(a, data_sharding) for a in (xs, ys, idx))
-        return kernel(params_d, xs, ys, idx, scalars, key_d)
-
-    return map_chunks(run, (x, y), step=step, chunk=chunk, progress=progress, desc=desc)
-
-
-def _compute(example_fn, loss_fn, params, x, y, key, *, h, batch_size, devices, progress, desc,
-             compute_dtype, count_real=False, per_example_floats=0, **config) -> tuple:
+    The kernel is jitted (and, for several devices, shard_mapped over the example axis) once,
+    here; every call feeds it fixed-shape chunks, so calls with the same chunk shape reuse one
+    executable (h is a traced input: a call with another ``h`` reuses it too).
+    ``compute_dtype=float64`` runs each call under x64 with float64 data and params.
+    """
     devs = _resolve_devices(devices)
-    step, chunk = _chunk_sizes(x.shape[0], batch_size, len(devs), per_example_floats, count_real)
     x64 = _is_float64(compute_dtype)
-    with jax.enable_x64(True) if x64 else contextlib.nullcontext():
-        if x64:
-            x = x.astype(np.float64)
-            params = cast_floats(jax.tree.map(np.asarray, params), np.float64)
-        kernel = _compiled(example_fn, loss_fn, devs, compute_dtype=None if x64 else compute_dtype,
-                           **config)
-        return _run_chunks(kernel, params, x, y, key, h=h, step=step, chunk=chunk, devices=devs,
-                           progress=progress, desc=desc)
+    kernel = _batched(example_fn, loss_fn, compute_dtype=None if x64 else compute_dtype, **config)
+    if len(devs) > 1:
+        mesh = Mesh(np.asarray(devs), ("examples",))
+        ex = P("examples")
+        kernel = jax.shard_map(kernel, mesh=mesh, in_specs=(P(), ex, ex, ex, P(), P()),
+                               out_specs=ex, check_vma=False)
+        data_sharding, repl = NamedSharding(mesh, ex), NamedSharding(mesh, P())
+    else:
+        data_sharding = repl = devs[0]
+    kernel = jax.jit(kernel)
 
+    def estimate(params, x, y, key, *, h: float | None = None,
+                 progress: bool = False) -> tuple[np.ndarray, ...]:
+        h = default_h if h is None else check_positive("h", h)
+        x_host, y_host = _check_data(x, y)
+        d = int(np.prod(x_host.shape[1:]))
+        step, chunk = _chunk_sizes(x_host.shape[0], batch_size, len(devs),
+                                   d * d if hessian_memory else 0, exact_batches)
+        with jax.enable_x64(True) if x64 else contextlib.nullcontext():
+            if x64:
+                x_host = x_host.astype(np.float64)
+                params = cast_floats(jax.tree.map(np.asarray, params), np.float64)
+            params_d, key_d = jax.device_put(params, repl), jax.device_put(key, repl)
 
-def _check_compute_dtype(compute_dtype):
-    if compute_dtype is None:
-        return None
-    try:
-        dt = jnp.dtype(compute_dtype)
-    except TypeError as err:
-        raise ValueError(f"compute_dtype must be a floating dtype or None, got {compute_dtype!r}") from err
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise ValueError(f"compute_dtype must be a floating dtype or None, got {compute_dtype!r}")
-    return dt
+            def run(xs, ys, idx, real):
+                scalars = jax.device_put(np.asarray([h, real], dtype=xs.dtype), repl)
+                xs, ys, idx = (jax.device_put(a, data_sharding) for a in (xs, ys, idx))
+                return kernel(params_d, xs, ys, idx, scalars, key_d)
+
+            return map_chunks(run, (x_host, y_host), step=step, chunk=chunk, progress=progress,
+                              desc=desc)
+
+    return estimate
 
 
 # ----------------------------------------------------------------------------------------------
-# public API
+# public API: constructors (the caller holds the compiled estimator) and one-call conveniences
 
 
 def make_curvature_fn(loss_fn: LossFn, *, num_probes: int = 10, method: str = "hutchinson",
@@ -357,10 +364,75 @@ def make_curvature_fn(loss_fn: LossFn, *, num_probes: int = 10, method: str = "h
     return curvature_fn
 
 
+def make_input_curvature(loss_fn: LossFn, *, num_probes: int = 10, method: str = "hutchinson",
+                         h: float = 1e-3, batch_size: int | None = None, compute_dtype=None,
+                         devices: Sequence[jax.Device] | None = None,
+                         probe_batch: int | None = None) -> Callable:
+    """``fn(params, x, y, key, *, h=None, progress=False) -> Curvature`` (host arrays (N,)): the
+    chunked, sharded estimator of :func:`input_curvature` with its configuration fixed.
+
+    The kernel compiles on the first call per chunk shape; hold ``fn`` and call it again (other
+    params, keys, N with the same chunk shape, or another step ``h`` for "finite_difference")
+    without recompiling. Settings are validated here.
+    """
+    probe_batch = _check_config(num_probes, h, batch_size, method, METHODS, probe_batch)
+    estimate = _make_estimator(_example_curvature, loss_fn, default_h=float(h),
+                               batch_size=batch_size, devices=devices,
+                               compute_dtype=_check_compute_dtype(compute_dtype),
+                               desc=f"curvature ({method})", hessian_memory=method == "exact",
+                               method=method, num_probes=int(num_probes), probe_batch=probe_batch)
+
+    def curvature(params, x, y, key, *, h: float | None = None,
+                  progress: bool = False) -> Curvature:
+        return Curvature(*estimate(params, x, y, key, h=h, progress=progress))
+
+    return curvature
+
+
+def make_zero_order_curvature(loss_fn: LossFn, *, num_probes: int = 10, h: float = 1e-3,
+                              method: str = "central", batch_size: int | None = None,
+                              compute_dtype=None, devices: Sequence[jax.Device] | None = None,
+                              probe_batch: int | None = None) -> Callable:
+    """``fn(params, x, y, key, *, h=None, progress=False) -> host array (N,)``: the estimator of
+    :func:`zero_order_curvature` with its configuration fixed (compiled once per chunk shape;
+    ``h`` overrides the step per call)."""
+    probe_batch = _check_config(num_probes, h, batch_size, method, ZERO_ORDER_METHODS, probe_batch)
+    estimate = _make_estimator(_example_zero_order, loss_fn, default_h=float(h),
+                               batch_size=batch_size, devices=devices,
+                               compute_dtype=_check_compute_dtype(compute_dtype),
+                               desc=f"zero-order curvature ({method})", method=method,
+                               num_probes=int(num_probes), probe_batch=probe_batch)
+
+    def zero_order(params, x, y, key, *, h: float | None = None,
+                   progress: bool = False) -> np.ndarray:
+        return estimate(params, x, y, key, h=h, progress=progress)[0]
+
+    return zero_order
+
+
+def make_reference_score(loss_fn: LossFn, *, num_probes: int = 10, h: float = 1e-3,
+                         batch_size: int | None = None, compute_dtype=None,
+                         devices: Sequence[jax.Device] | None = None,
+                         probe_batch: int | None = None) -> Callable:
+    """``fn(params, x, y, key, *, h=None, progress=False) -> host array (N,)``:
+    :func:`reference_score` with its configuration fixed (compiled once per batch shape)."""
+    probe_batch = _check_config(num_probes, h, batch_size, "reference", ("reference",), probe_batch)
+    estimate = _make_estimator(_example_reference, loss_fn, default_h=float(h),
+                               batch_size=batch_size, devices=devices,
+                               compute_dtype=_check_compute_dtype(compute_dtype),
+                               desc="reference score", exact_batches=True,
+                               num_probes=int(num_probes), probe_batch=probe_batch)
+
+    def score(params, x, y, key, *, h: float | None = None, progress: bool = False) -> np.ndarray:
+        return estimate(params, x, y, key, h=h, progress=progress)[0]
+
+    return score
+
+
 def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                     method: str = "hutchinson", h: float = 1e-3, batch_size: int | None = None,
                     compute_dtype=None, devices: Sequence[jax.Device] | None = None,
-                    probe_batch: int | None = None, progress: bool = True) -> Curvature:
+                    probe_batch: int | None = None, progress: bool = False) -> Curvature:
     """Per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) of a single-example ``loss_fn(params, x, y)``.
 
     x: (N, ...) float inputs, y: (N, ...) targets; returns :class:`Curvature` of host arrays (N,).
@@ -373,32 +445,26 @@ def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     ``compute_dtype=jnp.float64`` runs everything in float64 (enables x64 for the call; CPU).
     ``probe_batch`` probes are vmapped together (memory ∝ batch_size × probe_batch); default: all
     on CPU (XLA:CPU runs convolutions inside loops slowly), 1 on GPU/TPU (a lax.map over probes).
-    The compiled kernel is cached per ``loss_fn`` object: pass the same function (not a new
-    lambda) on every call to reuse it.
+    One call compiles its kernel; to call repeatedly, hold :func:`make_input_curvature`'s function.
     """
-    probe_batch = _check_config(num_probes, h, batch_size, method, METHODS, probe_batch)
-    x_host, y_host = _check_data(x, y)
-    compute_dtype = _check_compute_dtype(compute_dtype)
-    d = int(np.prod(x_host.shape[1:]))
-    out = _compute(_example_curvature, loss_fn, params, x_host, y_host, key,
-                   batch_size=batch_size, devices=devices, progress=progress,
-                   desc=f"curvature ({method})", compute_dtype=compute_dtype, method=method,
-                   num_probes=int(num_probes), probe_batch=probe_batch, h=float(h),
-                   per_example_floats=d * d if method == "exact" else 0)
-    return Curvature(*out)
+    fn = make_input_curvature(loss_fn, num_probes=num_probes, method=method, h=h,
+                              batch_size=batch_size, compute_dtype=compute_dtype, devices=devices,
+                              probe_batch=probe_batch)
+    return fn(params, x, y, key, progress=progress)
 
 
 def zero_order_queries(num_probes: int, method: str = "central") -> int:
     """Model queries (loss evaluations) per example: 2P + 1 for "central", 4P for "mixed"."""
     if method not in ZERO_ORDER_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {ZERO_ORDER_METHODS}")
+    num_probes = check_positive_int("num_probes", num_probes)
     return 2 * num_probes + 1 if method == "central" else 4 * num_probes
 
 
 def zero_order_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                          h: float = 1e-3, method: str = "central", batch_size: int | None = None,
                          compute_dtype=None, devices: Sequence[jax.Device] | None = None,
-                         probe_batch: int | None = None, progress: bool = True):
+                         probe_batch: int | None = None, progress: bool = False):
     """Black-box curvature from losses only; returns host array (N,).
 
     "central": mean over probes of (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv))/h² ≈ vᵀHv, unbiased for tr(H) up to
@@ -406,36 +472,27 @@ def zero_order_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int 
     / (4h²) ≈ |uᵀHv| with independent u, v (its square has mean ‖H‖_F²). Costs
     :func:`zero_order_queries` model evaluations per example. In float32 the differences lose
     about eps·ℓ/h² ≈ 1e-7·ℓ/1e-6 ≈ 0.1·ℓ to cancellation at h = 1e-3: pass
-    ``compute_dtype=jnp.float64`` (CPU) for a float64 evaluation.
+    ``compute_dtype=jnp.float64`` (CPU) for a float64 evaluation. One call compiles its kernel;
+    to call repeatedly, hold :func:`make_zero_order_curvature`'s function.
     """
-    probe_batch = _check_config(num_probes, h, batch_size, method, ZERO_ORDER_METHODS, probe_batch)
-    x_host, y_host = _check_data(x, y)
-    compute_dtype = _check_compute_dtype(compute_dtype)
-    (score,) = _compute(_example_zero_order, loss_fn, params, x_host, y_host, key,
-                        batch_size=batch_size, devices=devices, progress=progress,
-                        desc=f"zero-order curvature ({method})", compute_dtype=compute_dtype,
-                        method=method, num_probes=int(num_probes), probe_batch=probe_batch,
-                        h=float(h))
-    return score
+    fn = make_zero_order_curvature(loss_fn, num_probes=num_probes, h=h, method=method,
+                                   batch_size=batch_size, compute_dtype=compute_dtype,
+                                   devices=devices, probe_batch=probe_batch)
+    return fn(params, x, y, key, progress=progress)
 
 
 def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10, h: float = 1e-3,
                     batch_size: int | None = None, compute_dtype=None,
                     devices: Sequence[jax.Device] | None = None, probe_batch: int | None = None,
-                    progress: bool = True):
+                    progress: bool = False):
     """The seed code's white-box score, with its exact semantics; host array (N,).
 
     For each batch X of B real examples (``batch_size``; default: all N in one batch) and each
     probe V = h·(R + 1e-7), R Rademacher: sᵢ = mean_probes ‖∇ₓᵢ[L(X+V) − L(X)]‖₂ with L the
     *batch-mean* loss. Since ∇ₓᵢL = ∇ℓᵢ/B, sᵢ ≈ (h/B)·E‖H R‖ and (B sᵢ / h)² ≤ E‖HR‖² = tr(H²)
     (Jensen): a norm, not a squared norm, that scales with h/B. Use it only to compare with the
-    papers' numbers; ``input_curvature`` gives tr(H²) directly.
+    papers' numbers; ``input_curvature`` gives tr(H²) directly. Held form: :func:`make_reference_score`.
     """
-    probe_batch = _check_config(num_probes, h, batch_size, "reference", ("reference",), probe_batch)
-    x_host, y_host = _check_data(x, y)
-    compute_dtype = _check_compute_dtype(compute_dtype)
-    (score,) = _compute(_example_reference, loss_fn, params, x_host, y_host, key,
-                        batch_size=batch_size, devices=devices, progress=progress,
-                        desc="reference score", compute_dtype=compute_dtype, count_real=True,
-                        num_probes=int(num_probes), probe_batch=probe_batch, h=float(h))
-    return score
+    fn = make_reference_score(loss_fn, num_probes=num_probes, h=h, batch_size=batch_size,
+                              compute_dtype=compute_dtype, devices=devices, probe_batch=probe_batch)
+    return fn(params, x, y, key, progress=progress)

@@ -39,6 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcurv._validate import (
+    as_float64_array,
+    check_float,
+    check_int,
+    check_positive,
+    check_positive_int,
+)
+
 __all__ = [
     "MODEL_NAMES",
     "ACTIVATIONS",
@@ -317,18 +325,19 @@ def _check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
         )
     for key, value in kwargs.items():
         kind = allowed[key]
-        if kind is int and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"model {name!r}: {key} must be a positive integer, got {value!r}.")
-        if kind is float and (not isinstance(value, (int, float, np.floating)) or not math.isfinite(value)):
-            raise ValueError(f"model {name!r}: {key} must be a finite number, got {value!r}.")
+        if kind is int:
+            check_positive_int(f"model {name!r}: {key}", value)
+        if kind is float:
+            check_float(f"model {name!r}: {key}", value)
         if key == "activation" and value not in ACTIVATIONS:
             raise ValueError(
                 f"model {name!r}: unknown activation {value!r}; choose one of {sorted(ACTIVATIONS)}."
             )
     if name == "fastnet" and kwargs.get("pool", "max") not in ("max", "avg"):
         raise ValueError(f"fastnet: pool must be 'max' or 'avg', got {kwargs['pool']!r}.")
-    if name == "fastnet" and not 0.0 <= float(kwargs.get("bn_momentum", 0.6)) < 1.0:
-        raise ValueError(f"fastnet: bn_momentum must be in [0, 1), got {kwargs['bn_momentum']!r}.")
+    if name == "fastnet":
+        check_float("fastnet: bn_momentum", kwargs.get("bn_momentum", 0.6), minimum=0.0,
+                    maximum=1.0, allow_maximum=False)
     if name == "resnet18_gn":
         width, groups = int(kwargs.get("width", 64)), int(kwargs.get("num_groups", 32))
         if width % groups:
@@ -349,10 +358,8 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; choose one of {list(MODEL_NAMES)}.")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}.")
+    num_classes = check_int("num_classes", num_classes, minimum=2)
     _check_kwargs(name, kwargs)
-    num_classes = int(num_classes)
     if name == "mlp":
         return MLP(num_classes, **kwargs)
     if name == "cnn":
@@ -406,8 +413,7 @@ def count_params(variables: Variables) -> int:
 
 
 def _check_label_smoothing(label_smoothing: float) -> None:
-    if not 0.0 <= float(label_smoothing) < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}.")
+    check_float("label_smoothing", label_smoothing, minimum=0.0, maximum=1.0, allow_maximum=False)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
@@ -487,13 +493,11 @@ def init_fastnet_whitening(variables: Variables, images: Any, *, eps: float = 5e
             "variables have no params['whiten'] conv: pass FastNet variables (get_model('fastnet', …))."
         ) from None
     kh, kw, cin, cout = stem["kernel"].shape
-    images = np.asarray(images, np.float64)
-    if images.ndim != 4 or images.shape[-1] != cin or images.shape[1] < kh or images.shape[2] < kw:
-        raise ValueError(f"images must be (N, H, W, {cin}) with H ≥ {kh}, W ≥ {kw}; got {images.shape}.")
-    if not np.all(np.isfinite(images)):
-        raise ValueError("images contain NaN or inf; clean them before whitening.")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}.")
+    shape = np.shape(images)
+    if len(shape) != 4 or shape[-1] != cin or shape[1] < kh or shape[2] < kw:
+        raise ValueError(f"images must be (N, H, W, {cin}) with H ≥ {kh}, W ≥ {kw}; got {shape}.")
+    images = as_float64_array("images", images)
+    check_positive("eps", eps)
     d = kh * kw * cin
     if cout != 2 * d:
         raise ValueError(f"whiten conv has {cout} output channels; expected 2·k²·C = {2 * d}.")

@@ -8,13 +8,14 @@ SAM (Foret et al., 2021) minimizes max_{‖ε‖≤ρ} L(θ + ε): each step tak
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxcurv._validate import check_float, check_positive, check_positive_int
 
 __all__ = [
     "OPTIMIZERS",
@@ -53,31 +54,21 @@ class OptimizerConfig:
             raise ValueError(f"unknown optimizer {self.name!r}; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
-        _positive("learning_rate", self.learning_rate)
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        _positive("rho", self.rho)
+        check_positive("learning_rate", self.learning_rate)
+        check_float("momentum", self.momentum, minimum=0.0, maximum=1.0, allow_maximum=False)
+        check_float("weight_decay", self.weight_decay, minimum=0.0)
+        check_float("warmup_fraction", self.warmup_fraction, minimum=0.0, maximum=1.0,
+                    allow_maximum=False)
+        check_positive("rho", self.rho)
 
     @property
     def is_sam(self) -> bool:
         return self.name == "sam"
 
 
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
     """Learning rate as a function of the optimizer step (0 … total_steps)."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    check_positive_int("total_steps", total_steps)
     lr = config.learning_rate
     warmup = int(round(config.warmup_fraction * total_steps))
     if config.schedule == "constant":

@@ -5,7 +5,9 @@ one optimizer update on a fixed-shape batch (B, H, W, C) where weights (B,) are 
 examples and 0 for padding. ``make_epoch_fn`` scans that step over an epoch's index plan
 (S, B) into a device-resident dataset, so an epoch is one compiled call with no host syncs.
 The host side (``epoch_plan``, ``poisson_epoch_plan``) draws each member's data order from
-``(seed, epoch, member)`` alone, which makes runs resumable and chunking-invariant.
+``(seed, epoch, member)`` alone, which makes runs resumable and chunking-invariant; the DP-SGD
+batches come from the one Poisson planner, ``jaxcurv.privacy.plan.poisson_plan``, and the DP
+settings of a step are a ``jaxcurv.privacy.DPPlan`` (``DPStep`` is the same type).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import optax
 
 from jaxcurv import models
 from jaxcurv._tree import cast_floats
+from jaxcurv._validate import check_int, check_positive_int
 from jaxcurv.optim import OptimizerConfig, sam_gradient
+from jaxcurv.privacy.dpsgd import dp_gradient
+from jaxcurv.privacy.plan import DPPlan, poisson_plan
 
 __all__ = [
     "TrainState",
@@ -44,12 +49,9 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
-class DPStep(NamedTuple):
-    """Resolved DP-SGD settings for the step: clip norm C, noise multiplier σ, expected batch."""
-
-    l2_clip: float
-    noise_multiplier: float
-    expected_batch_size: float
+DPStep = DPPlan
+"""DP-SGD settings of a step: ``DPStep(l2_clip, noise_multiplier, expected_batch_size)`` builds
+a :class:`jaxcurv.privacy.DPPlan` whose run fields (q, T, ε, …) are None."""
 
 
 def init_state(model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array,
@@ -62,15 +64,15 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, key: j
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
-                    config: OptimizerConfig | None = None, dp: DPStep | None = None,
+                    config: OptimizerConfig | None = None, dp: DPPlan | None = None,
                     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
                     label_smoothing: float = 0.0, compute_dtype=None) -> Callable:
     """``step(state, images, labels, weights, key) -> (state, metrics)`` for one model.
 
     Non-private: loss Σ wᵢℓᵢ / Σ wᵢ (BatchNorm statistics over wᵢ > 0 only), SAM when
-    ``config.name == "sam"``; a batch with Σw = 0 leaves the state unchanged. DP-SGD (``dp``):
+    ``config.name == "sam"``; a batch with Σw = 0 leaves the state unchanged. DP-SGD (``dp``, a DPPlan):
     per-example gradients clipped to C, summed over wᵢ > 0, plus N(0, σ²C²) noise, divided by the
-    expected batch size (jaxcurv.privacy.dpsgd); every step updates, empty batches included.
+    expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included.
     ``augment(key, image) -> image`` is applied per example; ``compute_dtype`` (e.g. bfloat16)
     runs the model in that dtype with float32 parameters and gradients.
     """
@@ -98,8 +100,6 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
         count = weights.sum()
         metrics = {"count": count}
         if dp is not None:
-            from jaxcurv.privacy.dpsgd import dp_gradient
-
             grads, info = dp_gradient(per_example_loss, state.params, images, labels, weights > 0,
                                       k_noise, l2_clip=dp.l2_clip,
                                       noise_multiplier=dp.noise_multiplier,
@@ -172,6 +172,9 @@ def epoch_plan(subsets: Sequence[np.ndarray], batch_size: int, *, steps: int, se
     (seed, epoch, member_ids[k]); the last partial batch is padded with other examples of the
     member's subset at weight 0, and steps beyond the member's ⌈nₖ/B⌉ are all-zero batches.
     """
+    batch_size = check_positive_int("batch_size", batch_size)
+    steps = check_positive_int("steps", steps)
+    check_int("epoch", epoch, minimum=0)
     k = len(subsets)
     idx = np.zeros((k, steps, batch_size), np.int32)
     weights = np.zeros((k, steps, batch_size), np.float32)
@@ -192,15 +195,11 @@ def poisson_epoch_plan(subsets: Sequence[np.ndarray], sampling_rates: Sequence[f
                        member_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Poisson-sampled batches for DP-SGD: each example of member k's subset joins each step
     independently with probability qₖ; padded to ``max_batch_size`` (overflow is an error).
-    Returns (idx (K,S,B) int32 global indices, weights (K,S,B) float32 0/1)."""
-    from jaxcurv.privacy.dpsgd import poisson_batches
+    Returns (idx (K,S,B) int32 global indices, weights (K,S,B) float32 0/1).
 
-    k = len(subsets)
-    idx = np.zeros((k, steps, max_batch_size), np.int32)
-    weights = np.zeros((k, steps, max_batch_size), np.float32)
-    for row, (subset, q, member) in enumerate(zip(subsets, sampling_rates, member_ids)):
-        local, mask = poisson_batches(len(subset), q, steps, max_batch_size=max_batch_size,
-                                      seed=_member_rng(seed, epoch, member))
-        idx[row] = np.asarray(subset)[local]
-        weights[row] = mask
-    return idx, weights
+    ``jaxcurv.privacy.plan.poisson_plan`` with the mask as float weights: the same batches as
+    ``jaxcurv.privacy.ensemble_poisson_batches`` for the same seed, epoch and member ids.
+    """
+    idx, mask = poisson_plan(subsets, sampling_rates, steps, max_batch_size=max_batch_size,
+                             seed=seed, epoch=epoch, member_ids=member_ids)
+    return idx, mask.astype(np.float32)

@@ -15,6 +15,9 @@ from jaxcurv.curvature import (
     hvp,
     input_curvature,
     make_curvature_fn,
+    make_input_curvature,
+    make_reference_score,
+    make_zero_order_curvature,
     reference_score,
     zero_order_curvature,
     zero_order_queries,
@@ -179,11 +182,12 @@ def test_finite_difference_converges_to_hvp_as_h_shrinks():
     module = _CNN()
     params, x, y = _setup(module, n=4)
     loss_fn = _loss_fn(module)
-    kw = dict(num_probes=3, compute_dtype=jnp.float64, progress=False)
+    kw = dict(num_probes=3, compute_dtype=jnp.float64)
     exact = input_curvature(loss_fn, params, x, y, KEY, method="hutchinson", **kw)
+    finite_difference = make_input_curvature(loss_fn, method="finite_difference", **kw)
     errors = []
-    for h in (1e-1, 1e-2, 1e-3, 1e-4):
-        fd = input_curvature(loss_fn, params, x, y, KEY, method="finite_difference", h=h, **kw)
+    for h in (1e-1, 1e-2, 1e-3, 1e-4):  # one held estimator: h is a per-call input
+        fd = finite_difference(params, x, y, KEY, h=h)
         errors.append(np.max(np.abs(fd.trace - exact.trace) + np.abs(fd.trace_sq - exact.trace_sq)))
     assert all(e2 < e1 / 5 for e1, e2 in zip(errors, errors[1:])), errors  # O(h)
     assert errors[-1] < 1e-3
@@ -338,19 +342,38 @@ def test_no_recompilation_across_calls_and_last_chunk(caplog):
     module = _MLP()
     params, x, y = _setup(module, n=11, shape=(4, 4, 1))
     loss_fn = _loss_fn(module)
-    kw = dict(num_probes=2, batch_size=4, progress=False)
+    fn = make_input_curvature(loss_fn, num_probes=2, batch_size=4)
+    zero = make_zero_order_curvature(loss_fn, num_probes=2, batch_size=4)
 
     def kernel_compiles():
         return [r for r in caplog.records if "Compiling jit(example_kernel" in r.getMessage()]
 
-    input_curvature(loss_fn, params, x, y, KEY, **kw)  # compiles once (3 chunks, last padded)
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        fn(params, x, y, KEY)  # compiles once (3 chunks, the last one padded)
+        zero(params, x, y, KEY)
+        assert len(kernel_compiles()) == 2
         caplog.clear()
-        input_curvature(loss_fn, params, x, y, jax.random.PRNGKey(5), **kw)
-        input_curvature(loss_fn, params, x[:9], y[:9], KEY, **kw)  # other N, same chunk shape
+        fn(params, x, y, jax.random.PRNGKey(5))
+        fn(params, x[:9], y[:9], KEY)  # other N, same chunk shape
+        zero(jax.tree.map(lambda a: a + 1, params), x, y, KEY)  # other params, same shapes
         assert not kernel_compiles()
-        input_curvature(loss_fn, params, x[:3], y[:3], KEY, **kw)  # a new chunk shape compiles
+        fn(params, x[:3], y[:3], KEY)  # a new chunk shape compiles
         assert len(kernel_compiles()) == 1
+
+
+def test_held_estimators_equal_one_call_conveniences():
+    loss_fn, a, x, y = _quadratic(n=5, seed=3)
+    zero = make_zero_order_curvature(loss_fn, num_probes=3, h=0.1, method="mixed")
+    # h is a per-call input of the held function: same result as a function built with that h
+    np.testing.assert_allclose(zero(a, x, y, KEY, h=0.2), zero_order_curvature(
+        loss_fn, a, x, y, KEY, num_probes=3, h=0.2, method="mixed"), rtol=1e-5)
+    held = make_reference_score(loss_fn, num_probes=3, batch_size=2)(a, x, y, KEY)
+    np.testing.assert_allclose(held, reference_score(loss_fn, a, x, y, KEY, num_probes=3,
+                                                     batch_size=2), rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown method"):  # settings checked at construction
+        make_zero_order_curvature(loss_fn, method="hutchinson")
+    with pytest.raises(ValueError, match="h must be"):
+        zero(a, x, y, KEY, h=0.0)
 
 
 # --- validation ------------------------------------------------------------------------------

@@ -24,14 +24,18 @@ from jaxcurv.data import (
     augment_batch,
     channel_stats,
     load,
+    locate,
     normalize,
     random_crop,
     random_flip,
     subset_masks,
     train_test,
 )
+from jaxcurv.data import npz as npz_source
+from jaxcurv.data.digits import split_indices as digits_split_indices
 
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.npz"
+# The real JPEG-coded CIFAR-10 file, when the environment names a folder that holds it.
+REAL_CIFAR = Path(os.environ.get("JAXCURV_DATA_DIR") or "/nonexistent") / "cifar10-jpeg.npz"
 
 
 def _chi2_pvalue(counts, probs):
@@ -54,11 +58,30 @@ def no_network(monkeypatch):
         monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", refuse)
 
 
+@pytest.fixture(autouse=True)
+def no_data_dir_env(monkeypatch):
+    """Tests see only the files they make: JAXCURV_DATA_DIR is unset unless a test sets it."""
+    monkeypatch.delenv("JAXCURV_DATA_DIR", raising=False)
+
+
 @pytest.fixture
 def cache(monkeypatch, tmp_path):
     path = tmp_path / "cache"
     monkeypatch.setenv("JAXCURV_CACHE_DIR", str(path))
     return path
+
+
+# --- package -----------------------------------------------------------------------------------
+
+
+def test_public_names_are_importable_from_the_package():
+    names = ["Dataset", "load", "train_test", "locate", "subset_masks", "add_label_noise",
+             "random_crop", "random_flip", "augment", "augment_batch", "channel_stats",
+             "normalize", "cache_dir", "DIGITS_TEST_FRACTION", "DIGITS_SPLIT_SEED", "PAD_MODES"]
+    assert set(names) <= set(data.__all__)
+    for name in data.__all__:
+        assert getattr(data, name) is not None, name
+    assert callable(data.augment) and callable(data.load)  # functions, not same-named modules
 
 
 # --- Dataset ----------------------------------------------------------------------------------
@@ -124,7 +147,7 @@ def test_digits_matches_sklearn_with_stratified_disjoint_split():
         assert ds.images.shape[1:] == (8, 8, 1) and ds.images.dtype == np.float32
         assert ds.labels.dtype == np.int32 and ds.num_classes == 10 and ds.name == "digits"
         assert ds.images.min() >= 0.0 and ds.images.max() == 1.0
-    _, _, train_idx, test_idx = data._digits_split_indices()
+    _, _, train_idx, test_idx = digits_split_indices()
     assert np.intersect1d(train_idx, test_idx).size == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([train_idx, test_idx])), np.arange(1797))
     expected = (bunch.images[train_idx] / 16).astype(np.float32)
@@ -219,8 +242,9 @@ def test_npz_jpeg_layout_decodes_and_caches(tmp_path, cache, monkeypatch):
     _jpeg_layout(path, {"train": (blobs[:5], [0, 1, 2, 0, 1]), "test": (blobs[5:], [2, 2])},
                  ["cat", "dog", "eel"])
     calls = []
-    real_decode = data._decode_jpegs
-    monkeypatch.setattr(data, "_decode_jpegs", lambda *a: calls.append(1) or real_decode(*a))
+    real_decode = npz_source.decode_jpegs
+    monkeypatch.setattr(npz_source, "decode_jpegs",
+                        lambda *a, **k: calls.append(1) or real_decode(*a, **k))
     train = load(f"npz:{path}")
     assert len(calls) == 1 and train.images.shape == (5, 8, 8, 3)
     assert train.class_names == ("cat", "dog", "eel") and train.num_classes == 3
@@ -230,21 +254,21 @@ def test_npz_jpeg_layout_decodes_and_caches(tmp_path, cache, monkeypatch):
     written = sorted(p.name for p in (cache / "decoded").iterdir())
     assert len(written) == 1 and written[0].startswith("j-") and written[0].endswith("-train.npy")
 
-    def fail(*a):
+    def fail(*a, **k):
         raise AssertionError("decoded again despite a cache hit")
 
-    monkeypatch.setattr(data, "_decode_jpegs", fail)
+    monkeypatch.setattr(npz_source, "decode_jpegs", fail)
     again = load(f"npz:{path}")
     np.testing.assert_array_equal(again.images, train.images)
     with pytest.raises(AssertionError, match="despite"):  # the test split is not cached yet
         load(f"npz:{path}", split="test")
-    monkeypatch.setattr(data, "_decode_jpegs", real_decode)
+    monkeypatch.setattr(npz_source, "decode_jpegs", real_decode)
     both = load(f"npz:{path}", split="all")
     np.testing.assert_array_equal(both.labels, [0, 1, 2, 0, 1, 2, 2])
     # a changed source file (new mtime) is a cache miss
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    monkeypatch.setattr(data, "_decode_jpegs", fail)
+    monkeypatch.setattr(npz_source, "decode_jpegs", fail)
     with pytest.raises(AssertionError, match="despite"):
         load(f"npz:{path}")
 
@@ -261,9 +285,10 @@ def test_npz_jpeg_grayscale(tmp_path, cache):
         load(f"npz:{path}", split="test")
 
 
-@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="shared CIFAR-10 file not present")
-def test_shared_cifar10_jpeg_handful(tmp_path, cache):
-    with np.load(SHARED_CIFAR) as z:
+@pytest.mark.skipif(not REAL_CIFAR.is_file(),
+                    reason="set JAXCURV_DATA_DIR to a folder holding cifar10-jpeg.npz")
+def test_real_cifar10_jpeg_handful(tmp_path, cache):
+    with np.load(REAL_CIFAR) as z:
         classes = [str(c) for c in z["classes"]]
         picked = {}
         for split, idx in (("train", [0, 4999, 25000, 49999]), ("test", [0, 9999])):
@@ -357,6 +382,110 @@ def test_cifar_npz_in_data_dir(tmp_path):
     ds = load("cifar10", data_dir=tmp_path)
     np.testing.assert_array_equal(ds.images, tr / np.float32(255))
     assert ds.num_classes == 10
+
+
+# --- locate: where the local CIFAR files are --------------------------------------------------
+
+
+def _touch(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def _official_names(name):
+    if name == "cifar10":
+        return [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+    return ["train", "test", "meta"]
+
+
+def test_locate_order_folder_archive_npz(tmp_path):
+    root = tmp_path / "d"
+    root.mkdir()
+    assert locate("cifar10", root) is None and locate("cifar100", root) is None
+    jpeg = _touch(root / "cifar10-jpeg.npz")
+    assert locate("cifar10", root) == jpeg
+    assert locate("cifar100", root) is None  # the CIFAR-10 files never stand in for CIFAR-100
+    assert locate("cifar10", root) == jpeg
+    plain = _touch(root / "cifar10.npz")
+    assert locate("cifar10", str(root)) == plain
+    archive = _touch(root / "cifar-10-python.tar.gz")
+    assert locate("cifar10", root) == archive
+    folder = root / "cifar-10-batches-py"
+    names = _official_names("cifar10")
+    for f in names[:-1]:
+        _touch(folder / f)
+    assert locate("cifar10", root) == archive  # an incomplete folder is skipped
+    _touch(folder / names[-1])
+    assert locate("cifar10", root) == folder
+    assert locate("cifar10", folder) == folder  # the official folder itself as data_dir
+    for f in _official_names("cifar100"):
+        _touch(root / "cifar-100-python" / f)
+    assert locate("cifar100", root) == root / "cifar-100-python"
+    _touch(tmp_path / "e" / "cifar100.npz")
+    assert locate("cifar100", tmp_path / "e") == tmp_path / "e" / "cifar100.npz"
+    assert locate("cifar10", tmp_path / "missing") is None
+    with pytest.raises(ValueError, match="cifar10"):
+        locate("mnist", root)
+
+
+def test_locate_reads_env_var_after_data_dir(tmp_path, monkeypatch):
+    env_dir, arg_dir, empty = tmp_path / "env", tmp_path / "arg", tmp_path / "empty"
+    empty.mkdir()
+    env_file = _touch(env_dir / "cifar10-jpeg.npz")
+    arg_file = _touch(arg_dir / "cifar10.npz")
+    assert locate("cifar10") is None
+    monkeypatch.setenv("JAXCURV_DATA_DIR", str(env_dir))
+    assert locate("cifar10") == env_file
+    assert locate("cifar10", empty) == env_file  # nothing in data_dir: the variable's folder
+    assert locate("cifar10", arg_dir) == arg_file  # data_dir first
+    assert locate("cifar100") is None
+    monkeypatch.setenv("JAXCURV_DATA_DIR", "")
+    assert locate("cifar10") is None
+
+
+def test_locate_never_searches_beside_the_working_folder(tmp_path, monkeypatch):
+    _touch(tmp_path / "shared" / "data" / "cifar10-jpeg.npz")
+    _touch(tmp_path / "repo" / "shared" / "data" / "cifar10-jpeg.npz")
+    monkeypatch.chdir(tmp_path / "repo")
+    assert locate("cifar10") is None
+
+
+def test_cifar10_jpeg_npz_found_by_data_dir_and_env_var(tmp_path, cache, no_network, monkeypatch):
+    src = _smooth_images(5)
+    blobs = [_jpeg_bytes(im, quality=95) for im in src]
+    classes = "airplane automobile bird cat deer dog frog horse ship truck".split()
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _jpeg_layout(folder / "cifar10-jpeg.npz",
+                 {"train": (blobs[:3], [0, 9, 4]), "test": (blobs[3:], [1, 2])}, classes)
+    train = load("cifar10", data_dir=folder)
+    np.testing.assert_array_equal(train.labels, [0, 9, 4])
+    assert train.name == "cifar10" and train.class_names == tuple(classes)
+    pil = np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in blobs[:3]])
+    np.testing.assert_array_equal(train.images, pil / np.float32(255))
+    monkeypatch.setenv("JAXCURV_DATA_DIR", str(folder))
+    test = load("cifar10", split="test")  # no data_dir: the environment variable's folder
+    np.testing.assert_array_equal(test.labels, [1, 2])
+
+
+def test_missing_cifar_error_leads_with_the_command_line_fix(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    monkeypatch.setenv("JAXCURV_DATA_DIR", str(env_dir))
+    with pytest.raises(FileNotFoundError) as err:
+        load("cifar10", data_dir=tmp_path / "arg")
+    msg = str(err.value)
+    assert str(tmp_path / "arg" / "cifar10-jpeg.npz") in msg
+    assert str(env_dir / "cifar-10-batches-py") in msg  # both folders were searched
+    for text in ("--data-dir DIR", "JAXCURV_DATA_DIR=DIR", "cifar10-jpeg.npz",
+                 'pip install "jaxcurv[tfds]"', "cifar-10-python.tar.gz"):
+        assert text in msg, text
+    assert msg.index("--data-dir") < msg.index("load('cifar10', data_dir=")
+    monkeypatch.delenv("JAXCURV_DATA_DIR")
+    with pytest.raises(FileNotFoundError, match="JAXCURV_DATA_DIR unset"):
+        load("cifar100")
 
 
 # --- TFDS -------------------------------------------------------------------------------------

@@ -457,3 +457,52 @@ def test_dpconfig_resolve():
     assert DPConfig(target_epsilon=4.0).resolve_noise_multiplier(0.02, 500) == target.noise_multiplier
     ens = DPConfig(noise_multiplier=1.0).resolve(num_examples=5000, batch_size=100, steps=500, num_members=8)
     assert ens.max_batch_size == max_batch_size(5000, 0.02, 4000)
+
+
+# --- one planner -------------------------------------------------------------------------------
+
+
+def test_every_poisson_entry_point_gives_the_same_batches():
+    from jaxcurv.privacy.plan import poisson_plan
+    from jaxcurv.training import poisson_epoch_plan
+
+    rng = np.random.default_rng(0)
+    members = rng.random((3, 120)) < 0.5
+    subsets = [np.flatnonzero(m) for m in members]
+    rates = [20 / len(s) for s in subsets]
+    kw = dict(steps=25, max_batch_size=40, seed=7, epoch=2)
+    # the DP ensemble path (training) and the public function: identical arrays
+    idx_t, w_t = poisson_epoch_plan(subsets, rates, member_ids=[0, 1, 2], **kw)
+    idx_p, mask_p = ensemble_poisson_batches(members, rates, kw["steps"], max_batch_size=40,
+                                             seed=7, epoch=2)
+    np.testing.assert_array_equal(idx_t, idx_p)
+    np.testing.assert_array_equal(w_t, mask_p.astype(np.float32))
+    assert w_t.dtype == np.float32 and mask_p.dtype == np.bool_
+    # a member's batches depend on (seed, epoch, member id) only: planning in chunks changes nothing
+    idx_c, mask_c = poisson_plan(subsets[1:], rates[1:], member_ids=[1, 2], **kw)
+    np.testing.assert_array_equal(idx_c, idx_p[1:])
+    np.testing.assert_array_equal(mask_c, mask_p[1:])
+    # other epochs and members draw other batches
+    idx_e, _ = poisson_epoch_plan(subsets, rates, member_ids=[0, 1, 2], **{**kw, "epoch": 3})
+    assert not np.array_equal(idx_e, idx_t)
+    # one member on all N examples: poisson_batches is row 0 of the ensemble planner
+    n = 90
+    a_idx, a_mask = poisson_batches(n, 0.1, 30, max_batch_size=25, seed=11)
+    b_idx, b_mask = ensemble_poisson_batches(np.ones((1, n), bool), 0.1, 30, max_batch_size=25,
+                                             seed=11)
+    c_idx, c_w = poisson_epoch_plan([np.arange(n)], [0.1], steps=30, max_batch_size=25, seed=11,
+                                    epoch=0, member_ids=[0])
+    np.testing.assert_array_equal(a_idx, b_idx[0])
+    np.testing.assert_array_equal(a_mask, b_mask[0])
+    np.testing.assert_array_equal(a_idx, c_idx[0])
+    np.testing.assert_array_equal(a_mask, c_w[0] > 0)
+
+
+def test_dpplan_is_the_training_dp_step():
+    from jaxcurv.training import DPStep
+
+    assert DPStep is DPPlan
+    step = DPStep(1.0, 1.1, 64.0)
+    assert (step.l2_clip, step.noise_multiplier, step.expected_batch_size) == (1.0, 1.1, 64.0)
+    assert step.epsilon is None and step.max_batch_size is None
+    assert hash(step) == hash(DPStep(l2_clip=1.0, noise_multiplier=1.1, expected_batch_size=64.0))

@@ -1,5 +1,6 @@
 """Vectorized ensembles against independent single-model runs, naive loops and resumed runs."""
 
+import logging
 import textwrap
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxcurv import data, ensemble, models
-from jaxcurv.curvature import input_curvature
+from jaxcurv.curvature import make_input_curvature, make_zero_order_curvature
 from jaxcurv.optim import OptimizerConfig, make_optimizer, make_schedule, sam_gradient
 from jaxcurv.training import epoch_plan
 
@@ -65,7 +66,9 @@ def test_member_ignores_examples_outside_its_mask(small, mlp):
     changed = data.Dataset(small.images, labels, 10, "changed")
     kw = dict(epochs=2, batch_size=16, progress=False, members_per_chunk=2)
     a = ensemble.train(mlp, small, masks, KEY, **kw)
-    b = ensemble.train(mlp, changed, masks, KEY, **kw)
+    # the same settings as a TrainConfig (keywords override its fields)
+    config = ensemble.TrainConfig(**dict(kw, epochs=5))
+    b = ensemble.train(mlp, changed, masks, KEY, config, epochs=2)
     _assert_tree_close(a.member(0), b.member(0), rtol=0, atol=0)  # member 0 never saw them
     assert not all(np.allclose(u, v) for u, v in zip(_params(a, 1), _params(b, 1)))
 
@@ -132,11 +135,49 @@ def test_member_curvature_rows_equal_input_curvature(small, mlp):
     curv = ensemble.member_curvature(ens, small.images, small.labels, key, num_probes=3,
                                      progress=False)
     assert curv.trace.shape == (2, len(small))
-    loss_fn = models.make_loss_fn(mlp)
+    reference = make_input_curvature(models.make_loss_fn(mlp), num_probes=3)
     for k, member_id in enumerate([7, 3]):
-        ref = input_curvature(loss_fn, ens.member(k), small.images, small.labels,
-                              jax.random.fold_in(key, member_id), num_probes=3, progress=False)
+        ref = reference(ens.member(k), small.images, small.labels,
+                        jax.random.fold_in(key, member_id))
         np.testing.assert_allclose(curv.trace_sq[k], ref.trace_sq, rtol=1e-6)
+
+
+def _untrained_ensemble(model, n, k=2):
+    variables = [models.init_variables(model, jax.random.fold_in(KEY, j), (8, 8, 1))
+                 for j in range(k)]
+    stacked = jax.tree.map(lambda *a: np.stack(a), *variables)
+    return ensemble.Ensemble(model, stacked, np.ones((k, n), bool), np.arange(k), {}, {})
+
+
+def _compiles(caplog, name="jit("):
+    return [r for r in caplog.records if f"Compiling {name}" in r.getMessage()]
+
+
+def test_predict_and_member_kernels_compile_once(small, mlp, caplog):
+    ens = _untrained_ensemble(mlp, len(small), k=3)
+    images, labels = small.images[:30], small.labels[:30]
+    key = jax.random.PRNGKey(4)
+    kw = dict(num_probes=2, h=1e-2, method="mixed")
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        first = ensemble.predict(ens, images)
+        assert _compiles(caplog)
+        caplog.clear()
+        np.testing.assert_array_equal(ensemble.predict(ens, images), first)  # held on ens
+        assert not _compiles(caplog)
+        ensemble.member_curvature(ens, images, labels, key, num_probes=2)
+        assert len(_compiles(caplog, "jit(example_kernel")) == 1  # one kernel for K members
+        caplog.clear()
+        rows = ensemble.member_zero_order_curvature(ens, images, labels, key, members=[2, 0],
+                                                    **kw)
+        assert len(_compiles(caplog, "jit(example_kernel")) == 1
+    assert rows.shape == (2, len(images))
+    assert ensemble.member_loss_fn(ens) is ensemble.member_loss_fn(ens)
+    reference = make_zero_order_curvature(models.make_loss_fn(mlp), **kw)
+    for j, member in enumerate([2, 0]):  # member m's key is fold_in(key, m)
+        ref = reference(ens.member(member), images, labels, jax.random.fold_in(key, member))
+        np.testing.assert_allclose(rows[j], ref, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="members"):
+        ensemble.member_zero_order_curvature(ens, images, labels, key, members=[3], **kw)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -194,6 +235,12 @@ def test_bad_inputs_raise(small, mlp):
         ensemble.train(mlp, small, masks, KEY, epochs=1, optimizer="lbfgs")
     with pytest.raises(ValueError, match="member_ids"):
         ensemble.train(mlp, small, masks, KEY, epochs=1, member_ids=[1, 1])
+    with pytest.raises(ValueError, match="epoch_count"):  # unknown settings are named
+        ensemble.train(mlp, small, masks, KEY, epochs=1, epoch_count=3)
+    with pytest.raises(ValueError, match="epochs"):
+        ensemble.train(mlp, small, masks, KEY, batch_size=8)
+    with pytest.raises(ValueError, match="batch_size"):
+        ensemble.TrainConfig(epochs=1, batch_size=0)
     with pytest.raises(ValueError, match="images"):
         ensemble.predict(ensemble.Ensemble(mlp, {}, masks, np.arange(2), {}, {}), small.images[0])
 

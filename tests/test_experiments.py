@@ -1,7 +1,9 @@
-"""Experiment scripts: shared plumbing (overrides, dataset fallback) and one end-to-end run of
+"""Experiment scripts: shared plumbing (named configs, overrides through the workflow's parser,
+dataset fallback), the package form (``python -m experiments.<name>``), and one end-to-end run of
 mem_vs_curvature's tiny config plus curvature_bound_fit on its cached data, with their outputs
 checked against independent recomputations."""
 
+import ast
 import csv
 import dataclasses
 import json
@@ -14,13 +16,16 @@ import pytest
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
+if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) puts only tests/ on the path
+    sys.path.insert(0, str(ROOT))
 
-import _common as C  # noqa: E402
-import curvature_bound_fit as cbf  # noqa: E402
-import mem_vs_curvature as mvc  # noqa: E402
+from experiments import _common as C  # noqa: E402
+from experiments import curvature_bound_fit as cbf  # noqa: E402
+from experiments import mem_vs_curvature as mvc  # noqa: E402
+from jaxcurv.workflow import apply_overrides  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
+SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if not p.stem.startswith("_"))
 
 
 def _read_csv(path):
@@ -34,10 +39,10 @@ def _read_csv(path):
 
 
 def test_overrides_parse_json_and_coerce_to_field_types():
-    base = mvc.CONFIGS["small"]
-    cfg = C.apply_overrides(base, ["members=8", 'datasets=["digits", "cifar10"]',
-                                   "learning_rate=1", "model=mlp", "train_size=null",
-                                   'model_kwargs={"hidden": 32}', "adversarial=false"])
+    base = mvc.get_config("small")
+    cfg = apply_overrides(base, ["members=8", 'datasets=["digits", "cifar10"]',
+                                 "learning_rate=1", "model=mlp", "train_size=null",
+                                 'model_kwargs={"hidden": 32}', "adversarial=false"])
     assert cfg.members == 8 and cfg.datasets == ("digits", "cifar10")
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
     assert cfg.model == "mlp" and cfg.train_size is None and cfg.model_kwargs == {"hidden": 32}
@@ -46,7 +51,7 @@ def test_overrides_parse_json_and_coerce_to_field_types():
                        (["members=2.5"], "integer"), (["datasets=digits"], "list"),
                        (["members"], "KEY=VALUE"), (["adversarial=1"], "true or false")]:
         with pytest.raises(ValueError, match=match):
-            C.apply_overrides(base, bad)
+            apply_overrides(base, bad)
 
 
 def test_parse_args_flags_and_set(tmp_path):
@@ -54,45 +59,60 @@ def test_parse_args_flags_and_set(tmp_path):
                                      "--data-dir", "/data", "--set", "top=7"])
     assert (cfg.name, cfg.out, cfg.seed, cfg.data_dir, cfg.top) == ("tiny", str(tmp_path), 3,
                                                                     "/data", 7)
+    assert cfg.progress is True  # the command line shows progress unless told not to
+    assert C.parse_args(mvc.CONFIGS, ["--no-progress"]).progress is False
     with pytest.raises(SystemExit):
         C.parse_args(mvc.CONFIGS, ["--config", "nope"])
 
 
-def test_script_help_runs_without_jax():
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "mia_curvature.py"),
-                          "--help"], capture_output=True, text=True, timeout=60, check=True)
+def test_every_script_is_a_module_with_named_configs():
+    import importlib
+
+    for name in SCRIPTS:
+        module = importlib.import_module(f"experiments.{name}")
+        for config in ("tiny", "small", "full"):
+            assert module.get_config(config).name == config, (name, config)
+        with pytest.raises(ValueError, match="unknown config"):
+            module.get_config("nope")
+        source = (ROOT / "experiments" / f"{name}.py").read_text()
+        imported = {n.module for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import)
+                     for a in n.names}
+        assert "sys" not in imported and not {"jaxcurv.pipeline", "jaxcurv.cli"} & imported, name
+        assert "logging" not in imported, name
+
+
+def test_script_help_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "experiments.mia_curvature", "--help"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     assert "--config" in out.stdout and "Curvature Clues" in out.stdout
 
 
-def test_cifar10_npz_falls_back_to_digits_with_a_note(tmp_path, monkeypatch):
-    monkeypatch.setattr(C, "REPO_ROOT", tmp_path / "repo")  # no shared/data next to it
-    monkeypatch.delenv("JAXCURV_CIFAR10_NPZ", raising=False)
-    cfg = C.Config(datasets=(C.CIFAR10_NPZ_SPEC,), train_size=50, test_size=20,
-                   data_dir=str(tmp_path))
-    data = C.load_data(C.CIFAR10_NPZ_SPEC, cfg)
+def test_cifar_without_local_files_falls_back_to_digits_with_a_note(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAXCURV_DATA_DIR", raising=False)
+    cfg = C.Config(datasets=("cifar10",), train_size=50, test_size=20, data_dir=str(tmp_path))
+    data = C.load_data("cifar10", cfg)
     assert data.slug == "digits" and data.train.name == "digits"
-    assert "not found" in data.note and "digits" in data.note
+    assert "cifar10" in data.note and "digits" in data.note and "JAXCURV_DATA_DIR" in data.note
     assert (len(data.train), len(data.test)) == (50, 20)
     assert np.all(np.diff(data.train_index) > 0) and data.train_index.max() < 1438
-    with pytest.raises(FileNotFoundError, match="JAXCURV_CIFAR10_NPZ"):
-        C.load_data(C.CIFAR10_NPZ_SPEC, dataclasses.replace(cfg, fallback_dataset=None))
 
 
-def test_cifar10_npz_is_found_through_the_environment(tmp_path, monkeypatch):
+def test_cifar_is_found_through_the_environment(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
-    path = tmp_path / "my-cifar.npz"
-    np.savez(path, train_images=rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8),
+    np.savez(tmp_path / "cifar10.npz",
+             train_images=rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8),
              train_labels=np.arange(30) % 10, test_images=np.zeros((10, 4, 4, 3), np.uint8),
              test_labels=np.arange(10))
-    monkeypatch.setenv("JAXCURV_CIFAR10_NPZ", str(path))
-    data = C.load_data(C.CIFAR10_NPZ_SPEC, C.Config(train_size=12, seed=1))
-    assert data.slug == "cifar10" and data.note is None and data.source == f"npz:{path}"
+    monkeypatch.setenv("JAXCURV_DATA_DIR", str(tmp_path))
+    data = C.load_data("cifar10", C.Config(train_size=12, seed=1))
+    assert data.slug == "cifar10" and data.note is None and data.source == "cifar10"
     assert len(data.train) == 12 and len(data.test) == 10
     np.testing.assert_array_equal(data.train.labels, np.arange(30)[data.train_index] % 10)
 
 
 def test_bad_settings_fail_before_any_work(tmp_path):
-    tiny = dataclasses.replace(mvc.CONFIGS["tiny"], out=str(tmp_path / "x"))
+    tiny = dataclasses.replace(mvc.get_config("tiny"), out=str(tmp_path / "x"))
     with pytest.raises(ValueError, match="members must be >= 2"):
         mvc.main(dataclasses.replace(tiny, members=1))
     with pytest.raises(ValueError, match="unknown model"):
@@ -109,7 +129,7 @@ def test_bad_settings_fail_before_any_work(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiments")
-    cfg = dataclasses.replace(mvc.CONFIGS["tiny"], out=str(root / "mvc"),
+    cfg = dataclasses.replace(mvc.get_config("tiny"), out=str(root / "mvc"),
                               cache_dir=str(root / "cache"))
     results = mvc.main(cfg)
     return cfg, root, results

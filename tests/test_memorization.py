@@ -1,18 +1,20 @@
 """Memorization and proxies against naive loops, closed forms, scipy and scikit-learn."""
 
-import logging
 import math
 import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from jaxcurv import data, ensemble, models
+from jaxcurv import adversarial, data, ensemble, models
 from jaxcurv import memorization as mz
+from jaxcurv.adversarial import make_adversarial_distance
 from jaxcurv.curvature import Curvature
+from jaxcurv.workflow.proxies import PROXY_NAMES, proxies
 
 KEY = jax.random.PRNGKey(0)
 
@@ -158,8 +160,8 @@ def test_proxies_from_arrays_equal_naive_loops():
     rng = np.random.default_rng(6)
     k, n, c, e = 6, 15, 4, 5
     ens, ds, logits, curv = _fake_ensemble(rng, k, n, c, e)
-    got = mz.proxies(ens, ds, KEY, logits=logits, curvature=curv, progress=False)
-    assert list(got) == [p for p in mz.PROXY_NAMES if p != "adversarial_distance"]
+    got = proxies(ens, ds, KEY, logits=logits, curvature=curv, progress=False)
+    assert list(got) == [p for p in PROXY_NAMES if p != "adversarial_distance"]
     lt = mz.learning_time(ens.history["correct"])
     for i in range(n):
         ins = [j for j in range(k) if ens.masks[j, i]]
@@ -184,7 +186,7 @@ def test_proxies_from_arrays_equal_naive_loops():
         for name, value in expect.items():
             np.testing.assert_allclose(got[name][i], value, rtol=1e-12, err_msg=name)
     # a bare (K, N) tr(H) array is accepted too (no tr(H²) proxies then)
-    bare = mz.proxies(ens, ds, KEY, logits=logits, curvature=curv.trace, progress=False)
+    bare = proxies(ens, ds, KEY, logits=logits, curvature=curv.trace, progress=False)
     assert "curvature_sq_in" not in bare
     np.testing.assert_array_equal(bare["curvature_in"], got["curvature_in"])
 
@@ -194,78 +196,20 @@ def test_proxies_validation():
     ens, ds, logits, curv = _fake_ensemble(rng, 4, 10, 3, 2)
     kw = dict(logits=logits, curvature=curv, progress=False)
     with pytest.raises(ValueError, match="trained on"):
-        mz.proxies(ens, ds.take(np.arange(9)), KEY, **kw)
+        proxies(ens, ds.take(np.arange(9)), KEY, **kw)
     with pytest.raises(ValueError, match=r"logits must be \(K=4"):
-        mz.proxies(ens, ds, KEY, logits=logits[:3], curvature=curv, progress=False)
+        proxies(ens, ds, KEY, logits=logits[:3], curvature=curv, progress=False)
     with pytest.raises(ValueError, match=r"curvature must be a real \(K=4"):
-        mz.proxies(ens, ds, KEY, logits=logits, curvature=curv.trace[:, :3], progress=False)
+        proxies(ens, ds, KEY, logits=logits, curvature=curv.trace[:, :3], progress=False)
     with pytest.raises(ValueError, match="curvature.trace"):
-        mz.proxies(ens, ds, KEY, logits=logits, curvature=Curvature(*(a[:2] for a in curv)),
+        proxies(ens, ds, KEY, logits=logits, curvature=Curvature(*(a[:2] for a in curv)),
                    progress=False)
     with pytest.raises(ValueError, match="num_probes"):
-        mz.proxies(ens, ds, KEY, logits=logits, num_probes=0, progress=False)
+        proxies(ens, ds, KEY, logits=logits, num_probes=0, progress=False)
     with pytest.raises(ValueError, match="unknown adversarial_options"):
-        mz.proxies(ens, ds, KEY, adversarial=True, adversarial_options={"eps": 1.0}, **kw)
+        proxies(ens, ds, KEY, adversarial=True, adversarial_options={"eps": 1.0}, **kw)
     with pytest.raises(ValueError, match="pgd_steps"):
-        mz.proxies(ens, ds, KEY, adversarial=True, adversarial_options={"pgd_steps": 0}, **kw)
-
-
-# --- adversarial distance: linear softmax model, closed form -------------------------------------
-
-
-def _linear_logits(params, x):
-    return x.reshape(-1) @ params["w"] + params["b"]
-
-
-def test_adversarial_distance_linear_closed_form(caplog):
-    rng = np.random.default_rng(8)
-    n, c = 40, 5
-    params = {"w": rng.normal(size=(16, c)).astype(np.float32),
-              "b": rng.normal(size=c).astype(np.float32)}
-    x = rng.normal(size=(n, 4, 4, 1)).astype(np.float32)
-    y = rng.integers(0, c, n).astype(np.int32)
-    w, b = params["w"].astype(np.float64), params["b"].astype(np.float64)
-    z = x.reshape(n, -1).astype(np.float64) @ w + b
-    exact = np.zeros(n)  # misclassified: 0; else min over classes of margin / ‖w_y − w_c‖
-    for i in range(n):
-        if z[i].argmax() == y[i]:
-            exact[i] = min((z[i, y[i]] - z[i, j]) / np.linalg.norm(w[:, y[i]] - w[:, j])
-                           for j in range(c) if j != y[i])
-    assert (exact == 0).sum() >= 5 and (exact > 0).sum() >= 5
-    kw = dict(max_norm=10.0, pgd_steps=10, search_steps=12, batch_size=16)
-    res = mz.adversarial_distance(_linear_logits, params, x, y, **kw)
-    ok = exact > 0
-    ratio = (10.0 / 1e-5) ** (2.0 ** -12)  # the documented bracket: distance / lower
-    assert (res.distance[~ok] == 0).all()
-    assert (res.lower[ok] > 0).all()
-    assert (res.distance[ok] / res.lower[ok] <= ratio * (1 + 1e-5)).all()
-    np.testing.assert_array_less(res.lower[ok] * (1 - 1e-5), exact[ok])
-    np.testing.assert_array_less(exact[ok], res.distance[ok] * (1 + 1e-5))
-    # a max_norm below the distance gives +inf with lower = max_norm
-    cap = float(np.median(exact[ok]))
-    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
-        caplog.clear()  # same shapes, other max_norm: no recompilation
-        capped = mz.adversarial_distance(_linear_logits, params, x, y, **{**kw, "max_norm": cap})
-        assert not [r for r in caplog.records if "Compiling" in r.getMessage()]
-    far = exact > cap * (1 + 1e-4)
-    assert far.sum() >= 3 and np.isinf(capped.distance[far]).all()
-    np.testing.assert_allclose(capped.lower[far], cap, rtol=1e-6)  # float32 radius
-    near = ok & (exact < cap * (1 - 1e-2))
-    np.testing.assert_array_less(exact[near], capped.distance[near] * (1 + 1e-5))
-
-
-def test_adversarial_distance_validation():
-    x, y = np.zeros((2, 4, 4, 1), np.float32), np.zeros(2, np.int32)
-    params = {"w": np.ones((16, 3), np.float32), "b": np.zeros(3, np.float32)}
-    for bad, match in [({"max_norm": -1.0}, "max_norm"), ({"search_steps": -1}, "search_steps"),
-                       ({"num_targets": 0}, "num_targets"), ({"max_norm": 1.0, "min_norm": 2.0},
-                                                             "min_norm")]:
-        with pytest.raises(ValueError, match=match):
-            mz.adversarial_distance(_linear_logits, params, x, y, **bad)
-    with pytest.raises(ValueError, match="NaN"):
-        mz.adversarial_distance(_linear_logits, params, np.full_like(x, np.nan), y)
-    with pytest.raises(ValueError, match="y must be"):
-        mz.adversarial_distance(_linear_logits, params, x, y[:1])
+        proxies(ens, ds, KEY, adversarial=True, adversarial_options={"pgd_steps": 0}, **kw)
 
 
 # --- proxies on a tiny real ensemble ------------------------------------------------------------
@@ -286,9 +230,9 @@ def test_proxies_on_trained_ensemble(tiny):
     ens, ds = tiny
     adv = dict(pgd_steps=3, search_steps=6)
     key = jax.random.PRNGKey(3)
-    got = mz.proxies(ens, ds, key, num_probes=2, adversarial=True, adversarial_options=adv,
+    got = proxies(ens, ds, key, num_probes=2, adversarial=True, adversarial_options=adv,
                      progress=False)
-    assert list(got) == list(mz.PROXY_NAMES)
+    assert list(got) == list(PROXY_NAMES)
     for name, value in got.items():
         assert value.shape == (200,) and value.dtype == np.float64, name
         assert np.isfinite(value).all(), name
@@ -300,17 +244,18 @@ def test_proxies_on_trained_ensemble(tiny):
     np.testing.assert_allclose(got["loss"], recorded, rtol=1e-5, atol=1e-6)
     # a precomputed Curvature gives the same result without recomputing it
     curv = ensemble.member_curvature(ens, ds.images, ds.labels, key, num_probes=2, progress=False)
-    again = mz.proxies(ens, ds, KEY, curvature=curv, progress=False)
+    again = proxies(ens, ds, KEY, curvature=curv, progress=False)
     for name in ("curvature_in", "curvature_out", "curvature_sq_in", "curvature_sq_out"):
         np.testing.assert_allclose(again[name], got[name], rtol=1e-6, err_msg=name)
     # adversarial distance: naive loop over members on their IN examples with the public function
-    fn = mz._example_logits_fn(ens.model)
+    def logits_fn(variables, x):
+        return ens.model.apply(variables, x[None], train=False)[0].astype(jnp.float32)
+
+    search = make_adversarial_distance(logits_fn, batch_size=int(ens.masks.sum(1).max()), **adv)
     total = np.zeros(200)
     for k in range(ens.num_members):
         idx = np.flatnonzero(ens.masks[k])
-        res = mz.adversarial_distance(fn, ens.member(k), ds.images[idx], ds.labels[idx],
-                                      batch_size=int(ens.masks.sum(1).max()), **adv)
-        total[idx] += res.distance
+        total[idx] += search(ens.member(k), ds.images[idx], ds.labels[idx]).distance
     np.testing.assert_allclose(got["adversarial_distance"], total / ens.masks.sum(0), rtol=1e-6)
 
 
@@ -418,3 +363,16 @@ def test_masked_mean_and_cross_fitted_memorization_against_naive_loops():
             np.testing.assert_allclose(got[row, i], expected, equal_nan=True)
     with pytest.raises(ValueError, match="K >= 4"):
         cross_fitted_memorization(correct[:3], masks[:3])
+
+
+def test_moved_names_stay_importable_from_memorization():
+    from jaxcurv.memorization import AdversarialDistance, adversarial_distance
+    from jaxcurv.memorization import PROXY_NAMES as names
+    from jaxcurv.memorization import proxies as old_proxies
+
+    assert old_proxies is proxies and names is PROXY_NAMES
+    assert adversarial_distance is adversarial.adversarial_distance
+    assert AdversarialDistance is adversarial.AdversarialDistance
+    assert {"proxies", "adversarial_distance"} <= set(dir(mz))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        mz.no_such_name  # noqa: B018

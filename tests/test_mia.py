@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from jaxcurv import mia
-from jaxcurv.mia import _metrics_from_curve, _weighted_roc
+from jaxcurv.mia.metrics import _metrics_from_curve, _weighted_roc
 
 F64_TOL = dict(rtol=1e-12, atol=1e-12)
 

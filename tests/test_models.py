@@ -339,7 +339,7 @@ def test_bad_arguments_raise_value_error():
         M.get_model("mlp", 10, width=4)
     with pytest.raises(ValueError, match="activation"):
         M.get_model("cnn", 10, activation="swish2")
-    with pytest.raises(ValueError, match="positive integer"):
+    with pytest.raises(ValueError, match="width must be an integer >= 1"):
         M.get_model("resnet18", 10, width=0)
     with pytest.raises(ValueError, match="num_groups"):
         M.get_model("resnet18_gn", 10, width=8)  # default 32 groups do not divide 8 channels

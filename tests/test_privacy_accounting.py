@@ -1,15 +1,17 @@
 """Accounting against direct dp_accounting calls, published vectors and closed forms."""
 
+import logging
 import math
 
 import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp import RdpAccountant, rdp_privacy_accountant
 
 from jaxcurv.privacy import (
     TF_PRIVACY_LEGACY_ORDERS,
+    accounting,
     calibrate_noise_multiplier,
     dpsgd_event,
     epsilon,
@@ -173,3 +175,19 @@ def test_steps_for():
         steps_for(10, 20, 1)
     with pytest.raises(ValueError, match="epochs"):
         steps_for(10, 2, 0)
+
+
+def test_dropped_rdp_orders_are_recorded_and_logging_is_left_alone(caplog):
+    # σ = 0.5, q = 0.1: dp_accounting's series for the smallest fractional orders fails to converge.
+    logger = logging.getLogger("absl")
+    before = (logger.level, list(logger.filters), list(logger.handlers), logger.disabled)
+    with caplog.at_level(logging.WARNING):
+        eps, dropped = accounting._epsilon_and_dropped_orders(0.5, 0.1, 10, DELTA, "rdp")
+        assert "Excluding this order" not in caplog.text
+        direct = _direct(RdpAccountant(), 0.5, 0.1, 10, DELTA)  # the raw call does log them
+        assert "Excluding this order" in caplog.text
+    assert (logger.level, list(logger.filters), list(logger.handlers), logger.disabled) == before
+    assert eps == direct == epsilon(0.5, 0.1, 10, DELTA)
+    orders = set(rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+    assert dropped and set(dropped) <= orders and all(a != int(a) for a in dropped)
+    assert accounting._epsilon_and_dropped_orders(SIGMA, Q, STEPS, DELTA, "rdp")[1] == ()

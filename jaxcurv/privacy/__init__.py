@@ -1,87 +1,127 @@
-"""Differential privacy: DP-SGD, accounting, the papers' bounds, empirical auditing."""
+"""Differential privacy: the plan of a private run, DP-SGD, accounting, the papers' bounds, audits.
 
-from jaxcurv.privacy.accounting import (
-    ACCOUNTANTS,
-    TF_PRIVACY_LEGACY_ORDERS,
-    calibrate_noise_multiplier,
-    dpsgd_event,
-    epsilon,
-    steps_for,
-)
-from jaxcurv.privacy.audit import (
-    OneRunAudit,
-    canary_inclusion,
-    epsilon_lower_bound,
-    one_run_audit_scan,
-    one_run_epsilon_from_counts,
-    one_run_epsilon_lower_bound,
-    one_run_max_epsilon,
-    one_run_p_value,
-)
-from jaxcurv.privacy.dpsgd import (
-    DPConfig,
-    DPPlan,
-    PrivateGradientInfo,
-    clip_per_example,
-    dp_gradient,
-    ensemble_poisson_batches,
-    max_batch_size,
-    per_example_gradients,
-    poisson_batches,
-    private_gradient,
-)
-from jaxcurv.privacy.theory import (
-    CurvaturePrivacyFit,
-    LossBoundFit,
-    MemorizationCurvatureFit,
-    curvature_bound,
-    curvature_bound_model,
-    fit_curvature_privacy,
-    fit_loss_bound,
-    fit_memorization_curvature,
-    loss_bound_model,
-    memorization_bound,
-    stability_bound,
-)
+Modules: ``plan`` (DPConfig/DPPlan, padded batch size, Poisson batches; host side), ``dpsgd``
+(per-example clipping and noise; device side), ``accounting`` (ε and σ on dp_accounting),
+``theory`` (bounds and fits), ``audit`` (empirical ε lower bounds). The names below load their
+module on first use, so ``import jaxcurv.privacy.dpsgd`` or ``jaxcurv.privacy.plan`` does not
+import dp_accounting.
+"""
 
-__all__ = [
-    # accounting
-    "ACCOUNTANTS",
-    "TF_PRIVACY_LEGACY_ORDERS",
-    "calibrate_noise_multiplier",
-    "dpsgd_event",
-    "epsilon",
-    "steps_for",
-    # dpsgd
-    "DPConfig",
-    "DPPlan",
-    "PrivateGradientInfo",
-    "clip_per_example",
-    "dp_gradient",
-    "ensemble_poisson_batches",
-    "max_batch_size",
-    "per_example_gradients",
-    "poisson_batches",
-    "private_gradient",
-    # theory
-    "CurvaturePrivacyFit",
-    "LossBoundFit",
-    "MemorizationCurvatureFit",
-    "curvature_bound",
-    "curvature_bound_model",
-    "fit_curvature_privacy",
-    "fit_loss_bound",
-    "fit_memorization_curvature",
-    "loss_bound_model",
-    "memorization_bound",
-    "stability_bound",
-    # audit
-    "OneRunAudit",
-    "canary_inclusion",
-    "epsilon_lower_bound",
-    "one_run_audit_scan",
-    "one_run_epsilon_from_counts",
-    "one_run_epsilon_lower_bound",
-    "one_run_max_epsilon",
-    "one_run_p_value",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "accounting": (
+        "TF_PRIVACY_LEGACY_ORDERS",
+        "calibrate_noise_multiplier",
+        "dpsgd_event",
+        "epsilon",
+        "steps_for",
+    ),
+    "plan": (
+        "ACCOUNTANTS",
+        "DPConfig",
+        "DPPlan",
+        "ensemble_poisson_batches",
+        "max_batch_size",
+        "poisson_batches",
+        "poisson_plan",
+    ),
+    "dpsgd": (
+        "PrivateGradientInfo",
+        "clip_per_example",
+        "dp_gradient",
+        "per_example_gradients",
+        "private_gradient",
+    ),
+    "theory": (
+        "CurvaturePrivacyFit",
+        "LossBoundFit",
+        "MemorizationCurvatureFit",
+        "curvature_bound",
+        "curvature_bound_model",
+        "fit_curvature_privacy",
+        "fit_loss_bound",
+        "fit_memorization_curvature",
+        "loss_bound_model",
+        "memorization_bound",
+        "stability_bound",
+    ),
+    "audit": (
+        "OneRunAudit",
+        "canary_inclusion",
+        "epsilon_lower_bound",
+        "one_run_audit_scan",
+        "one_run_epsilon_from_counts",
+        "one_run_epsilon_lower_bound",
+        "one_run_max_epsilon",
+        "one_run_p_value",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = [name for names in _EXPORTS.values() for name in names]
+
+if TYPE_CHECKING:  # static analysers see the eager imports; at run time they load lazily
+    from jaxcurv.privacy.accounting import (  # noqa: F401
+        TF_PRIVACY_LEGACY_ORDERS,
+        calibrate_noise_multiplier,
+        dpsgd_event,
+        epsilon,
+        steps_for,
+    )
+    from jaxcurv.privacy.audit import (  # noqa: F401
+        OneRunAudit,
+        canary_inclusion,
+        epsilon_lower_bound,
+        one_run_audit_scan,
+        one_run_epsilon_from_counts,
+        one_run_epsilon_lower_bound,
+        one_run_max_epsilon,
+        one_run_p_value,
+    )
+    from jaxcurv.privacy.dpsgd import (  # noqa: F401
+        PrivateGradientInfo,
+        clip_per_example,
+        dp_gradient,
+        per_example_gradients,
+        private_gradient,
+    )
+    from jaxcurv.privacy.plan import (  # noqa: F401
+        ACCOUNTANTS,
+        DPConfig,
+        DPPlan,
+        ensemble_poisson_batches,
+        max_batch_size,
+        poisson_batches,
+        poisson_plan,
+    )
+    from jaxcurv.privacy.theory import (  # noqa: F401
+        CurvaturePrivacyFit,
+        LossBoundFit,
+        MemorizationCurvatureFit,
+        curvature_bound,
+        curvature_bound_model,
+        fit_curvature_privacy,
+        fit_loss_bound,
+        fit_memorization_curvature,
+        loss_bound_model,
+        memorization_bound,
+        stability_bound,
+    )
+
+
+def __getattr__(name: str):
+    """Load the module that defines ``name`` (a public name or a submodule) on first use."""
+    if name in _EXPORTS:
+        return importlib.import_module(f"{__name__}.{name}")
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_EXPORTS})

@@ -17,6 +17,11 @@ Published vector: N = 60,000, batch 256 (q = 256/60,000), σ = 1.1, 60 epochs (1
 δ = 1e-5 gives ε = 2.597 with ``"rdp"``, 3.008 with ``"rdp_classic"`` (the TF-Privacy tutorial's
 "ε = 3.01") and 2.382 with ``"pld"``. The 3.01 → 2.60 difference is the *conversion*, not the order
 grid: dp_accounting with the legacy orders and the improved conversion also gives 2.597.
+
+dp_accounting excludes an RDP order whose series fails to converge (which can only raise ε) and
+logs a warning for each; during one call those warnings are held back by a filter on the absl
+logger (removed afterwards; no logging setting changes) and the excluded orders are recorded
+(``_epsilon_and_dropped_orders``).
 """
 
 from __future__ import annotations
@@ -24,13 +29,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import numbers
 from collections.abc import Callable, Iterator
 
 import dp_accounting
 import numpy as np
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
+
+from jaxcurv._validate import check_int, check_positive, check_positive_int, check_probability
+from jaxcurv.privacy.plan import ACCOUNTANTS
 
 __all__ = [
     "ACCOUNTANTS",
@@ -40,8 +47,6 @@ __all__ = [
     "calibrate_noise_multiplier",
     "steps_for",
 ]
-
-ACCOUNTANTS = ("rdp", "pld", "rdp_classic")
 
 # The RDP orders of TF-Privacy's original compute_dp_sgd_privacy (used by its MNIST tutorial).
 TF_PRIVACY_LEGACY_ORDERS: tuple[float, ...] = tuple(
@@ -75,14 +80,9 @@ def _make_accountant(accountant: str) -> Callable[[], dp_accounting.PrivacyAccou
 
 
 def _check_common(sampling_rate, steps, delta, accountant) -> None:
-    if not isinstance(delta, numbers.Real) or not 0.0 < float(delta) < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}; 1/N² or 1e-5 are usual choices")
-    if not isinstance(sampling_rate, numbers.Real) or not 0.0 < float(sampling_rate) <= 1.0:
-        raise ValueError(
-            f"sampling_rate must be in (0, 1], got {sampling_rate!r}; it is batch_size / num_examples"
-        )
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    check_probability("delta", delta, open_low=True, open_high=True)
+    check_probability("sampling_rate", sampling_rate, open_low=True)
+    check_int("steps", steps, minimum=1)
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {accountant!r}; use one of {ACCOUNTANTS}")
 
@@ -97,17 +97,47 @@ def dpsgd_event(noise_multiplier: float, sampling_rate: float, steps: int) -> dp
     )
 
 
+class _DroppedOrders(logging.Filter):
+    """Holds back dp_accounting's "failed to converge … Excluding this order" records and keeps
+    their RDP orders α (the last argument of the message) in ``orders``."""
+
+    def __init__(self):
+        super().__init__()
+        self.orders: list[float] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Excluding this order" not in str(record.msg):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        if args and isinstance(args[-1], (int, float)):
+            self.orders.append(float(args[-1]))
+        return False
+
+
 @contextlib.contextmanager
-def _quiet_rdp_orders() -> Iterator[None]:
-    """Silence, for one accounting call, dp_accounting's "failed to converge … Excluding this
-    order" messages on the absl logger: dropping an order can only raise ε, never lower it."""
+def _dropped_rdp_orders() -> Iterator[list[float]]:
+    """For one accounting call, collect (and keep off the log) the RDP orders dp_accounting drops.
+
+    A filter on the absl logger, removed on exit: the logger's level, handlers and every other
+    message are untouched. Dropping an order can only raise ε, never lower it.
+    """
     logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
+    dropped = _DroppedOrders()
+    logger.addFilter(dropped)
     try:
-        yield
+        yield dropped.orders
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(dropped)
+
+
+def _epsilon_and_dropped_orders(noise_multiplier: float, sampling_rate: float, steps: int,
+                                delta: float, accountant: str) -> tuple[float, tuple[float, ...]]:
+    """ε of validated arguments and the sorted RDP orders dp_accounting excluded (empty for PLD)."""
+    acc = _make_accountant(accountant)()
+    with _dropped_rdp_orders() as dropped:
+        acc.compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
+        eps = float(acc.get_epsilon(float(delta)))
+    return eps, tuple(sorted(set(dropped)))
 
 
 def epsilon(
@@ -124,14 +154,8 @@ def epsilon(
     ``"pld"`` or ``"rdp_classic"`` (see the module docstring). Returns a Python float.
     """
     _check_common(sampling_rate, steps, delta, accountant)
-    if not isinstance(noise_multiplier, numbers.Real) or not float(noise_multiplier) > 0.0:
-        raise ValueError(
-            f"noise_multiplier must be > 0, got {noise_multiplier!r}; σ = 0 is not private"
-        )
-    acc = _make_accountant(accountant)()
-    with _quiet_rdp_orders():
-        acc.compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
-        return float(acc.get_epsilon(float(delta)))
+    check_positive("noise_multiplier", noise_multiplier)
+    return _epsilon_and_dropped_orders(noise_multiplier, sampling_rate, steps, delta, accountant)[0]
 
 
 def calibrate_noise_multiplier(
@@ -148,11 +172,7 @@ def calibrate_noise_multiplier(
     (Brent's method, then a check that the returned σ does not exceed the budget).
     """
     _check_common(sampling_rate, steps, delta, accountant)
-    if not isinstance(target_epsilon, numbers.Real) or not float(target_epsilon) > 0.0:
-        raise ValueError(f"target_epsilon must be > 0, got {target_epsilon!r}")
-    if not math.isfinite(float(target_epsilon)):
-        raise ValueError("target_epsilon must be finite; for no privacy, train without dp")
-    target = float(target_epsilon)
+    target = check_positive("target_epsilon", target_epsilon)
 
     def eps_of(sigma: float) -> float:
         return epsilon(sigma, sampling_rate, steps, delta, accountant=accountant)
@@ -180,7 +200,7 @@ def calibrate_noise_multiplier(
                     f"ε = {target} is reached even with σ < 1e-6 (q = {sampling_rate}, "
                     f"steps = {steps}, δ = {delta}); train without DP or lower target_epsilon"
                 )
-    with _quiet_rdp_orders():
+    with _dropped_rdp_orders():
         sigma = dp_accounting.calibrate_dp_mechanism(
             _make_accountant(accountant),
             lambda s: dpsgd_event(s, sampling_rate, steps),
@@ -197,11 +217,9 @@ def steps_for(num_examples: int, batch_size: int, epochs: float) -> int:
 
     (TF-Privacy's ``compute_dp_sgd_privacy`` convention; q = B / N is the sampling rate.)
     """
-    for name, value in (("num_examples", num_examples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if batch_size > num_examples:
-        raise ValueError(f"batch_size {batch_size} exceeds num_examples {num_examples}")
-    if not isinstance(epochs, numbers.Real) or not float(epochs) > 0:
-        raise ValueError(f"epochs must be > 0, got {epochs!r}")
-    return max(1, math.ceil(float(epochs) * num_examples / batch_size - 1e-9))
+    n = check_positive_int("num_examples", num_examples)
+    b = check_positive_int("batch_size", batch_size)
+    if b > n:
+        raise ValueError(f"batch_size {b} exceeds num_examples {n}")
+    e = check_positive("epochs", epochs)
+    return max(1, math.ceil(e * n / b - 1e-9))

@@ -28,12 +28,14 @@ Two audits:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 from scipy import special, stats
+
+from jaxcurv._validate import as_float_array, check_float, check_int, check_probability
+from jaxcurv.privacy.plan import _root_seed
 
 __all__ = [
     "epsilon_lower_bound",
@@ -50,16 +52,8 @@ _EPS_TOL = 1e-6
 _EPS_CAP = 1e3  # ε beyond this is numerically indistinguishable (e^{-ε} underflows)
 
 
-def _check_count(name: str, value, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _check_delta(delta) -> float:
-    if not isinstance(delta, numbers.Real) or not 0.0 <= float(delta) < 1.0:
-        raise ValueError(f"delta must be in [0, 1), got {delta!r}")
-    return float(delta)
+    return check_probability("delta", delta, open_high=True)
 
 
 def _cp_interval(successes: int, trials: int, alpha: float) -> tuple[float, float]:
@@ -83,19 +77,18 @@ def epsilon_lower_bound(
     ε_LB = max(ln((TPR_lo − δ)/FPR_hi), ln((TNR_lo − δ)/FNR_hi)) ∨ 0 with Clopper–Pearson two-sided
     (1 − α) intervals; e.g. TP = 900/1000, FP = 10/1000, δ = 0, α = 0.05 → 3.872.
     """
-    num_positives = _check_count("num_positives", num_positives, minimum=1)
-    num_negatives = _check_count("num_negatives", num_negatives, minimum=1)
-    tp = _check_count("true_positives", true_positives)
-    fp = _check_count("false_positives", false_positives)
+    num_positives = check_int("num_positives", num_positives, minimum=1)
+    num_negatives = check_int("num_negatives", num_negatives, minimum=1)
+    tp = check_int("true_positives", true_positives, minimum=0)
+    fp = check_int("false_positives", false_positives, minimum=0)
     if tp > num_positives:
         raise ValueError(f"true_positives {tp} exceeds num_positives {num_positives}")
     if fp > num_negatives:
         raise ValueError(f"false_positives {fp} exceeds num_negatives {num_negatives}")
     delta = _check_delta(delta)
-    if not isinstance(alpha, numbers.Real) or not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}; 0.05 gives 95% confidence")
-    tpr_lo, tpr_hi = _cp_interval(tp, num_positives, float(alpha))
-    fpr_lo, fpr_hi = _cp_interval(fp, num_negatives, float(alpha))
+    alpha = check_probability("alpha", alpha, open_low=True, open_high=True)
+    tpr_lo, tpr_hi = _cp_interval(tp, num_positives, alpha)
+    fpr_lo, fpr_hi = _cp_interval(fp, num_negatives, alpha)
     tnr_lo, fnr_hi = 1.0 - fpr_hi, 1.0 - tpr_lo
     best = 0.0
     for num, den in ((tpr_lo - delta, fpr_hi), (tnr_lo - delta, fnr_hi)):
@@ -109,10 +102,8 @@ def canary_inclusion(num_canaries: int, *, seed) -> np.ndarray:
 
     ``seed``: int, ``np.random.SeedSequence`` or ``np.random.Generator`` (host numpy RNG).
     """
-    m = _check_count("num_canaries", num_canaries, minimum=1)
-    if seed is None or isinstance(seed, bool):
-        raise ValueError("pass an explicit seed (int, np.random.SeedSequence or np.random.Generator)")
-    rng = np.random.default_rng(seed)
+    m = check_int("num_canaries", num_canaries, minimum=1)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(_root_seed(seed))
     return rng.random(m) < 0.5
 
 
@@ -124,15 +115,14 @@ def one_run_p_value(
     f(v) = P[Binomial(r, e^ε/(1+e^ε)) ≥ v]; with δ > 0 it is f(v) + 2mδ · max_{1≤i≤v}(f(v−i) − f(v))/i,
     capped at 1 (Steinke, Nasr & Jagielski 2023).
     """
-    m = _check_count("num_canaries", num_canaries, minimum=1)
-    r = _check_count("num_guesses", num_guesses)
-    v = _check_count("num_correct", num_correct)
+    m = check_int("num_canaries", num_canaries, minimum=1)
+    r = check_int("num_guesses", num_guesses, minimum=0)
+    v = check_int("num_correct", num_correct, minimum=0)
     if not v <= r <= m:
         raise ValueError(f"need num_correct <= num_guesses <= num_canaries, got {v}, {r}, {m}")
-    if not isinstance(epsilon, numbers.Real) or not float(epsilon) >= 0.0:
-        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
+    eps = check_float("epsilon", epsilon, minimum=0.0)
     delta = _check_delta(delta)
-    return _p_value(m, r, v, float(epsilon), delta)
+    return _p_value(m, r, v, eps, delta)
 
 
 def _p_value(m: int, r: int, v: int, eps: float, delta: float) -> float:
@@ -156,9 +146,9 @@ def one_run_epsilon_from_counts(
     confidence: float = 0.95,
 ) -> float:
     """Largest ε such that "(ε, δ)-DP" is rejected at level 1 − ``confidence`` (0 if none is)."""
-    m = _check_count("num_canaries", num_canaries, minimum=1)
-    r = _check_count("num_guesses", num_guesses)
-    v = _check_count("num_correct", num_correct)
+    m = check_int("num_canaries", num_canaries, minimum=1)
+    r = check_int("num_guesses", num_guesses, minimum=0)
+    v = check_int("num_correct", num_correct, minimum=0)
     if not v <= r <= m:
         raise ValueError(f"need num_correct <= num_guesses <= num_canaries, got {v}, {r}, {m}")
     delta = _check_delta(delta)
@@ -167,9 +157,8 @@ def one_run_epsilon_from_counts(
 
 
 def _check_confidence(confidence) -> float:
-    if not isinstance(confidence, numbers.Real) or not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    return 1.0 - float(confidence)
+    """The significance level 1 − confidence, for a confidence in (0, 1)."""
+    return 1.0 - check_probability("confidence", confidence, open_low=True, open_high=True)
 
 
 def _eps_from_counts(m: int, r: int, v: int, delta: float, significance: float) -> float:
@@ -191,7 +180,7 @@ def _eps_from_counts(m: int, r: int, v: int, delta: float, significance: float) 
 
 def one_run_max_epsilon(num_guesses: int, *, confidence: float = 0.95) -> float:
     """Largest ε a pure-DP one-run audit can certify with r guesses, all correct: logit((1−c)^{1/r})."""
-    r = _check_count("num_guesses", num_guesses, minimum=1)
+    r = check_int("num_guesses", num_guesses, minimum=1)
     significance = _check_confidence(confidence)
     return float(special.logit(significance ** (1.0 / r)))
 
@@ -212,7 +201,7 @@ class OneRunAudit(NamedTuple):
 
 
 def _check_scores(scores, included) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(scores, dtype=np.float64)
+    s = as_float_array("scores", scores)
     inc = np.asarray(included)
     if s.ndim != 1 or inc.shape != s.shape:
         raise ValueError(f"scores and included must be 1-D of the same length, got {s.shape}, {inc.shape}")
@@ -233,8 +222,8 @@ def _correct_counts(order_desc: np.ndarray, inc: np.ndarray) -> tuple[np.ndarray
 
 
 def _check_k(k_pos, k_neg, m) -> tuple[int, int]:
-    kp = _check_count("num_guesses_positive", k_pos)
-    kn = _check_count("num_guesses_negative", k_neg)
+    kp = check_int("num_guesses_positive", k_pos, minimum=0)
+    kn = check_int("num_guesses_negative", k_neg, minimum=0)
     if kp + kn > m:
         raise ValueError(f"num_guesses_positive + num_guesses_negative = {kp + kn} exceeds {m} canaries")
     if kp + kn == 0:

@@ -1,15 +1,16 @@
-"""Hand-written DP-SGD as pure functions: per-example clipping, Gaussian noise, Poisson batches.
+"""DP-SGD device math as pure functions: per-example gradients, clipping, masking, Gaussian noise.
 
 One DP-SGD step (Abadi et al. 2016) with clip norm C, noise multiplier σ and expected batch size B:
 
     g̃ = (Σ_{i in batch} gᵢ · min(1, C/‖gᵢ‖) + N(0, σ²C² I)) / B,
 
 where ‖gᵢ‖ is the global L2 norm of example i's gradient over the whole parameter pytree. The batch
-is Poisson-sampled on the host (each example independently with rate q = B/N), padded to a fixed
-``max_batch_size`` and masked on the device: padded rows and rows whose gradient is not finite
-contribute exactly zero (``jnp.where``, so a NaN in such a row cannot leak), and the noisy sum is
-divided by the *expected* batch size B, never by the realized one (dividing by the realized size
-would leak it). The optax update follows.
+is Poisson-sampled on the host by :mod:`jaxcurv.privacy.plan` (each example independently with
+rate q = B/N), padded to a fixed ``max_batch_size`` and masked on the device: padded rows and rows
+whose gradient is not finite contribute exactly zero (``jnp.where``, so a NaN in such a row cannot
+leak), and the noisy sum is divided by the *expected* batch size B, never by the realized one
+(dividing by the realized size would leak it). The optax update follows. This module imports no
+accounting library (it runs where dp_accounting is not installed).
 
 Noise layout: one draw ``z = jax.random.normal(key, (P,), dtype)`` with P the total number of
 gradient entries and dtype = float32 promoted with the leaves' dtypes; leaf j of
@@ -21,134 +22,35 @@ kernel per leaf: 0.7 s each on CPU, 43 s for a 60-leaf model, against 1.5 s for 
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
-from jaxcurv.privacy.accounting import ACCOUNTANTS, calibrate_noise_multiplier, epsilon
+from jaxcurv._validate import check_positive_int
+
+# The host-side plan (settings, padded size, Poisson batches) lives in jaxcurv.privacy.plan; its
+# names stay importable from here.
+from jaxcurv.privacy.plan import (  # noqa: F401
+    DPConfig,
+    DPPlan,
+    ensemble_poisson_batches,
+    max_batch_size,
+    poisson_batches,
+)
 
 __all__ = [
-    "DPConfig",
-    "DPPlan",
     "PrivateGradientInfo",
     "clip_per_example",
     "private_gradient",
     "per_example_gradients",
     "dp_gradient",
     "max_batch_size",
-    "poisson_batches",
-    "ensemble_poisson_batches",
 ]
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
-
-
-# --------------------------------------------------------------------------- configuration ---
-
-
-@dataclasses.dataclass(frozen=True)
-class DPConfig:
-    """DP-SGD settings: give exactly one of ``noise_multiplier`` (σ) or ``target_epsilon``.
-
-    ``l2_clip`` is C; ``delta`` the target δ; ``accountant`` one of ``"rdp"``, ``"pld"``,
-    ``"rdp_classic"``; ``overflow_probability`` bounds the chance that any Poisson batch exceeds the
-    padded size over the whole run. The expected batch size is the trainer's batch size; call
-    :meth:`resolve` with the run's sizes to get σ, q, the padded size and the ε spent, or
-    :meth:`resolve_noise_multiplier` for σ alone.
-    """
-
-    l2_clip: float = 1.0
-    noise_multiplier: float | None = None
-    target_epsilon: float | None = None
-    delta: float = 1e-5
-    accountant: str = "rdp"
-    overflow_probability: float = 1e-9
-
-    def __post_init__(self):
-        if (self.noise_multiplier is None) == (self.target_epsilon is None):
-            raise ValueError(
-                "DPConfig needs exactly one of noise_multiplier or target_epsilon, got "
-                f"noise_multiplier={self.noise_multiplier!r}, target_epsilon={self.target_epsilon!r}"
-            )
-        if not _is_real(self.l2_clip) or not 0 < self.l2_clip < math.inf:
-            raise ValueError(f"l2_clip must be a finite number > 0, got {self.l2_clip!r}")
-        if self.noise_multiplier is not None and (
-            not _is_real(self.noise_multiplier) or not 0 < self.noise_multiplier < math.inf
-        ):
-            raise ValueError(f"noise_multiplier must be finite and > 0, got {self.noise_multiplier!r}")
-        if self.target_epsilon is not None and (
-            not _is_real(self.target_epsilon) or not 0 < self.target_epsilon < math.inf
-        ):
-            raise ValueError(f"target_epsilon must be finite and > 0, got {self.target_epsilon!r}")
-        if not _is_real(self.delta) or not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
-        if self.accountant not in ACCOUNTANTS:
-            raise ValueError(f"unknown accountant {self.accountant!r}; use one of {ACCOUNTANTS}")
-        if not _is_real(self.overflow_probability) or not 0 < self.overflow_probability < 1:
-            raise ValueError(
-                f"overflow_probability must be in (0, 1), got {self.overflow_probability!r}"
-            )
-
-    def resolve_noise_multiplier(self, sampling_rate: float, steps: int) -> float:
-        """σ: the given ``noise_multiplier``, or the smallest σ meeting ``target_epsilon`` at (q, T, δ)."""
-        if self.noise_multiplier is not None:
-            return float(self.noise_multiplier)
-        return calibrate_noise_multiplier(
-            float(self.target_epsilon), sampling_rate, steps, float(self.delta), accountant=self.accountant
-        )
-
-    def resolve(
-        self, *, num_examples: int, batch_size: int, steps: int, num_members: int = 1
-    ) -> DPPlan:
-        """σ (calibrated if ``target_epsilon`` was given), q = B/N, padded size and ε spent.
-
-        ``num_members``: ensemble members sharing the padded size (the overflow union bound covers
-        all members' steps). Each member's ε is ``plan.epsilon`` (its own N examples, q, T steps).
-        """
-        n = _check_int("num_examples", num_examples, 1)
-        b = _check_int("batch_size", batch_size, 1)
-        t = _check_int("steps", steps, 1)
-        k = _check_int("num_members", num_members, 1)
-        if b > n:
-            raise ValueError(f"batch_size {b} exceeds num_examples {n}; lower the batch size")
-        q = b / n
-        sigma = self.resolve_noise_multiplier(q, t)
-        spent = epsilon(sigma, q, t, float(self.delta), accountant=self.accountant)
-        b_max = max_batch_size(
-            n, q, t * k, overflow_probability=float(self.overflow_probability)
-        )
-        return DPPlan(
-            l2_clip=float(self.l2_clip),
-            noise_multiplier=sigma,
-            sampling_rate=q,
-            steps=t,
-            expected_batch_size=b,
-            max_batch_size=b_max,
-            epsilon=spent,
-            delta=float(self.delta),
-            accountant=self.accountant,
-        )
-
-
-class DPPlan(NamedTuple):
-    """Everything a DP-SGD run needs, resolved from a :class:`DPConfig` and the run's sizes."""
-
-    l2_clip: float
-    noise_multiplier: float
-    sampling_rate: float
-    steps: int
-    expected_batch_size: int
-    max_batch_size: int
-    epsilon: float
-    delta: float
-    accountant: str
 
 
 class PrivateGradientInfo(NamedTuple):
@@ -165,16 +67,6 @@ class PrivateGradientInfo(NamedTuple):
     num_clipped: jax.Array
     mean_norm: jax.Array
     loss: jax.Array
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _concrete(value) -> np.ndarray | None:
@@ -402,7 +294,7 @@ def dp_gradient(
     if microbatch_size is None or microbatch_size >= n:
         summed, (used, nonfinite, clipped, norm_sum, loss_sum) = chunk_sum(x, y, mask)
     else:
-        mb = _check_int("microbatch_size", microbatch_size, 1)
+        mb = check_positive_int("microbatch_size", microbatch_size)
         chunks = -(-n // mb)
         extra = chunks * mb - n
         xs, ys, ms = (_pad_rows(jnp.asarray(a), extra) for a in (x, y, mask))
@@ -432,114 +324,3 @@ def dp_gradient(
     grad = _add_noise_and_scale(summed, key, noise_multiplier * l2_clip, expected_batch_size)
     info = _info((used, nonfinite, clipped, norm_sum), loss_sum)
     return grad, info
-
-
-# --------------------------------------------------------------------------- host sampling ---
-
-
-def _rng(seed) -> np.random.Generator:
-    if seed is None or isinstance(seed, bool):
-        raise ValueError("pass an explicit seed (int, np.random.SeedSequence or np.random.Generator)")
-    return np.random.default_rng(seed)
-
-
-def max_batch_size(
-    num_examples: int,
-    sampling_rate: float,
-    steps: int,
-    *,
-    overflow_probability: float = 1e-9,
-) -> int:
-    """Smallest B_max with P[any of ``steps`` Binomial(N, q) batch sizes > B_max] ≤ overflow_probability.
-
-    Union bound: per step P[Binomial(N, q) > B_max] ≤ overflow_probability / steps (binomial
-    quantile from ``scipy.stats.binom.isf``). For an ensemble pass steps = members × steps.
-    """
-    n = _check_int("num_examples", num_examples, 1)
-    t = _check_int("steps", steps, 1)
-    if not _is_real(sampling_rate) or not 0 < sampling_rate <= 1:
-        raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
-    if not _is_real(overflow_probability) or not 0 < overflow_probability < 1:
-        raise ValueError(f"overflow_probability must be in (0, 1), got {overflow_probability!r}")
-    per_step = overflow_probability / t
-    b = int(stats.binom.isf(per_step, n, sampling_rate))
-    # guard the discrete quantile: smallest b with sf(b) <= per_step
-    while b > 0 and stats.binom.sf(b - 1, n, sampling_rate) <= per_step:
-        b -= 1
-    while b < n and stats.binom.sf(b, n, sampling_rate) > per_step:
-        b += 1
-    return max(1, min(b, n))
-
-
-def poisson_batches(
-    num_examples: int,
-    sampling_rate: float,
-    steps: int,
-    *,
-    max_batch_size: int,
-    seed,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Poisson-sampled batches padded to a fixed size: (indices int32 (T, B_max), mask bool (T, B_max)).
-
-    Each step includes every example independently with probability q (batch size ~ Binomial(N, q),
-    then a uniform subset of that size, sorted). Padded slots hold index 0 with mask False. A batch
-    larger than ``max_batch_size`` raises ValueError (never truncates). ``seed``: int,
-    ``np.random.SeedSequence`` or ``np.random.Generator`` (one per ensemble member).
-    """
-    n = _check_int("num_examples", num_examples, 1)
-    t = _check_int("steps", steps, 1)
-    b_max = _check_int("max_batch_size", max_batch_size, 1)
-    if not _is_real(sampling_rate) or not 0 < sampling_rate <= 1:
-        raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
-    rng = _rng(seed)
-    sizes = rng.binomial(n, sampling_rate, size=t)
-    if np.any(sizes > b_max):
-        step = int(np.argmax(sizes > b_max))
-        raise ValueError(
-            f"Poisson batch overflow: step {step} drew {int(sizes[step])} examples > max_batch_size "
-            f"{b_max} (N = {n}, q = {sampling_rate}, {t} steps); use max_batch_size(...) with a "
-            "smaller overflow_probability, or a larger max_batch_size"
-        )
-    indices = np.zeros((t, b_max), dtype=np.int32)
-    mask = np.arange(b_max)[None, :] < sizes[:, None]
-    for i, size in enumerate(sizes):
-        if size:
-            indices[i, :size] = np.sort(rng.choice(n, size=int(size), replace=False))
-    return indices, mask
-
-
-def ensemble_poisson_batches(
-    member_masks,
-    sampling_rate: float,
-    steps: int,
-    *,
-    max_batch_size: int,
-    seed,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-member Poisson batches from each member's own subset: indices int32 (K, T, B_max) into
-    the full dataset and mask bool (K, T, B_max).
-
-    ``member_masks``: bool (K, N), member k trains on ``flatnonzero(member_masks[k])``; member k
-    samples with rate q from its subset with the k-th child of ``seed`` (``SeedSequence(seed)
-    .spawn(K)`` for an int, ``.spawn(K)`` of a SeedSequence or Generator).
-    """
-    masks = np.asarray(member_masks)
-    if masks.ndim != 2 or masks.dtype != np.bool_:
-        raise ValueError(f"member_masks must be a bool (K, N) array, got {masks.dtype} {masks.shape}")
-    if seed is None or isinstance(seed, bool):
-        raise ValueError("pass an explicit seed (int, np.random.SeedSequence or np.random.Generator)")
-    parent = seed if isinstance(seed, (np.random.SeedSequence, np.random.Generator)) else (
-        np.random.SeedSequence(seed)
-    )
-    children = parent.spawn(masks.shape[0])
-    all_idx, all_mask = [], []
-    for k, child in enumerate(children):
-        members = np.flatnonzero(masks[k])
-        if members.size == 0:
-            raise ValueError(f"member {k} has an empty training subset")
-        idx, m = poisson_batches(
-            members.size, sampling_rate, steps, max_batch_size=max_batch_size, seed=child
-        )
-        all_idx.append(np.where(m, members[idx], 0).astype(np.int32))
-        all_mask.append(m)
-    return np.stack(all_idx), np.stack(all_mask)

@@ -25,6 +25,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize
 
+from jaxcurv._validate import as_float_array
+
 __all__ = [
     "memorization_bound",
     "stability_bound",
@@ -41,22 +43,23 @@ __all__ = [
 
 
 def _as_float(x):
+    """A Python float for a scalar result, else the float64 array."""
     arr = np.asarray(x, dtype=np.float64)
     return float(arr) if arr.ndim == 0 else arr
 
 
 def _check_epsilon(epsilon) -> np.ndarray:
-    eps = np.asarray(epsilon, dtype=np.float64)
-    if not np.all(np.isfinite(eps)) or np.any(eps < 0):
-        raise ValueError(f"epsilon must be finite and >= 0, got {epsilon!r}")
+    eps = as_float_array("epsilon", epsilon, finite=True)
+    if np.any(eps < 0):
+        raise ValueError(f"epsilon must be >= 0, got {epsilon!r}")
     return eps
 
 
-def _check_positive(name: str, value, *, allow_zero: bool = False) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    bad = (arr < 0) if allow_zero else (arr <= 0)
-    if not np.all(np.isfinite(arr)) or np.any(bad):
-        raise ValueError(f"{name} must be finite and {'>=' if allow_zero else '>'} 0, got {value!r}")
+def _check_positive(name: str, value) -> np.ndarray:
+    """Elementwise finite and > 0 (``check_positive`` of _validate is for scalars)."""
+    arr = as_float_array(name, value, finite=True)
+    if np.any(arr <= 0):
+        raise ValueError(f"{name} must be > 0, got {value!r}")
     return arr
 
 
@@ -75,9 +78,7 @@ def curvature_bound(epsilon, *, loss_bound: float, num_examples: int, c2: float 
     """Thm 5.3: E_{z,φ}[Curv] ≤ L(m + 1)(1 − e^{−ε}) + c₂ (m = ``num_examples``, L = ``loss_bound``)."""
     L = _check_positive("loss_bound", loss_bound)
     m = _check_positive("num_examples", num_examples)
-    c2 = np.asarray(c2, dtype=np.float64)
-    if not np.all(np.isfinite(c2)):
-        raise ValueError(f"c2 must be finite, got {c2!r}")
+    c2 = as_float_array("c2", c2, finite=True)
     return _as_float(L * (m + 1.0) * -np.expm1(-_check_epsilon(epsilon)) + c2)
 
 
@@ -130,8 +131,8 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def _check_xy(name_x: str, x, name_y: str, y, min_points: int) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x, dtype=np.float64).reshape(-1)
-    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    x = as_float_array(name_x, x).reshape(-1)
+    y = as_float_array(name_y, y).reshape(-1)
     if x.shape != y.shape:
         raise ValueError(f"{name_x} and {name_y} must have the same length, got {x.shape} and {y.shape}")
     if x.size < min_points:
@@ -149,9 +150,7 @@ def fit_memorization_curvature(memorization, curvature, subpopulation_size) -> M
     scalar. Returns a :class:`MemorizationCurvatureFit`.
     """
     mem, curv = _check_xy("memorization", memorization, "curvature", curvature, 2)
-    m_sub = np.broadcast_to(np.asarray(subpopulation_size, dtype=np.float64), mem.shape)
-    if not np.all(np.isfinite(m_sub)) or np.any(m_sub <= 0):
-        raise ValueError("subpopulation_size must be finite and > 0")
+    m_sub = np.broadcast_to(_check_positive("subpopulation_size", subpopulation_size), mem.shape)
     feature = np.sqrt(m_sub) * curv
     design = np.stack([feature, np.ones_like(feature)], axis=1)
     res = optimize.lsq_linear(design, mem, bounds=(0.0, np.inf), method="bvls")

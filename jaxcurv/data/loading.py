@@ -1,0 +1,72 @@
+"""``load(name, ...)``: one entry point that dispatches a dataset name to its source.
+
+Forms: ``"digits"`` (embedded, no network), ``"cifar10"`` / ``"cifar100"`` (local files found by
+:func:`jaxcurv.data.locate`, else tensorflow-datasets), ``"tfds:<name>"`` (any prepared TFDS
+image-classification dataset), ``"npz:<path>"`` (see :mod:`jaxcurv.data.npz`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jaxcurv.data.cifar import CIFAR_NAMES, load_cifar
+from jaxcurv.data.dataset import Dataset
+from jaxcurv.data.digits import load_digits
+from jaxcurv.data.npz import load_npz
+from jaxcurv.data.tfds import load_tfds
+
+__all__ = ["load", "train_test"]
+
+_SPLITS = ("train", "test", "all")
+
+_VALID_FORMS = (
+    "'digits' (scikit-learn 8x8 digits, no network), 'cifar10', 'cifar100', "
+    "'tfds:<name>' (any prepared image-classification TFDS dataset, e.g. 'tfds:mnist'), "
+    "'npz:<path>' (keys images/labels, {split}_images/{split}_labels, or the JPEG layout "
+    "{split}_jpeg/{split}_offsets/{split}_labels)"
+)
+
+
+def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None = None,
+         progress: bool = False) -> Dataset:
+    """Loads ``name`` (see the module docstring for the forms) as a :class:`Dataset`.
+
+    ``split``: "train" | "test" | "all" ("all" = train followed by test); "tfds:<name>" also
+    accepts any TFDS split string ("validation", "train[:10%]", ...). ``data_dir``: where CIFAR
+    files (searched before ``$JAXCURV_DATA_DIR``) or a prepared TFDS dataset live. ``progress``:
+    a progress bar while reading TFDS records or decoding JPEGs. Raises ValueError for an unknown
+    name or split, FileNotFoundError (saying how to get the data) for a missing dataset,
+    ImportError for "tfds:<name>" without tensorflow-datasets. The whole split is read into memory.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name must be a non-empty string; valid forms: {_VALID_FORMS}.")
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"split must be a non-empty string, got {split!r}.")
+    if name.startswith("tfds:"):
+        tfds_name = name[len("tfds:") :]
+        if not tfds_name:
+            raise ValueError("'tfds:' needs a dataset name after the colon, e.g. 'tfds:mnist'.")
+        return load_tfds(tfds_name, split=split, data_dir=data_dir, display_name=name,
+                         progress=progress)
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS} for {name!r}, got {split!r}.")
+    if name == "digits":
+        return load_digits(split)
+    if name in CIFAR_NAMES:
+        return load_cifar(name, split=split, data_dir=data_dir, progress=progress)
+    if name.startswith("npz:"):
+        path = name[len("npz:") :]
+        if not path:
+            raise ValueError("'npz:' needs a file path after the colon, e.g. 'npz:data/my.npz'.")
+        return load_npz(Path(path).expanduser(), split=split, name=name, progress=progress)
+    raise ValueError(f"unknown dataset {name!r}; valid forms: {_VALID_FORMS}.")
+
+
+def train_test(name: str, *, data_dir: str | os.PathLike | None = None,
+               progress: bool = False) -> tuple[Dataset, Dataset]:
+    """``(load(name, split="train"), load(name, split="test"))``."""
+    return (
+        load(name, split="train", data_dir=data_dir, progress=progress),
+        load(name, split="test", data_dir=data_dir, progress=progress),
+    )

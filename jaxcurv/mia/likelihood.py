@@ -1,0 +1,372 @@
+"""Likelihood-ratio tests on shadow-model statistics: per-example Gaussians for IN and OUT.
+
+Every test has the shadow signature ``attack(target_stat, shadow_stats, shadow_in, *,
+shadow_mask=None, ...)`` with target (N,) | (N, A), shadows (K, N) | (K, N, A), shadow_in bool
+(K, N), and returns scores (N,) in float64, higher = more likely member:
+``lira`` (Carlini et al. 2022) and the Curvature Clues tests on input-loss curvature
+``curvature_lr`` and ``curvature_nll`` (Ravikumar et al. 2024; corrected statistics, or the
+published notebooks' with ``paper_compatible=True``). Examples whose IN or OUT group is empty or
+degenerate fall back to pooled variances or one-sided tests, with a warning naming how many.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from jaxcurv.mia._common import _group_moments, _prepare_shadow_inputs
+
+__all__ = ["lira", "curvature_lr", "curvature_nll", "PAPER_EPS"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# Constants of the Curvature Clues notebooks (conditonal_mia_aug_cifar{10,100}.ipynb):
+# eps = 1e-22 in log(x + eps), in the LR variance and LR denominator; 1e-32 in the NLL variance.
+PAPER_EPS = 1e-22
+_PAPER_NLL_EPS = 1e-32
+_ALTERNATIVES = ("greater", "less")
+
+# ----------------------------------------------------------------------------------------------
+# Gaussian moments, variances and one-sided fallbacks (host side, validated inputs)
+
+
+def _pooled_variance(n: np.ndarray, ss: np.ndarray) -> np.ndarray:
+    """Unbiased pooled within-example variance per augmentation, Σᵢ ssᵢ / Σᵢ (nᵢ − 1)₊; (A,)."""
+    dof = np.maximum(n - 1.0, 0.0).sum(axis=0)  # (1,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(dof > 0, ss.sum(axis=0) / np.maximum(dof, 1.0), np.nan)
+
+
+def _resolve_variance(
+    n: np.ndarray, ss: np.ndarray, *, fixed: bool, group: str, caller: str, rows: np.ndarray
+) -> np.ndarray:
+    """Variance (N, A) for the examples in ``rows`` (bool (N,)): per example (ddof=0, as LiRA's
+    np.std) or pooled; examples with < 2 shadows or zero variance get the pooled variance."""
+    pooled = _pooled_variance(n, ss)  # (A,)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = ss / np.maximum(n, 1.0)
+    if fixed:
+        need = np.broadcast_to(rows[:, None], var.shape)
+    else:
+        need = ((n < 2) | (var <= 0.0)) & rows[:, None]
+        n_need = int(np.any(need, axis=1).sum())
+        if n_need:
+            warnings.warn(
+                f"{caller}: {n_need} example(s) have fewer than 2 {group.upper()} shadow "
+                f"statistics or zero {group.upper()} variance; they use the variance pooled over "
+                "all examples instead (pass fixed_variance=True to do this for every example).",
+                stacklevel=3,
+            )
+    if np.any(need):
+        cols = np.any(need, axis=0)
+        if not np.all(np.isfinite(pooled[cols]) & (pooled[cols] > 0)):
+            raise ValueError(
+                f"{caller}: cannot estimate the {group.upper()} variance: no example has two "
+                f"distinct {group.upper()} shadow statistics. Train more shadow models "
+                "(at least 2 per example and group)."
+            )
+        var = np.where(need, np.broadcast_to(pooled, var.shape), var)
+    return var
+
+
+def _gauss_logpdf(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """log N(x; mean, var), elementwise, float64."""
+    return -0.5 * (x - mean) ** 2 / var - 0.5 * np.log(var) - 0.5 * _LOG_2PI
+
+
+def _check_alternative(alternative: str) -> None:
+    """ValueError unless ``alternative`` is "greater" or "less"."""
+    if alternative not in _ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {_ALTERNATIVES}; got {alternative!r}.")
+
+
+def _one_sided_out(
+    t: np.ndarray, mean: np.ndarray, var: np.ndarray, alternative: str
+) -> np.ndarray:
+    """Offline test against the OUT Gaussian, summed over A: Σ −log P[Z ≥ t] ("greater": members
+    have larger statistics) or Σ −log P[Z ≤ t] ("less"); Z ~ N(mean, var); ≥ 0, (N,)."""
+    z = (t - mean) / np.sqrt(var)
+    logp = special.log_ndtr(-z) if alternative == "greater" else special.log_ndtr(z)
+    return -logp.sum(axis=1)
+
+
+def _one_sided_in(t: np.ndarray, mean: np.ndarray, var: np.ndarray, alternative: str) -> np.ndarray:
+    """Fallback test against the IN Gaussian only, summed over A: Σ log P[Z ≤ t] ("greater") or
+    Σ log P[Z ≥ t] ("less"); Z ~ N(mean, var); ≤ 0, (N,)."""
+    z = (t - mean) / np.sqrt(var)
+    logp = special.log_ndtr(z) if alternative == "greater" else special.log_ndtr(-z)
+    return logp.sum(axis=1)
+
+
+def _fallback_scores(
+    score: np.ndarray,
+    t: np.ndarray,
+    groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    rows_no_in: np.ndarray,
+    rows_no_out: np.ndarray,
+    fixed_variance: bool,
+    alternative: str,
+    caller: str,
+) -> None:
+    """Fill ``score`` in place for examples lacking IN (offline test vs OUT) or OUT shadows
+    (one-sided test vs IN), with a warning naming how many."""
+    num = t.shape[0]
+    none = (groups["in"][0][:, 0] == 0) & (groups["out"][0][:, 0] == 0)
+    if np.any(none):
+        raise ValueError(
+            f"{caller}: {int(none.sum())} example(s) have no shadow statistics at all (every "
+            "entry masked out); give each example at least one shadow model."
+        )
+    if np.any(rows_no_in):
+        n_out, mu_out, ss_out = groups["out"]
+        var = _resolve_variance(
+            n_out, ss_out, fixed=fixed_variance, group="out", caller=caller, rows=rows_no_in
+        )
+        score[rows_no_in] = _one_sided_out(
+            t[rows_no_in], mu_out[rows_no_in], var[rows_no_in], alternative
+        )
+        warnings.warn(
+            f"{caller}: {int(rows_no_in.sum())} of {num} example(s) have no IN shadow statistics; "
+            "their scores fall back to the offline one-sided test against the OUT Gaussian "
+            "(−log p-value, on a different scale from the online log-likelihood ratio). "
+            "Use more shadow models so that every example is IN for some of them.",
+            stacklevel=3,
+        )
+    if np.any(rows_no_out):
+        n_in, mu_in, ss_in = groups["in"]
+        var = _resolve_variance(
+            n_in, ss_in, fixed=fixed_variance, group="in", caller=caller, rows=rows_no_out
+        )
+        score[rows_no_out] = _one_sided_in(
+            t[rows_no_out], mu_in[rows_no_out], var[rows_no_out], alternative
+        )
+        warnings.warn(
+            f"{caller}: {int(rows_no_out.sum())} of {num} example(s) have no OUT shadow "
+            "statistics; their scores fall back to a one-sided test against the IN Gaussian "
+            "(log p-value of the member hypothesis, on a different scale). Use more shadow "
+            "models so that every example is OUT for some of them.",
+            stacklevel=3,
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# LiRA and the curvature likelihood tests
+
+
+def lira(
+    target_stat: Any,
+    shadow_stats: Any,
+    shadow_in: Any,
+    *,
+    online: bool = True,
+    fixed_variance: bool = False,
+    alternative: str = "greater",
+    shadow_mask: Any = None,
+) -> np.ndarray:
+    """Likelihood-ratio attack (Carlini et al. 2022) with per-example Gaussians fit to shadows.
+
+    online:  Σ_a [log N(t_a; μ_in,a, σ²_in,a) − log N(t_a; μ_out,a, σ²_out,a)] (augmentations
+             combined as a product of likelihoods);
+    offline: Σ_a −log P[Z_a ≥ t_a], Z_a ~ N(μ_out,a, σ²_out,a) (one-sided; ``alternative="less"``
+             uses −log P[Z_a ≤ t_a] for statistics that are smaller for members, e.g. losses).
+    μ = mean, σ² = variance with ddof=0 (LiRA's np.std) over the shadows of each group;
+    ``fixed_variance``: σ² pooled over examples (Σᵢ Σ (s − μᵢ)² / Σᵢ (nᵢ − 1)), per group and
+    augmentation — better with few shadows. Examples with < 2 shadows or zero variance in a group
+    use the pooled variance (warned). Online examples without IN (OUT) shadows fall back to the
+    offline test (a one-sided test against the IN Gaussian), with a warning naming how many.
+    target (N,) | (N, A); shadow_stats (K, N) | (K, N, A); shadow_in bool (K, N) → (N,);
+    ``shadow_mask`` bool (K, N): False entries are ignored (used by ``leave_one_model_out``).
+    """
+    _check_alternative(alternative)
+    t, s, m_in, m_out, _ = _prepare_shadow_inputs(target_stat, shadow_stats, shadow_in, shadow_mask)
+    return _lira(
+        t, s, m_in, m_out, online=online, fixed_variance=fixed_variance,
+        alternative=alternative, caller="lira",
+    )
+
+
+def _lira(
+    t: np.ndarray, s: np.ndarray, m_in: np.ndarray, m_out: np.ndarray, *, online: bool,
+    fixed_variance: bool, alternative: str, caller: str,
+) -> np.ndarray:
+    """LiRA on validated t (N, A), s (K, N, A), masks (K, N, 1) → (N,)."""
+    groups = {"in": _group_moments(s, m_in), "out": _group_moments(s, m_out)}
+    has_in = groups["in"][0][:, 0] > 0
+    has_out = groups["out"][0][:, 0] > 0
+    score = np.full(t.shape[0], np.nan)
+    if online:
+        both = has_in & has_out
+        if np.any(both):
+            var_in = _resolve_variance(
+                groups["in"][0], groups["in"][2], fixed=fixed_variance, group="in",
+                caller=caller, rows=both,
+            )
+            var_out = _resolve_variance(
+                groups["out"][0], groups["out"][2], fixed=fixed_variance, group="out",
+                caller=caller, rows=both,
+            )
+            tb = t[both]
+            llr = _gauss_logpdf(tb, groups["in"][1][both], var_in[both]) - _gauss_logpdf(
+                tb, groups["out"][1][both], var_out[both]
+            )
+            score[both] = llr.sum(axis=1)
+        rows_no_in, rows_no_out = ~has_in, ~has_out
+    else:
+        if np.any(has_out):
+            var_out = _resolve_variance(
+                groups["out"][0], groups["out"][2], fixed=fixed_variance, group="out",
+                caller=caller, rows=has_out,
+            )
+            score[has_out] = _one_sided_out(
+                t[has_out], groups["out"][1][has_out], var_out[has_out], alternative
+            )
+        rows_no_in, rows_no_out = np.zeros_like(has_in), ~has_out
+    _fallback_scores(
+        score, t, groups, rows_no_in=rows_no_in, rows_no_out=rows_no_out,
+        fixed_variance=fixed_variance, alternative=alternative, caller=caller,
+    )
+    return score
+
+
+def _curvature_transform(
+    t: np.ndarray, s: np.ndarray, *, log_transform: bool, paper_compatible: bool, caller: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """x = log(curvature) (log(c + 1e-22) when ``paper_compatible``) of t and s, or unchanged."""
+    if not log_transform:
+        return t, s
+    if paper_compatible:
+        if np.any(t <= -PAPER_EPS) or np.any(s <= -PAPER_EPS):
+            raise ValueError(
+                f"{caller}: log(x + 1e-22) of a negative curvature is NaN; pass absolute values "
+                "(the zero-order estimator is averaged in absolute value) or log_transform=False."
+            )
+        return np.log(t + PAPER_EPS), np.log(s + PAPER_EPS)
+    if np.any(t <= 0) or np.any(s <= 0):
+        raise ValueError(
+            f"{caller}: log_transform=True needs positive curvature statistics; got values <= 0. "
+            "Pass |curvature| or log_transform=False (e.g. for signed white-box tr(H))."
+        )
+    return np.log(t), np.log(s)
+
+
+def _paper_moments(
+    s: np.ndarray, m_in: np.ndarray, m_out: np.ndarray, caller: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The notebooks' get_score_dist_params: nanmean / nanvar (ddof=0) per group and aug."""
+    n_in, mu_in, ss_in = _group_moments(s, m_in)
+    n_out, mu_out, ss_out = _group_moments(s, m_out)
+    if np.any(n_in == 0) or np.any(n_out == 0):
+        raise ValueError(
+            f"{caller}(paper_compatible=True) needs at least one IN and one OUT shadow per "
+            "example (the published code would produce NaN scores). Use more shadow models or "
+            "the corrected mode, which falls back with a warning."
+        )
+    return mu_in, ss_in / n_in, mu_out, ss_out / n_out
+
+
+def curvature_lr(
+    target_curv: Any,
+    shadow_curv: Any,
+    shadow_in: Any,
+    *,
+    paper_compatible: bool = False,
+    log_transform: bool = True,
+    fixed_variance: bool = False,
+    shadow_mask: Any = None,
+) -> np.ndarray:
+    """Curvature Clues parametric likelihood-ratio test ("Curv LR") on input-loss curvature.
+
+    Statistic x = log(curvature) (``log_transform``; the paper fits Gaussians to log curvature).
+    Corrected (default): ``lira`` on x — Σ_a log N(x_a; μ_in, σ²_in) − log N(x_a; μ_out, σ²_out),
+    σ² the variance (ddof=0); fallbacks as in ``lira`` with alternative="less" (members have
+    lower curvature). ``paper_compatible=True`` reproduces the published notebook:
+    x = log(c + 1e-22); score = Σ_a φ(x_a; μ_in, v_in + ε) / (Σ_a φ(x_a; μ_out, v_out + ε) + ε),
+    ε = 1e-22, φ(x; μ, s) = N(x; μ, s²), i.e. the variance v is used as the standard deviation
+    and likelihoods (not log-likelihoods) are summed over augmentations.
+    target (N,) | (N, A); shadows (K, N) | (K, N, A); shadow_in (K, N) → (N,); ``shadow_mask``
+    bool (K, N): False entries are ignored.
+    """
+    t, s, m_in, m_out, _ = _prepare_shadow_inputs(target_curv, shadow_curv, shadow_in, shadow_mask)
+    t, s = _curvature_transform(
+        t, s, log_transform=log_transform, paper_compatible=paper_compatible, caller="curvature_lr"
+    )
+    if not paper_compatible:
+        return _lira(
+            t, s, m_in, m_out, online=True, fixed_variance=fixed_variance, alternative="less",
+            caller="curvature_lr",
+        )
+    if fixed_variance:
+        raise ValueError(
+            "fixed_variance is not part of the published code; use paper_compatible=False."
+        )
+    mu_in, v_in, mu_out, v_out = _paper_moments(s, m_in, m_out, "curvature_lr")
+    # likelihood(x, mean, var) of the notebook: N(x; mean, sd = var)
+    lik_in = np.exp(_gauss_logpdf(t, mu_in, (v_in + PAPER_EPS) ** 2)).sum(axis=1)
+    lik_out = np.exp(_gauss_logpdf(t, mu_out, (v_out + PAPER_EPS) ** 2)).sum(axis=1)
+    return lik_in / (lik_out + PAPER_EPS)
+
+
+def curvature_nll(
+    target_curv: Any,
+    shadow_curv: Any,
+    shadow_in: Any,
+    *,
+    paper_compatible: bool = False,
+    log_transform: bool = True,
+    shadow_mask: Any = None,
+) -> np.ndarray:
+    """Curvature Clues NLL test ("Curv NLL"): equal-variance Gaussian log-likelihood ratio.
+
+    score = NLL_out − NLL_in = Σ_a [(x_a − μ_out,a)² − (x_a − μ_in,a)²] / (2 σ²_a), one shared
+    scale per example and augmentation (the log σ terms cancel), x = log curvature.
+    Corrected (default): σ²_a = pooled within-group variance (Σ_in (s − μ_in)² + Σ_out (s − μ_out)²)
+    / (n_in + n_out); examples with zero pooled variance use the variance pooled over all examples
+    (warned); examples without IN or OUT shadows fall back as in ``lira`` (alternative="less").
+    ``paper_compatible=True`` reproduces the notebook's get_nll_ratio: σ_a = v_in,a + 1e-32 (the IN
+    *variance* used as the standard deviation of both Gaussians) and x = log(c + 1e-22).
+    target (N,) | (N, A); shadows (K, N) | (K, N, A); shadow_in (K, N) → (N,); ``shadow_mask``
+    bool (K, N): False entries are ignored.
+    """
+    t, s, m_in, m_out, _ = _prepare_shadow_inputs(target_curv, shadow_curv, shadow_in, shadow_mask)
+    t, s = _curvature_transform(
+        t, s, log_transform=log_transform, paper_compatible=paper_compatible,
+        caller="curvature_nll",
+    )
+    if paper_compatible:
+        mu_in, v_in, mu_out, _ = _paper_moments(s, m_in, m_out, "curvature_nll")
+        sd = v_in + _PAPER_NLL_EPS
+        return (((t - mu_out) ** 2 - (t - mu_in) ** 2) / (2.0 * sd**2)).sum(axis=1)
+    groups = {"in": _group_moments(s, m_in), "out": _group_moments(s, m_out)}
+    (n_in, mu_in, ss_in), (n_out, mu_out, ss_out) = groups["in"], groups["out"]
+    has_in, has_out = n_in[:, 0] > 0, n_out[:, 0] > 0
+    both = has_in & has_out
+    score = np.full(t.shape[0], np.nan)
+    if np.any(both):
+        n_tot = n_in + n_out
+        var = (ss_in + ss_out) / np.maximum(n_tot, 1.0)
+        need = (var <= 0.0) & both[:, None]
+        if np.any(need):
+            dof = np.where(both[:, None], n_tot - 2.0, 0.0).clip(min=0.0).sum(axis=0)
+            pooled = np.where(both[:, None], ss_in + ss_out, 0.0).sum(axis=0) / np.maximum(dof, 1.0)
+            if not np.all(pooled[np.any(need, axis=0)] > 0):
+                raise ValueError(
+                    "curvature_nll: all shadow statistics are constant; the test is undefined."
+                )
+            warnings.warn(
+                f"curvature_nll: {int(np.any(need, axis=1).sum())} example(s) have zero pooled "
+                "shadow variance; they use the variance pooled over all examples.",
+                stacklevel=2,
+            )
+            var = np.where(need, np.broadcast_to(pooled, var.shape), var)
+        tb = t[both]
+        d = ((tb - mu_out[both]) ** 2 - (tb - mu_in[both]) ** 2) / (2.0 * var[both])
+        score[both] = d.sum(axis=1)
+    _fallback_scores(
+        score, t, groups, rows_no_in=~has_in, rows_no_out=~has_out, fixed_variance=False,
+        alternative="less", caller="curvature_nll",
+    )
+    return score

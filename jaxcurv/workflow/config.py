@@ -1,0 +1,196 @@
+"""Configuration of the workflows: the audit's settings and the one ``key=value`` override parser.
+
+:class:`AuditConfig` holds everything ``jaxcurv audit`` can be told; ``validate`` raises a
+``ValueError`` naming the first bad setting before any data is read. :func:`apply_overrides`
+returns a copy of any config dataclass with fields replaced from ``"key=value"`` strings (JSON
+values, typed from the dataclass fields) or a mapping; the experiments' ``--set`` uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from jaxcurv._validate import check_float, check_int, check_positive, check_positive_int
+
+__all__ = ["AuditConfig", "OPTIMIZERS", "apply_overrides", "parse_overrides"]
+
+OPTIMIZERS = ("sgd", "adam", "sam")
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditConfig:
+    """Everything ``jaxcurv audit`` can be told; defaults run on the embedded digits in minutes.
+
+    models: ensemble members K, each trained on a random ``fraction`` of the training set;
+    num_probes / h: Hutchinson and zero-order probes and the zero-order step; label_noise: fraction
+    of flipped training labels; dp_*: DP-SGD (None: non-private); augment: crop + flip (None: on
+    for RGB); max_examples: a seeded random subset of each split; bootstrap: resamples of the MIA
+    confidence intervals; progress: progress output (off unless asked, e.g. by the CLI).
+    """
+
+    dataset: str = "digits"
+    model: str = "cnn"
+    models: int = 32
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float | None = None
+    fraction: float = 0.5
+    num_probes: int = 10
+    zero_order: bool = True
+    adversarial: bool = False
+    h: float = 1e-3
+    label_noise: float = 0.0
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_clip: float = 1.0
+    optimizer: str = "sgd"
+    rho: float = 0.05
+    augment: bool | None = None
+    seed: int = 0
+    out: str = "results/audit"
+    data_dir: str | None = None
+    max_examples: int | None = None
+    bootstrap: int = 100
+    progress: bool = False
+
+    @property
+    def private(self) -> bool:
+        """True when the members are trained with DP-SGD."""
+        return self.dp_epsilon is not None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting, before any data is read or trained."""
+        from jaxcurv import models
+
+        if self.model not in models.MODEL_NAMES:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {models.MODEL_NAMES}")
+        for name in ("models", "epochs", "batch_size", "num_probes"):
+            check_positive_int(_flag(name), getattr(self, name))
+        if self.models < 6:
+            raise ValueError("--models must be >= 6: each member in turn is an attack target "
+                             "whose shadows need at least two members holding each example in "
+                             "and two holding it out")
+        check_float("--fraction", self.fraction, minimum=0.0, maximum=1.0, allow_minimum=False,
+                    allow_maximum=False)
+        check_float("--label-noise", self.label_noise, minimum=0.0, maximum=1.0,
+                    allow_maximum=False)
+        if self.dp_epsilon is not None:
+            check_positive("--dp-epsilon", self.dp_epsilon)
+        check_float("--dp-delta", self.dp_delta, minimum=0.0, maximum=1.0, allow_minimum=False,
+                    allow_maximum=False)
+        check_positive("--dp-clip", self.dp_clip)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.private and self.optimizer == "sam":
+            raise ValueError("--dp-epsilon cannot be combined with --optimizer sam")
+        if self.private and self.model == "resnet18":
+            raise ValueError("DP-SGD needs a model without BatchNorm: use --model resnet18_gn")
+        if self.learning_rate is not None:
+            check_positive("--learning-rate", self.learning_rate)
+        check_positive("--rho", self.rho)
+        check_positive("--h", self.h)
+        check_int("--bootstrap", self.bootstrap, minimum=0)
+        check_int("--seed", self.seed)
+        if self.max_examples is not None:
+            check_int("--max-examples", self.max_examples)
+            if self.max_examples < 2 * self.models:
+                raise ValueError(f"--max-examples must be >= 2 × --models = {2 * self.models}, "
+                                 f"got {self.max_examples}")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# ----------------------------------------------------------------------------------------------
+# overrides
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` → {key: value}: values are JSON (``8``, ``true``, ``null``,
+    ``["a", "b"]``, ``{"width": 8}``); a value that is not JSON is taken as a bare string. Dashes
+    in keys become underscores."""
+    if isinstance(items, (str, bytes)):
+        raise ValueError(f"overrides must be a list of KEY=VALUE strings, got {items!r}")
+    pairs: dict[str, Any] = {}
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"an override takes KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if not key:
+            raise ValueError(f"an override takes KEY=VALUE with a non-empty KEY, got {item!r}")
+        try:
+            pairs[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            pairs[key] = raw
+    return pairs
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any] | Sequence[str]) -> Any:
+    """A copy of the dataclass ``config`` with fields replaced: a mapping, or ``"key=value"``
+    strings (see :func:`parse_overrides`). Each value is checked and converted to its field's
+    declared type (lists → tuples, integers → floats); unknown keys and wrong types raise
+    ValueError. The config itself is not changed."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise ValueError(f"config must be a dataclass instance, got {type(config).__name__}")
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    hints = typing.get_type_hints(type(config))
+    fields = {f.name for f in dataclasses.fields(config) if f.init}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown setting {key!r}; settings of {type(config).__name__}: "
+                             f"{sorted(fields)}")
+        changes[key] = _coerce(key, value, hints[key])
+    return dataclasses.replace(config, **changes)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """A JSON-decoded ``value`` as the field type ``hint``; ValueError saying what it takes."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(name, value, arg)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if errors else f"{name}: cannot use {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} takes a list, e.g. {name}='[1, 2]'; got {value!r}")
+        inner = args[0] if args else Any
+        return tuple(_coerce(name, v, inner) for v in value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+                value):
+            raise ValueError(f"{name} takes a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} takes an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} takes true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} takes a string, got {value!r}")
+        return value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} takes a JSON object, e.g. {name}='{{\"width\": 8}}'; "
+                             f"got {value!r}")
+        return value
+    return value

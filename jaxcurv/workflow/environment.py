@@ -1,0 +1,54 @@
+"""What a run ran on: versions, backend, devices, host cores and load, echoed into every result
+file (summary.json of the audit and the experiments, the benchmarks' JSON)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import sys
+from typing import Any
+
+from jaxcurv.workflow.timing import load_average
+
+__all__ = ["environment", "describe_device"]
+
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint", "dp-accounting")
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Python and package versions, JAX backend and devices, host cores, XLA flags, load, argv."""
+    import jax
+
+    devices = jax.devices()
+    return {
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in _PACKAGES},
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "devices": [f"{d.platform}:{getattr(d, 'device_kind', '')}" for d in devices],
+        "process_count": jax.process_count(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_avg_1min": load_average(),
+        "argv": list(sys.argv),
+    }
+
+
+def describe_device(env: dict[str, Any] | None = None) -> str:
+    """One line naming the device for tables, e.g. 'cpu: cpu ×1 (2 host cores, load 1.90, jax
+    0.10.2)'."""
+    env = environment() if env is None else env
+    return (f"{env['backend']}: {env['device_kind']} ×{env['device_count']} "
+            f"({env['cpu_count']} host cores, load {env['load_avg_1min']:.2f}, "
+            f"jax {env['jax']})")

@@ -1,0 +1,267 @@
+"""The workflow layer: the one override parser, the content-keyed stage cache, timing, the
+environment echo, the attacks' input checks, and the layering rule that primitives never import
+the workflow or the command line."""
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxcurv import pipeline, workflow
+from jaxcurv.workflow import AuditConfig, StageCache, Timer, apply_overrides, fingerprint
+
+ROOT = Path(__file__).resolve().parents[1]
+PRIMITIVES = ("curvature", "data", "models", "training", "ensemble", "memorization", "mia",
+              "privacy", "adversarial", "optim")
+
+
+# ----------------------------------------------------------------------------------------------
+# overrides
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    name: str = "small"
+    members: int = 16
+    rate: float = 0.1
+    limit: int | None = None
+    datasets: tuple[str, ...] = ("digits",)
+    edges: tuple[float, ...] = (0.0, 1.0)
+    options: dict = dataclasses.field(default_factory=dict)
+    flag: bool = False
+    epsilon: float | None = None
+
+
+def test_overrides_are_typed_from_the_dataclass_fields():
+    base = _Settings()
+    cfg = apply_overrides(base, ["members=8", "rate=1", "limit=null", 'datasets=["a", "b"]',
+                                 "edges=[0, 0.5, 1]", 'options={"width": 8}', "flag=true",
+                                 "name=full", "epsilon=2"])
+    assert (cfg.members, cfg.rate, cfg.limit, cfg.datasets) == (8, 1.0, None, ("a", "b"))
+    assert isinstance(cfg.rate, float) and isinstance(cfg.epsilon, float)
+    assert cfg.edges == (0.0, 0.5, 1.0) and all(isinstance(e, float) for e in cfg.edges)
+    assert cfg.options == {"width": 8} and cfg.flag is True and cfg.name == "full"
+    assert base == _Settings()  # the original is untouched
+    assert apply_overrides(base, {"members": 4}).members == 4
+    assert apply_overrides(base, ["limit=5"]).limit == 5
+    assert apply_overrides(AuditConfig(), ["dp-epsilon=4", "models=8"]).dp_epsilon == 4.0
+
+
+@pytest.mark.parametrize("item, match", [
+    ("nope=1", "unknown setting"), ("members=abc", "integer"), ("members=2.5", "integer"),
+    ("members=true", "integer"), ("datasets=digits", "list"), ("members", "KEY=VALUE"),
+    ("=3", "KEY"), ("flag=1", "true or false"), ("rate=\"x\"", "number"),
+    ("options=[1]", "JSON object"), ("name=3", "string"),
+])
+def test_bad_overrides_name_the_setting(item, match):
+    with pytest.raises(ValueError, match=match):
+        apply_overrides(_Settings(), [item])
+
+
+def test_overrides_need_a_dataclass_instance():
+    with pytest.raises(ValueError, match="dataclass"):
+        apply_overrides({"members": 1}, ["members=2"])
+    with pytest.raises(ValueError, match="list of KEY=VALUE"):
+        apply_overrides(_Settings(), "members=2")
+
+
+def test_audit_config_validation_messages():
+    AuditConfig().validate()
+    for changes, message in [({"models": 5}, "--models must be >= 6"),
+                             ({"epochs": 0}, "--epochs must be an integer >= 1"),
+                             ({"fraction": 1.0}, "--fraction"),
+                             ({"optimizer": "rmsprop"}, "--optimizer"),
+                             ({"dp_epsilon": 1.0, "model": "resnet18"}, "resnet18_gn"),
+                             ({"max_examples": 10}, "--max-examples must be >= 2")]:
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(AuditConfig(), **changes).validate()
+    assert AuditConfig().progress is False  # the library is quiet unless asked
+
+
+# ----------------------------------------------------------------------------------------------
+# stage cache
+
+
+def test_fingerprint_is_content_keyed():
+    a = np.arange(6, dtype=np.float32)
+    assert fingerprint(a, {"x": 1}) == fingerprint(a.copy(), {"x": 1})
+    assert fingerprint(a) != fingerprint(a.astype(np.float64))     # dtype matters
+    assert fingerprint(a) != fingerprint(a.reshape(2, 3))           # shape matters
+    assert fingerprint(a) != fingerprint(a + 1)                     # content matters
+    assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
+    assert fingerprint(AuditConfig()) != fingerprint(AuditConfig(seed=1))
+
+
+def test_stage_cache_round_trip_and_resume(tmp_path):
+    timer = Timer()
+    lines = []
+    cache = StageCache(tmp_path, timer=timer, log=lines.append)
+    calls = []
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.normal(size=(3, 4)), "mask": rng.random(5) < 0.5,
+              "label": np.arange(5, dtype=np.int32)}
+
+    def compute():
+        calls.append(1)
+        return arrays
+
+    key = {"data": fingerprint(arrays["x"]), "probes": 10}
+    first = cache.run("stage", key, compute)
+    assert timer.seconds["stage"] != "cached" and len(calls) == 1
+    again = StageCache(tmp_path, timer=timer).run("stage", dict(key), compute)
+    assert len(calls) == 1 and timer.seconds["stage"] == "cached"
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(first[name], value)
+        np.testing.assert_array_equal(again[name], value)
+        assert again[name].dtype == value.dtype
+    # another key is another entry, computed once
+    cache.run("stage", {**key, "probes": 5}, compute)
+    assert len(calls) == 2 and len(list(tmp_path.glob("stage-*.npz"))) == 2
+    assert any("cached" in line for line in lines) is False  # the first cache logged no hit
+    assert not list(tmp_path.glob("*.tmp.npz"))
+
+
+def test_stage_cache_recomputes_a_bad_or_foreign_file(tmp_path):
+    cache = StageCache(tmp_path)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"v": np.arange(4.0)}
+
+    path = cache.path("s", "k")
+    cache.run("s", "k", compute)
+    path.write_bytes(path.read_bytes()[:40])          # truncated
+    np.testing.assert_array_equal(cache.run("s", "k", compute)["v"], np.arange(4.0))
+    assert len(calls) == 2
+    np.savez(path, v=np.zeros(4), __key__=np.asarray(fingerprint("k")),
+             __checksum__=np.asarray("0" * 64))          # tampered content
+    np.testing.assert_array_equal(cache.run("s", "k", compute)["v"], np.arange(4.0))
+    np.savez(path, v=np.zeros(4), __key__=np.asarray(fingerprint("other")),
+             __checksum__=np.asarray(fingerprint({"v": np.zeros(4)})))  # another key's file
+    np.testing.assert_array_equal(cache.run("s", "k", compute)["v"], np.arange(4.0))
+    assert len(calls) == 4
+    assert cache.load("s", "never stored") is None
+    with pytest.raises(ValueError, match="file name"):
+        cache.path("a/b", "k")
+
+
+def test_timer_adds_up_stages_and_marks_cached():
+    timer = Timer()
+    with timer("a"):
+        pass
+    with timer("a"):
+        pass
+    timer.mark("b", "cached")
+    total = timer.total()
+    assert total["a"] >= 0 and total["b"] == "cached" and total["total"] >= 0
+
+
+def test_environment_echo_is_json():
+    env = json.loads(json.dumps(workflow.environment()))
+    assert {"python", "jax", "backend", "devices", "device_count", "cpu_count"} <= set(env)
+    assert env["backend"] in workflow.describe_device(env)
+
+
+# ----------------------------------------------------------------------------------------------
+# attacks and the compatibility module
+
+
+def test_attack_scores_check_their_inputs():
+    rng = np.random.default_rng(0)
+    k, n, c = 6, 20, 3
+    logits = rng.normal(size=(k, 1, n, c))
+    labels = rng.integers(0, c, n)
+    masks = np.zeros((k, n), bool)
+    masks[: k // 2] = True
+    masks = np.stack([rng.permutation(col) for col in masks.T], axis=1)
+    curv = rng.random((k, n)) + 0.1
+    test_logits, test_labels = rng.normal(size=(k, 7, c)), rng.integers(0, c, 7)
+    scores = workflow.attack_scores(logits, labels, masks, curv, curv, test_logits, test_labels)
+    assert set(scores) == set(workflow.MIA_ATTACKS)
+    assert all(s.shape == (k, n) for s in scores.values())
+    with pytest.raises(ValueError, match="logits"):
+        workflow.attack_scores(logits[:, 0], labels, masks, curv, None, test_logits, test_labels)
+    with pytest.raises(ValueError, match="curvature"):
+        workflow.attack_scores(logits, labels, masks, curv[:, :5], None, test_logits, test_labels)
+    with pytest.raises(ValueError, match="test_logits"):
+        workflow.attack_scores(logits, labels, masks, curv, None, test_logits[:2], test_labels)
+
+
+def test_pipeline_keeps_its_names():
+    for name in pipeline.__all__:
+        assert hasattr(pipeline, name), name
+    assert pipeline.run_audit is workflow.run_audit
+    assert pipeline.attack_scores is workflow.attack_scores
+
+
+# ----------------------------------------------------------------------------------------------
+# layering
+
+
+def _sources(name: str) -> list[Path]:
+    base = ROOT / "jaxcurv" / name
+    if base.is_dir():
+        return sorted(base.rglob("*.py"))
+    return [base.with_suffix(".py")] if base.with_suffix(".py").is_file() else []
+
+
+def _imported_modules(source: str, module: str) -> set[str]:
+    """Absolute names of every module an import statement in the source of ``module`` (dotted;
+    a package's is its ``__init__``) names, relative imports resolved. (A lazy compatibility
+    re-export through importlib on first attribute access is not an import statement.)"""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".")[:-1]  # a module's package; __init__'s own
+                parent = ".".join(package[: len(package) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _file_imports(path: Path) -> set[str]:
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    return _imported_modules(path.read_text(), module)
+
+
+@pytest.mark.parametrize("name", PRIMITIVES)
+def test_primitives_never_import_the_workflow_or_the_cli(name):
+    files = _sources(name)
+    if not files:
+        pytest.skip(f"jaxcurv/{name} does not exist")
+    for path in files:
+        bad = {m for m in _file_imports(path)
+               if m.startswith(("jaxcurv.workflow", "jaxcurv.cli", "jaxcurv.pipeline"))}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_layering_check_resolves_every_import_form():
+    source = ("import jaxcurv.workflow\nfrom jaxcurv import cli\nfrom ..workflow import audit\n"
+              "from . import signals\nfrom .. import pipeline\n"
+              "def f():\n    from jaxcurv.workflow.cache import StageCache\n")
+    names = _imported_modules(source, "jaxcurv.mia.metrics")
+    assert {"jaxcurv.workflow", "jaxcurv.cli", "jaxcurv.workflow.audit", "jaxcurv.mia.signals",
+            "jaxcurv.pipeline", "jaxcurv.workflow.cache"} <= names
+    assert "jaxcurv.mia.signals" in _imported_modules("from . import signals",
+                                                      "jaxcurv.mia.__init__")
+    assert "jaxcurv.workflow" in _imported_modules("from .. import workflow",
+                                                   "jaxcurv.mia.__init__")
+
+
+def test_no_module_under_jaxcurv_imports_the_workflow_except_cli_and_its_shims():
+    allowed = {"cli.py", "pipeline.py", "__main__.py"}
+    for path in sorted((ROOT / "jaxcurv").rglob("*.py")):
+        rel = path.relative_to(ROOT / "jaxcurv")
+        if rel.parts[0] == "workflow" or str(rel) in allowed:
+            continue
+        bad = {m for m in _file_imports(path) if m.startswith("jaxcurv.workflow")}
+        assert not bad, f"{rel} imports {sorted(bad)}"
