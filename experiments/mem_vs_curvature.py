@@ -103,8 +103,8 @@ def compute(config: MemCurvConfig, data: C.Data) -> tuple[dict[str, np.ndarray],
 
 
 def _proxy_panels(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = {"curvature_in": "curvature tr(H) (in)", "curvature_sq_in": "curvature tr(H²) (in)",
-             "curvature_out": "curvature tr(H) (out)", "curvature_train_in": "tr(H) over training",
+    names = {"curvature_in": "curvature tr(H²) (in)", "curvature_trace_in": "curvature tr(H) (in)",
+             "curvature_out": "curvature tr(H²) (out)", "curvature_train_in": "tr(H) over training",
              "confidence": "confidence (out)", "loss": "loss (in)",
              "learning_time": "learning time (epochs)",
              "adversarial_distance": "adversarial distance (L2)"}
@@ -125,18 +125,19 @@ def main(config: MemCurvConfig) -> dict:
             cols, facts = compute(config, data)
         d = out / data.slug
         train = data.train
-        mem, curv, curv_sq = cols["mem"], cols["curvature_in"], cols["curvature_sq_in"]
+        mem, curv, curv_trace = cols["mem"], cols["curvature_in"], cols["curvature_trace_in"]
         report.write_csv(d / "scores.csv", {"index": np.arange(len(train)),
                                             "source_index": data.train_index,
                                             "label": train.labels, **cols})
         top = memorization.top_memorized(mem, min(config.top, len(train)))
         figures = [
             report.figure_mem_vs_curvature(mem, curv, d / "fig3_mem_vs_curvature_top.png",
-                                           top=config.top),
-            report.figure_mem_vs_curvature(mem, curv, d / "mem_vs_curvature_all.png"),
+                                           top=config.top, name="curvature tr(H²)"),
+            report.figure_mem_vs_curvature(mem, curv, d / "mem_vs_curvature_all.png",
+                                           name="curvature tr(H²)"),
             report.figure_proxies_vs_mem(mem, _proxy_panels(cols),
                                          d / "fig10-13_proxies_vs_mem.png"),
-            report.figure_trace_vs_trace_sq(curv, curv_sq, mem,
+            report.figure_trace_vs_trace_sq(curv_trace, curv, mem,
                                             d / "fig14-16_trace_vs_trace_sq.png"),
         ]
         proxy_cols = {k: v for k, v in cols.items() if k not in ("mem", "mem_stderr")}
@@ -149,8 +150,8 @@ def main(config: MemCurvConfig) -> dict:
                              "top": len(top), "mean_stderr": float(np.nanmean(cols["mem_stderr"]))},
             "spearman_mem_curvature": {"all": corr_all["curvature_in"]["spearman"],
                                        "top": corr_top["curvature_in"]["spearman"]},
-            "spearman_mem_curvature_sq": {"all": corr_all["curvature_sq_in"]["spearman"],
-                                          "top": corr_top["curvature_sq_in"]["spearman"]},
+            "spearman_mem_curvature_trace": {"all": corr_all["curvature_trace_in"]["spearman"],
+                                             "top": corr_top["curvature_trace_in"]["spearman"]},
             "correlations_all": corr_all, "correlations_top": corr_top,
             "curvature_by_mem_bin": binned._asdict(),
             "figures": [str(p.relative_to(out)) for p in figures],
@@ -159,12 +160,12 @@ def main(config: MemCurvConfig) -> dict:
         lines += [f"[{data.slug}] {len(train)} examples, {config.members} members, test acc "
                   f"{facts['test_accuracy_mean']:.3f}, mean mem {np.nanmean(mem):.3f}, "
                   f"top-{len(top)} mean mem {np.mean(mem[top]):.3f}",
-                  f"[{data.slug}] Spearman(mem, tr H): all "
+                  f"[{data.slug}] Spearman(mem, curvature tr H²): all "
                   f"{corr_all['curvature_in']['spearman']:+.3f}, top-{len(top)} "
                   f"{corr_top['curvature_in']['spearman']:+.3f}; "
-                  f"tr H²: all {corr_all['curvature_sq_in']['spearman']:+.3f}",
+                  f"tr H: all {corr_all['curvature_trace_in']['spearman']:+.3f}",
                   f"[{data.slug}] Spearman with mem, all examples: {rho_all}",
-                  f"[{data.slug}] mean tr(H) by mem bin (low → high): "
+                  f"[{data.slug}] mean tr(H²) by mem bin (low → high): "
                   + ", ".join(f"{v:.3g}" for v in binned.target_mean)]
     C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results

@@ -1,7 +1,13 @@
-"""Resumable training checkpoints (private): orbax managers per member chunk, keyed on content.
+"""Resumable training checkpoints (private): orbax managers per member chunk, keyed on content and
+verified on restore.
 
 A run directory holds ``run.json`` with the fingerprint of everything that determines the result
-(model, data, masks, member ids, seed, settings); a directory of another run is refused.
+(model, the full content of images, labels and masks, member ids, seed, settings); a directory of
+another run is refused. Each saved step ``chunk_XXXX/<epoch>/`` gets ``checksum.json`` (the run
+fingerprint and a sha256 of the saved arrays' bytes), written last, after orbax finished. On
+restore a step whose arrays do not hash to it — flipped bits, a truncated file (tensorstore
+errors), a missing checksum after a kill mid-write — is deleted with a one-line
+``RuntimeWarning`` and the previous step (or a fresh start) is used instead: never a corrupt one.
 """
 
 from __future__ import annotations
@@ -9,13 +15,55 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["Checkpoints", "fingerprint"]
+__all__ = ["Checkpoints", "fingerprint", "clean_checkpoints"]
+
+_RUN_FILE = "run.json"
+_CHECKSUM_FILE = "checksum.json"
+
+
+def _digest(tree) -> str:
+    """sha256 of a pytree's leaves in order: key path, dtype, shape and bytes of each."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Write ``value`` to ``path`` atomically (temporary file renamed into place)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _reason(err: BaseException) -> str:
+    """A one-line description of ``err`` (tensorstore messages span many lines)."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
+
+
+def _read_fingerprint(meta: Path) -> str | None:
+    """The fingerprint stored in run.json, None (with a notice) when the file is unreadable."""
+    try:
+        saved = json.loads(meta.read_text()).get("fingerprint")
+        if isinstance(saved, str):
+            return saved
+        raise ValueError("no fingerprint")
+    except (OSError, ValueError, AttributeError) as err:
+        warnings.warn(f"checkpoint file {meta} is unreadable ({_reason(err)}); rewriting it, each "
+                      "checkpoint is still verified before use", RuntimeWarning, stacklevel=4)
+        return None
 
 
 class Checkpoints:
@@ -26,19 +74,21 @@ class Checkpoints:
 
         self._ocp = ocp
         self.directory = Path(directory).absolute()
+        self.fingerprint = fingerprint
         self.every = every
-        meta = self.directory / "run.json"
-        if meta.exists():
-            saved = json.loads(meta.read_text()).get("fingerprint")
-            if saved != fingerprint:
-                raise ValueError(
-                    f"checkpoint_dir {self.directory} holds a run with a different configuration "
-                    "(model, data, masks, key or training settings); use a new directory or "
-                    "delete this one"
-                )
-        else:
+        meta = self.directory / _RUN_FILE
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(f"checkpoint_dir {self.directory} is a file; pass a folder")
+        saved = _read_fingerprint(meta) if meta.exists() else None
+        if saved is not None and saved != fingerprint:
+            raise ValueError(
+                f"checkpoint_dir {self.directory} holds a run with a different configuration "
+                "(model, data, masks, key or training settings); use a new directory or "
+                "delete this one"
+            )
+        if saved is None:
             self.directory.mkdir(parents=True, exist_ok=True)
-            meta.write_text(json.dumps({"fingerprint": fingerprint}))
+            _write_json(meta, {"fingerprint": fingerprint})
         self._managers: dict[int, Any] = {}
 
     def _manager(self, chunk: int):
@@ -49,22 +99,59 @@ class Checkpoints:
                 self.directory / f"chunk_{chunk:04d}", options=options)
         return self._managers[chunk]
 
-    def restore(self, chunk: int, like_state):
-        """(epochs done, state, history dict) of the latest checkpoint, or None."""
-        manager = self._manager(chunk)
-        step = manager.latest_step()
-        if step is None:
-            return None
+    def _step_dir(self, chunk: int, step: int) -> Path:
+        return self.directory / f"chunk_{chunk:04d}" / str(step)
+
+    def _verified(self, chunk: int, step: int, like_state):
+        """(state, history) of ``step`` if it restores and matches its checksum, else the reason
+        it does not (a string)."""
         args = self._ocp.args
-        abstract = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None)),
-            like_state)
-        restored = manager.restore(step, args=args.Composite(
-            state=args.StandardRestore(abstract), history=args.StandardRestore()))
-        history = {k: np.asarray(v) for k, v in restored["history"].items()}
-        return int(step), restored["state"], history
+        try:
+            stored = json.loads((self._step_dir(chunk, step) / _CHECKSUM_FILE).read_text())
+            abstract = jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                               sharding=getattr(a, "sharding", None)), like_state)
+            restored = self._manager(chunk).restore(step, args=args.Composite(
+                state=args.StandardRestore(abstract), history=args.StandardRestore()))
+            history = {k: np.asarray(v) for k, v in restored["history"].items()}
+            state = restored["state"]
+        except Exception as err:  # orbax/tensorstore raise bare Exceptions for damaged files
+            return _reason(err)
+        if stored.get("fingerprint") != self.fingerprint:
+            return "it belongs to another configuration"
+        if stored.get("sha256") != _digest((state, history)):
+            return "its content does not match its checksum"
+        return state, history
+
+    def _discard(self, chunk: int, step: int) -> None:
+        """Delete ``step`` of ``chunk`` so that a later save of that epoch starts clean."""
+        manager = self._manager(chunk)
+        try:
+            manager.delete(step)
+        except Exception:  # a damaged step may confuse orbax's own deletion
+            shutil.rmtree(self._step_dir(chunk, step), ignore_errors=True)
+            manager.reload()
+
+    def restore(self, chunk: int, like_state):
+        """(epochs done, state, history dict) of the latest verified checkpoint, or None.
+
+        A step that fails verification is deleted with a one-line RuntimeWarning; the previous
+        step is tried next."""
+        manager = self._manager(chunk)
+        for step in sorted(manager.all_steps(), reverse=True):
+            result = self._verified(chunk, step, like_state)
+            if not isinstance(result, str):
+                return int(step), result[0], result[1]
+            older = [s for s in manager.all_steps() if s < step]
+            fallback = f"epoch {max(older)}" if older else "the start"
+            warnings.warn(f"checkpoint {self._step_dir(chunk, step)} failed verification "
+                          f"({result}); discarded, resuming from {fallback}", RuntimeWarning,
+                          stacklevel=3)
+            self._discard(chunk, step)
+        return None
 
     def save(self, chunk: int, epoch: int, state, history: dict, *, final: bool) -> None:
+        """Save epoch ``epoch`` (every ``every`` epochs and the final one), then its checksum."""
         if not (final or epoch % self.every == 0):
             return
         args = self._ocp.args
@@ -72,15 +159,40 @@ class Checkpoints:
         manager.save(epoch, args=args.Composite(state=args.StandardSave(state),
                                                 history=args.StandardSave(history)), force=True)
         manager.wait_until_finished()
+        _write_json(self._step_dir(chunk, epoch) / _CHECKSUM_FILE,
+                    {"fingerprint": self.fingerprint, "step": int(epoch),
+                     "sha256": _digest((state, {k: np.asarray(v) for k, v in history.items()}))})
 
 
 def fingerprint(model, dataset, masks, member_ids, seed, echo: dict) -> str:
-    """sha256 of the model, settings echo, masks, member ids, labels, image sum/shape and seed."""
+    """sha256 of the model, settings echo, the full bytes (with dtype and shape) of the images,
+    labels, masks and member ids, the number of classes and the seed."""
     h = hashlib.sha256()
     h.update(repr(model).encode())
     h.update(json.dumps(echo, sort_keys=True, default=str).encode())
-    for arr in (masks, np.asarray(member_ids), dataset.labels):
-        h.update(np.ascontiguousarray(arr).tobytes())
-    h.update(np.float64(dataset.images.sum(dtype=np.float64)).tobytes())
-    h.update(str((dataset.images.shape, seed)).encode())
+    for arr in (dataset.images, dataset.labels, masks, np.asarray(member_ids)):
+        a = np.ascontiguousarray(arr)
+        h.update(f"|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    h.update(str((dataset.num_classes, seed)).encode())
     return h.hexdigest()
+
+
+def clean_checkpoints(root: str | os.PathLike, keep: Iterable[str]) -> list[Path]:
+    """Delete the checkpoint folders directly under ``root`` (folders holding a run.json) whose
+    names are not in ``keep``; returns the deleted paths. Other files and folders are left alone."""
+    keep = {str(k) for k in ([keep] if isinstance(keep, str) else keep)}
+    bad = sorted(k for k in keep if not k or "/" in k or "\\" in k)
+    if bad:
+        raise ValueError(f"keep must hold folder names under root (no path separators), got {bad}")
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for folder in sorted(root.iterdir()):
+        if folder.name in keep or not folder.is_dir() or folder.is_symlink():
+            continue
+        if (folder / _RUN_FILE).is_file():
+            shutil.rmtree(folder)
+            removed.append(folder)
+    return removed

@@ -45,8 +45,13 @@ def _add_audit(sub) -> None:
     a.add_argument("--max-examples", type=int, default=None, metavar="N",
                    help="use a random subset of N training (and at most N test) examples, e.g. "
                    "to try CIFAR on a CPU")
-    a.add_argument("--model", default=d.model, help="mlp | cnn (default) | resnet18 | resnet18_gn "
-                   "| fastnet")
+    a.add_argument("--model", default=d.model, help=f"mlp | cnn | resnet18 | resnet18_gn | "
+                   f"fastnet (default {d.model}: a GELU MLP, 2 hidden layers of 512, that fits "
+                   "every training label of the digits)")
+    a.add_argument("--model-kwargs", default=None, metavar="JSON",
+                   help="keyword arguments of the model as a JSON object, e.g. "
+                   "'{\"width\": 16, \"hidden\": 512}' for cnn (default: the model's defaults; "
+                   "mlp: hidden 512, depth 2)")
     a.add_argument("--models", type=int, default=d.models, metavar="K",
                    help=f"ensemble members, each trained on a random half (default {d.models})")
     a.add_argument("--fraction", type=float, default=d.fraction,
@@ -55,16 +60,31 @@ def _add_audit(sub) -> None:
     a.add_argument("--batch-size", type=int, default=d.batch_size,
                    help=f"(expected) batch size (default {d.batch_size})")
     a.add_argument("--learning-rate", type=float, default=None,
-                   help="peak learning rate (default 0.05)")
+                   help="peak learning rate, cosine schedule (default: 2e-3 for adam, 0.05 for "
+                   "sgd, sam and sam-gnr)")
+    a.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="L2 on kernels (default 0: members must fit their training labels for "
+                   "memorization to show)")
     a.add_argument("--optimizer", default=d.optimizer, choices=list(OPTIMIZERS),
-                   help="sgd (momentum 0.9, cosine schedule), adam, or sam (SGD + "
-                   "sharpness-aware minimization)")
+                   help=f"sgd (momentum 0.9), adam, sam (SGD + sharpness-aware minimization) "
+                   f"or sam-gnr (SAM + gradient-norm penalty + noise, the SAM paper's "
+                   f"mitigation) (default {d.optimizer})")
+    a.add_argument("--gnr-penalty", type=float, default=None,
+                   help="sam-gnr: weight of the parameter-gradient-norm penalty (default: the "
+                   "optimizer's)")
+    a.add_argument("--gnr-noise", type=float, default=None,
+                   help="sam-gnr: standard deviation of the injected gradient noise (default: "
+                   "the optimizer's)")
     a.add_argument("--rho", type=float, default=d.rho, help="SAM radius (default 0.05)")
     a.add_argument("--num-probes", type=int, default=d.num_probes,
                    help="Hutchinson / zero-order probes per example (default 10)")
     a.add_argument("--h", type=float, default=d.h, help="zero-order step size (default 1e-3)")
     a.add_argument("--no-zero-order", dest="zero_order", action="store_false",
                    help="skip the black-box (losses only) curvature attack")
+    a.add_argument("--zero-order-members", type=int, default=d.zero_order_members, metavar="M",
+                   help=f"black-box curvature on the first M members only (default "
+                   f"{d.zero_order_members}; 0 = all): its float64 loss queries cost more than "
+                   "the white-box HVPs on a CPU")
     a.add_argument("--adversarial", action="store_true",
                    help="also compute the adversarial-distance proxy (smallest L2 PGD step that "
                    "flips the prediction; slower)")
@@ -123,10 +143,13 @@ def _audit(args) -> int:
 
     config = AuditConfig(
         dataset=args.dataset, data_dir=args.data_dir, max_examples=args.max_examples,
-        model=args.model, models=args.models,
-        fraction=args.fraction, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, optimizer=args.optimizer, rho=args.rho,
+        model=args.model, model_kwargs=_json_object("--model-kwargs", args.model_kwargs),
+        models=args.models, fraction=args.fraction, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, optimizer=args.optimizer, rho=args.rho,
+        gnr_penalty=args.gnr_penalty, gnr_noise=args.gnr_noise,
         num_probes=args.num_probes, h=args.h, zero_order=args.zero_order,
+        zero_order_members=args.zero_order_members or None,
         adversarial=args.adversarial,
         label_noise=args.label_noise, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         dp_clip=args.dp_clip, augment=None if args.augment is None else args.augment == "on",
@@ -137,13 +160,29 @@ def _audit(args) -> int:
     return 0
 
 
+def _json_object(flag: str, text: str | None) -> dict | None:
+    """A JSON object given on the command line, or None."""
+    import json
+
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{flag} takes a JSON object such as '{{\"hidden\": 256}}': {err}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} takes a JSON object such as '{{\"hidden\": 256}}', got {text!r}")
+    return value
+
+
 def _print_summary(summary: dict, out: str) -> None:
     acc = summary["accuracy"]
     corr = summary["correlations"]
     print(f"\njaxcurv audit: {summary['data']['dataset']}, {summary['config']['model']}, "
           f"{summary['config']['models']} members")
     print(f"  test accuracy        {acc['test_mean']:.3f} (min {acc['test_min']:.3f})")
-    print(f"  Spearman(mem, tr H)  {corr['spearman_mem_curvature']:.3f}")
+    print(f"  train accuracy (in)  {acc['train_in_mean']:.3f} (out {acc['train_out_mean']:.3f})")
+    print(f"  Spearman(mem, curvature tr H²)  {corr['spearman_mem_curvature']:.3f}")
     print("  membership inference (AUROC, TPR@1%FPR):")
     for row in summary["mia"]["metrics"]:
         print(f"    {row['attack']:<16} {row['auroc']:.3f}  {row['tpr_at_fpr_1pct']:.3f}")
@@ -152,9 +191,12 @@ def _print_summary(summary: dict, out: str) -> None:
         print(f"  epsilon accounted {p['epsilon_accounted']:.3f}, audited lower bound "
               f"{p['epsilon_audited_lower_bound']:.3f}, accuracy cost {p['accuracy_cost']:.3f}")
     if "label_noise" in summary:
-        r = summary["label_noise"]["ranking"]
-        print(f"  flipped labels found: AUROC curvature {r['curvature']['auroc']:.3f}, "
-              f"mem {r['mem']['auroc']:.3f}")
+        noise = summary["label_noise"]
+        r = noise["ranking"]
+        print(f"  flipped labels: {noise['flipped']}, fitted by the members trained on them: "
+              f"{noise['flipped_train_in_accuracy']:.3f}")
+        print("  finding them (AUROC): " + ", ".join(f"{name} {v['auroc']:.3f}"
+                                                     for name, v in r.items()))
     print(f"  total {summary['timings_s']['total']:.1f} s; report: "
           f"{os.path.join(out, 'report.html')}")
 

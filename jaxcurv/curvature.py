@@ -25,6 +25,7 @@ input, so a sweep over h reuses it too). ``input_curvature``, ``zero_order_curva
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -106,7 +107,27 @@ def _check_config(num_probes: int, h: float, batch_size, method: str, methods,
     return probe_batch
 
 
-def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
+def _check_num_classes(num_classes) -> int | None:
+    return None if num_classes is None else check_positive_int("num_classes", num_classes)
+
+
+def _check_labels(y_host: np.ndarray, num_classes: int | None) -> None:
+    """Integer class labels (N,) must lie in [0, num_classes); negative ones are always refused
+    (jnp indexing would wrap or clip them to another class without an error)."""
+    integer = np.issubdtype(y_host.dtype, np.integer)
+    if num_classes is not None and not (integer and y_host.ndim == 1):
+        raise ValueError(f"num_classes applies to integer class labels y of shape (N,); got "
+                         f"dtype {y_host.dtype} and shape {y_host.shape}: pass num_classes=None")
+    if not integer or y_host.ndim != 1 or y_host.size == 0:
+        return
+    lo, hi = int(y_host.min()), int(y_host.max())
+    if lo < 0 or (num_classes is not None and hi >= num_classes):
+        bound = "num_classes" if num_classes is None else f"num_classes={num_classes}"
+        raise ValueError(f"labels y must be class indices in [0, {bound}); got range [{lo}, {hi}]"
+                         ": pass the labels the model was trained on")
+
+
+def _check_data(x, y, num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     x_host = np.asarray(x)
     y_host = np.asarray(y)
     if x_host.ndim < 1 or x_host.shape[0] == 0:
@@ -121,6 +142,7 @@ def _check_data(x, y) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(x_host).all():
         bad = int((~np.isfinite(x_host.reshape(len(x_host), -1))).any(axis=1).sum())
         raise ValueError(f"x contains NaN or inf in {bad} example(s); clean the inputs first")
+    _check_labels(y_host, num_classes)
     return x_host, y_host
 
 
@@ -156,7 +178,12 @@ def _scalar_loss(loss_fn: LossFn, params, y, compute_dtype) -> Callable[[jax.Arr
 
     def f(x):
         xc = x if compute_dtype is None else x.astype(compute_dtype)
-        return jnp.asarray(loss_fn(params, xc, y)).astype(x.dtype).reshape(())
+        loss = jnp.asarray(loss_fn(params, xc, y))
+        if loss.size != 1:  # shapes are static: checked once, when the kernel is traced
+            raise ValueError(f"loss_fn must return the scalar loss of ONE example, got shape "
+                             f"{loss.shape} for an input of shape {x.shape}: reduce it, or vmap "
+                             "over the batch outside of loss_fn")
+        return loss.astype(x.dtype).reshape(())
 
     return f
 
@@ -256,18 +283,27 @@ def _example_reference(loss_fn, params, x, y, key, h, count, *, num_probes, prob
 # batching, chunking and sharding
 
 
-def _batched(example_fn: Callable, loss_fn: LossFn, **config) -> Callable:
+def _batched(example_fn: Callable, loss_fn: LossFn, *, check_loss: bool = False,
+             **config) -> Callable:
     """kernel(params, x, y, idx, scalars, key) -> tuple of (B,) arrays, vmapped over examples.
 
     ``idx`` (B,) global example indices (probe keys are fold_in(key, idx)); ``scalars`` = [h,
-    real examples in the batch] (traced, so sweeping h does not recompile).
+    real examples in the batch] (traced, so sweeping h does not recompile). With ``check_loss``
+    the tuple ends with isfinite(ℓ(x)) (B,) bool (one extra forward pass per example).
     """
 
     def example_kernel(params, x, y, idx, scalars, key):
         params_c = cast_floats(params, config["compute_dtype"])
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
         h, count = scalars[0], scalars[1]
-        per_example = lambda xi, yi, ki: example_fn(loss_fn, params_c, xi, yi, ki, h, count, **config)
+
+        def per_example(xi, yi, ki):
+            out = example_fn(loss_fn, params_c, xi, yi, ki, h, count, **config)
+            if not check_loss:
+                return out
+            f = _scalar_loss(loss_fn, params_c, yi, config["compute_dtype"])
+            return (*out, jnp.isfinite(f(xi)))
+
         return jax.vmap(per_example)(x, y, keys)
 
     return example_kernel
@@ -292,8 +328,28 @@ def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_f
     return (real if exact_batches else padded), padded
 
 
+def _warn_nonfinite(results: tuple, checked: int, warned: list) -> tuple:
+    """``results`` without their last entry, isfinite(loss) (N,); warns once per held estimator
+    when a loss or one of the first ``checked`` outputs is NaN/inf (host arrays: no device sync)."""
+    *results, loss_ok = results
+    if warned:
+        return tuple(results)
+    bad_loss = ~np.asarray(loss_ok, bool)
+    bad = bad_loss.copy()
+    for a in results[:checked]:
+        bad |= ~np.isfinite(a)
+    if bad.any():
+        warned.append(True)
+        what = (f"loss_fn returned NaN for {int(bad_loss.sum())} example(s)" if bad_loss.any()
+                else f"curvature is NaN/inf for {int(bad.sum())} example(s) with finite losses "
+                     "(overflow: try compute_dtype=jnp.float64 or another h)")
+        warnings.warn(f"{what}; check the params and inputs", RuntimeWarning, stacklevel=4)
+    return tuple(results)
+
+
 def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
                     batch_size: int | None, compute_dtype, devices, desc: str,
+                    num_classes: int | None = None, checked_outputs: int = 1,
                     exact_batches: bool = False, hessian_memory: bool = False,
                     **config) -> Callable:
     """Host-level ``estimate(params, x, y, key, *, h=None, progress=False) -> tuple of host (N,)
@@ -302,11 +358,16 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
     The kernel is jitted (and, for several devices, shard_mapped over the example axis) once,
     here; every call feeds it fixed-shape chunks, so calls with the same chunk shape reuse one
     executable (h is a traced input: a call with another ``h`` reuses it too).
-    ``compute_dtype=float64`` runs each call under x64 with float64 data and params.
+    ``compute_dtype=float64`` runs each call under x64 with float64 data and params. Labels are
+    checked against ``num_classes`` on every call; the first call whose first ``checked_outputs``
+    outputs hold NaN/inf warns (once per estimator).
     """
+    num_classes = _check_num_classes(num_classes)
+    warned: list = []
     devs = _resolve_devices(devices)
     x64 = _is_float64(compute_dtype)
-    kernel = _batched(example_fn, loss_fn, compute_dtype=None if x64 else compute_dtype, **config)
+    kernel = _batched(example_fn, loss_fn, check_loss=True,
+                      compute_dtype=None if x64 else compute_dtype, **config)
     if len(devs) > 1:
         mesh = Mesh(np.asarray(devs), ("examples",))
         ex = P("examples")
@@ -320,7 +381,7 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
     def estimate(params, x, y, key, *, h: float | None = None,
                  progress: bool = False) -> tuple[np.ndarray, ...]:
         h = default_h if h is None else check_positive("h", h)
-        x_host, y_host = _check_data(x, y)
+        x_host, y_host = _check_data(x, y, num_classes)
         d = int(np.prod(x_host.shape[1:]))
         step, chunk = _chunk_sizes(x_host.shape[0], batch_size, len(devs),
                                    d * d if hessian_memory else 0, exact_batches)
@@ -335,8 +396,9 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
                 xs, ys, idx = (jax.device_put(a, data_sharding) for a in (xs, ys, idx))
                 return kernel(params_d, xs, ys, idx, scalars, key_d)
 
-            return map_chunks(run, (x_host, y_host), step=step, chunk=chunk, progress=progress,
-                              desc=desc)
+            results = map_chunks(run, (x_host, y_host), step=step, chunk=chunk,
+                                 progress=progress, desc=desc)
+        return _warn_nonfinite(results, checked_outputs, warned)
 
     return estimate
 
@@ -367,20 +429,22 @@ def make_curvature_fn(loss_fn: LossFn, *, num_probes: int = 10, method: str = "h
 def make_input_curvature(loss_fn: LossFn, *, num_probes: int = 10, method: str = "hutchinson",
                          h: float = 1e-3, batch_size: int | None = None, compute_dtype=None,
                          devices: Sequence[jax.Device] | None = None,
-                         probe_batch: int | None = None) -> Callable:
+                         probe_batch: int | None = None,
+                         num_classes: int | None = None) -> Callable:
     """``fn(params, x, y, key, *, h=None, progress=False) -> Curvature`` (host arrays (N,)): the
     chunked, sharded estimator of :func:`input_curvature` with its configuration fixed.
 
     The kernel compiles on the first call per chunk shape; hold ``fn`` and call it again (other
     params, keys, N with the same chunk shape, or another step ``h`` for "finite_difference")
-    without recompiling. Settings are validated here.
+    without recompiling. Settings are validated here; labels and the loss (see
+    :func:`input_curvature`) on every call.
     """
     probe_batch = _check_config(num_probes, h, batch_size, method, METHODS, probe_batch)
     estimate = _make_estimator(_example_curvature, loss_fn, default_h=float(h),
                                batch_size=batch_size, devices=devices,
                                compute_dtype=_check_compute_dtype(compute_dtype),
                                desc=f"curvature ({method})", hessian_memory=method == "exact",
-                               method=method, num_probes=int(num_probes), probe_batch=probe_batch)
+                               num_classes=num_classes, checked_outputs=2, method=method, num_probes=int(num_probes), probe_batch=probe_batch)
 
     def curvature(params, x, y, key, *, h: float | None = None,
                   progress: bool = False) -> Curvature:
@@ -392,15 +456,17 @@ def make_input_curvature(loss_fn: LossFn, *, num_probes: int = 10, method: str =
 def make_zero_order_curvature(loss_fn: LossFn, *, num_probes: int = 10, h: float = 1e-3,
                               method: str = "central", batch_size: int | None = None,
                               compute_dtype=None, devices: Sequence[jax.Device] | None = None,
-                              probe_batch: int | None = None) -> Callable:
+                              probe_batch: int | None = None,
+                              num_classes: int | None = None) -> Callable:
     """``fn(params, x, y, key, *, h=None, progress=False) -> host array (N,)``: the estimator of
     :func:`zero_order_curvature` with its configuration fixed (compiled once per chunk shape;
-    ``h`` overrides the step per call)."""
+    ``h`` overrides the step per call; labels checked as in :func:`input_curvature`)."""
     probe_batch = _check_config(num_probes, h, batch_size, method, ZERO_ORDER_METHODS, probe_batch)
     estimate = _make_estimator(_example_zero_order, loss_fn, default_h=float(h),
                                batch_size=batch_size, devices=devices,
                                compute_dtype=_check_compute_dtype(compute_dtype),
-                               desc=f"zero-order curvature ({method})", method=method,
+                               desc=f"zero-order curvature ({method})",
+                               num_classes=num_classes, method=method,
                                num_probes=int(num_probes), probe_batch=probe_batch)
 
     def zero_order(params, x, y, key, *, h: float | None = None,
@@ -413,14 +479,17 @@ def make_zero_order_curvature(loss_fn: LossFn, *, num_probes: int = 10, h: float
 def make_reference_score(loss_fn: LossFn, *, num_probes: int = 10, h: float = 1e-3,
                          batch_size: int | None = None, compute_dtype=None,
                          devices: Sequence[jax.Device] | None = None,
-                         probe_batch: int | None = None) -> Callable:
+                         probe_batch: int | None = None,
+                         num_classes: int | None = None) -> Callable:
     """``fn(params, x, y, key, *, h=None, progress=False) -> host array (N,)``:
-    :func:`reference_score` with its configuration fixed (compiled once per batch shape)."""
+    :func:`reference_score` with its configuration fixed (compiled once per batch shape; labels
+    checked as in :func:`input_curvature`)."""
     probe_batch = _check_config(num_probes, h, batch_size, "reference", ("reference",), probe_batch)
     estimate = _make_estimator(_example_reference, loss_fn, default_h=float(h),
                                batch_size=batch_size, devices=devices,
                                compute_dtype=_check_compute_dtype(compute_dtype),
                                desc="reference score", exact_batches=True,
+                               num_classes=num_classes,
                                num_probes=int(num_probes), probe_batch=probe_batch)
 
     def score(params, x, y, key, *, h: float | None = None, progress: bool = False) -> np.ndarray:
@@ -432,7 +501,8 @@ def make_reference_score(loss_fn: LossFn, *, num_probes: int = 10, h: float = 1e
 def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                     method: str = "hutchinson", h: float = 1e-3, batch_size: int | None = None,
                     compute_dtype=None, devices: Sequence[jax.Device] | None = None,
-                    probe_batch: int | None = None, progress: bool = False) -> Curvature:
+                    probe_batch: int | None = None, num_classes: int | None = None,
+                    progress: bool = False) -> Curvature:
     """Per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) of a single-example ``loss_fn(params, x, y)``.
 
     x: (N, ...) float inputs, y: (N, ...) targets; returns :class:`Curvature` of host arrays (N,).
@@ -446,10 +516,16 @@ def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     ``probe_batch`` probes are vmapped together (memory ∝ batch_size × probe_batch); default: all
     on CPU (XLA:CPU runs convolutions inside loops slowly), 1 on GPU/TPU (a lax.map over probes).
     One call compiles its kernel; to call repeatedly, hold :func:`make_input_curvature`'s function.
+
+    Checked before any compute: integer class labels y (N,) must be ≥ 0, and < ``num_classes``
+    when it is given (the model's output size C; without it a label ≥ C is not detectable and
+    gives finite, meaningless numbers); ``loss_fn`` must return one scalar per example (a
+    ValueError when the kernel is traced). When the loss is NaN for some examples the call warns
+    once ("loss_fn returned NaN for E example(s)", RuntimeWarning) and returns NaN for them.
     """
     fn = make_input_curvature(loss_fn, num_probes=num_probes, method=method, h=h,
                               batch_size=batch_size, compute_dtype=compute_dtype, devices=devices,
-                              probe_batch=probe_batch)
+                              probe_batch=probe_batch, num_classes=num_classes)
     return fn(params, x, y, key, progress=progress)
 
 
@@ -464,7 +540,8 @@ def zero_order_queries(num_probes: int, method: str = "central") -> int:
 def zero_order_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                          h: float = 1e-3, method: str = "central", batch_size: int | None = None,
                          compute_dtype=None, devices: Sequence[jax.Device] | None = None,
-                         probe_batch: int | None = None, progress: bool = False):
+                         probe_batch: int | None = None, num_classes: int | None = None,
+                         progress: bool = False):
     """Black-box curvature from losses only; returns host array (N,).
 
     "central": mean over probes of (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv))/h² ≈ vᵀHv, unbiased for tr(H) up to
@@ -473,18 +550,20 @@ def zero_order_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int 
     :func:`zero_order_queries` model evaluations per example. In float32 the differences lose
     about eps·ℓ/h² ≈ 1e-7·ℓ/1e-6 ≈ 0.1·ℓ to cancellation at h = 1e-3: pass
     ``compute_dtype=jnp.float64`` (CPU) for a float64 evaluation. One call compiles its kernel;
-    to call repeatedly, hold :func:`make_zero_order_curvature`'s function.
+    to call repeatedly, hold :func:`make_zero_order_curvature`'s function. Labels, the loss's
+    shape and NaN losses are checked as in :func:`input_curvature`.
     """
     fn = make_zero_order_curvature(loss_fn, num_probes=num_probes, h=h, method=method,
                                    batch_size=batch_size, compute_dtype=compute_dtype,
-                                   devices=devices, probe_batch=probe_batch)
+                                   devices=devices, probe_batch=probe_batch,
+                                   num_classes=num_classes)
     return fn(params, x, y, key, progress=progress)
 
 
 def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10, h: float = 1e-3,
                     batch_size: int | None = None, compute_dtype=None,
                     devices: Sequence[jax.Device] | None = None, probe_batch: int | None = None,
-                    progress: bool = False):
+                    num_classes: int | None = None, progress: bool = False):
     """The seed code's white-box score, with its exact semantics; host array (N,).
 
     For each batch X of B real examples (``batch_size``; default: all N in one batch) and each
@@ -492,7 +571,9 @@ def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     *batch-mean* loss. Since ∇ₓᵢL = ∇ℓᵢ/B, sᵢ ≈ (h/B)·E‖H R‖ and (B sᵢ / h)² ≤ E‖HR‖² = tr(H²)
     (Jensen): a norm, not a squared norm, that scales with h/B. Use it only to compare with the
     papers' numbers; ``input_curvature`` gives tr(H²) directly. Held form: :func:`make_reference_score`.
+    Labels, the loss's shape and NaN losses are checked as in :func:`input_curvature`.
     """
     fn = make_reference_score(loss_fn, num_probes=num_probes, h=h, batch_size=batch_size,
-                              compute_dtype=compute_dtype, devices=devices, probe_batch=probe_batch)
+                              compute_dtype=compute_dtype, devices=devices, probe_batch=probe_batch,
+                              num_classes=num_classes)
     return fn(params, x, y, key, progress=progress)

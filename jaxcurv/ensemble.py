@@ -5,8 +5,9 @@ augmentation and (for DP) noise and Poisson sampling, all derived from (key, mem
 that results do not depend on how members are chunked or sharded, and a killed run resumes to the
 same result. Parameters of the K members are stacked on a leading axis. ``train`` takes a
 :class:`TrainConfig` (or its fields as keywords); compiled functions are built once per call of
-``train`` / ``member_curvature`` / ``member_zero_order_curvature`` and, for ``predict``, held on
-the :class:`Ensemble`, so nothing is cached at module level.
+``train`` and, for ``predict`` / ``member_curvature`` / ``member_zero_order_curvature``, held on
+the :class:`Ensemble`, so nothing is cached at module level. Training stops with
+:class:`TrainingDiverged` at the first epoch whose loss explodes or parameters are not finite.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from jaxcurv import models
-from jaxcurv._checkpoints import Checkpoints, fingerprint
+from jaxcurv._checkpoints import Checkpoints, clean_checkpoints, fingerprint
 from jaxcurv._chunks import map_chunks
 from jaxcurv._tree import cast_floats, stack, unstack
 from jaxcurv._validate import check_float, check_int, check_masks, check_positive_int
@@ -48,6 +49,8 @@ from jaxcurv.training import (
 __all__ = [
     "Ensemble",
     "TrainConfig",
+    "TrainingDiverged",
+    "clean_checkpoints",
     "train",
     "fit_one",
     "predict",
@@ -58,6 +61,12 @@ __all__ = [
 ]
 
 _EVAL_CHUNK = 1024
+_DIVERGED_LOSS = 1e4  # mean training cross-entropy beyond any fit (ln C ≤ 10 for C ≤ 22026)
+
+
+class TrainingDiverged(ValueError):
+    """Training produced non-finite parameters or a NaN, inf or exploding (> 1e4) mean loss
+    (checked once per epoch)."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -103,8 +112,12 @@ class TrainConfig:
     jaxcurv.data.augment keywords. ``dp``: a jaxcurv.privacy.DPConfig for DP-SGD.
     ``record_examples``: per-epoch correctness and loss of every member on every training example;
     ``record_curvature=P``: per-epoch input curvature tr(H) with P probes (costly).
+    ``record_every=R``: the per-epoch records (test accuracy, examples, curvature) every R-th
+    epoch and at the last one only (history rows = recorded epochs), since on a CPU evaluating
+    every example each epoch costs nearly as much as the epoch itself.
     ``checkpoint_dir``: orbax checkpoints every ``checkpoint_every`` epochs; the same call resumes
-    from the last one to the same result as an uninterrupted run. ``members_per_chunk``: members
+    from the last one to the same result as an uninterrupted run (each checkpoint is verified
+    against a checksum; a damaged one is discarded with a RuntimeWarning, never used). ``members_per_chunk``: members
     vmapped together (default: all on GPU/TPU; 1 on CPU, where a vmap over conv weights runs as
     slower grouped convolutions), chunks run in turn, members sharded over ``devices`` (default
     all local). ``member_ids``: what member keys derive from (default 0..K−1).
@@ -123,6 +136,7 @@ class TrainConfig:
     dp: Any = None
     record_examples: bool = False
     record_curvature: int = 0
+    record_every: int = 1
     checkpoint_dir: str | os.PathLike | None = None
     checkpoint_every: int = 1
     members_per_chunk: int | None = None
@@ -136,7 +150,7 @@ class TrainConfig:
     callbacks: Sequence[Callable[[int, dict], None]] = ()
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "checkpoint_every"):
+        for name in ("epochs", "batch_size", "checkpoint_every", "record_every"):
             check_positive_int(name, getattr(self, name))
         for name in ("members_per_chunk", "steps_per_epoch"):
             if getattr(self, name) is not None:
@@ -318,21 +332,39 @@ def _stacked(estimate: Callable, variables, rows, keys, images, labels, *, progr
                                  disable=not progress or len(rows) == 1), keys)]
 
 
+def _held_estimator(ensemble: Ensemble, make: Callable, image_shape: tuple, **config) -> Callable:
+    """``make(member_loss_fn(ensemble), num_classes=C, **config)`` held on ``ensemble`` (built
+    once per configuration; ``h`` is passed per call, so it is not part of the configuration).
+    C, the model's output size, comes from an abstract evaluation: labels are checked against it."""
+
+    def build():
+        x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+        out = jax.eval_shape(ensemble.model.apply, ensemble.member(0), x)
+        return make(member_loss_fn(ensemble), num_classes=int(out.shape[-1]), **config)
+
+    name = (make.__name__, tuple(image_shape), *sorted((k, repr(v)) for k, v in config.items()))
+    return ensemble._kernel(name, build)
+
+
 def member_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *, num_probes: int = 10,
                      method: str = "hutchinson", h: float = 1e-3, batch_size: int | None = None,
-                     compute_dtype=None, progress: bool = False) -> Curvature:
-    """Input curvature of every member on every example: Curvature fields of shape (K, N).
+                     compute_dtype=None, members: Sequence[int] | None = None,
+                     progress: bool = False) -> Curvature:
+    """Input curvature of the members at indices ``members`` (default all K) on every example:
+    Curvature fields of shape (K', N).
 
-    Row k equals ``input_curvature(member_loss_fn(ensemble), ensemble.member(k), images, labels,
-    fold_in(key, member_ids[k]))``; one compiled kernel serves all members.
+    Row j equals ``input_curvature(member_loss_fn(ensemble), ensemble.member(k), images, labels,
+    fold_in(key, member_ids[k]))`` for k = members[j], so rows do not depend on which members are
+    computed together; the compiled kernel is held on the ensemble and reused by later calls.
     """
-    estimate = make_input_curvature(member_loss_fn(ensemble), num_probes=num_probes,
-                                    method=method, h=h, batch_size=batch_size,
-                                    compute_dtype=compute_dtype)
-    keys = [jax.random.fold_in(key, int(m)) for m in ensemble.member_ids]
-    rows = _stacked(estimate, ensemble.variables, range(ensemble.num_members), keys, images,
-                    labels, progress=progress, desc="member curvature")
-    return Curvature(*(np.stack(field) for field in zip(*rows)))
+    rows = _select_members(members, ensemble.num_members)
+    estimate = _held_estimator(ensemble, make_input_curvature, np.shape(images)[1:],
+                               num_probes=num_probes, method=method, batch_size=batch_size,
+                               compute_dtype=compute_dtype)
+    keys = [jax.random.fold_in(key, int(ensemble.member_ids[r])) for r in rows]
+    out = _stacked(functools.partial(estimate, h=h), ensemble.variables, rows, keys, images,
+                   labels, progress=progress, desc="member curvature")
+    return Curvature(*(np.stack(field) for field in zip(*out)))
 
 
 def member_zero_order_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *,
@@ -343,15 +375,17 @@ def member_zero_order_curvature(ensemble: Ensemble, images, labels, key: jax.Arr
 
     Row j equals ``zero_order_curvature(member_loss_fn(ensemble), ensemble.member(m), images,
     labels, fold_in(key, m), method=method)`` for m = members[j] (the member's index in the
-    ensemble); one compiled kernel serves all members. ``compute_dtype=jnp.float64`` (CPU) keeps
-    the finite differences' digits (see curvature.zero_order_curvature).
+    ensemble); the compiled kernel is held on the ensemble and reused by later calls.
+    ``compute_dtype=jnp.float64`` (CPU) keeps the finite differences' digits (see
+    curvature.zero_order_curvature).
     """
     rows = _select_members(members, ensemble.num_members)
-    estimate = make_zero_order_curvature(member_loss_fn(ensemble), num_probes=num_probes, h=h,
-                                         method=method, compute_dtype=compute_dtype)
+    estimate = _held_estimator(ensemble, make_zero_order_curvature, np.shape(images)[1:],
+                               num_probes=num_probes, method=method, compute_dtype=compute_dtype)
     keys = [jax.random.fold_in(key, int(r)) for r in rows]
-    return np.stack(_stacked(estimate, ensemble.variables, rows, keys, images, labels,
-                             progress=progress, desc="member zero-order curvature"))
+    return np.stack(_stacked(functools.partial(estimate, h=h), ensemble.variables, rows, keys,
+                             images, labels, progress=progress,
+                             desc="member zero-order curvature"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,7 +444,7 @@ def _make_plan(model, dataset: Dataset, masks, key, cfg: TrainConfig) -> _Plan:
             "optimizer": dataclasses.asdict(optimizer), "augment": cfg.augment,
             "label_smoothing": cfg.label_smoothing, "steps_per_epoch": steps, "dp": privacy,
             "record_examples": cfg.record_examples, "record_curvature": cfg.record_curvature,
-            "compute_dtype": str(cfg.compute_dtype), "dataset": dataset.name,
+            "record_every": cfg.record_every, "compute_dtype": str(cfg.compute_dtype), "dataset": dataset.name,
             "num_members": k_total, "model": type(model).__name__,
             "init_transform": getattr(cfg.init_transform, "__qualname__",
                                       repr(cfg.init_transform))}
@@ -538,6 +572,30 @@ def _epoch_batches(plan: _Plan, batch_size: int, subsets, ids, epoch: int):
                               member_ids=ids)
 
 
+@jax.jit
+def _finite_members(variables, metrics) -> jax.Array:
+    """(K,) bool: member k's variables are finite and its epoch-mean loss is at most
+    _DIVERGED_LOSS (a cross-entropy no training reaches: a uniform guess costs ln C)."""
+    count = metrics["count"]
+    flags = [jnp.isfinite(a.reshape(count.shape[0], -1)).all(1)
+             for a in jax.tree.leaves(variables)]
+    if "loss" in metrics:
+        loss = jnp.where(count > 0, metrics["loss"], 0.0)
+        mean = (loss * count).sum(1) / jnp.maximum(count.sum(1), 1.0)
+        flags.append(mean <= _DIVERGED_LOSS)  # False for NaN
+    return jnp.stack(flags).all(0)
+
+
+def _check_diverged(state: TrainState, metrics, ids: np.ndarray, epoch: int) -> None:
+    """Raise TrainingDiverged when a real member's variables are not finite or its loss is NaN,
+    inf or above _DIVERGED_LOSS (one host sync per epoch)."""
+    finite = np.asarray(_finite_members(_variables(state), metrics))[:len(ids)]
+    if not finite.all():
+        member = int(ids[np.flatnonzero(~finite)[0]])
+        raise TrainingDiverged(f"training diverged at epoch {epoch + 1} (member {member}): "
+                               "lower --learning-rate")
+
+
 def _train_chunk(c: int, rows: np.ndarray, plan: _Plan, cfg: TrainConfig, compiled: _Compiled,
                  key, checkpoints, bar) -> tuple[dict, dict]:
     """Train members ``rows`` (chunk ``c``) for every epoch not yet checkpointed; returns their
@@ -562,9 +620,11 @@ def _train_chunk(c: int, rows: np.ndarray, plan: _Plan, cfg: TrainConfig, compil
         keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(epoch_keys)
         state, metrics = epoch_fn(state, images, labels,
                                   *(jax.device_put(a, member_sharding) for a in (idx, w, keys)))
-        rec = record(state, metrics, ids, jax.random.fold_in(key, epoch))
-        history = {k: np.concatenate([history[k], v[None]]) if k in history else v[None]
-                   for k, v in rec.items()}
+        _check_diverged(state, metrics, ids[:real], epoch)
+        if (epoch + 1) % cfg.record_every == 0 or epoch + 1 == cfg.epochs:
+            rec = record(state, metrics, ids, jax.random.fold_in(key, epoch))
+            history = {k: np.concatenate([history[k], v[None]]) if k in history else v[None]
+                       for k, v in rec.items()}
         if checkpoints is not None:
             checkpoints.save(c, epoch + 1, state, history, final=epoch + 1 == cfg.epochs)
         bar.update(1)
@@ -586,8 +646,13 @@ def train(model, dataset: Dataset, masks, key: jax.Array, config: TrainConfig | 
     keywords override the config's fields), e.g. ``train(model, ds, masks, key, epochs=10,
     batch_size=128, optimizer="sgd", learning_rate=0.1, dp=None, checkpoint_dir=None)``.
     ``test``: a held-out Dataset whose accuracy is recorded per epoch ("test_accuracy").
+    Raises :class:`TrainingDiverged` after the first epoch whose parameters are not finite or
+    whose mean training loss is NaN, inf or above 1e4, before that epoch is checkpointed.
     """
     cfg = _train_config(config, overrides)
+    if test is not None and test.images.shape[1:] != dataset.images.shape[1:]:
+        raise ValueError(f"test images have shape {test.images.shape[1:]} but training images "
+                         f"{dataset.images.shape[1:]}; both must have the same image shape")
     plan = _make_plan(model, dataset, masks, key, cfg)
     checkpoints = None
     if cfg.checkpoint_dir is not None:

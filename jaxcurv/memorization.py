@@ -5,6 +5,9 @@ Shapes: K ensemble members, N examples, E epochs, C classes.
 - ``feldman_zhang``: mem(i) = P̂[correct on i | i in] − P̂[correct on i | i out] over an ensemble
   trained on random subsets (Feldman & Zhang 2020), with its binomial standard error;
   ``cross_fitted_memorization`` estimates it from the other half of the members.
+- ``held_out_gain``: the SAM paper's per-example metric, P̂[a correct on i | i out] −
+  P̂[b correct on i | i out] of two ensembles trained on the same subsets with the same keys
+  (e.g. SAM vs SGD), with its standard error; ``gain_by_memorization`` bins it by memorization.
 - ``correctness``, ``learning_time``: per-member outcomes the estimators and proxies start from.
 - ``correlations``, ``top_memorized``, ``bin_by``: what the mem-vs-proxy figures need.
 - ``rank_flipped``: how well a score ranks mislabeled (flipped) examples first.
@@ -33,6 +36,9 @@ from jaxcurv._validate import as_bool_array, as_float_array, check_positive_int
 __all__ = [
     "feldman_zhang",
     "cross_fitted_memorization",
+    "held_out_gain",
+    "gain_by_memorization",
+    "GAIN_EDGES",
     "masked_mean",
     "correctness",
     "learning_time",
@@ -45,6 +51,7 @@ __all__ = [
 ]
 
 STDERR_METHODS = ("plugin", "agresti_caffo")
+GAIN_EDGES = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
 
 # Public names that moved to their own modules; still importable from here.
 _MOVED = {
@@ -134,6 +141,72 @@ def cross_fitted_memorization(correct, in_mask) -> np.ndarray:
             mem, _ = feldman_zhang(correct[estimate], in_mask[estimate])
         out[~estimate] = mem
     return out
+
+
+def held_out_gain(correct_a, correct_b, in_mask, *,
+                  paired: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out accuracy gain of ensemble a over ensemble b on each example: (gain, stderr) (N,).
+
+    correct_a, correct_b, in_mask: bool (K, N); member k of a and member k of b trained on the
+    same subset ``in_mask[k]`` (and, for ``paired``, from the same keys). Over the n_out members
+    that leave example i out, gain(i) = mean_k a[k, i] − mean_k b[k, i] = mean_k d_k with
+    d_k = a[k, i] − b[k, i]. ``paired`` (default): stderr = s_d/√n_out with s_d the sample
+    standard deviation (ddof = 1) of the d_k (NaN when n_out < 2); else the independent-binomial
+    plug-in √(p_a(1 − p_a) + p_b(1 − p_b))/√n_out, as :func:`feldman_zhang`. Examples that no
+    member leaves out get NaN (one warning says how many).
+    """
+    a = as_bool_array("correct_a", correct_a)
+    b = as_bool_array("correct_b", correct_b)
+    m = as_bool_array("in_mask", in_mask)
+    if a.ndim != 2 or a.shape != b.shape or a.shape != m.shape:
+        raise ValueError(f"correct_a, correct_b and in_mask must all be (K, N) with the same "
+                         f"shape, got {a.shape}, {b.shape} and {m.shape}")
+    out = ~m
+    n_out = out.sum(0)
+    d = a.astype(np.float64) - b.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = (d * out).sum(0) / n_out
+        if paired:
+            ss = (((d - gain) ** 2) * out).sum(0)
+            var = ss / (n_out - 1) / n_out
+            var = np.where(n_out < 2, np.nan, var)
+        else:
+            p_a, p_b = (a & out).sum(0) / n_out, (b & out).sum(0) / n_out
+            var = (p_a * (1 - p_a) + p_b * (1 - p_b)) / n_out
+    bad = n_out == 0
+    if bad.any():
+        warnings.warn(f"held_out_gain: {int(bad.sum())} example(s) are in every member's subset; "
+                      "their gain and stderr are NaN (use balanced subset_masks)", stacklevel=2)
+    gain = np.where(bad, np.nan, gain)
+    return gain.astype(np.float64), np.sqrt(np.maximum(var, 0.0)).astype(np.float64)
+
+
+def gain_by_memorization(gain, mem, *, bins: int | Any = GAIN_EDGES,
+                         strategy: str = "quantile") -> BinStats:
+    """The per-example gain (N,) binned by memorization mem (N,): a :class:`BinStats` of the mean
+    gain (std ddof=1 / √n) per bin, ``value_mean`` the mean mem of the bin.
+
+    ``bins``: memorization edges (default GAIN_EDGES; mem is clipped into [edges[0], edges[-1]]
+    first, so negative estimates join the first bin and none is dropped; bins [lo, hi), the last
+    closed) or a count B of bins (``strategy`` "quantile" | "uniform", as :func:`bin_by`). Pairs
+    with a non-finite entry are dropped. Take mem from members other than those that measured
+    the gain (e.g. :func:`cross_fitted_memorization`): binning an outcome by a score estimated
+    from the same members selects on its noise.
+    """
+    g, m = as_float_array("gain", gain, ndim=1), as_float_array("mem", mem, ndim=1)
+    if g.shape != m.shape:
+        raise ValueError(f"gain and mem must have the same shape (N,), got {g.shape} and {m.shape}")
+    if np.ndim(bins) == 0:
+        return bin_by(m, g, bins, strategy=strategy)
+    edges = as_float_array("bins", bins, ndim=1)
+    if edges.size < 2 or not (np.diff(edges) > 0).all() or not np.isfinite(edges).all():
+        raise ValueError("bins given as edges must be a finite, strictly increasing array of "
+                         "length >= 2")
+    m, g = _finite_pairs(m, g)
+    if m.size == 0:
+        raise ValueError("gain and mem have no finite pair to bin")
+    groups = _edge_groups(np.clip(m, edges[0], edges[-1]), edges)
+    return _bin_stats(edges[:-1], edges[1:], groups, m, g)
 
 
 def correctness(logits, labels) -> np.ndarray:
@@ -263,11 +336,15 @@ def bin_by(values, target, bins: int | Any = 10, *, strategy: str = "quantile") 
         if edges.size < 2 or not (np.diff(edges) > 0).all() or not np.isfinite(edges).all():
             raise ValueError("bins given as edges must be a finite, strictly increasing array of "
                              "length >= 2")
+    return _bin_stats(edges[:-1], edges[1:], _edge_groups(v, edges), v, t)
+
+
+def _edge_groups(v: np.ndarray, edges: np.ndarray) -> list[np.ndarray]:
+    """Indices of v in each bin [edges[j], edges[j+1]) (the last closed); outside: none."""
     b = len(edges) - 1
     which = np.searchsorted(edges, v, side="right") - 1
     which[v == edges[-1]] = b - 1  # the last bin is closed
-    groups = [np.flatnonzero(which == j) for j in range(b)]
-    return _bin_stats(edges[:-1], edges[1:], groups, v, t)
+    return [np.flatnonzero(which == j) for j in range(b)]
 
 
 def _bin_stats(lower, upper, groups, v, t) -> BinStats:

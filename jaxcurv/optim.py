@@ -1,8 +1,16 @@
-"""Optimizers on optax: SGD (momentum, weight decay, schedules), Adam, and SAM.
+"""Optimizers on optax: SGD (momentum, weight decay, schedules), Adam, SAM, and SAM-GNR.
 
 SAM (Foret et al., 2021) minimizes max_{‖ε‖≤ρ} L(θ + ε): each step takes the gradient at
 θ + ε̂ with ε̂ = ρ·g/‖g‖ (g = ∇L(θ)); adaptive SAM (Kwon et al., 2021) uses
 ε̂ = ρ·|θ|²⊙g/‖|θ|⊙g‖. The base update (SGD with momentum here) then follows with that gradient.
+
+SAM-GNR is the SAM paper's privacy mitigation, gradient regularization joined with noise
+injection, on top of SAM: the update gradient is
+
+    G = ∇L(θ + ε̂) + λ·∇_θ‖∇L(θ)‖₂ + σ_n·ξ,   ∇_θ‖∇L(θ)‖₂ = H(θ)·g/‖g‖,   ξ ~ N(0, I),
+
+(:func:`gnr_gradient`), with H(θ)·u an exact Hessian-vector product (forward over reverse) or
+its finite difference (∇L(θ + ρu) − ∇L(θ))/ρ, which is SAM's own perturbed gradient and so free.
 """
 
 from __future__ import annotations
@@ -24,19 +32,36 @@ __all__ = [
     "make_schedule",
     "make_optimizer",
     "sam_gradient",
+    "gnr_gradient",
+    "GNR_HVPS",
 ]
 
-OPTIMIZERS = ("sgd", "adam", "sam")
+OPTIMIZERS = ("sgd", "adam", "sam", "sam-gnr")
+GNR_HVPS = ("exact", "finite_difference")
 SCHEDULES = ("cosine", "constant", "linear", "onecycle")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """What to optimize with. ``name``: "sgd" | "adam" | "sam" (SGD base + SAM perturbation).
+    """What to optimize with. ``name``: "sgd" | "adam" | "sam" (SGD base + SAM perturbation) |
+    "sam-gnr" (SAM + gradient-norm penalty + gradient noise, :func:`gnr_gradient`).
 
     ``learning_rate`` is the peak rate; ``schedule``: "cosine" (to 0), "linear" (to 0),
     "onecycle" (linear warm-up over ``warmup_fraction`` then linear decay to 0) or "constant";
     ``weight_decay`` is L2 on kernels only (not biases or norm scales); ``rho`` is SAM's radius.
+
+    SAM-GNR only (ignored by the others): ``gnr_penalty`` λ ≥ 0 weighs the penalty λ‖∇L(θ)‖₂;
+    ``gnr_noise`` σ_n ≥ 0 is the standard deviation of the Gaussian noise added to every
+    coordinate of the update gradient (absolute, in the units of ∇L); ``gnr_hvp``: "exact"
+    (forward-over-reverse H·u) or "finite_difference" (SAM's perturbed gradient reused, no extra
+    cost; needs ``adaptive=False``).
+
+    Defaults λ = 0.1, σ_n = 0.01. λ: to first order SAM is itself this penalty with λ = ρ
+    (∇L(θ + ρu) ≈ g + ρHu), so λ = 0.1 = 2ρ triples SAM's pressure on ‖∇L‖. σ_n: DP-SGD adds
+    N(0, (σC/B)²) per coordinate to its mean gradient; σ_n = 0.01 is that noise at σC/B = 0.01
+    (e.g. σ = 0.64 at C = 1, B = 64), without clipping (so no DP guarantee), and about the
+    root-mean-square coordinate of the digits CNN's batch gradient early in training. Being absolute,
+    σ_n must be re-tuned for a model of another size (the noise norm grows as σ_n·√#params).
     """
 
     name: str = "sgd"
@@ -48,6 +73,9 @@ class OptimizerConfig:
     warmup_fraction: float = 0.0
     rho: float = 0.05
     adaptive: bool = False
+    gnr_penalty: float = 0.1
+    gnr_noise: float = 0.01
+    gnr_hvp: str = "exact"
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -60,10 +88,24 @@ class OptimizerConfig:
         check_float("warmup_fraction", self.warmup_fraction, minimum=0.0, maximum=1.0,
                     allow_maximum=False)
         check_positive("rho", self.rho)
+        check_float("gnr_penalty", self.gnr_penalty, minimum=0.0)
+        check_float("gnr_noise", self.gnr_noise, minimum=0.0)
+        if self.gnr_hvp not in GNR_HVPS:
+            raise ValueError(f"unknown gnr_hvp {self.gnr_hvp!r}; choose one of {GNR_HVPS}")
+        if self.name == "sam-gnr" and self.gnr_hvp == "finite_difference" and self.adaptive:
+            raise ValueError("gnr_hvp='finite_difference' reuses SAM's perturbed gradient, which "
+                             "adaptive SAM moves off the gradient direction: use gnr_hvp='exact' "
+                             "or adaptive=False")
 
     @property
     def is_sam(self) -> bool:
-        return self.name == "sam"
+        """True for the optimizers that take SAM's perturbed gradient ("sam", "sam-gnr")."""
+        return self.name in ("sam", "sam-gnr")
+
+    @property
+    def is_gnr(self) -> bool:
+        """True for SAM-GNR (SAM + gradient-norm penalty + gradient noise)."""
+        return self.name == "sam-gnr"
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
@@ -90,8 +132,8 @@ def _kernel_mask(params: Any) -> Any:
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
-    """The optax transformation for ``config`` (SAM's base is SGD; its perturbation is applied to
-    the gradient by :func:`sam_gradient` in the training step)."""
+    """The optax transformation for ``config`` (SAM's and SAM-GNR's base is SGD; their gradient
+    is made by :func:`sam_gradient` / :func:`gnr_gradient` in the training step)."""
     schedule = make_schedule(config, total_steps)
     parts = []
     if config.weight_decay > 0:
@@ -103,13 +145,8 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
     return optax.chain(*parts)
 
 
-def sam_gradient(grad_fn: Callable[[Any], tuple[Any, Any]], params: Any, *, rho: float,
-                 adaptive: bool = False) -> tuple[Any, Any, Any]:
-    """SAM's gradient ∇L(θ + ε̂), ε̂ = ρ g/‖g‖ (adaptive: ρ θ²⊙g/‖|θ|⊙g‖), g = ∇L(θ).
-
-    ``grad_fn(params) -> (grads, aux)``; returns (sharpness-aware grads, aux at θ, aux at θ+ε̂).
-    """
-    grads, aux = grad_fn(params)
+def _sam_point(params: Any, grads: Any, *, rho: float, adaptive: bool) -> Any:
+    """θ + ε̂: ε̂ = ρ g/‖g‖, or adaptive ρ θ²⊙g/‖|θ|⊙g‖."""
     if adaptive:
         scaled = jax.tree.map(lambda p, g: jnp.abs(p) * g, params, grads)
         norm = optax.tree_utils.tree_norm(scaled)
@@ -117,6 +154,63 @@ def sam_gradient(grad_fn: Callable[[Any], tuple[Any, Any]], params: Any, *, rho:
     else:
         norm = optax.tree_utils.tree_norm(grads)
         eps = jax.tree.map(lambda g: rho * g / (norm + 1e-12), grads)
-    perturbed = jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, eps)
-    sam_grads, aux_perturbed = grad_fn(perturbed)
+    return jax.tree.map(lambda p, e: p + e.astype(p.dtype), params, eps)
+
+
+def sam_gradient(grad_fn: Callable[[Any], tuple[Any, Any]], params: Any, *, rho: float,
+                 adaptive: bool = False) -> tuple[Any, Any, Any]:
+    """SAM's gradient ∇L(θ + ε̂), ε̂ = ρ g/‖g‖ (adaptive: ρ θ²⊙g/‖|θ|⊙g‖), g = ∇L(θ).
+
+    ``grad_fn(params) -> (grads, aux)``; returns (sharpness-aware grads, aux at θ, aux at θ+ε̂).
+    """
+    grads, aux = grad_fn(params)
+    sam_grads, aux_perturbed = grad_fn(_sam_point(params, grads, rho=rho, adaptive=adaptive))
     return sam_grads, aux, aux_perturbed
+
+
+def _tree_noise(key: jax.Array, like: Any, scale: float) -> Any:
+    """scale·N(0, I) shaped like ``like``: leaf j (jax.tree.leaves order) draws
+    jax.random.normal(fold_in(key, j), leaf.shape, leaf.dtype)."""
+    leaves, treedef = jax.tree.flatten(like)
+    noise = [scale * jax.random.normal(jax.random.fold_in(key, j), jnp.shape(x), jnp.result_type(x))
+             for j, x in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, noise)
+
+
+def gnr_gradient(grad_fn: Callable[[Any], tuple[Any, Any]], params: Any, key: jax.Array, *,
+                 rho: float, penalty: float, noise: float, adaptive: bool = False,
+                 hvp: str = "exact") -> tuple[Any, Any, Any]:
+    """SAM-GNR's update gradient G = ∇L(θ + ε̂) + λ·H(θ)g/‖g‖ + σ_n·ξ (λ = ``penalty``,
+    σ_n = ``noise``, ε̂ as in :func:`sam_gradient`, g = ∇L(θ), ξ ~ N(0, I): leaf j of the
+    parameter tree (jax.tree.leaves order) draws jax.random.normal(fold_in(key, j))).
+
+    H(θ)g/‖g‖ = ∇_θ‖∇L(θ)‖₂ is the gradient of the penalty: ``hvp="exact"`` by forward-over-
+    reverse differentiation (jax.linearize of the gradient: exact to float precision, about one
+    more gradient of cost); ``"finite_difference"`` by (∇L(θ + ρu) − ∇L(θ))/ρ, u = g/‖g‖: SAM's
+    own perturbed gradient, so no extra cost (G = (1 + λ/ρ)∇L(θ + ε̂) − (λ/ρ)g + σ_n·ξ; only
+    with ``adaptive=False``). λ and σ_n are static: a term whose strength is 0 is not computed,
+    so λ = σ_n = 0 gives SAM's gradient exactly. ``grad_fn(params) -> (grads, aux)``; returns
+    (G, aux at θ, aux at θ + ε̂).
+    """
+    if hvp not in GNR_HVPS:
+        raise ValueError(f"unknown hvp {hvp!r}; choose one of {GNR_HVPS}")
+    penalty = check_float("penalty (a Python number: it is static)", penalty, minimum=0.0)
+    noise = check_float("noise (a Python number: it is static)", noise, minimum=0.0)
+    if hvp == "finite_difference" and adaptive:
+        raise ValueError("hvp='finite_difference' needs adaptive=False (it reuses SAM's "
+                         "perturbed gradient along g/‖g‖)")
+    if penalty > 0 and hvp == "exact":
+        grads, lin, aux = jax.linearize(grad_fn, params, has_aux=True)
+    else:
+        grads, aux = grad_fn(params)
+    update, aux_perturbed = grad_fn(_sam_point(params, grads, rho=rho, adaptive=adaptive))
+    if penalty > 0:
+        if hvp == "exact":
+            norm = optax.tree_utils.tree_norm(grads)
+            hu = lin(jax.tree.map(lambda g: g / (norm + 1e-12), grads))
+        else:
+            hu = jax.tree.map(lambda gs, g: (gs - g) / rho, update, grads)
+        update = jax.tree.map(lambda u, h: u + penalty * h.astype(u.dtype), update, hu)
+    if noise > 0:
+        update = jax.tree.map(jnp.add, update, _tree_noise(key, update, noise))
+    return update, aux, aux_perturbed

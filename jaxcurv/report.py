@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 __all__ = [
+    "figure_top_ranked",
     "figure_extreme_images",
     "figure_curvature_histogram",
     "figure_mem_vs_curvature",
@@ -37,6 +38,7 @@ __all__ = [
     "figure_curve_vs_epsilon",
     "figure_gain_by_mem",
     "figure_distributions",
+    "figure_frontier",
     "write_csv",
     "write_json",
     "write_html",
@@ -287,6 +289,31 @@ def figure_label_noise(scores: Mapping[str, Any], flipped, path) -> Path:
 
 
 @_styled
+def figure_top_ranked(images, labels, true_labels, scores, path, *, k: int = 16,
+                      score_name: str = "score", class_names=None) -> Path:
+    """The k training images ranked highest by ``scores`` (N,), each titled with its given and
+    true label; flipped labels (given ≠ true) in red."""
+    scores = np.asarray(scores, float)
+    order = np.argsort(np.where(np.isfinite(scores), -scores, np.inf), kind="stable")[:k]
+    cols = min(8, len(order)) or 1
+    rows = math.ceil(len(order) / cols) or 1
+    fig, axes = _subplots(rows, cols, figsize=(1.3 * cols, 1.75 * rows + 0.5), squeeze=False)
+    name = (lambda c: class_names[c]) if class_names is not None else str
+    for j, ax in enumerate(axes.flat):
+        if j >= len(order):
+            ax.axis("off")
+            continue
+        i = order[j]
+        _show_image(ax, images[i])
+        flipped = labels[i] != true_labels[i]
+        ax.set_title(f"given {name(labels[i])}\ntrue {name(true_labels[i])}", fontsize=6.5,
+                     color="tab:red" if flipped else "black")
+    hits = int(sum(labels[i] != true_labels[i] for i in order))
+    fig.suptitle(f"{len(order)} highest {score_name}: {hits} flipped (red)", fontsize=9)
+    return _save(fig, path)
+
+
+@_styled
 def figure_privacy_bounds(mem, curvature, epsilon: float, path, *, loss_bound: float | None = None,
                           num_examples: int | None = None) -> Path:
     """Memorization against its DP bound 1 − e^{−ε} (Thm 5.4) and curvature against Thm 5.3."""
@@ -390,6 +417,51 @@ def figure_distributions(samples: Mapping[str, Any], path, *, xlabel: str, log: 
     ax.set_ylabel("density")
     ax.set_title(title)
     ax.legend()
+    return _save(fig, path)
+
+
+@_styled
+def figure_frontier(points: Sequence[Mapping[str, Any]], path, *,
+                    metrics: Sequence[tuple[str, str]] = (("auroc", "attack AUROC"),
+                                                          ("tpr_at_fpr_0_1pct",
+                                                           "attack TPR at 0.1 % FPR")),
+                    title: str = "Privacy–utility frontier") -> Path:
+    """Attack power against test accuracy, one panel per metric (SAM paper's frontier study).
+
+    ``points``: one mapping per trained ensemble with "family" (points of a family are joined in
+    the given order, e.g. DP-SGD by ε), "label", "test_accuracy" and each metric key, and
+    optionally "<key>_ci" / "test_accuracy_ci" as (lo, hi) for error bars.
+    """
+    def errors(rows, key, center):  # (2, n) distances to the "<key>_ci" bounds, None without
+        cis = [row.get(f"{key}_ci") for row in rows]
+        if any(ci is None for ci in cis):
+            return None
+        lo, hi = np.array([[float(c[0]), float(c[1])] for c in cis], float).T
+        return np.maximum(np.stack([center - lo, hi - center]), 0.0)
+
+    fig, axes = _subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.9), squeeze=False)
+    families = list(dict.fromkeys(str(p["family"]) for p in points))
+    colors = matplotlib.colormaps["tab10"].colors
+    markers = "osD^vP*X"
+    for ax, (key, label) in zip(axes[0], metrics):
+        for f, family in enumerate(families):
+            rows = [p for p in points if str(p["family"]) == family]
+            x = np.array([float(p["test_accuracy"]) for p in rows])
+            y = np.array([float(p[key]) for p in rows])
+            xerr = errors(rows, "test_accuracy", x)
+            yerr = errors(rows, key, y)
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker=markers[f % len(markers)],
+                        color=colors[f % len(colors)], capsize=2, lw=1, ms=5, label=family)
+            for p, xi, yi in zip(rows, x, y):
+                if len(rows) > 1:
+                    ax.annotate(str(p["label"]), (xi, yi), fontsize=6, xytext=(3, 3),
+                                textcoords="offset points")
+        if key == "auroc":
+            ax.axhline(0.5, color="k", lw=0.6, ls=":")
+        ax.set_xlabel("test accuracy")
+        ax.set_ylabel(label)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -24,7 +24,7 @@ import optax
 from jaxcurv import models
 from jaxcurv._tree import cast_floats
 from jaxcurv._validate import check_int, check_positive_int
-from jaxcurv.optim import OptimizerConfig, sam_gradient
+from jaxcurv.optim import OptimizerConfig, gnr_gradient, sam_gradient
 from jaxcurv.privacy.dpsgd import dp_gradient
 from jaxcurv.privacy.plan import DPPlan, poisson_plan
 
@@ -70,7 +70,10 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     """``step(state, images, labels, weights, key) -> (state, metrics)`` for one model.
 
     Non-private: loss Σ wᵢℓᵢ / Σ wᵢ (BatchNorm statistics over wᵢ > 0 only), SAM when
-    ``config.name == "sam"``; a batch with Σw = 0 leaves the state unchanged. DP-SGD (``dp``, a DPPlan):
+    ``config.name == "sam"``, SAM-GNR (jaxcurv.optim.gnr_gradient, its noise key the second
+    half of ``jax.random.split(key)``, the step key being fold_in(member key, step) in
+    :func:`make_step_at`) when ``config.name == "sam-gnr"``; a batch with Σw = 0 leaves the
+    state unchanged. DP-SGD (``dp``, a DPPlan):
     per-example gradients clipped to C, summed over wᵢ > 0, plus N(0, σ²C²) noise, divided by the
     expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included.
     ``augment(key, image) -> image`` is applied per example; ``compute_dtype`` (e.g. bfloat16)
@@ -78,6 +81,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     """
     batch_loss = models.make_batch_loss_fn(model, label_smoothing=label_smoothing)
     use_sam = config is not None and config.is_sam
+    use_gnr = use_sam and config.is_gnr
     if dp is not None and use_sam:
         raise ValueError("DP-SGD with SAM is not supported: choose optimizer 'sgd' or 'adam' with dp")
 
@@ -109,7 +113,11 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
         else:
             grad_fn = lambda p: _swap(jax.value_and_grad(loss_in_dtype, has_aux=True)(
                 p, state.batch_stats, images, labels, weights))
-            if use_sam:
+            if use_gnr:
+                grads, (loss, (logits, batch_stats)), _ = gnr_gradient(
+                    grad_fn, state.params, k_noise, rho=config.rho, adaptive=config.adaptive,
+                    penalty=config.gnr_penalty, noise=config.gnr_noise, hvp=config.gnr_hvp)
+            elif use_sam:
                 grads, (loss, (logits, batch_stats)), _ = sam_gradient(
                     grad_fn, state.params, rho=config.rho, adaptive=config.adaptive)
             else:

@@ -32,7 +32,7 @@ def audit_dir(tmp_path_factory):
 def test_audit_writes_scores_summary_figures_report(audit_dir):
     rows, columns = _read_csv(audit_dir / "scores.csv")
     assert len(rows) == 1438  # digits training split
-    for name in ["index", "label", "curvature", "curvature_stderr", "curvature_sq", "loss",
+    for name in ["index", "label", "curvature", "curvature_stderr", "curvature_trace", "loss",
                  "correct", "mem", "mem_stderr", "confidence", "learning_time", "zero_order",
                  "mia_lira_online", "mia_curvature_lr", "mia_zero_order_nll", "mia_rmia"]:
         assert name in columns, name

@@ -147,9 +147,9 @@ def test_mem_vs_curvature_writes_csv_json_and_figures(tiny_run):
     assert np.all(np.isfinite(cols["mem"]))
     np.testing.assert_array_equal(2 * cols["mem"], np.round(2 * cols["mem"]))
     assert np.abs(cols["mem"]).max() <= 1
-    for name in ("curvature_in", "curvature_sq_in", "confidence", "learning_time"):
+    for name in ("curvature_in", "curvature_trace_in", "confidence", "learning_time"):
         assert np.isfinite(cols[name]).all(), name
-    assert (cols["curvature_sq_in"] > 0).all()
+    assert (cols["curvature_in"] > 0).all()  # the headline curvature is tr(H²) ≥ 0
     # the JSON's Spearman equals scipy's on the CSV columns (CSV keeps 6 significant digits)
     rho = stats.spearmanr(cols["mem"], cols["curvature_in"]).statistic
     assert summary["results"]["digits"]["spearman_mem_curvature"]["all"] == pytest.approx(

@@ -176,19 +176,19 @@ def test_proxies_from_arrays_equal_naive_loops():
             "loss_out": np.mean([-math.log(prob[j]) for j in outs]),
             "learning_time": np.mean([lt[j, i] for j in ins]),
             "inverse_learning_time": np.mean([1 / lt[j, i] for j in ins]),
-            "curvature_in": np.mean([curv.trace[j, i] for j in ins]),
-            "curvature_out": np.mean([curv.trace[j, i] for j in outs]),
-            "curvature_sq_in": np.mean([curv.trace_sq[j, i] for j in ins]),
-            "curvature_sq_out": np.mean([curv.trace_sq[j, i] for j in outs]),
+            "curvature_trace_in": np.mean([curv.trace[j, i] for j in ins]),
+            "curvature_trace_out": np.mean([curv.trace[j, i] for j in outs]),
+            "curvature_in": np.mean([curv.trace_sq[j, i] for j in ins]),
+            "curvature_out": np.mean([curv.trace_sq[j, i] for j in outs]),
             "curvature_train_in": np.mean([ens.history["curvature"][:, j, i] for j in ins]),
             "curvature_train_out": np.mean([ens.history["curvature"][:, j, i] for j in outs]),
         }
         for name, value in expect.items():
             np.testing.assert_allclose(got[name][i], value, rtol=1e-12, err_msg=name)
-    # a bare (K, N) tr(H) array is accepted too (no tr(H²) proxies then)
+    # a bare (K, N) tr(H) array is accepted too (only the tr(H) proxies then)
     bare = proxies(ens, ds, KEY, logits=logits, curvature=curv.trace, progress=False)
-    assert "curvature_sq_in" not in bare
-    np.testing.assert_array_equal(bare["curvature_in"], got["curvature_in"])
+    assert "curvature_in" not in bare
+    np.testing.assert_array_equal(bare["curvature_trace_in"], got["curvature_trace_in"])
 
 
 def test_proxies_validation():
@@ -245,7 +245,7 @@ def test_proxies_on_trained_ensemble(tiny):
     # a precomputed Curvature gives the same result without recomputing it
     curv = ensemble.member_curvature(ens, ds.images, ds.labels, key, num_probes=2, progress=False)
     again = proxies(ens, ds, KEY, curvature=curv, progress=False)
-    for name in ("curvature_in", "curvature_out", "curvature_sq_in", "curvature_sq_out"):
+    for name in ("curvature_in", "curvature_out", "curvature_trace_in", "curvature_trace_out"):
         np.testing.assert_allclose(again[name], got[name], rtol=1e-6, err_msg=name)
     # adversarial distance: naive loop over members on their IN examples with the public function
     def logits_fn(variables, x):

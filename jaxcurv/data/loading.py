@@ -37,7 +37,8 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
     files (searched before ``$JAXCURV_DATA_DIR``) or a prepared TFDS dataset live. ``progress``:
     a progress bar while reading TFDS records or decoding JPEGs. Raises ValueError for an unknown
     name or split, FileNotFoundError (saying how to get the data) for a missing dataset,
-    ImportError for "tfds:<name>" without tensorflow-datasets. The whole split is read into memory.
+    ValueError (one line, naming the file) for an npz that is not a readable archive or has other
+    keys, ImportError for "tfds:<name>" without tensorflow-datasets. The whole split is read into memory.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string; valid forms: {_VALID_FORMS}.")
@@ -65,8 +66,12 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
 
 def train_test(name: str, *, data_dir: str | os.PathLike | None = None,
                progress: bool = False) -> tuple[Dataset, Dataset]:
-    """``(load(name, split="train"), load(name, split="test"))``."""
-    return (
-        load(name, split="train", data_dir=data_dir, progress=progress),
-        load(name, split="test", data_dir=data_dir, progress=progress),
-    )
+    """``(load(name, split="train"), load(name, split="test"))``; ValueError (before any training)
+    when the test images have another shape than the training images."""
+    train = load(name, split="train", data_dir=data_dir, progress=progress)
+    test = load(name, split="test", data_dir=data_dir, progress=progress)
+    if test.images.shape[1:] != train.images.shape[1:]:
+        raise ValueError(f"{name}: test images have shape {test.images.shape[1:]} but training "
+                         f"images {train.images.shape[1:]}; both splits must hold images of one "
+                         "shape")
+    return train, test

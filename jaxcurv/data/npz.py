@@ -8,6 +8,10 @@
   (n, H, W, C) is cached under :func:`cache_dir`, keyed on the file's path, size and mtime.
 
 Optional keys: ``num_classes``; ``classes`` or ``class_names``.
+
+A file that is not a readable npz archive (empty, truncated, random bytes, a bare ``.npy``), an
+array that cannot be read (damaged archive, object dtype) and an archive with other keys each
+raise a one-line ValueError naming the file; pickled data is never loaded.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import hashlib
 import io
 import os
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,52 @@ from jaxcurv.data.dataset import Dataset
 __all__ = ["load_npz", "cache_dir", "decode_jpegs"]
 
 
-def _npz_layout(keys: set[str]) -> str:
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+class _Archive:
+    """An open NpzFile whose reads raise a one-line ValueError naming the file and the array."""
+
+    def __init__(self, z: Any, path: Path) -> None:
+        self._z, self.path, self.files = z, path, list(z.files)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            value = self._z[key]
+        except _READ_ERRORS as err:
+            if "object" in str(err).lower() or "pickle" in str(err).lower():
+                raise ValueError(f"array {key!r} in {self.path} holds Python objects (dtype "
+                                 "object); save numeric arrays (int labels, uint8 or float "
+                                 "images) with numpy.savez") from None
+            raise ValueError(f"array {key!r} in {self.path} is unreadable ({type(err).__name__}"
+                             "): the archive is damaged; re-create the file") from None
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"entry {key!r} in {self.path} is not a numpy array; save the "
+                             "file with numpy.savez")
+        return value
+
+
+def _open_npz(path: Path) -> Any:
+    """np.load of an npz archive, or a one-line ValueError saying why ``path`` is not one."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except PermissionError:
+        raise ValueError(f"{path} is not readable (permission denied)") from None
+    except _READ_ERRORS:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        why = ("it is empty" if not head else
+               "it is a truncated or damaged zip archive" if head.startswith(b"PK") else
+               "it is not an npz (zip) archive")
+        raise ValueError(f"{path} is not a readable .npz file ({why}); re-create it with "
+                         "numpy.savez(path, images=..., labels=...)") from None
+    if not hasattr(z, "files"):
+        raise ValueError(f"{path} holds a single .npy array, not an .npz archive; save it with "
+                         "numpy.savez(path, images=..., labels=...)")
+    return z
+
+
+def _npz_layout(keys: set[str], path: Path) -> str:
     """"single", "jpeg" or "split" from the npz keys; ValueError naming the layouts otherwise."""
     if {"images", "labels"} <= keys:
         return "single"
@@ -36,10 +87,17 @@ def _npz_layout(keys: set[str]) -> str:
     if {"train_images", "train_labels"} <= keys:
         return "split"
     raise ValueError(
-        f"npz keys {sorted(keys)} match no known layout: need 'images' + 'labels', "
-        "'train_images' + 'train_labels' (+ test_*), or the JPEG layout 'train_jpeg' + "
+        f"{path} has keys {sorted(keys)}, which match no known layout: expected 'images' + "
+        "'labels', 'train_images' + 'train_labels' (+ test_*), or the JPEG layout 'train_jpeg' + "
         "'train_offsets' + 'train_labels' (+ test_*, classes)."
     )
+
+
+def _same_image_shape(parts: list) -> None:
+    """Refuse train and test images of different shapes (before any concatenation or training)."""
+    if len(parts) == 2 and parts[0][0].shape[1:] != parts[1][0].shape[1:]:
+        raise ValueError(f"test images have shape {parts[1][0].shape[1:]} but training images "
+                         f"{parts[0][0].shape[1:]}; both splits must hold images of one shape")
 
 
 def _npz_class_names(z: Any) -> tuple[str, ...] | None:
@@ -56,9 +114,10 @@ def load_npz(path: Path, *, split: str, name: str, progress: bool = False) -> Da
         raise FileNotFoundError(
             f"npz file {path} does not exist; pass 'npz:<path to an existing .npz>'."
         )
-    with np.load(path, allow_pickle=False) as z:
+    with _open_npz(path) as npz:
+        z = _Archive(npz, path)
         keys = set(z.files)
-        layout = _npz_layout(keys)
+        layout = _npz_layout(keys, path)
         class_names = _npz_class_names(z)
         if layout == "single":
             if split == "test":
@@ -79,10 +138,11 @@ def load_npz(path: Path, *, split: str, name: str, progress: bool = False) -> Da
             else:
                 parts = [(_decoded_jpeg_split(path, z, s, progress=progress), z[f"{s}_labels"])
                          for s in splits]
+            _same_image_shape(parts)
             images = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
             labels = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
         if "num_classes" in keys:
-            num_classes = int(z["num_classes"])
+            num_classes = _num_classes(z["num_classes"], path)
         elif class_names is not None:
             num_classes = len(class_names)
         else:
@@ -90,6 +150,13 @@ def load_npz(path: Path, *, split: str, name: str, progress: bool = False) -> Da
     return Dataset.from_arrays(
         images, labels, num_classes=num_classes, name=name, class_names=class_names
     )
+
+
+def _num_classes(value: np.ndarray, path: Path) -> int:
+    if value.size != 1 or not np.issubdtype(value.dtype, np.integer):
+        raise ValueError(f"num_classes in {path} must be one integer, got {value.dtype} of shape "
+                         f"{value.shape}")
+    return int(value.reshape(()))
 
 
 def cache_dir() -> Path:

@@ -1,7 +1,8 @@
 """Differential privacy: the plan of a private run, DP-SGD, accounting, the papers' bounds, audits.
 
 Modules: ``plan`` (DPConfig/DPPlan, padded batch size, Poisson batches; host side), ``dpsgd``
-(per-example clipping and noise; device side), ``accounting`` (ε and σ on dp_accounting),
+(per-example clipping and noise; device side), ``accounting`` (ε and σ on dp_accounting, tight
+at fractional RDP orders), ``rdp`` (numerically integrated RDP of the subsampled Gaussian),
 ``theory`` (bounds and fits), ``audit`` (empirical ε lower bounds). The names below load their
 module on first use, so ``import jaxcurv.privacy.dpsgd`` or ``jaxcurv.privacy.plan`` does not
 import dp_accounting.
@@ -15,10 +16,16 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "accounting": (
         "TF_PRIVACY_LEGACY_ORDERS",
+        "EpsilonReport",
         "calibrate_noise_multiplier",
         "dpsgd_event",
         "epsilon",
+        "epsilon_report",
         "steps_for",
+    ),
+    "rdp": (
+        "poisson_gaussian_log_a",
+        "poisson_gaussian_rdp",
     ),
     "plan": (
         "ACCOUNTANTS",
@@ -67,9 +74,11 @@ __all__ = [name for names in _EXPORTS.values() for name in names]
 if TYPE_CHECKING:  # static analysers see the eager imports; at run time they load lazily
     from jaxcurv.privacy.accounting import (  # noqa: F401
         TF_PRIVACY_LEGACY_ORDERS,
+        EpsilonReport,
         calibrate_noise_multiplier,
         dpsgd_event,
         epsilon,
+        epsilon_report,
         steps_for,
     )
     from jaxcurv.privacy.audit import (  # noqa: F401
@@ -98,6 +107,7 @@ if TYPE_CHECKING:  # static analysers see the eager imports; at run time they lo
         poisson_batches,
         poisson_plan,
     )
+    from jaxcurv.privacy.rdp import poisson_gaussian_log_a, poisson_gaussian_rdp  # noqa: F401
     from jaxcurv.privacy.theory import (  # noqa: F401
         CurvaturePrivacyFit,
         LossBoundFit,

@@ -3,7 +3,9 @@ attack success per memorization bin (Figure 9 of Curvature Clues) and an ε lowe
 
 Protocol: each of the K members in turn is the target, the other K − 1 its shadow models
 (:func:`jaxcurv.mia.leave_one_model_out`); scores (K, N), higher = more likely a member; the
-membership labels of row k are ``masks[k]``.
+membership labels of row k are ``masks[k]``. The zero-order (black-box curvature) attacks may
+run on the first M ≤ K members only: their scores are (M, N), row k still member k, and the
+other M − 1 of those members are the shadows.
 """
 
 from __future__ import annotations
@@ -55,7 +57,11 @@ def _check_attack_inputs(logits, labels, masks, curvature, zero_order, test_logi
         raise ValueError(f"masks has {masks.shape[0]} members but logits has {k}")
     curvature = _check_statistic("curvature", curvature, (k, n))
     if zero_order is not None:
-        zero_order = _check_statistic("zero_order", zero_order, (k, n))
+        m = np.shape(zero_order)[0] if np.ndim(zero_order) >= 2 else 0
+        if not 2 <= m <= k:
+            raise ValueError(f"zero_order must hold the first M members, 2 <= M <= K = {k}, "
+                             f"as (M, N); got shape {np.shape(zero_order)}")
+        zero_order = _check_statistic("zero_order", zero_order, (m, n))
     test_logits = np.asarray(test_logits)
     test_labels = np.asarray(test_labels)
     if test_logits.ndim != 3 or test_logits.shape[0] != k or test_logits.shape[-1] != c:
@@ -70,8 +76,9 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
                   ) -> dict[str, np.ndarray]:
     """Leave-one-model-out scores (K, N) of every attack in MIA_ATTACKS (each member in turn the
     target, the others its shadows). logits (K, A, N, C) over A query views; labels (N,); masks
-    bool (K, N); curvature and zero_order (K, N) or (K, N, A) positive statistics (tr(H²),
-    |uᵀHv|; zero_order may be None: no zero_order_* attacks); test_logits (K, Z, C) and
+    bool (K, N); curvature (K, N) or (K, N, A) and zero_order (M, N) or (M, N, A) of the first
+    M ≤ K members, positive statistics (tr(H²), |uᵀHv|; zero_order may be None: no zero_order_*
+    attacks; its scores are (M, N)); test_logits (K, Z, C) and
     test_labels (Z,): the population for RMIA."""
     logits, labels, masks, curvature, zero_order, test_logits, test_labels = _check_attack_inputs(
         logits, labels, masks, curvature, zero_order, test_logits, test_labels)
@@ -93,9 +100,10 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
         "curvature_nll": lomo(mia.curvature_nll, floor(curvature), masks),
     }
     if zero_order is not None:
-        scores["zero_order_lr"] = lomo(mia.curvature_lr, floor(zero_order), masks,
+        sub = masks[:zero_order.shape[0]]
+        scores["zero_order_lr"] = lomo(mia.curvature_lr, floor(zero_order), sub,
                                        fixed_variance=pooled)
-        scores["zero_order_nll"] = lomo(mia.curvature_nll, floor(zero_order), masks)
+        scores["zero_order_nll"] = lomo(mia.curvature_nll, floor(zero_order), sub)
     probs = mia.true_class_probability(logits[:, 0], labels[None])                 # (K, N)
     population = mia.true_class_probability(test_logits, test_labels[None])        # (K, Z)
     scores["rmia"] = mia.rmia_leave_one_model_out(probs, masks, population)

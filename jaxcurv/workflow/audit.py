@@ -32,14 +32,15 @@ from jaxcurv.workflow.proxies import proxies as _proxies
 from jaxcurv.workflow.timing import Timer
 
 __all__ = ["AuditData", "AuditRun", "run_audit", "load_data", "train_members", "predict_views",
-           "member_curvature", "member_zero_order", "memorization_proxies", "mia_scores",
-           "nonprivate_reference", "scores_table"]
+           "member_curvature", "member_zero_order", "zero_order_member_ids",
+           "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table"]
 
 # fold_in ids of the run key PRNGKey(config.seed), one per random stage
 _TRAIN, _CURVATURE, _ZERO_ORDER, _PROXIES, _REFERENCE_CURVATURE = 1, 2, 3, 4, 5
 # settings that change the trained members (the data enters through its fingerprint)
-_TRAIN_FIELDS = ("model", "models", "epochs", "batch_size", "learning_rate", "fraction",
-                 "optimizer", "rho", "augment", "seed")
+_TRAIN_FIELDS = ("model", "model_kwargs", "models", "epochs", "batch_size", "learning_rate",
+                 "weight_decay", "fraction", "optimizer", "rho", "gnr_penalty", "gnr_noise",
+                 "augment", "seed")
 _DP_FIELDS = ("dp_epsilon", "dp_delta", "dp_clip")
 _ADVERSARIAL_OPTIONS = {"num_targets": 3, "pgd_steps": 5, "search_steps": 8}
 
@@ -106,10 +107,26 @@ def _stage_key(config: AuditConfig, data: AuditData, *fields: str, private: bool
 
 
 def _optimizer(config: AuditConfig) -> OptimizerConfig:
-    """Peak learning rate 0.05 unless given: on digits, DP-SGD at ε = 1 reached 0.69 mean test
-    accuracy with 0.05, 0.32 with 0.2 and 0.28 with 0.5, so DP uses it too."""
-    return OptimizerConfig(name=config.optimizer, learning_rate=config.learning_rate or 0.05,
-                           rho=config.rho)
+    """The members' optimizer: peak rate from the config (or the optimizer's default), cosine
+    schedule, no weight decay unless asked (the members must fit their training labels)."""
+    extra = {name: getattr(config, name) for name in ("gnr_penalty", "gnr_noise")
+             if getattr(config, name) is not None}
+    return OptimizerConfig(name=config.optimizer, learning_rate=config.peak_learning_rate,
+                           weight_decay=config.weight_decay, rho=config.rho, **extra)
+
+
+def _model(config: AuditConfig, data: AuditData):
+    """The flax module every member instantiates."""
+    from jaxcurv import models
+
+    return models.get_model(config.model, data.train.num_classes, **config.model_settings)
+
+
+def zero_order_member_ids(config: AuditConfig) -> np.ndarray:
+    """Indices of the members whose black-box curvature the audit computes (the first M)."""
+    m = config.models if config.zero_order_members is None else \
+        min(config.zero_order_members, config.models)
+    return np.arange(m)
 
 
 def train_members(config: AuditConfig, data: AuditData, key: jax.Array, *, private: bool):
@@ -127,9 +144,17 @@ def train_members(config: AuditConfig, data: AuditData, key: jax.Array, *, priva
     settings = ens_lib.TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, optimizer=_optimizer(config),
         augment=augment, dp=dp, record_examples=True,
+        record_every=_every(config.epochs), checkpoint_every=_every(config.epochs),
         checkpoint_dir=Path(config.out) / "checkpoints" / f"{tag}-{run_id}",
         progress=config.progress)
-    return ens_lib.train(config.model, data.train, data.masks, key, settings, test=data.test)
+    return ens_lib.train(_model(config, data), data.train, data.masks, key, settings,
+                         test=data.test)
+
+
+def _every(epochs: int) -> int:
+    """Record examples and checkpoint about 12 times per run: on a CPU evaluating every example
+    and writing the K members' state each epoch cost nearly as much as the epochs themselves."""
+    return max(1, round(epochs / 12))
 
 
 def _views(images: np.ndarray) -> np.ndarray:
@@ -156,12 +181,14 @@ def member_curvature(config: AuditConfig, ens, data: AuditData, key: jax.Array) 
 
 
 def member_zero_order(config: AuditConfig, ens, data: AuditData, key: jax.Array) -> np.ndarray:
-    """Black-box curvature |uᵀHv| of every member from losses only ("mixed" estimator), (K, N);
-    float64 on CPU (float32 loses most digits to cancellation at h = 1e-3)."""
+    """Black-box curvature |uᵀHv| from losses only ("mixed" estimator) of the members
+    ``zero_order_member_ids`` on every training example, (M, N); float64 on CPU (float32 loses
+    most digits to cancellation at h = 1e-3)."""
     dtype = jnp.float64 if jax.default_backend() == "cpu" else None
     return np.asarray(ens_lib.member_zero_order_curvature(
         ens, data.train.images, data.train.labels, key, num_probes=config.num_probes,
-        h=config.h, method="mixed", compute_dtype=dtype, progress=config.progress))
+        h=config.h, method="mixed", compute_dtype=dtype,
+        members=zero_order_member_ids(config).tolist(), progress=config.progress))
 
 
 def memorization_proxies(config: AuditConfig, ens, data: AuditData, logits: np.ndarray,
@@ -184,7 +211,7 @@ def mia_scores(data: AuditData, logits, test_logits, curvature: Curvature,
 def nonprivate_reference(config: AuditConfig, data: AuditData, key: jax.Array,
                          cache: StageCache) -> dict[str, Any]:
     """DP runs: the same members trained without DP, for the cost of privacy: their test accuracy
-    (K,), Feldman–Zhang memorization (N,) and mean IN tr(H) (N,)."""
+    (K,), Feldman–Zhang memorization (N,) and mean IN tr(H²) and tr(H) (N,)."""
     timer = cache.timer if cache.timer is not None else Timer()
     with timer("train_nonprivate_reference"):
         ens = train_members(config, data, jax.random.fold_in(key, _TRAIN), private=False)
@@ -195,32 +222,39 @@ def nonprivate_reference(config: AuditConfig, data: AuditData, key: jax.Array,
         curv = ens_lib.member_curvature(ens, data.train.images, data.train.labels,
                                         jax.random.fold_in(key, _REFERENCE_CURVATURE),
                                         num_probes=config.num_probes, progress=config.progress)
-        return {"correct": logits.argmax(-1) == data.train.labels[None], "trace": curv.trace}
+        return {"correct": logits.argmax(-1) == data.train.labels[None], "trace": curv.trace,
+                "trace_sq": curv.trace_sq}
 
     ref = cache.run("reference", stage_key, compute)
     mem, _ = memorization.feldman_zhang(ref["correct"], data.masks)
     return {"test_accuracy": np.asarray(ens.history["test_accuracy"][-1]), "mem": mem,
-            "curvature_in": masked_mean(ref["trace"], data.masks)}
+            "curvature_in": masked_mean(ref["trace_sq"], data.masks),
+            "curvature_trace_in": masked_mean(ref["trace"], data.masks)}
 
 
 def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
-    """scores.csv: one row per training example (IN = mean over members holding it)."""
+    """scores.csv: one row per training example (IN = mean over members holding it, OUT = over
+    the others). ``curvature`` is the papers' Curv, the tr(H²) = E‖Hv‖² estimate (≥ 0; ICML 2024
+    Figs. 3, 5 and Curvature Clues); ``curvature_trace`` is tr(H) (its appendix variant, Figs.
+    14–16), signed. ``mia_<attack>``: the attack's mean score over the members holding the
+    example, higher = more likely a member."""
     data, masks, curv = run.data, run.data.masks, run.curvature
     logits = run.logits[:, 0]
     correct = logits.argmax(-1) == data.train.labels[None]
     mem, mem_stderr = memorization.feldman_zhang(correct, masks)
-    curv_in, curv_in_se, curv_out = in_out_means(curv.trace, masks)
-    sq_in, _, sq_out = in_out_means(curv.trace_sq, masks)
+    sq_in, sq_in_se, sq_out = in_out_means(curv.trace_sq, masks)
+    tr_in, tr_in_se, tr_out = in_out_means(curv.trace, masks)
     columns: dict[str, Any] = {
         "index": np.arange(len(data.train)), "label": data.train.labels,
-        "curvature": curv_in, "curvature_stderr": curv_in_se, "curvature_sq": sq_in,
-        "curvature_out": curv_out, "curvature_sq_out": sq_out,
+        "curvature": sq_in, "curvature_stderr": sq_in_se, "curvature_out": sq_out,
+        "curvature_trace": tr_in, "curvature_trace_stderr": tr_in_se,
+        "curvature_trace_out": tr_out,
         "loss": masked_mean(cross_entropy(logits, data.train.labels[None]), masks),
         "correct": masked_mean(correct.astype(float), masks),
         "mem": mem, "mem_stderr": mem_stderr,
     }
     if run.zero_order is not None:
-        z_in, _, z_out = in_out_means(run.zero_order, masks)
+        z_in, _, z_out = in_out_means(run.zero_order, masks[:len(run.zero_order)])
         columns.update(zero_order=z_in, zero_order_out=z_out)
     for name in ("confidence", "learning_time", "inverse_learning_time", "adversarial_distance"):
         if name in run.proxies:
@@ -228,7 +262,7 @@ def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
     if run.config.label_noise > 0:
         columns.update(true_label=data.true_labels, flipped=data.flipped)
     for name, s in run.scores.items():
-        columns[f"mia_{name}"] = masked_mean(s, masks)
+        columns[f"mia_{name}"] = masked_mean(s, masks[:len(s)])
     return columns
 
 
@@ -255,7 +289,8 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
         config, ens, data, jax.random.fold_in(key, _CURVATURE))._asdict()))
     zero = None
     if config.zero_order:
-        zero_key = {**curv_key, "backend": jax.default_backend()}
+        zero_key = {**curv_key, "backend": jax.default_backend(),
+                    "members": zero_order_member_ids(config).tolist()}
         zero = cache.run("zero_order", zero_key, lambda: {"zero_order": member_zero_order(
             config, ens, data, jax.random.fold_in(key, _ZERO_ORDER))})["zero_order"]
     proxy = cache.run("proxies", {**curv_key, "adversarial": config.adversarial},

@@ -20,7 +20,15 @@ from jaxcurv._validate import check_float, check_int, check_positive, check_posi
 
 __all__ = ["AuditConfig", "OPTIMIZERS", "apply_overrides", "parse_overrides"]
 
-OPTIMIZERS = ("sgd", "adam", "sam")
+OPTIMIZERS = ("sgd", "adam", "sam", "sam-gnr")
+
+# The default audit model: a GELU MLP wide and deep enough to fit every training label of a half
+# of the 8x8 digits within 60 epochs, also with 10 % of the labels flipped (BUILD_NOTES, "A
+# default audit that memorizes"). Other models keep models.get_model's defaults unless
+# --model-kwargs says otherwise.
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mlp": {"hidden": 512, "depth": 2}}
+# Peak learning rates when --learning-rate is not given.
+LEARNING_RATES = {"sgd": 0.05, "adam": 2e-3, "sam": 0.05, "sam-gnr": 0.05}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,25 +40,50 @@ class AuditConfig:
     of flipped training labels; dp_*: DP-SGD (None: non-private); augment: crop + flip (None: on
     for RGB); max_examples: a seeded random subset of each split; bootstrap: resamples of the MIA
     confidence intervals; progress: progress output (off unless asked, e.g. by the CLI).
+    model_kwargs: keyword arguments of models.get_model (None: MODEL_DEFAULTS of the model);
+    learning_rate: peak rate (None: LEARNING_RATES of the optimizer); weight_decay: L2 on kernels
+    (0 by default: memorization needs the members to fit their training labels);
+    zero_order_members: black-box curvature on the first M members only (None or M ≥ models:
+    all), since its
+    float64 loss queries cost more than the white-box HVPs on a CPU; gnr_*: the SAM paper's
+    mitigation strengths for --optimizer sam-gnr (None: the optimizer's defaults).
     """
 
+    @property
+    def model_settings(self) -> dict[str, Any]:
+        """Keyword arguments for models.get_model: the given ones or the model's defaults."""
+        if self.model_kwargs is not None:
+            return dict(self.model_kwargs)
+        return dict(MODEL_DEFAULTS.get(self.model, {}))
+
+    @property
+    def peak_learning_rate(self) -> float:
+        """The given learning rate or the optimizer's default."""
+        return self.learning_rate if self.learning_rate is not None else \
+            LEARNING_RATES[self.optimizer]
+
     dataset: str = "digits"
-    model: str = "cnn"
+    model: str = "mlp"
+    model_kwargs: dict | None = None
     models: int = 32
-    epochs: int = 12
+    epochs: int = 60
     batch_size: int = 64
     learning_rate: float | None = None
+    weight_decay: float = 0.0
     fraction: float = 0.5
     num_probes: int = 10
     zero_order: bool = True
+    zero_order_members: int | None = 8
     adversarial: bool = False
     h: float = 1e-3
     label_noise: float = 0.0
     dp_epsilon: float | None = None
     dp_delta: float = 1e-5
     dp_clip: float = 1.0
-    optimizer: str = "sgd"
+    optimizer: str = "adam"
     rho: float = 0.05
+    gnr_penalty: float | None = None
+    gnr_noise: float | None = None
     augment: bool | None = None
     seed: int = 0
     out: str = "results/audit"
@@ -87,13 +120,24 @@ class AuditConfig:
         check_positive("--dp-clip", self.dp_clip)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.private and self.optimizer == "sam":
+        if self.private and self.optimizer in ("sam", "sam-gnr"):
             raise ValueError("--dp-epsilon cannot be combined with --optimizer sam")
         if self.private and self.model == "resnet18":
             raise ValueError("DP-SGD needs a model without BatchNorm: use --model resnet18_gn")
         if self.learning_rate is not None:
             check_positive("--learning-rate", self.learning_rate)
         check_positive("--rho", self.rho)
+        check_float("--weight-decay", self.weight_decay, minimum=0.0)
+        for name in ("gnr_penalty", "gnr_noise"):
+            if getattr(self, name) is not None:
+                check_float(_flag(name), getattr(self, name), minimum=0.0)
+                if self.optimizer != "sam-gnr":
+                    raise ValueError(f"{_flag(name)} applies to --optimizer sam-gnr only")
+        if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"--model-kwargs must be a JSON object such as "
+                             f"'{{\"hidden\": 256}}', got {self.model_kwargs!r}")
+        if self.zero_order_members is not None:
+            check_int("--zero-order-members", self.zero_order_members, minimum=6)
         check_positive("--h", self.h)
         check_int("--bootstrap", self.bootstrap, minimum=0)
         check_int("--seed", self.seed)

@@ -35,8 +35,8 @@ PROXY_NAMES = (
     "inverse_learning_time",
     "curvature_in",
     "curvature_out",
-    "curvature_sq_in",
-    "curvature_sq_out",
+    "curvature_trace_in",
+    "curvature_trace_out",
     "curvature_train_in",
     "curvature_train_out",
     "adversarial_distance",
@@ -131,9 +131,9 @@ def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
       learning_time: mean over IN members of :func:`jaxcurv.memorization.learning_time` of
         history["correct"] (1-based, E + 1 = not learned); inverse_learning_time: mean over IN
         members of 1/t (not 1/mean t). Present when trained with ``record_examples=True``.
-      curvature_in/_out, curvature_sq_in/_out: mean tr(H) / tr(H²) over IN / OUT members, from
-        ``curvature`` — a Curvature of (K, N) fields already computed, or a (K, N) tr(H) array
-        (then no curvature_sq_*) — or, with ``end_curvature``, from
+      curvature_in/_out, curvature_trace_in/_out: mean tr(H²) (the papers' Curv) / tr(H) over
+        IN / OUT members, from ``curvature`` — a Curvature of (K, N) fields already computed, or a
+        (K, N) tr(H) array (then only curvature_trace_*) — or, with ``end_curvature``, from
         ensemble.member_curvature(…, key, num_probes=num_probes).
       curvature_train_in/_out: mean over epochs and IN / OUT members of history["curvature"]
         (present when trained with ``record_curvature``).
@@ -186,11 +186,11 @@ def _end_of_training(logits, labels, masks, curvature) -> dict[str, np.ndarray]:
     }
     if curvature is not None:
         trace, trace_sq = curvature
-        result["curvature_in"] = masked_mean(trace, masks)
-        result["curvature_out"] = masked_mean(trace, out_mask)
+        result["curvature_trace_in"] = masked_mean(trace, masks)
+        result["curvature_trace_out"] = masked_mean(trace, out_mask)
         if trace_sq is not None:
-            result["curvature_sq_in"] = masked_mean(trace_sq, masks)
-            result["curvature_sq_out"] = masked_mean(trace_sq, out_mask)
+            result["curvature_in"] = masked_mean(trace_sq, masks)
+            result["curvature_out"] = masked_mean(trace_sq, out_mask)
     return result
 
 

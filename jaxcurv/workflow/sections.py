@@ -16,7 +16,14 @@ from jaxcurv._numerics import cross_entropy
 from jaxcurv.workflow.attacks import epsilon_audit, mia_by_memorization
 
 __all__ = ["summary", "figures", "report_sections", "title", "describe", "spearman",
-           "BY_MEMORIZATION_ATTACK"]
+           "noise_rankers", "BY_MEMORIZATION_ATTACK", "CURVATURE_NOTE"]
+
+CURVATURE_NOTE = (
+    "curvature = Curv, the papers' per-example input-loss curvature: tr(H²) = ‖H‖_F² = E‖Hv‖² of "
+    "H = ∇²ₓℓ (exact Hessian-vector products, Hutchinson probes), mean over the members trained "
+    "on the example; it is what Figs. 3 and 5 of Ravikumar et al. (ICML 2024) and the white-box "
+    "attack of Curvature Clues (NeurIPS 2024) use, and it is ≥ 0. curvature_trace = tr(H), the "
+    "signed appendix variant (ICML 2024 Figs. 14–16), which goes negative on high-loss examples.")
 
 BY_MEMORIZATION_ATTACK = "lira_online"  # the attack of the per-memorization table and ε audit
 _METRICS = ("auroc", "balanced_accuracy", "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
@@ -60,8 +67,9 @@ def _mia(run) -> dict[str, Any]:
     cluster = np.broadcast_to(np.arange(n), masks.shape).ravel()
     rows = []
     for name, s in run.scores.items():
-        m = mia.roc_metrics(s.ravel(), masks.ravel(), bootstrap=config.bootstrap,
-                            seed=config.seed, cluster=cluster)
+        k = len(s)  # the zero-order attacks may cover the first M members only
+        m = mia.roc_metrics(s.ravel(), masks[:k].ravel(), bootstrap=config.bootstrap,
+                            seed=config.seed, cluster=cluster.reshape(masks.shape)[:k].ravel())
         rows.append({"attack": name, **{k: m[k] for k in _METRICS},
                      **({"auroc_ci": m["auroc_ci"]} if "auroc_ci" in m else {})})
     by_mem = mia_by_memorization(run.scores[BY_MEMORIZATION_ATTACK], masks, _correct(run))
@@ -71,13 +79,34 @@ def _mia(run) -> dict[str, Any]:
                                                  "bins": by_mem}}
 
 
+def noise_rankers(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Scores (N,) that rank training examples as likely mislabeled, higher = more suspicious:
+    memorization, curvature (tr(H²)), tr(H), the IN loss, low held-out confidence (1 − mean p_y
+    over OUT members) and, when computed, the black-box curvature."""
+    rankers = {"mem": np.nan_to_num(columns["mem"], nan=-1.0),
+               "curvature": columns["curvature"], "curvature_trace": columns["curvature_trace"],
+               "loss": columns["loss"]}
+    if "confidence" in columns:
+        rankers["low_confidence"] = 1.0 - columns["confidence"]
+    if "zero_order" in columns:
+        rankers["zero_order"] = columns["zero_order"]
+    return {name: np.nan_to_num(np.asarray(v, float), nan=-np.inf) for name, v in rankers.items()}
+
+
 def _label_noise(run, columns) -> dict[str, Any]:
-    flipped = run.data.flipped
-    ranking = {"curvature": memorization.rank_flipped(columns["curvature"], flipped),
-               "curvature_sq": memorization.rank_flipped(columns["curvature_sq"], flipped),
-               "mem": memorization.rank_flipped(np.nan_to_num(columns["mem"], nan=-1), flipped),
-               "loss": memorization.rank_flipped(columns["loss"], flipped)}
-    return {"fraction": run.config.label_noise, "flipped": int(flipped.sum()), "ranking": ranking}
+    """How well each ranker finds the flipped labels, and whether the members fitted them."""
+    flipped, masks = run.data.flipped, run.data.masks
+    correct = _correct(run)
+    ranking = {name: memorization.rank_flipped(score, flipped)
+               for name, score in noise_rankers(columns).items()}
+    best = max(ranking, key=lambda name: ranking[name]["auroc"])
+    fitted = correct[masks & flipped[None]]
+    return {"fraction": run.config.label_noise, "flipped": int(flipped.sum()),
+            "flipped_train_in_accuracy": float(fitted.mean()) if fitted.size else None,
+            "ranking": ranking, "best_ranker": best,
+            "note": "AUROC / average precision / precision@k (k = number flipped) of each score "
+                    "at ranking the flipped labels first; mem and curvature only find them when "
+                    "the members fit the flipped labels they train on"}
 
 
 def _loss_bound(run) -> float:
@@ -119,22 +148,25 @@ def summary(run, columns: dict[str, np.ndarray]) -> dict[str, Any]:
     """summary.json (without timings and figure paths): config echo, data, accuracy, curvature,
     memorization, correlations, MIA metrics, and label-noise ranking / privacy when they apply."""
     train, n = run.data.train, len(run.data.train)
-    mem, curv_in, sq_in = columns["mem"], columns["curvature"], columns["curvature_sq"]
+    mem, curv_in, tr_in = columns["mem"], columns["curvature"], columns["curvature_trace"]
     finite_mem = np.sort(mem[np.isfinite(mem)])[::-1]
     out: dict[str, Any] = {
         "config": dataclasses.asdict(run.config),
         "data": {"dataset": train.name, "train_examples": n, "test_examples": len(run.data.test),
                  "image_shape": list(train.images.shape[1:]), "num_classes": train.num_classes},
         "accuracy": _accuracy(run),
-        "curvature": describe(curv_in, "tr(H), mean over members holding the example in")
-        | {"trace_sq": describe(sq_in, "tr(H²) in")["summary"],
-           "out": describe(columns["curvature_out"], "tr(H) out")["summary"],
-           "mean_probe_stderr": float(np.nanmean(run.curvature.trace_stderr))},
+        "curvature": describe(curv_in, "tr(H²), mean over members holding the example in")
+        | {"note": CURVATURE_NOTE,
+           "out": describe(columns["curvature_out"], "tr(H²) out")["summary"],
+           "trace": describe(tr_in, "tr(H) in")["summary"],
+           "trace_out": describe(columns["curvature_trace_out"], "tr(H) out")["summary"],
+           "mean_probe_stderr": float(np.nanmean(run.curvature.trace_sq_stderr)),
+           "mean_probe_stderr_trace": float(np.nanmean(run.curvature.trace_stderr))},
         "memorization": {"mean": float(np.nanmean(mem)),
                          "top_1pct_mean": float(np.mean(finite_mem[:max(1, n // 100)])),
                          "fraction_above_0_5": float(np.nanmean(mem > 0.5))},
         "correlations": {"spearman_mem_curvature": spearman(mem, curv_in),
-                         "spearman_mem_curvature_sq": spearman(mem, sq_in),
+                         "spearman_mem_curvature_trace": spearman(mem, tr_in),
                          "proxies": memorization.correlations(mem, run.proxies)},
         "mia": _mia(run),
     }
@@ -150,28 +182,37 @@ def figures(run, columns: dict[str, np.ndarray], summary: dict[str, Any],
     """The audit's PNG figures under ``directory``, by name."""
     d = Path(directory)
     train, masks = run.data.train, run.data.masks
-    mem, curv_in, sq_in = columns["mem"], columns["curvature"], columns["curvature_sq"]
-    curves = {name: mia.roc_curve(s.ravel(), masks.ravel()) for name, s in run.scores.items()}
+    mem, curv_in, tr_in = columns["mem"], columns["curvature"], columns["curvature_trace"]
+    curves = {name: mia.roc_curve(s.ravel(), masks[:len(s)].ravel())
+              for name, s in run.scores.items()}
     aurocs = {row["attack"]: float(row["auroc"]) for row in summary["mia"]["metrics"]}
     by_mem = summary["mia"]["by_memorization"]
     figs = {
         "extreme": report.figure_extreme_images(train.images, train.labels, curv_in,
                                                 d / "lowest_highest_curvature.png",
-                                                class_names=train.class_names),
+                                                class_names=train.class_names,
+                                                score_name="curvature tr(H²)"),
         "hist": report.figure_curvature_histogram(curv_in, columns["correct"] >= 0.5,
-                                                  d / "curvature_histogram.png"),
-        "mem_curv": report.figure_mem_vs_curvature(mem, curv_in, d / "mem_vs_curvature.png"),
+                                                  d / "curvature_histogram.png",
+                                                  name="curvature tr(H²)"),
+        "mem_curv": report.figure_mem_vs_curvature(mem, curv_in, d / "mem_vs_curvature.png",
+                                                   name="curvature tr(H²)"),
         "proxies": report.figure_proxies_vs_mem(mem, run.proxies, d / "proxies_vs_mem.png"),
-        "trace_sq": report.figure_trace_vs_trace_sq(curv_in, sq_in, mem,
+        "trace_sq": report.figure_trace_vs_trace_sq(tr_in, curv_in, mem,
                                                     d / "trace_vs_trace_sq.png"),
         "roc": report.figure_roc(curves, d / "mia_roc.png", aurocs=aurocs),
         "mia_mem": report.figure_mia_vs_mem({by_mem["attack"]: by_mem["bins"]},
                                             d / "mia_vs_memorization.png"),
     }
     if "label_noise" in summary:
-        figs["noise"] = report.figure_label_noise(
-            {"curvature": curv_in, "mem": mem, "loss": columns["loss"]}, run.data.flipped,
-            d / "label_noise.png")
+        rankers = noise_rankers(columns)
+        figs["noise"] = report.figure_label_noise(rankers, run.data.flipped,
+                                                  d / "label_noise.png")
+        for name in ("curvature", "mem"):
+            figs[f"noise_top_{name}"] = report.figure_top_ranked(
+                train.images, train.labels, run.data.true_labels, rankers[name],
+                d / f"label_noise_top_{name}.png", score_name=name,
+                class_names=train.class_names)
     if "privacy" in summary:
         p = summary["privacy"]
         figs["privacy"] = report.figure_privacy_bounds(
@@ -195,8 +236,7 @@ def report_sections(run, summary: dict[str, Any], figs: dict[str, Path]) -> list
             "test accuracy (mean)": acc["test_mean"], "test accuracy (min)": acc["test_min"],
             "train accuracy (in)": acc["train_in_mean"],
             "held-out accuracy (out)": acc["train_out_mean"]}]]},
-        {"title": "Curvature (Figure 2)", "text": "Per-example tr(∇²ₓℓ) by exact Hessian-vector "
-         "products and Hutchinson probes, averaged over the members trained on the example.",
+        {"title": "Curvature (Figure 2)", "text": CURVATURE_NOTE,
          "figures": [figs["extreme"], figs["hist"]]},
         {"title": "Memorization and curvature (Figures 3, 10–16)",
          "tables": [[{"proxy": name, **vals} for name, vals in
@@ -208,9 +248,14 @@ def report_sections(run, summary: dict[str, Any], figs: dict[str, Path]) -> list
     ]
     if "label_noise" in summary:
         ranking = summary["label_noise"]["ranking"]
+        noise = summary["label_noise"]
         out.append({"title": "Finding mislabeled examples",
+                    "text": f"{noise['flipped']} labels flipped; the members fitted "
+                            f"{noise['flipped_train_in_accuracy']:.3f} of the flipped labels they "
+                            f"trained on. {noise['note']}.",
                     "tables": [[{"score": s, **r} for s, r in ranking.items()]],
-                    "figures": [figs["noise"]]})
+                    "figures": [figs["noise"], figs["noise_top_curvature"],
+                                figs["noise_top_mem"]]})
     if "privacy" in summary:
         out.append({"title": "Differential privacy",
                     "tables": [[{k: v for k, v in summary["privacy"].items()
