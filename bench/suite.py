@@ -25,7 +25,7 @@ one, so a run cut short still reports what it finished (top-level keys ``environ
   The number of evaluated examples is sized from one timed chunk and the remaining budget.
 
 Without local CIFAR-10 files the suite runs on a synthetic CIFAR-shaped data set and says so.
-``--tiny`` runs every part at toy size (CPU, under 2 minutes); it is what the test runs.
+``--tiny`` runs every part at toy size (CPU, about 100 s of CPU time); the test runs it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
-import math
 import statistics
 import sys
 import time
@@ -43,14 +42,23 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from scipy import stats
+if not __package__:  # python bench/suite.py from a bare checkout: the repository root on the path
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from jaxcurv import data, ensemble, memorization, mia, models, report
-from jaxcurv.curvature import make_input_curvature, make_zero_order_curvature
-from jaxcurv.workflow import attack_scores, describe_device, environment, time_call, time_interleaved
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from jaxcurv import data, ensemble, memorization, mia, models, report  # noqa: E402
+from jaxcurv.curvature import make_input_curvature, make_zero_order_curvature  # noqa: E402
+from jaxcurv.workflow import (  # noqa: E402
+    attack_scores,
+    describe_device,
+    environment,
+    time_call,
+    time_interleaved,
+)
 
 if __package__:  # python -m bench.suite
     from bench import _common as C
@@ -75,8 +83,8 @@ TARGETS = {
 }
 # Design budget per part, seconds on one H100 (sum = 480 = the default --budget-s). --budget-s
 # scales the training sizes of curvature/ensemble; the evidence part takes what is left.
-DESIGN_BUDGET_S = {"startup": 25, "curvature": 110, "dpsgd": 40, "ensemble": 140,
-                   "evidence": 150, "margin": 15}
+DESIGN_BUDGET_S = {"startup": 25, "curvature": 120, "dpsgd": 45, "ensemble": 140,
+                   "evidence": 135, "margin": 15}
 DESIGN_TOTAL_S = float(sum(DESIGN_BUDGET_S.values()))
 # Ravikumar, Soufleri & Roy, "Curvature Clues: Decoding Deep Learning Privacy with Input Loss
 # Curvature", NeurIPS 2024 (arXiv:2407.02747): the CIFAR-10 zero-order curvature NLL attack
@@ -93,7 +101,7 @@ _GUARDED = {"dp_accounting", "tensorflow_datasets", "tensorflow"}
 _PACKAGES = ("torch", "torchvision", "scipy", "sklearn", "matplotlib", "PIL", "tqdm",
              "dp_accounting", "tensorflow_datasets")
 _KEYS = {"curvature_train": 11, "curvature_probe": 12, "ensemble": 13, "evidence_wb": 14,
-         "evidence_zo": 15, "data": 16}
+         "evidence_zo": 15}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +141,7 @@ TINY = Sizes(curv_width=4, curv_batch=16, curv_probes=2, curv_train_examples=128
              curv_train_epochs=1, repeats=2, ens_width=8, ens_members=8, ens_epochs=2,
              ens_batch=64, loop_members=1, loop_epochs=2, dp_width=8, dp_batch=32,
              ev_probes=2, ev_bootstrap=20, ev_h_examples=16, ev_chunk=64, ev_min_examples=64,
-             bf16=False, train_limit=256, test_limit=128)
+             bf16=True, train_limit=256, test_limit=128)
 
 
 @dataclasses.dataclass
@@ -257,7 +265,8 @@ def _torch_resnet18(torch, width: int, num_classes: int = 10):
             y = torch.relu(self.b1(self.c1(x)))
             return torch.relu(self.b2(self.c2(y)) + self.short(x))
 
-    layers, cin = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()], width
+    layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+    cin = width
     for stage in range(4):
         for block in range(2):
             cout = width * 2**stage
@@ -324,7 +333,7 @@ def _curvature_model(ctx: _Context):
     model = models.get_model("resnet18", 10, width=s.curv_width)
     idx = np.random.default_rng(ctx.seed).permutation(len(ctx.test))[:s.curv_batch]
     x, y = ctx.test.images[idx], ctx.test.labels[idx]
-    n_train = min(len(ctx.train), max(256, int(s.curv_train_examples * min(1.0, ctx.scale))))
+    n_train = min(len(ctx.train), int(s.curv_train_examples * min(1.0, ctx.scale)))
     start = time.perf_counter()
     member, history = ensemble.fit_one(model, C.random_subset(ctx.train, n_train, ctx.seed),
                                        ctx.key("curvature_train"), epochs=s.curv_train_epochs,
@@ -356,7 +365,8 @@ def part_curvature(ctx: _Context) -> dict:
     rows = [{"method": name, "samples_per_s": rate[name], **t.as_dict()}
             for name, t in timings.items()]
     out = {name: fns[name]() for name in ours}
-    ratios = {f"{a}_over_{b}": rate[a] / rate[b] for a in ours for b in rate if b.startswith("seed")}
+    ratios = {f"{a}_over_{b}": rate[a] / rate[b]
+              for a in ours for b in rate if b.startswith("seed")}
     agreement = {
         "spearman_bf16_vs_fp32_trace_sq": _spearman(out["ours_bf16"].trace_sq,
                                                     out["ours_fp32_highest"].trace_sq),
@@ -437,7 +447,8 @@ def part_ensemble(ctx: _Context) -> dict:
     key = ctx.key("ensemble")
     n = len(ctx.train)
     loop_masks = data.subset_masks(n, max(2, s.loop_members), fraction=0.5, seed=ctx.seed + 1)
-    loop_recipe = _fastnet_recipe(ctx, model, epochs=s.loop_epochs)
+    recipe = _fastnet_recipe(ctx, model, epochs=s.ens_epochs)
+    loop_recipe = {**recipe, "epochs": s.loop_epochs}  # only the epoch times are used
     steady, walls, firsts = [], [], []
     for m in range(s.loop_members):  # each train() call compiles again, as a loop of runs would
         _, stamps, wall = bench_ensemble.timed_train(model, ctx.train, loop_masks[m:m + 1], key,
@@ -451,7 +462,6 @@ def part_ensemble(ctx: _Context) -> dict:
     left = ctx.allowance("ensemble") - (time.perf_counter() - part_start) - 1.5 * compile_s
     k = _choose_members(s.ens_members, left, epochs=s.ens_epochs, member_epoch_s=t1)
     masks = data.subset_masks(n, k, fraction=0.5, seed=ctx.seed)
-    recipe = _fastnet_recipe(ctx, model, epochs=s.ens_epochs)
     ens, stamps, wall = bench_ensemble.timed_train(model, ctx.train, masks, key, recipe=recipe,
                                                    members_per_chunk=k)
     epoch_s = statistics.median(stamps.steady_epoch_times())
@@ -498,7 +508,8 @@ def _mixed_zero_order(loss_fn) -> Any:
         def one(xi, yi, ui, vi):
             f = lambda z: loss_fn(variables, z, yi)  # noqa: E731
             a, b = h * ui, h * vi
-            return jnp.abs(f(xi + b + a) - f(xi - b + a) - f(xi + b - a) + f(xi - b - a)) / (4 * h * h)
+            mixed = f(xi + b + a) - f(xi - b + a) - f(xi + b - a) + f(xi - b - a)
+            return jnp.abs(mixed) / (4 * h * h)
 
         per_probe = jax.vmap(jax.vmap(one), in_axes=(None, None, 0, 0))(x, y, u, v)
         return per_probe.mean(0)
@@ -615,9 +626,10 @@ def part_evidence(ctx: _Context) -> dict:
     test_logits = ensemble.predict(ens, ctx.test.images)                         # (K, Z, C)
     correct = logits[:, 0].argmax(-1) == labels[None]
     mem, mem_se = memorization.feldman_zhang(correct, masks_all)
+    mem = np.round(mem, 12)  # p_in − p_out with other denominators: equal values tie exactly
     loss_fn = ensemble.member_loss_fn(ens)
-    m_h = min(s.ev_h_examples, n)
-    h_rows, h = _choose_h(loss_fn, ens.member(0), images[:m_h], labels[:m_h],
+    sample = np.sort(np.random.default_rng(ctx.seed + 2).permutation(n)[:s.ev_h_examples])
+    h_rows, h = _choose_h(loss_fn, ens.member(0), images[sample], labels[sample],
                           probes=s.ev_probes, seed=ctx.seed)
     chunk = min(s.ev_chunk, n)
     wb, zo, rates = _signal_rates(ctx, ens, loss_fn, h, chunk)
@@ -675,7 +687,7 @@ PARTS = (("curvature", part_curvature), ("dpsgd", part_dpsgd), ("ensemble", part
 def _run_part(ctx: _Context, name: str, fn) -> dict:
     """fn(ctx) with its wall time and budget; an exception is recorded, not raised, so the other
     parts still run and report."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     print(f"\n### {name} (design budget {DESIGN_BUDGET_S[name]} s on one H100; "
           f"{ctx.left():.0f} s of the run's budget left)", flush=True)
     try:
@@ -685,6 +697,7 @@ def _run_part(ctx: _Context, name: str, fn) -> dict:
         out = {"status": "error", "error": f"{type(err).__name__}: {err}",
                "traceback": traceback.format_exc()[-4000:]}
     out["wall_s"] = time.perf_counter() - start
+    out["cpu_s"] = time.process_time() - cpu  # this process's CPU time (shared hosts: see wall)
     out["design_budget_s"] = DESIGN_BUDGET_S[name]
     return out
 
@@ -695,7 +708,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder for suite.json, CSV and PNG files")
     p.add_argument("--budget-s", type=float, default=DESIGN_TOTAL_S,
                    help="seconds the whole run may take; sizes scale to fit")
-    p.add_argument("--tiny", action="store_true", help="toy sizes (CPU, under 2 minutes)")
+    p.add_argument("--tiny", action="store_true", help="toy sizes (CPU, about 100 s of CPU time)")
     p.add_argument("--data-dir", default=None,
                    help="folder with CIFAR-10 files; default $JAXCURV_DATA_DIR")
     p.add_argument("--seed", type=int, default=0)

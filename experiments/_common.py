@@ -323,20 +323,90 @@ def output_dir(config: Config, experiment: str) -> Path:
     return out
 
 
+_SMOKE_TEST = "smoke test: numbers are not meaningful"
+_KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+
+
+def _numbers(value: Any) -> list[float]:
+    """The finite numbers in a float, a list/array of them or a mapping of them."""
+    if isinstance(value, Mapping):
+        return [x for v in value.values() for x in _numbers(v)]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return []
+    arr = np.asarray(value, dtype=object).ravel()
+    out = []
+    for v in arr:
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool):
+            out.extend([float(v)] if np.isfinite(float(v)) else [])
+        elif isinstance(v, (list, tuple, Mapping)):
+            out.extend(_numbers(v))
+    return out
+
+
+def _test_accuracies(results: Any, num_classes: int | None, where: str = "") -> Iterator[
+        tuple[str, list[float], int | None]]:
+    """(path, numbers, classes) of every ``test_accuracy*`` entry in ``results``; classes from
+    the nearest enclosing "data" description (else ``num_classes``)."""
+    if isinstance(results, Mapping):
+        data = results.get("data")
+        if isinstance(data, Mapping) and isinstance(data.get("num_classes"), int):
+            num_classes = data["num_classes"]
+        for key, value in results.items():
+            path = f"{where}.{key}" if where else str(key)
+            if str(key).startswith("test_accuracy") and "gain" not in str(key):
+                numbers = _numbers(value)
+                if numbers:
+                    yield path, numbers, num_classes
+            else:
+                yield from _test_accuracies(value, num_classes, path)
+    elif isinstance(results, (list, tuple)):
+        for i, value in enumerate(results):
+            yield from _test_accuracies(value, num_classes, f"{where}[{i}]")
+
+
+def _sanity_warnings(config: Config, results: Mapping[str, Any]) -> list[str]:
+    """A warning for each test accuracy in ``results`` near chance (mean, or its lowest value:
+    one member, seed or setting), chance = 1/C from the results' data descriptions or the
+    config's dataset name."""
+    from jaxcurv.workflow.sections import near_chance
+
+    names = getattr(config, "datasets", None) or (getattr(config, "dataset", None),)
+    known = {_KNOWN_CLASSES.get(str(n)) for n in names}
+    fallback = known.pop() if len(known) == 1 else None
+    warnings = []
+    for path, numbers, classes in _test_accuracies(results, fallback):
+        if classes is None:
+            continue
+        mean, low = float(np.mean(numbers)), min(numbers)
+        if near_chance(mean, classes):
+            warnings.append(f"{path}: test accuracy {mean:.3f} is near chance ({1 / classes:.3f})"
+                            ": the models learned little and the other numbers mean little")
+        elif near_chance(low, classes):
+            warnings.append(f"{path}: the lowest test accuracy {low:.3f} is near chance "
+                            f"({1 / classes:.3f}): a member, seed or setting failed to train")
+    return warnings
+
+
 def finish(out: Path, experiment: str, config: Config, results: Mapping[str, Any], *,
            timer, notes: Sequence[str | None], lines: Sequence[str]) -> None:
-    """summary.json (experiment, config echo, environment, notes, results, timings) and the
-    printed summary with the total runtime: every script's last step."""
+    """summary.json (experiment, config echo, environment, notes, warnings, results, timings)
+    and the printed summary with the total runtime: every script's last step. A "tiny" config
+    says it is a smoke test; test accuracies near chance are warned about."""
     from jaxcurv import report
     from jaxcurv.workflow import environment
 
     timings = timer.total()
+    smoke = [_SMOKE_TEST] if config.name == "tiny" else []
+    notes = list(dict.fromkeys([*smoke, *(n for n in notes if n)]))
+    warnings = _sanity_warnings(config, results)
     report.write_json(out / "summary.json", {
         "experiment": experiment, "config": dataclasses.asdict(config),
-        "environment": environment(), "notes": [n for n in notes if n],
+        "environment": environment(), "notes": notes, "warnings": warnings,
         "results": results, "timings_s": timings})
     print(f"== {experiment} ({config.name}) ==")
-    for line in [*lines, f"runtime {timings['total']:.1f} s"]:
+    for line in [*smoke, *(f"warning: {w}" for w in warnings),
+                 *(line for line in lines if line not in smoke),
+                 f"runtime {timings['total']:.1f} s"]:
         print(f"  {line}")
     print(f"  outputs: {out}")
 

@@ -145,11 +145,13 @@ def _headline(clean: dict[str, Any], noisy: dict[str, Any]) -> dict[str, Any]:
                         "flipped_train_in_accuracy": noise["flipped_train_in_accuracy"],
                         "noisy_members": noisy["config"]["models"],
                         "ranking": noise["ranking"], "best_ranker": noise["best_ranker"]},
-        "figures": {"fig2_lowest_highest_curvature": "audit/" + clean["figures"]["extreme"],
-                    "fig3_mem_vs_curvature": "audit/" + clean["figures"]["mem_curv"],
-                    "fig9_mia_vs_memorization": "audit/" + clean["figures"]["mia_mem"],
-                    "roc": "audit/" + clean["figures"]["roc"],
-                    "label_noise": "label_noise/" + noisy["figures"]["noise"]},
+        "figures": {"fig2_lowest_highest_curvature":
+                    "audit/" + clean["figures"]["lowest_highest_curvature"],
+                    "fig3_mem_vs_curvature": "audit/" + clean["figures"]["mem_vs_curvature"],
+                    "fig9_mia_vs_memorization":
+                    "audit/" + clean["figures"]["mia_vs_memorization"],
+                    "roc": "audit/" + clean["figures"]["mia_roc"],
+                    "label_noise": "label_noise/" + noisy["figures"]["label_noise"]},
     }
 
 

@@ -4,10 +4,10 @@ verified on restore.
 A run directory holds ``run.json`` with the fingerprint of everything that determines the result
 (model, the full content of images, labels and masks, member ids, seed, settings); a directory of
 another run is refused. Each saved step ``chunk_XXXX/<epoch>/`` gets ``checksum.json`` (the run
-fingerprint and a sha256 of the saved arrays' bytes), written last, after orbax finished. On
-restore a step whose arrays do not hash to it — flipped bits, a truncated file (tensorstore
-errors), a missing checksum after a kill mid-write — is deleted with a one-line
-``RuntimeWarning`` and the previous step (or a fresh start) is used instead: never a corrupt one.
+fingerprint and the sha256 of every file orbax wrote for it), written last, after orbax finished.
+Before a restore the step's files are hashed and compared, so orbax never reads a damaged file: a
+step with flipped bits, a truncated or missing file, or no checksum (a kill mid-write) is deleted
+with a one-line ``RuntimeWarning`` and the previous step (or a fresh start) is used instead.
 """
 
 from __future__ import annotations
@@ -30,14 +30,29 @@ _RUN_FILE = "run.json"
 _CHECKSUM_FILE = "checksum.json"
 
 
-def _digest(tree) -> str:
-    """sha256 of a pytree's leaves in order: key path, dtype, shape and bytes of each."""
-    h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        a = np.ascontiguousarray(np.asarray(leaf))
-        h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+def _file_digests(step_dir: Path) -> dict[str, str]:
+    """sha256 of every file under ``step_dir`` but the checksum file, by relative path."""
+    digests = {}
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
+        if path.name != _CHECKSUM_FILE:
+            with open(path, "rb") as f:
+                digests[path.relative_to(step_dir).as_posix()] = hashlib.file_digest(
+                    f, "sha256").hexdigest()
+    return digests
+
+
+def _mismatch(step_dir: Path, expected: Any) -> str | None:
+    """Why the files of ``step_dir`` differ from ``expected`` (path → sha256), None if they
+    match."""
+    if not isinstance(expected, dict) or not expected:
+        return "its checksum lists no files"
+    actual = _file_digests(step_dir)
+    for name, digest in expected.items():
+        if name not in actual:
+            return f"file {name} is missing"
+        if actual[name] != digest:
+            return f"file {name} does not match its checksum"
+    return None
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -49,6 +64,8 @@ def _write_json(path: Path, value: dict) -> None:
 
 def _reason(err: BaseException) -> str:
     """A one-line description of ``err`` (tensorstore messages span many lines)."""
+    if "tensorstore" in str(err).lower():
+        return "a damaged or truncated array file"
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {first[:160]}" if first else type(err).__name__
 
@@ -103,11 +120,21 @@ class Checkpoints:
         return self.directory / f"chunk_{chunk:04d}" / str(step)
 
     def _verified(self, chunk: int, step: int, like_state):
-        """(state, history) of ``step`` if it restores and matches its checksum, else the reason
-        it does not (a string)."""
+        """(state, history) of ``step`` if its files match its checksum and restore, else the
+        reason they do not (a string)."""
         args = self._ocp.args
         try:
             stored = json.loads((self._step_dir(chunk, step) / _CHECKSUM_FILE).read_text())
+        except FileNotFoundError:
+            return "no checksum: its write did not complete"
+        except (OSError, ValueError) as err:
+            return f"unreadable checksum: {_reason(err)}"
+        if not isinstance(stored, dict) or stored.get("fingerprint") != self.fingerprint:
+            return "its checksum belongs to another configuration"
+        mismatch = _mismatch(self._step_dir(chunk, step), stored.get("files"))
+        if mismatch is not None:
+            return mismatch
+        try:
             abstract = jax.tree.map(
                 lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype,
                                                sharding=getattr(a, "sharding", None)), like_state)
@@ -117,10 +144,6 @@ class Checkpoints:
             state = restored["state"]
         except Exception as err:  # orbax/tensorstore raise bare Exceptions for damaged files
             return _reason(err)
-        if stored.get("fingerprint") != self.fingerprint:
-            return "it belongs to another configuration"
-        if stored.get("sha256") != _digest((state, history)):
-            return "its content does not match its checksum"
         return state, history
 
     def _discard(self, chunk: int, step: int) -> None:
@@ -159,9 +182,10 @@ class Checkpoints:
         manager.save(epoch, args=args.Composite(state=args.StandardSave(state),
                                                 history=args.StandardSave(history)), force=True)
         manager.wait_until_finished()
-        _write_json(self._step_dir(chunk, epoch) / _CHECKSUM_FILE,
-                    {"fingerprint": self.fingerprint, "step": int(epoch),
-                     "sha256": _digest((state, {k: np.asarray(v) for k, v in history.items()}))})
+        step_dir = self._step_dir(chunk, epoch)
+        _write_json(step_dir / _CHECKSUM_FILE, {"fingerprint": self.fingerprint,
+                                                "step": int(epoch),
+                                                "files": _file_digests(step_dir)})
 
 
 def fingerprint(model, dataset, masks, member_ids, seed, echo: dict) -> str:

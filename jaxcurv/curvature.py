@@ -20,6 +20,10 @@ configuration and return ``fn(params, x, y, key, *, h=None, progress=False)``, w
 compiled kernel: the caller keeps ``fn`` and calls it again without recompiling (``h`` is a traced
 input, so a sweep over h reuses it too). ``input_curvature``, ``zero_order_curvature`` and
 ``reference_score`` are one-call conveniences over them.
+
+Checked before any compute: integer class labels must be ≥ 0, and < ``num_classes`` when given;
+``loss_fn`` must return one scalar per example (when the kernel is traced). A call whose losses
+are NaN for some examples warns once per held function ("loss_fn returned NaN for E example(s)").
 """
 
 from __future__ import annotations
@@ -444,7 +448,8 @@ def make_input_curvature(loss_fn: LossFn, *, num_probes: int = 10, method: str =
                                batch_size=batch_size, devices=devices,
                                compute_dtype=_check_compute_dtype(compute_dtype),
                                desc=f"curvature ({method})", hessian_memory=method == "exact",
-                               num_classes=num_classes, checked_outputs=2, method=method, num_probes=int(num_probes), probe_batch=probe_batch)
+                               num_classes=num_classes, checked_outputs=2, method=method,
+                               num_probes=int(num_probes), probe_batch=probe_batch)
 
     def curvature(params, x, y, key, *, h: float | None = None,
                   progress: bool = False) -> Curvature:

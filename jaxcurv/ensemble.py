@@ -17,6 +17,7 @@ import functools
 import math
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -27,7 +28,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from jaxcurv import models
+from jaxcurv import distributed, models
 from jaxcurv._checkpoints import Checkpoints, clean_checkpoints, fingerprint
 from jaxcurv._chunks import map_chunks
 from jaxcurv._tree import cast_floats, stack, unstack
@@ -117,8 +118,8 @@ class TrainConfig:
     every example each epoch costs nearly as much as the epoch itself.
     ``checkpoint_dir``: orbax checkpoints every ``checkpoint_every`` epochs; the same call resumes
     from the last one to the same result as an uninterrupted run (each checkpoint is verified
-    against a checksum; a damaged one is discarded with a RuntimeWarning, never used). ``members_per_chunk``: members
-    vmapped together (default: all on GPU/TPU; 1 on CPU, where a vmap over conv weights runs as
+    against a checksum; a damaged one is discarded with a RuntimeWarning, never used).
+    ``members_per_chunk``: members vmapped together (default: all on GPU/TPU; 1 on CPU, where a vmap over conv weights runs as
     slower grouped convolutions), chunks run in turn, members sharded over ``devices`` (default
     all local). ``member_ids``: what member keys derive from (default 0..K−1).
     ``steps_per_epoch``: default ⌈largest subset / batch_size⌉. ``scan_steps``: an epoch as one
@@ -358,13 +359,14 @@ def member_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *, num_
     computed together; the compiled kernel is held on the ensemble and reused by later calls.
     """
     rows = _select_members(members, ensemble.num_members)
+    rows, share = _process_share(rows)  # a multi-process job: this process's block of rows
     estimate = _held_estimator(ensemble, make_input_curvature, np.shape(images)[1:],
                                num_probes=num_probes, method=method, batch_size=batch_size,
                                compute_dtype=compute_dtype)
     keys = [jax.random.fold_in(key, int(ensemble.member_ids[r])) for r in rows]
     out = _stacked(functools.partial(estimate, h=h), ensemble.variables, rows, keys, images,
                    labels, progress=progress, desc="member curvature")
-    return Curvature(*(np.stack(field) for field in zip(*out)))
+    return _gather_share(Curvature(*(np.stack(field) for field in zip(*out))), share)
 
 
 def member_zero_order_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *,
@@ -380,12 +382,13 @@ def member_zero_order_curvature(ensemble: Ensemble, images, labels, key: jax.Arr
     curvature.zero_order_curvature).
     """
     rows = _select_members(members, ensemble.num_members)
+    rows, share = _process_share(rows)  # a multi-process job: this process's block of rows
     estimate = _held_estimator(ensemble, make_zero_order_curvature, np.shape(images)[1:],
                                num_probes=num_probes, method=method, compute_dtype=compute_dtype)
     keys = [jax.random.fold_in(key, int(r)) for r in rows]
-    return np.stack(_stacked(functools.partial(estimate, h=h), ensemble.variables, rows, keys,
-                             images, labels, progress=progress,
-                             desc="member zero-order curvature"))
+    return _gather_share(np.stack(_stacked(functools.partial(estimate, h=h), ensemble.variables,
+                                           rows, keys, images, labels, progress=progress,
+                                           desc="member zero-order curvature")), share)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -596,6 +599,12 @@ def _check_diverged(state: TrainState, metrics, ids: np.ndarray, epoch: int) -> 
                                "lower --learning-rate")
 
 
+def _bar_members(rows: np.ndarray, k_total: int) -> str:
+    """The progress bar's "member 5/32" (or "members 1–8/32" for a chunk of several)."""
+    lo, hi = int(rows[0]) + 1, int(rows[-1]) + 1
+    return f"member {lo}/{k_total}" if lo == hi else f"members {lo}–{hi}/{k_total}"
+
+
 def _train_chunk(c: int, rows: np.ndarray, plan: _Plan, cfg: TrainConfig, compiled: _Compiled,
                  key, checkpoints, bar) -> tuple[dict, dict]:
     """Train members ``rows`` (chunk ``c``) for every epoch not yet checkpointed; returns their
@@ -609,13 +618,19 @@ def _train_chunk(c: int, rows: np.ndarray, plan: _Plan, cfg: TrainConfig, compil
         state = _transform_init(state, cfg.init_transform, member_sharding)
     history: dict[str, np.ndarray] = {}
     done = 0
+    who = _bar_members(rows[:real], plan.masks.shape[0])
+    bar.set_postfix_str("")
     if checkpoints is not None:
         restored = checkpoints.restore(c, state)
         if restored is not None:
             done, state, history = restored
+            bar.set_description(f"resuming {who}: epoch {done}/{cfg.epochs} restored from "
+                                "its checkpoint")
             bar.update(done)
     epoch_keys = _member_keys(key, ids, 1)
     for epoch in range(done, cfg.epochs):
+        bar.set_description(f"{'DP-SGD' if cfg.dp is not None else 'training'} {who}, "
+                            f"epoch {epoch + 1}/{cfg.epochs}")
         idx, w = _epoch_batches(plan, cfg.batch_size, subsets, ids, epoch)
         keys = jax.vmap(lambda k: jax.random.fold_in(k, epoch))(epoch_keys)
         state, metrics = epoch_fn(state, images, labels,
@@ -628,12 +643,110 @@ def _train_chunk(c: int, rows: np.ndarray, plan: _Plan, cfg: TrainConfig, compil
         if checkpoints is not None:
             checkpoints.save(c, epoch + 1, state, history, final=epoch + 1 == cfg.epochs)
         bar.update(1)
-        bar.set_postfix({k: f"{np.mean(v[-1][:real]):.3f}" for k, v in history.items()
-                         if k in ("train_loss", "test_accuracy")})
+        bar.set_postfix({name: f"{np.mean(history[k][-1][:real]):.3f}" for k, name in
+                         (("train_loss", "loss"), ("test_accuracy", "test acc"))
+                         if k in history})
         for callback in cfg.callbacks:
             callback(epoch, {"chunk": c, "members": ids[:real], "history": history})
     variables = jax.tree.map(lambda a: np.asarray(a)[:real], _variables(state))
     return variables, {k: v[:, :real] for k, v in history.items()}
+
+# ----------------------------------------------------------------------------------------------
+# multi-process jobs: each process computes its block of members (distributed.process_members),
+# then every process gathers all of them; in a single process these helpers are the identity
+
+
+def _process_share(rows: np.ndarray) -> tuple[np.ndarray, tuple | None]:
+    """(rows this process computes, share for :func:`_gather_share`): in a multi-process job its
+    block of ``rows``; a process without one computes one row as a stand-in and contributes none."""
+    if jax.process_count() == 1:
+        return rows, None
+    positions = distributed.process_members(len(rows))
+    local = rows[positions] if len(positions) else rows[[jax.process_index() % len(rows)]]
+    return local, (positions, len(rows))
+
+
+def _gather_share(tree, share: tuple | None):
+    """The full result (rows in order) on every process from each process's block."""
+    if share is None:
+        return tree
+    positions, total = share
+    mine = jax.tree.map(lambda a: np.asarray(a)[:len(positions)], tree)
+    return distributed.gather_members(mine, positions, total)
+
+
+def _process_block(plan: _Plan, cfg: TrainConfig) -> tuple[_Plan, _Plan, TrainConfig]:
+    """(full plan, this process's plan, settings). In a multi-process job the process trains its
+    block of members, repeated up to the largest block so that every process runs the same chunks
+    (their checkpoints are saved together), under <checkpoint_dir>/processes-P-chunk-C."""
+    if jax.process_count() == 1:
+        return plan, plan, cfg
+    k_total, procs = plan.masks.shape[0], jax.process_count()
+    if cfg.devices is None and jax.device_count() != procs * jax.local_device_count():
+        raise ValueError("every process of the job must have the same number of devices; pass "
+                         "devices= with the same count on each")
+    block = distributed.process_members(k_total)
+    rows = np.resize(block if len(block) else [jax.process_index() % k_total], -(-k_total // procs))
+    chunk_k = cfg.members_per_chunk or (1 if jax.default_backend() == "cpu" else len(rows))
+    chunk_k = -(-chunk_k // len(plan.devices)) * len(plan.devices)
+    local = dataclasses.replace(plan, masks=plan.masks[rows], member_ids=plan.member_ids[rows],
+                                subsets=[plan.subsets[r] for r in rows], chunk_k=chunk_k)
+    if cfg.checkpoint_dir is not None:
+        folder = Path(cfg.checkpoint_dir) / f"processes-{procs}-chunk-{chunk_k}"
+        cfg = dataclasses.replace(cfg, checkpoint_dir=folder)
+    return plan, local, cfg
+
+
+class _SharedCheckpoints:
+    """Checkpoints of a multi-process job: chunk c of every process is one orbax checkpoint,
+    saved and restored by all processes together (orbax writes host arrays from process 0 only,
+    so the chunk's states are first gathered: one all-gather per saved epoch); each process keeps
+    its own rows on restore."""
+
+    def __init__(self, inner: Checkpoints):
+        self.inner = inner
+
+    def save(self, chunk: int, epoch: int, state, history: dict, *, final: bool) -> None:
+        if not (final or epoch % self.inner.every == 0):
+            return
+        moved = {k: np.moveaxis(np.asarray(v), 1, 0) for k, v in history.items()}
+        state, moved = distributed.gather_rows((state, moved))
+        self.inner.save(chunk, epoch, state, {k: np.moveaxis(v, 0, 1) for k, v in moved.items()},
+                        final=final)
+
+    def restore(self, chunk: int, like_state):
+        procs, n = jax.process_count(), jax.tree.leaves(like_state)[0].shape[0]
+        like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((procs * n, *a.shape[1:]), a.dtype),
+                            like_state)
+        restored = self.inner.restore(chunk, like)
+        if restored is None:
+            return None
+        done, state, history = restored
+        mine = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
+        state = jax.tree.map(lambda a, ref: jax.device_put(np.asarray(a)[mine], ref.sharding),
+                             state, like_state)
+        return done, state, {k: np.asarray(v)[:, mine] for k, v in history.items()}
+
+
+def _shared(checkpoints: Checkpoints):
+    """``checkpoints`` as the chunks of all processes see them (itself in a single process)."""
+    return checkpoints if jax.process_count() == 1 else _SharedCheckpoints(checkpoints)
+
+
+def _gathered_ensemble(ens: Ensemble, full: _Plan) -> Ensemble:
+    """In a multi-process job, the ensemble of all K members from each process's block."""
+    if jax.process_count() == 1:
+        return ens
+    k_total = full.masks.shape[0]
+    block = distributed.process_members(k_total)
+    n = len(block)
+    history = {k: np.moveaxis(v, 1, 0)[:n] for k, v in ens.history.items()}
+    variables, history = distributed.gather_members(
+        (jax.tree.map(lambda a: np.asarray(a)[:n], ens.variables), history), block, k_total)
+    out = Ensemble(ens.model, variables, full.masks, full.member_ids,
+                   {k: np.moveaxis(v, 0, 1) for k, v in history.items()}, ens.config, ens.privacy)
+    out._kernels.update(ens._kernels)
+    return out
 
 
 def train(model, dataset: Dataset, masks, key: jax.Array, config: TrainConfig | None = None, *,
@@ -654,11 +767,12 @@ def train(model, dataset: Dataset, masks, key: jax.Array, config: TrainConfig | 
         raise ValueError(f"test images have shape {test.images.shape[1:]} but training images "
                          f"{dataset.images.shape[1:]}; both must have the same image shape")
     plan = _make_plan(model, dataset, masks, key, cfg)
+    full_plan, plan, cfg = _process_block(plan, cfg)  # a multi-process job: this process's block
     checkpoints = None
     if cfg.checkpoint_dir is not None:
-        run_id = fingerprint(plan.model, dataset, plan.masks, plan.member_ids, plan.seed,
-                             plan.echo)
-        checkpoints = Checkpoints(cfg.checkpoint_dir, run_id, cfg.checkpoint_every)
+        run_id = fingerprint(plan.model, dataset, full_plan.masks, full_plan.member_ids,
+                             plan.seed, plan.echo)
+        checkpoints = _shared(Checkpoints(cfg.checkpoint_dir, run_id, cfg.checkpoint_every))
     member_sharding, replicated = _placement(plan.devices)
     logits_fn = _make_logits_fn(plan.model, cfg.compute_dtype)
     compiled = _Compiled(*_build_training(plan, cfg),
@@ -666,7 +780,8 @@ def train(model, dataset: Dataset, masks, key: jax.Array, config: TrainConfig | 
                          jax.device_put(dataset.images, replicated),
                          jax.device_put(dataset.labels, replicated))
     k_total = plan.masks.shape[0]
-    bar = tqdm(total=cfg.epochs * math.ceil(k_total / plan.chunk_k), desc="training",
+    bar = tqdm(total=cfg.epochs * math.ceil(k_total / plan.chunk_k),
+               desc=f"{'DP-SGD' if cfg.dp is not None else 'training'} {k_total} members",
                unit="epoch", disable=not cfg.progress)
     results = [_train_chunk(c, np.arange(start, min(start + plan.chunk_k, k_total)), plan, cfg,
                             compiled, key, checkpoints, bar)
@@ -677,7 +792,7 @@ def train(model, dataset: Dataset, masks, key: jax.Array, config: TrainConfig | 
     ens = Ensemble(plan.model, variables, plan.masks, plan.member_ids, history, plan.echo,
                    plan.privacy)
     ens._kernels[("logits", _dtype_name(cfg.compute_dtype))] = logits_fn
-    return ens
+    return _gathered_ensemble(ens, full_plan)
 
 
 def fit_one(model, dataset: Dataset, key: jax.Array, config: TrainConfig | None = None,

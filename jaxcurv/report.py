@@ -13,6 +13,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.scale import SymmetricalLogTransform
+from matplotlib.ticker import FixedLocator, LogLocator, NullLocator
 from scipy import stats
 
 __all__ = [
     "figure_top_ranked",
     "figure_extreme_images",
+    "figure_top_memorized",
     "figure_curvature_histogram",
     "figure_mem_vs_curvature",
     "figure_proxies_vs_mem",
@@ -85,6 +89,70 @@ def _spearman(a, b) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
+def _axis_scale(values, *, logarithmic: bool | None = None) -> tuple[str, dict]:
+    """(scale, keywords) for ``ax.set_xscale``: "log" for values spanning more than three
+    decades or with a heavy right tail (p99 > 20 × median magnitude) of which fewer than 5 % are
+    ≤ 0 (those are then not drawn: see :func:`_axis_label`), "symlog" when more are (linear within
+    ± the power of ten below the 10th percentile magnitude), else "linear". ``logarithmic``:
+    force a log-type (True) or linear (False) scale instead of deciding."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    mag = np.abs(v[v != 0])
+    if logarithmic is None:
+        logarithmic = len(mag) > 1 and (np.quantile(mag, 0.99) > 20 * np.median(mag)
+                                        or mag.max() > 1e3 * mag.min())
+    if not logarithmic or len(mag) == 0:
+        return "linear", {}
+    if np.mean(v <= 0) < 0.05:
+        return "log", {"nonpositive": "mask"}
+    return "symlog", {"linthresh": float(10.0 ** np.floor(np.log10(np.quantile(mag, 0.1))))}
+
+
+def _axis_label(name: str, scale: str, values) -> str:
+    """``name`` with its scale and, on a log axis, how many values ≤ 0 it cannot show."""
+    if scale == "linear":
+        return name
+    v = np.asarray(values, float)
+    n = int(np.sum(np.isfinite(v) & (v <= 0))) if scale == "log" else 0
+    hidden = f"; {n} value{'s' * (n != 1)} ≤ 0 not shown" if n else ""
+    return f"{name} ({'log' if scale == 'log' else 'symmetric log'}{hidden})"
+
+
+def _bin_edges(values, scale: str, options: dict, bins: int = 40) -> np.ndarray:
+    """Bin edges evenly spaced on the axis ``scale`` (log, symlog or linear) over ``values``."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if scale == "log":
+        v = v[v > 0]
+        return np.geomspace(v.min(), v.max(), bins + 1)
+    if scale == "symlog":
+        t = SymmetricalLogTransform(10, options["linthresh"], 1.0)
+        lo, hi = t.transform(np.array([v.min(), v.max()]))
+        return t.inverted().transform(np.linspace(lo, hi, bins + 1))
+    return np.histogram_bin_edges(v, bins=bins)
+
+
+def _set_scale(ax, axis: str, scale: str, options: dict, values=None) -> None:
+    """Apply ``scale`` to the x or y axis with at most about 7 labelled decades (symlog: 0 and
+    at most two decades on each side of ``values``' range)."""
+    getattr(ax, f"set_{axis}scale")(scale, **options)
+    target = getattr(ax, f"{axis}axis")
+    if scale == "log":
+        target.set_major_locator(LogLocator(base=10, numticks=7))
+    elif scale == "symlog" and values is not None:
+        v = np.asarray(values, float)
+        v = v[np.isfinite(v)]
+        low = int(np.floor(np.log10(options["linthresh"])))
+        ticks = [0.0]
+        for sign, extreme in ((-1, -v.min()), (1, v.max())):
+            if extreme > options["linthresh"]:  # at most two decades labelled per side
+                top = int(np.floor(np.log10(extreme)))
+                step = max(1, -(-(top - low + 1) // 2))
+                ticks += [sign * 10.0 ** e for e in range(top, low - 1, -step)]
+        target.set_major_locator(FixedLocator(sorted(ticks)))
+        target.set_minor_locator(NullLocator())
+
+
 def _show_image(ax, image):
     image = np.asarray(image)
     if image.shape[-1] == 1:
@@ -98,8 +166,9 @@ def _show_image(ax, image):
 
 @_styled
 def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_names=None,
-                          score_name: str = "curvature") -> Path:
-    """Figure 2: the k lowest- and k highest-``score`` images with their labels and scores."""
+                          score_name: str = "curvature", value_label: str | None = None) -> Path:
+    """Figure 2: the k lowest- and k highest-``score`` images, each titled with its label and its
+    score (``value_label``, default ``score_name``)."""
     scores = np.asarray(scores, float)
     order = np.argsort(np.where(np.isfinite(scores), scores, np.nan))
     finite = order[np.isfinite(scores[order])]
@@ -107,8 +176,9 @@ def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_na
     groups = [("lowest", finite[:k]), ("highest", finite[::-1][:k])]
     cols = min(8, k)
     rows = math.ceil(k / cols)
-    fig, axes = _subplots(2 * rows, cols, figsize=(1.25 * cols, 2.9 * rows + 0.4),
-                             squeeze=False)
+    value_label = value_label or score_name
+    fig, axes = _subplots(2 * rows, cols, figsize=(1.3 * cols, 3.0 * rows + 0.6),
+                          squeeze=False)
     for g, (name, idx) in enumerate(groups):
         for j in range(rows * cols):
             ax = axes[g * rows + j // cols, j % cols]
@@ -118,87 +188,125 @@ def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_na
             i = idx[j]
             _show_image(ax, images[i])
             label = class_names[labels[i]] if class_names is not None else labels[i]
-            ax.set_title(f"{label}\n{scores[i]:.3g}", fontsize=7)
+            ax.set_title(f"label {label}\n{value_label} {scores[i]:.3g}", fontsize=6.5)
         axes[g * rows, 0].set_ylabel(f"{name} {score_name}", fontsize=8)
-    fig.suptitle(f"{k} lowest (top) and highest (bottom) {score_name} training examples")
+    fig.suptitle(f"{k} lowest (top) and highest (bottom) {score_name} training examples\n"
+                 f"above each image: its label and its {value_label}", fontsize=9)
     return _save(fig, path)
 
 
 @_styled
-def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)") -> Path:
-    """Histogram of curvature for correctly vs incorrectly classified examples (log x axis)."""
+def figure_top_memorized(images, labels, mem, path, *, order=None, k: int = 16,
+                         class_names=None, true_labels=None) -> Path:
+    """The k most memorized training images: ``order`` (indices, most memorized first; default:
+    ``mem`` (N,) descending) titled with the given label and the memorization score; with
+    ``true_labels``, a flipped label (given ≠ true) in red with its true label."""
+    mem = np.asarray(mem, float)
+    if order is None:
+        order = np.argsort(np.where(np.isfinite(mem), -mem, np.inf), kind="stable")
+    order = np.asarray(order, int)[:k]
+    name = (lambda c: class_names[c]) if class_names is not None else str
+    red = [true_labels is not None and labels[i] != true_labels[i] for i in order]
+    titles = [f"label {name(labels[i])}" + (f" (true {name(true_labels[i])})" if r else "")
+              + f"\nmem {mem[i]:.2f}" for i, r in zip(order, red)]
+    return _image_grid(images, order, titles, red, path,
+                       f"The {len(order)} most memorized training examples\nabove each image: "
+                       "its given label and its memorization score (Feldman–Zhang)")
+
+
+@_styled
+def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)",
+                               min_group: int = 20) -> Path:
+    """Curvature of correctly vs incorrectly classified examples: the fraction of each group per
+    bin, bins evenly spaced on a log axis (positive values over several decades), a symmetric-log
+    axis (signed values with a heavy tail) or a linear one; a group of fewer than ``min_group``
+    examples is drawn as one marker per example, not as a histogram."""
     curvature = np.asarray(curvature, float)
     correct = np.asarray(correct) >= 0.5
-    fig, ax = _subplots(figsize=(5, 3.4))
-    positive = curvature[np.isfinite(curvature) & (curvature > 0)]
-    use_log = len(positive) > 0.9 * np.isfinite(curvature).sum()
-    values = np.log10(np.maximum(curvature, positive.min() if len(positive) else 1e-12)) \
-        if use_log else curvature
-    bins = np.histogram_bin_edges(values[np.isfinite(values)], bins=40)
-    for mask, label, color in [(correct, "correct", "tab:blue"), (~correct, "misclassified",
-                                                                   "tab:red")]:
-        ax.hist(values[mask & np.isfinite(values)], bins=bins, alpha=0.6, density=True,
-                label=f"{label} (n={int(mask.sum())})", color=color)
-    ax.set_xlabel(f"log10 {name}" if use_log else name)
-    ax.set_ylabel("density")
-    ax.legend()
+    ok = np.isfinite(curvature)
+    fig, ax = _subplots(figsize=(5.4, 3.5))
+    scale, options = _axis_scale(curvature[ok])
+    edges = _bin_edges(curvature[ok], scale, options) if ok.any() else np.linspace(0, 1, 41)
+    for mask, label, color in [(correct, "correct", "tab:blue"),
+                               (~correct, "misclassified", "tab:red")]:
+        group = curvature[mask & ok]
+        if len(group) >= min_group:
+            ax.hist(group, bins=edges, weights=np.full(len(group), 1 / len(group)), alpha=0.6,
+                    color=color, label=f"{label} (n={len(group)})")
+        else:
+            ax.plot(group, np.full(len(group), 0.96), "v", ms=6, color=color,
+                    transform=ax.get_xaxis_transform(), clip_on=False,
+                    label=f"{label} (n={len(group)}" + (", one ▼ each)" if len(group) else ")"))
+    _set_scale(ax, "x", scale, options, curvature[ok])
+    ax.set_xlabel(_axis_label(name, scale, curvature[ok]))
+    ax.set_ylabel("fraction of the group per bin")
+    ax.legend(fontsize=7)
     ax.set_title("Input-loss curvature by classification outcome")
     return _save(fig, path)
 
 
 @_styled
 def figure_mem_vs_curvature(mem, curvature, path, *, top: int | None = None,
-                            name: str = "curvature tr(H)") -> Path:
+                            name: str = "curvature tr(H)", rho: float | None = None) -> Path:
     """Figure 3: Feldman–Zhang memorization against curvature (optionally the ``top`` most
-    memorized), with the Spearman correlation."""
+    memorized) with the Spearman correlation: ``rho`` when given (e.g. the summary's, so both
+    agree), else computed over the examples where both are finite."""
     mem, curvature = _finite(mem, curvature)
     if top:
         idx = np.argsort(mem)[::-1][:top]
         mem, curvature = mem[idx], curvature[idx]
-    fig, ax = _subplots(figsize=(4.6, 3.6))
+    rho = _spearman(mem, curvature) if rho is None else float(rho)
+    fig, ax = _subplots(figsize=(5.0, 3.7))
     ax.scatter(curvature, mem, s=6, alpha=0.5)
-    if len(curvature) and (curvature > 0).all() and curvature.max() > 20 * curvature.min():
-        ax.set_xscale("log")
-    ax.set_xlabel(name)
+    scale, options = _axis_scale(curvature)
+    _set_scale(ax, "x", scale, options, curvature)
+    ax.set_xlabel(_axis_label(name, scale, curvature))
     ax.set_ylabel("memorization score (FZ)")
     suffix = f" (top {top})" if top else ""
-    ax.set_title(f"Memorization vs curvature{suffix}: Spearman ρ = {_spearman(mem, curvature):.3f}")
+    ax.set_title(f"Memorization vs curvature{suffix}: Spearman ρ = {rho:.3f}")
     return _save(fig, path)
 
 
 @_styled
-def figure_proxies_vs_mem(mem, proxies: Mapping[str, Any], path) -> Path:
-    """Figures 10–13: each memorization proxy against mem, Spearman ρ per panel."""
+def figure_proxies_vs_mem(mem, proxies: Mapping[str, Any], path, *,
+                          labels: Mapping[str, str] | None = None) -> Path:
+    """Figures 10–13: each memorization proxy against mem, Spearman ρ per panel; heavy-tailed
+    proxies on a log (or, signed, symmetric-log) x axis. ``labels``: axis labels by proxy name."""
     names = [n for n, v in proxies.items() if v is not None and np.isfinite(v).any()]
+    labels = dict(labels or {})
     cols = min(3, len(names)) or 1
     rows = math.ceil(len(names) / cols) or 1
-    fig, axes = _subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows), squeeze=False)
+    fig, axes = _subplots(rows, cols, figsize=(3.5 * cols, 2.9 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         x, m = _finite(proxies[name], mem)
         ax.scatter(x, m, s=4, alpha=0.4)
-        ax.set_xlabel(name)
-        ax.set_ylabel("mem")
-        ax.set_title(f"{name}: ρ = {_spearman(x, m):.3f}")
+        scale, options = _axis_scale(x)
+        _set_scale(ax, "x", scale, options, x)
+        ax.set_xlabel(_axis_label(labels.get(name, name), scale, x))
+        ax.set_ylabel("memorization score")
+        ax.set_title(f"ρ = {_spearman(x, m):.3f}")
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
+    fig.suptitle("Memorization proxies against memorization (Spearman ρ per panel)")
     return _save(fig, path)
 
 
 @_styled
 def figure_trace_vs_trace_sq(trace, trace_sq, mem, path) -> Path:
-    """Figures 14–16: tr(H) and tr(H²) against each other, coloured by memorization."""
+    """Figures 14–16: tr(H) against tr(H²) = ‖H‖_F² per example, coloured by memorization; both
+    axes logarithmic when either is heavy-tailed (tr(H) symmetric-log when over 5 % of it is
+    ≤ 0), else both linear."""
     trace, trace_sq, mem = _finite(trace, trace_sq, mem)
-    fig, axes = _subplots(1, 3, figsize=(11, 3.3))
-    sc = axes[0].scatter(trace, trace_sq, c=mem, s=5, cmap="viridis", alpha=0.7)
-    axes[0].set_xlabel("tr(H)")
-    axes[0].set_ylabel("tr(H²)")
-    axes[0].set_yscale("log" if (trace_sq > 0).all() and len(trace_sq) else "linear")
-    fig.colorbar(sc, ax=axes[0], label="mem")
-    for ax, values, name in [(axes[1], trace, "tr(H)"), (axes[2], trace_sq, "tr(H²)")]:
-        ax.scatter(values, mem, s=4, alpha=0.4)
-        ax.set_xlabel(name)
-        ax.set_ylabel("mem")
-        ax.set_title(f"ρ(mem, {name}) = {_spearman(values, mem):.3f}")
+    fig, ax = _subplots(figsize=(5.4, 3.9))
+    order = np.argsort(mem)  # the most memorized drawn last, on top
+    sc = ax.scatter(trace[order], trace_sq[order], c=mem[order], s=6, cmap="viridis", alpha=0.8)
+    fig.colorbar(sc, ax=ax, label="memorization score")
+    heavy = any(_axis_scale(v)[0] != "linear" for v in (trace, trace_sq))
+    for axis, values, name in (("x", trace, "tr(H)"), ("y", trace_sq, "tr(H²)")):
+        scale, options = _axis_scale(values, logarithmic=heavy)
+        _set_scale(ax, axis, scale, options, values)
+        getattr(ax, f"set_{axis}label")(_axis_label(name, scale, values))
+    ax.set_title(f"tr(H) vs tr(H²): Spearman ρ = {_spearman(trace, trace_sq):.3f}")
     return _save(fig, path)
 
 
@@ -271,20 +379,24 @@ def figure_bound_fit(curvature, mem, bin_curvature, bin_mem, p1: float, c1: floa
 
 @_styled
 def figure_label_noise(scores: Mapping[str, Any], flipped, path) -> Path:
-    """Precision–recall of finding flipped labels by ranking each score from high to low."""
-    from sklearn.metrics import precision_recall_curve
+    """Precision–recall of finding flipped labels by ranking each score from high to low; the
+    legend (with each score's average precision) sits beside the axes, off the data."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
 
     flipped = np.asarray(flipped, bool)
-    fig, ax = _subplots(figsize=(4.6, 3.6))
+    fig, ax = _subplots(figsize=(6.6, 3.6))
     for name, score in scores.items():
         s = np.nan_to_num(np.asarray(score, float), nan=-np.inf)
+        s = np.nan_to_num(s, posinf=np.finfo(float).max, neginf=-np.finfo(float).max)
         precision, recall, _ = precision_recall_curve(flipped, s)
-        ax.plot(recall, precision, label=name)
+        ax.plot(recall, precision, label=f"{name} (AP {average_precision_score(flipped, s):.2f})")
     ax.axhline(flipped.mean(), color="k", ls="--", lw=0.8, label="random")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall of flipped labels")
     ax.set_ylabel("precision")
     ax.set_title("Finding mislabeled examples")
-    ax.legend()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return _save(fig, path)
 
 
@@ -295,47 +407,62 @@ def figure_top_ranked(images, labels, true_labels, scores, path, *, k: int = 16,
     true label; flipped labels (given ≠ true) in red."""
     scores = np.asarray(scores, float)
     order = np.argsort(np.where(np.isfinite(scores), -scores, np.inf), kind="stable")[:k]
+    name = (lambda c: class_names[c]) if class_names is not None else str
+    titles = [f"given {name(labels[i])}\ntrue {name(true_labels[i])}" for i in order]
+    red = [labels[i] != true_labels[i] for i in order]
+    return _image_grid(images, order, titles, red, path,
+                       f"{len(order)} highest {score_name}: {sum(red)} flipped (red)")
+
+
+def _image_grid(images, order, titles, red, path, suptitle: str) -> Path:
+    """images[order] in rows of 8, each with its title (in red where ``red``)."""
     cols = min(8, len(order)) or 1
     rows = math.ceil(len(order) / cols) or 1
-    fig, axes = _subplots(rows, cols, figsize=(1.3 * cols, 1.75 * rows + 0.5), squeeze=False)
-    name = (lambda c: class_names[c]) if class_names is not None else str
+    fig, axes = _subplots(rows, cols, figsize=(1.3 * cols, 1.75 * rows + 0.55), squeeze=False)
     for j, ax in enumerate(axes.flat):
         if j >= len(order):
             ax.axis("off")
             continue
-        i = order[j]
-        _show_image(ax, images[i])
-        flipped = labels[i] != true_labels[i]
-        ax.set_title(f"given {name(labels[i])}\ntrue {name(true_labels[i])}", fontsize=6.5,
-                     color="tab:red" if flipped else "black")
-    hits = int(sum(labels[i] != true_labels[i] for i in order))
-    fig.suptitle(f"{len(order)} highest {score_name}: {hits} flipped (red)", fontsize=9)
+        _show_image(ax, images[order[j]])
+        ax.set_title(titles[j], fontsize=6.5, color="tab:red" if red[j] else "black")
+    fig.suptitle(suptitle, fontsize=9)
     return _save(fig, path)
 
 
 @_styled
 def figure_privacy_bounds(mem, curvature, epsilon: float, path, *, loss_bound: float | None = None,
                           num_examples: int | None = None) -> Path:
-    """Memorization against its DP bound 1 − e^{−ε} (Thm 5.4) and curvature against Thm 5.3."""
-    fig, axes = _subplots(1, 2, figsize=(9, 3.4))
+    """Memorization against its DP bound 1 − e^{−ε} (Thm 5.4) and curvature against Thm 5.3's
+    bound L(m+1)(1 − e^{−ε}) on its mean; curvature on a log axis that reaches the bound."""
+    fig, axes = _subplots(1, 2, figsize=(9.6, 3.5))
     mem = np.asarray(mem, float)
     mem = mem[np.isfinite(mem)]
     bound = 1 - math.exp(-epsilon)
     axes[0].hist(mem, bins=40, color="tab:blue", alpha=0.8)
-    axes[0].axvline(bound, color="tab:red", label=f"1 − e^(−ε) = {bound:.3f}")
+    axes[0].axvline(bound, color="tab:red", label=f"bound 1 − e^(−ε) = {bound:.3f}")
     axes[0].set_xlabel("memorization score")
-    axes[0].set_title(f"mem under ε = {epsilon:.3g}: {np.mean(mem > bound):.1%} above bound")
-    axes[0].legend()
+    axes[0].set_ylabel("training examples")
+    axes[0].set_title(f"mem under ε = {epsilon:.3g}: {np.mean(mem > bound):.1%} above the bound")
+    axes[0].legend(fontsize=7)
     curvature = np.asarray(curvature, float)
     curvature = curvature[np.isfinite(curvature)]
-    axes[1].hist(curvature, bins=40, color="tab:green", alpha=0.8)
-    if loss_bound is not None and num_examples is not None:
-        cb = loss_bound * (num_examples + 1) * (1 - math.exp(-epsilon))
-        axes[1].axvline(cb, color="tab:red", label=f"L(m+1)(1−e^(−ε)) = {cb:.3g}")
-        axes[1].legend()
-    axes[1].axvline(curvature.mean(), color="k", ls="--", lw=0.8)
-    axes[1].set_xlabel("curvature")
-    axes[1].set_title(f"mean curvature {curvature.mean():.3g}")
+    cb = (loss_bound * (num_examples + 1) * (1 - math.exp(-epsilon))
+          if loss_bound is not None and num_examples is not None else None)
+    positive = len(curvature) and (curvature > 0).all()
+    span = np.append(curvature, cb) if cb is not None and cb > 0 else curvature
+    edges = np.geomspace(span.min(), span.max(), 50) if positive else 50
+    axes[1].hist(curvature, bins=edges, color="tab:green", alpha=0.8)
+    if positive:
+        _set_scale(axes[1], "x", "log", {})
+    mean = curvature.mean()
+    axes[1].axvline(mean, color="k", ls="--", lw=0.8, label=f"mean {mean:.3g}")
+    if cb is not None:
+        axes[1].axvline(cb, color="tab:red", label=f"Thm 5.3 bound L(m+1)(1−e^(−ε)) = {cb:.3g}")
+    axes[1].legend(fontsize=7)
+    axes[1].set_xlabel("curvature tr(H²)" + (" (log scale)" if positive else ""))
+    axes[1].set_ylabel("training examples")
+    axes[1].set_title("curvature and its bound" if cb is None else
+                      f"mean curvature is {mean / cb:.2g} × its bound")
     return _save(fig, path)
 
 
@@ -432,6 +559,7 @@ def figure_frontier(points: Sequence[Mapping[str, Any]], path, *,
     the given order, e.g. DP-SGD by ε), "label", "test_accuracy" and each metric key, and
     optionally "<key>_ci" / "test_accuracy_ci" as (lo, hi) for error bars.
     """
+
     def errors(rows, key, center):  # (2, n) distances to the "<key>_ci" bounds, None without
         cis = [row.get(f"{key}_ci") for row in rows]
         if any(ci is None for ci in cis):
@@ -456,8 +584,9 @@ def figure_frontier(points: Sequence[Mapping[str, Any]], path, *,
                 if len(rows) > 1:
                     ax.annotate(str(p["label"]), (xi, yi), fontsize=6, xytext=(3, 3),
                                 textcoords="offset points")
-        if key == "auroc":
-            ax.axhline(0.5, color="k", lw=0.6, ls=":")
+        chance = {"auroc": 0.5, "tpr_at_fpr_0_1pct": 0.001, "tpr_at_fpr_1pct": 0.01}.get(key)
+        if chance is not None:
+            ax.axhline(chance, color="k", lw=0.6, ls=":", label="chance")
         ax.set_xlabel("test accuracy")
         ax.set_ylabel(label)
     axes[0, 0].legend(fontsize=7)
@@ -523,17 +652,52 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _table_html(rows: Sequence[Mapping[str, Any]]) -> str:
+# Table headers a reader understands; other keys are shown with spaces for underscores.
+_HEADERS = {
+    "auroc": "AUROC", "balanced_accuracy": "balanced accuracy",
+    "tpr_at_fpr_0_1pct": "TPR at 0.1 % FPR", "tpr_at_fpr_1pct": "TPR at 1 % FPR",
+    "balanced_accuracy_eer": "balanced accuracy at EER", "pearson": "Pearson r",
+    "pearson_p": "Pearson p-value", "spearman": "Spearman ρ", "spearman_p": "Spearman p-value",
+    "n": "examples", "mem_lo": "mem from", "mem_hi": "mem to", "mem_center": "mean mem",
+    "pairs": "(member, example) pairs", "train_accuracy": "train accuracy (IN)",
+    "average_precision": "average precision", "precision_at_k": "precision@k",
+    "k": "k (= flipped)",
+}
+_P_FLOOR = 1e-16  # below float64 resolution of 1 − p: printed as "< 1e-16"
+
+
+def _header(name: str) -> str:
+    if name.endswith("_ci"):
+        return f"{_header(name[:-3])} 95 % CI"
+    return _HEADERS.get(name, name.replace("_", " "))
+
+
+def _table_html(table) -> str:
+    """A list of row dicts, or {"caption": str, "rows": [...]}, as an HTML table."""
+    caption = ""
+    if isinstance(table, Mapping):
+        caption = f"<caption>{html.escape(str(table['caption']))}</caption>"
+        table = table["rows"]
+    rows: Sequence[Mapping[str, Any]] = table
     if not rows:
         return ""
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols)
-                   + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    head = "".join(f"<th>{html.escape(_header(str(c)))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_cell_html(r.get(c), str(c)) for c in cols) + "</tr>"
+                   for r in rows)
+    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _fmt(value) -> str:
+def _cell_html(value, column: str) -> str:
+    """A table cell: numbers right-aligned, text left-aligned."""
+    text = html.escape(_fmt(value, column))
+    return f"<td class='text'>{text}</td>" if isinstance(value, str) else f"<td>{text}</td>"
+
+
+def _fmt(value, column: str = "") -> str:
+    """A cell: 4 significant digits, p-values below 1e-16 as "< 1e-16", (lo, hi) as an interval."""
+    if isinstance(value, (float, np.floating)) and column.endswith("_p") and np.isfinite(value):
+        return f"< {_P_FLOOR:.0e}" if value < _P_FLOOR else f"{float(value):.2g}"
     if isinstance(value, (float, np.floating)):
         return "—" if not np.isfinite(value) else f"{float(value):.4g}"
     if isinstance(value, (list, tuple)) and len(value) == 2 and all(
@@ -542,26 +706,47 @@ def _fmt(value) -> str:
     return "—" if value is None else str(value)
 
 
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+        "color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;"
+        "margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}"
+        "caption{text-align:left;font-weight:600;padding:.3em 0}td,th{border:1px solid #ccc;"
+        "padding:.25em .6em;text-align:right}td.text{text-align:left}"
+        "th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:.4em 0}"
+        "p.note{color:#555}section.lead{border:2px solid #336;border-radius:6px;"
+        "padding:0 1em .6em;background:#f7f8fc}section.lead h2{border:none}"
+        "code{white-space:nowrap;font-size:.95em}ul.warnings{color:#b00;font-weight:600}"
+        "ul.warnings li::marker{content:'⚠ '}")
+
+
+def _inline(text: str) -> str:
+    """Escaped text with command-line flags (--name) kept on one line."""
+    return re.sub(r"(--[a-z][a-z0-9-]*)", r"<code>\1</code>", html.escape(text))
+
+
 def write_html(path, *, title: str, sections: Sequence[Mapping[str, Any]]) -> Path:
-    """A self-contained report: each section has a heading, optional text, tables (lists of row
-    dicts) and figures (PNG paths, linked relative to the report)."""
+    """A self-contained report: each section has a heading and optional "warnings" (list of
+    str, in red), "text", "bullets" (list of str), "tables" (lists of row dicts, or {"caption",
+    "rows"}) and "figures" (PNG paths, linked relative to the report); "lead": True frames it."""
     path = Path(path)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
-             "padding:0 1em;color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;"
-             "padding-bottom:.2em;margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0;"
-             "font-size:.9em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-             "th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:.4em 0}"
-             "p.note{color:#555}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     for section in sections:
+        parts.append("<section class='lead'>" if section.get("lead") else "<section>")
         parts.append(f"<h2>{html.escape(section['title'])}</h2>")
+        if section.get("warnings"):
+            parts.append("<ul class='warnings'>" + "".join(
+                f"<li>{_inline(w)}</li>" for w in section["warnings"]) + "</ul>")
         if section.get("text"):
-            parts.append(f"<p class='note'>{html.escape(section['text'])}</p>")
+            parts.append(f"<p class='note'>{_inline(section['text'])}</p>")
+        if section.get("bullets"):
+            parts.append("<ul>" + "".join(f"<li>{_inline(b)}</li>"
+                                          for b in section["bullets"]) + "</ul>")
         for table in section.get("tables", []):
             parts.append(_table_html(table))
         for fig in section.get("figures", []):
             rel = os.path.relpath(fig, path.parent)
             parts.append(f"<img src='{html.escape(rel)}' alt='{html.escape(Path(fig).stem)}'>")
+        parts.append("</section>")
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))

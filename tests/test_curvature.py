@@ -390,6 +390,7 @@ def test_held_estimators_equal_one_call_conveniences():
         (dict(batch_size=0), "batch_size"),
         (dict(compute_dtype=jnp.int32), "compute_dtype"),
         (dict(num_probes=6, probe_batch=4), "probe_batch"),
+        (dict(num_classes=0), "num_classes"),
     ],
 )
 def test_bad_config_raises(kwargs, match):
@@ -418,7 +419,13 @@ def test_bad_data_raises_before_compute():
         zero_order_curvature(loss_fn, None, x, np.zeros(3), KEY, method="hutchinson")
     with pytest.raises(ValueError, match="same number of examples"):
         reference_score(loss_fn, None, x, np.zeros(4), KEY)
+    with pytest.raises(ValueError, match=r"class indices in \[0, num_classes=2\)"):
+        input_curvature(loss_fn, None, x, np.array([0, 1, 2]), KEY, num_classes=2)
+    with pytest.raises(ValueError, match="integer class labels"):
+        input_curvature(loss_fn, None, x, np.zeros(3), KEY, num_classes=2)
     assert not calls
+    input_curvature(loss_fn, None, x, -np.ones(3), KEY, num_probes=1)  # float targets: any sign
+    assert calls
 
 
 # --- sharding over 8 fake CPU devices ---------------------------------------------------------

@@ -164,12 +164,20 @@ def test_predict_and_member_kernels_compile_once(small, mlp, caplog):
         caplog.clear()
         np.testing.assert_array_equal(ensemble.predict(ens, images), first)  # held on ens
         assert not _compiles(caplog)
-        ensemble.member_curvature(ens, images, labels, key, num_probes=2)
+        full = ensemble.member_curvature(ens, images, labels, key, num_probes=2)
         assert len(_compiles(caplog, "jit(example_kernel")) == 1  # one kernel for K members
         caplog.clear()
         rows = ensemble.member_zero_order_curvature(ens, images, labels, key, members=[2, 0],
                                                     **kw)
         assert len(_compiles(caplog, "jit(example_kernel")) == 1
+        caplog.clear()  # one member at a time (a chunked stage): the held kernels are reused
+        one = ensemble.member_curvature(ens, images, labels, key, num_probes=2, members=[1])
+        zero_one = ensemble.member_zero_order_curvature(ens, images, labels, key, members=[0],
+                                                        **kw)
+        assert not _compiles(caplog, "jit(example_kernel")
+    for field, value in full._asdict().items():  # rows do not depend on the members computed
+        np.testing.assert_array_equal(getattr(one, field)[0], value[1])
+    np.testing.assert_array_equal(zero_one[0], rows[1])
     assert rows.shape == (2, len(images))
     assert ensemble.member_loss_fn(ens) is ensemble.member_loss_fn(ens)
     reference = make_zero_order_curvature(models.make_loss_fn(mlp), **kw)

@@ -395,9 +395,22 @@ def test_lira_accepts_jax_arrays(gauss_data):
 def _naive_rmia(px, ref_x, in_x, pz, ref_z, *, online, a, gamma):
     num_ref = ref_x.shape[0]
 
-    def marginal(i, ref, ref_in):
+    def groups(i, ref, ref_in):
         ins = [ref[r, i] for r in range(num_ref) if ref_in[r, i]]
         outs = [ref[r, i] for r in range(num_ref) if not ref_in[r, i]]
+        return ins, outs
+
+    if online:  # a fitted to the targets: Σ(1 − mean_IN) / Σ(1 − mean_OUT), clipped to [0, 1]
+        num = den = 0.0
+        for i in range(px.shape[0]):
+            ins, outs = groups(i, ref_x, in_x)
+            if ins and outs:
+                num += np.sum(1 - np.mean(ins, axis=0))
+                den += np.sum(1 - np.mean(outs, axis=0))
+        a = min(1.0, max(0.0, num / den))
+
+    def marginal(i, ref, ref_in):
+        ins, outs = groups(i, ref, ref_in)
         if online and ins:
             return 0.5 * (np.mean(ins, axis=0) + np.mean(outs, axis=0))
         return 0.5 * ((1 + a) * np.mean(outs, axis=0) + (1 - a))
@@ -464,6 +477,78 @@ def test_rmia_beats_chance_on_synthetic_members():
     assert plain < mia.roc_metrics(online, is_member)["auroc"] - 0.05
 
 
+def _dp_like_rmia_data(rng, num_ref, num=3000, num_pop=1500):
+    """Weakly fit (DP-like) models as in a 6-member DP-SGD digits audit: true-label probabilities
+    ≈ 0.08–0.18 (10 classes), logit = difficulty (sd 0.3) + 0.1·member + model noise (sd 0.05);
+    the population is OUT of every model."""
+    def probs(d, member, shape):
+        return special.expit(d + 0.1 * member + 0.05 * rng.normal(size=shape))
+
+    in_x = _balanced_masks(num_ref, num, rng)
+    d_x = -2.0 + 0.3 * rng.normal(size=num)
+    is_member = rng.random(num) < 0.5
+    d_z = -2.0 + 0.3 * rng.normal(size=num_pop)
+    return (probs(d_x, is_member, num), probs(d_x, in_x, in_x.shape), in_x,
+            probs(d_z, 0, num_pop), probs(d_z, 0, (num_ref, num_pop)), is_member)
+
+
+@pytest.mark.parametrize("num_ref", [2, 4, 8])
+def test_rmia_beats_loss_and_is_not_degenerate_with_few_reference_models(num_ref):
+    rng = np.random.default_rng(20 + num_ref)
+    px, ref_x, in_x, pz, ref_z, is_member = _dp_like_rmia_data(rng, num_ref)
+    loss_auroc = mia.roc_metrics(px, is_member)["auroc"]  # p(x|θ) alone: the loss attack
+    scores = mia.rmia(px, ref_x, pz, ref_z, reference_in=in_x)
+    res = mia.roc_metrics(scores, is_member, bootstrap=100)
+    assert np.unique(scores).size > 100 and 0.05 < scores.mean() < 0.95
+    assert res["auroc_ci"][0] > loss_auroc + 0.03, (res["auroc"], loss_auroc)
+    for kw in ({"trim": 0.2}, {"online": False, "offline_a": 1.0}):
+        other = mia.roc_metrics(mia.rmia(px, ref_x, pz, ref_z, reference_in=in_x, **kw),
+                                is_member)["auroc"]
+        assert other > loss_auroc + 0.03, (kw, other, loss_auroc)
+    # a fixed a = 0.33 (p_IN ≈ 0.33·p_OUT + 0.67, right for models that fit their data) puts
+    # p(z) ≈ 0.41 against p(x) ≈ 0.12: every LR(x, z) ≥ 1, every score 1 (the audit's failure)
+    fixed = mia.rmia(px, ref_x, pz, ref_z, reference_in=in_x, population_a=0.33)
+    assert np.all(fixed == 1.0)
+
+
+def test_rmia_leave_one_model_out_not_degenerate_in_a_six_member_ensemble():
+    rng = np.random.default_rng(30)
+    num, num_pop = 2000, 1000
+    m = _balanced_masks(6, num, rng)
+    d_x = -2.0 + 0.3 * rng.normal(size=num)
+    probs = special.expit(d_x + 0.1 * m + 0.05 * rng.normal(size=(6, num)))
+    d_z = -2.0 + 0.3 * rng.normal(size=num_pop)
+    pop = special.expit(d_z + 0.05 * rng.normal(size=(6, num_pop)))
+    scores = mia.rmia_leave_one_model_out(probs, m, pop)
+    assert np.unique(scores).size > 100
+    assert mia.roc_metrics(scores, m)["auroc"] > mia.roc_metrics(probs, m)["auroc"] + 0.03
+    old = mia.rmia_leave_one_model_out(probs, m, pop, population_a=0.33)
+    assert mia.roc_metrics(old, m)["auroc"] == 0.5
+
+
+def test_rmia_fitted_a_recovers_the_linear_model():
+    """p_IN = a·p_OUT + (1 − a) exactly: the fitted a is a, and then p(z) of a population sample
+    equals the online p(x) of a target with the same OUT probabilities."""
+    rng = np.random.default_rng(31)
+    a_true, num = 0.6, 50
+    p_out = rng.uniform(0.05, 0.9, size=num)
+    in_x = _balanced_masks(4, num, rng)
+    ref = np.where(in_x, a_true * p_out + 1 - a_true, p_out)
+    rmia_mod = __import__("jaxcurv.mia.rmia", fromlist=["_fit_a"])
+    t, s, m_in, m_out, _ = mia._common._prepare_shadow_inputs(p_out, ref, in_x)
+    assert rmia_mod._fit_a(s, m_in, m_out) == pytest.approx(a_true, rel=1e-12)
+    # targets and population with identical reference probabilities get identical ratios
+    px = rng.uniform(0.05, 0.9, size=num)
+    ref_z = np.broadcast_to(p_out, ref.shape)
+    # (γ = 1 ∓ 1e-9: the self-pair has LR = 1 up to rounding, the two p(·) take different paths)
+    got = mia.rmia(px, ref, px, ref_z, reference_in=in_x, gamma=1.0 - 1e-9)
+    lr_equal = mia.rmia(px, ref, px, ref_z, reference_in=in_x, gamma=1.0 + 1e-9)
+    ratio = px / (0.5 * ((1 + a_true) * p_out + 1 - a_true))  # the same r = p / p(·) both sides
+    ranks = (np.argsort(np.argsort(ratio)) + 1) / num  # Pr_z[r_z ≤ r_x]
+    np.testing.assert_allclose(got, ranks, atol=1e-12)
+    np.testing.assert_allclose(lr_equal, ranks - 1 / num, atol=1e-12)
+
+
 def test_rmia_zero_target_probability_scores_zero(rmia_data):
     px, ref_x, in_x, pz, ref_z, _ = rmia_data
     for sl in ((slice(None), 0), (slice(None), slice(None))):
@@ -484,6 +569,11 @@ def test_rmia_validates(rmia_data):
         mia.rmia(px + 1.0, ref_x, pz, ref_z, reference_in=in_x)
     with pytest.raises(ValueError, match="population arrays must match"):
         mia.rmia(px, ref_x, pz[:, 0], ref_z[..., 0], reference_in=in_x)
+    with pytest.raises(ValueError, match="population_a"):
+        mia.rmia(px, ref_x, pz, ref_z, reference_in=in_x, population_a=-0.1)
+    for bad in (-0.1, 0.5, float("nan")):
+        with pytest.raises(ValueError, match="trim"):
+            mia.rmia(px, ref_x, pz, ref_z, reference_in=in_x, trim=bad)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -377,7 +377,7 @@ def test_epsilon_report_fields():
 
 
 def test_calibrate_uses_the_tight_epsilon():
-    # ε(σ = 0.5, q = 0.1, T = 100) = 35.2: the calibration inverts the tight curve, not dp_accounting's
+    # ε(σ = 0.5, q = 0.1, T = 100) = 35.2: calibration inverts the tight curve, not dp_accounting's
     target = epsilon(0.5, 0.1, 100, DELTA)
     sigma = calibrate_noise_multiplier(target, 0.1, 100, DELTA)
     assert sigma == pytest.approx(0.5, abs=1e-4) and epsilon(sigma, 0.1, 100, DELTA) <= target

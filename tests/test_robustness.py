@@ -2,6 +2,7 @@
 output folder, one-line errors for damaged inputs. Each test reproduces a way to get a wrong result
 (or a traceback) and checks the new behaviour against a fresh, independent computation."""
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -94,13 +95,15 @@ def _largest_file(folder: Path) -> Path:
 
 
 def test_damaged_checkpoints_are_discarded_and_the_result_equals_a_fresh_run(small, mlp,
-                                                                              tmp_path):
+                                                                              tmp_path,
+                                                                              monkeypatch):
     masks = data.subset_masks(len(small), 3, seed=1)
     kw = dict(epochs=2, batch_size=32, members_per_chunk=1, record_examples=True)
     fresh = ensemble.train(mlp, small, masks, KEY, **kw)
     ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
-    # chunk 0: three flipped bits in its parameters; chunk 1: a truncated array file (tensorstore
-    # OUT_OF_RANGE); chunk 2: killed before its checksum was written; run.json truncated
+    # chunk 0: three flipped bits in its parameters (orbax would restore them silently); chunk 1:
+    # a truncated array file (tensorstore OUT_OF_RANGE); chunk 2: killed before its checksum was
+    # written; run.json truncated
     target = _largest_file(tmp_path / "chunk_0000" / "2" / "state")
     raw = bytearray(target.read_bytes())
     for i in (len(raw) // 3, len(raw) // 2, 2 * len(raw) // 3):
@@ -110,11 +113,14 @@ def test_damaged_checkpoints_are_discarded_and_the_result_equals_a_fresh_run(sma
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     (tmp_path / "chunk_0002" / "2" / "checksum.json").unlink()
     (tmp_path / "run.json").write_text('{"finger')
-    seen = []
+    seen, unraisable = [], []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         resumed = ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path,
                                  callbacks=[lambda e, i: seen.append((i["chunk"], e))], **kw)
+        gc.collect()
+    assert not unraisable  # orbax never read a damaged file: no stray tracebacks on stderr
     notices = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert sum("failed verification" in n for n in notices) == 3, notices
     assert any("run.json" in n and "unreadable" in n for n in notices), notices
@@ -160,7 +166,7 @@ def test_learning_rate_1e4_stops_after_the_first_epoch(small, mlp, tmp_path):
 
 
 def test_non_finite_parameters_name_the_member(small, mlp):
-    """Member 1 starts from NaN weights (its loss is NaN from the first step): the check names it."""
+    """Member 1 starts from NaN weights (its loss is NaN from the first step): it is named."""
     calls = []
 
     def poison_second(variables):

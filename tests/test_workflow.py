@@ -125,7 +125,8 @@ def test_stage_cache_round_trip_and_resume(tmp_path):
 
 
 def test_stage_cache_recomputes_a_bad_or_foreign_file(tmp_path):
-    cache = StageCache(tmp_path)
+    lines = []
+    cache = StageCache(tmp_path, log=lines.append)
     calls = []
 
     def compute():
@@ -134,19 +135,105 @@ def test_stage_cache_recomputes_a_bad_or_foreign_file(tmp_path):
 
     path = cache.path("s", "k")
     cache.run("s", "k", compute)
-    path.write_bytes(path.read_bytes()[:40])          # truncated
+    good = path.read_bytes()
+    path.write_bytes(good[:40])          # truncated
     np.testing.assert_array_equal(cache.run("s", "k", compute)["v"], np.arange(4.0))
     assert len(calls) == 2
+    flipped = bytearray(good)
+    flipped[good.index(np.arange(4.0).tobytes()) + 9] ^= 0x10  # a flipped bit: Bad CRC-32
+    path.write_bytes(bytes(flipped))
+    np.testing.assert_array_equal(cache.run("s", "k", compute)["v"], np.arange(4.0))
+    assert len(calls) == 3
     np.savez(path, v=np.zeros(4), __key__=np.asarray(fingerprint("k")),
              __checksum__=np.asarray("0" * 64))          # tampered content
     np.testing.assert_array_equal(cache.run("s", "k", compute)["v"], np.arange(4.0))
     np.savez(path, v=np.zeros(4), __key__=np.asarray(fingerprint("other")),
              __checksum__=np.asarray(fingerprint({"v": np.zeros(4)})))  # another key's file
     np.testing.assert_array_equal(cache.run("s", "k", compute)["v"], np.arange(4.0))
-    assert len(calls) == 4
+    assert len(calls) == 5
+    notices = [line for line in lines if "failed verification" in line]
+    assert len(notices) == 4 and all(str(path) in n and "recomputing" in n for n in notices)
+    assert "unreadable: BadZipFile" in notices[1] and "checksum" in notices[2]
     assert cache.load("s", "never stored") is None
     with pytest.raises(ValueError, match="file name"):
         cache.path("a/b", "k")
+    path.write_bytes(b"")
+    with pytest.warns(RuntimeWarning, match="failed verification"):  # without a log: a warning
+        assert StageCache(tmp_path).load("s", "k") is None
+
+
+def _chunk_arrays(i: int) -> dict:
+    rng = np.random.default_rng(i)
+    return {"x": rng.normal(size=(2, 3)), "n": np.full(2, i, np.int32)}
+
+
+def test_run_chunked_equals_the_whole_stage_and_resumes_after_a_kill(tmp_path):
+    truth = {k: np.concatenate([_chunk_arrays(i)[k] for i in range(4)]) for k in ("x", "n")}
+    computed = []
+
+    def chunk(i, kill_at=None):
+        if i == kill_at:
+            raise KeyboardInterrupt
+        computed.append(i)
+        return _chunk_arrays(i)
+
+    lines = []
+    cache = StageCache(tmp_path, log=lines.append)
+    key = {"data": "d", "probes": 3}
+    with pytest.raises(KeyboardInterrupt):
+        cache.run_chunked("curv", key, 4, lambda i: chunk(i, kill_at=2))
+    assert computed == [0, 1] and cache.load("curv", key) is None
+    assert cache.describe_resume({"curv": key, "other": key}) == (
+        f"resuming from {tmp_path}: curv 2 of 4 chunks")
+    chunk_files = sorted(tmp_path.glob("curv-*.chunk*.npz"))
+    chunk_files[1].write_bytes(chunk_files[1].read_bytes()[:-30])  # damaged: recomputed
+    computed.clear()
+    result = cache.run_chunked("curv", key, 4, chunk)
+    assert computed == [1, 2, 3]
+    assert "curv: resuming from 1 of 4 cached chunks" in lines
+    assert sum("failed verification" in line for line in lines) == 1
+    for k, v in truth.items():
+        np.testing.assert_array_equal(result[k], v)
+        assert result[k].dtype == v.dtype
+    assert not list(tmp_path.glob("*.chunk*")) and not list(tmp_path.glob("*.tmp.npz"))
+    computed.clear()
+    again = cache.run_chunked("curv", key, 4, chunk)  # one verified entry now
+    assert computed == [] and lines[-1] == "curv: cached"
+    np.testing.assert_array_equal(again["x"], truth["x"])
+    assert cache.describe_resume({"curv": key}) == f"resuming from {tmp_path}: curv cached"
+    assert cache.describe_resume({"curv": {"data": "other"}}) is None
+    with pytest.raises(ValueError, match="same names"):
+        cache.run_chunked("bad", key, 2, lambda i: {"x": np.zeros(1)} if i else {"y": np.zeros(1)})
+
+
+def test_non_finite_results_are_refused_and_not_cached(tmp_path):
+    cache = StageCache(tmp_path)
+    nan = {"trace": np.array([1.0, np.nan, np.inf]), "stderr": np.array([np.nan, 0.0, 0.0])}
+    with pytest.raises(ValueError, match=r"stage curvature produced 3 non-finite values \(in "
+                                         r"stderr, trace\)"):
+        cache.run("curvature", "k", lambda: nan, require_finite=True)
+    assert not list(tmp_path.glob("*.npz"))
+    with pytest.raises(ValueError, match="produced 2 non-finite values"):
+        cache.run("curvature", "k", lambda: nan, require_finite=("trace",))
+    ok = cache.run("curvature", "k", lambda: {**nan, "trace": np.zeros(3)},
+                   require_finite=("trace",))  # NaN allowed where not required finite
+    assert np.isnan(ok["stderr"][0])
+    with pytest.raises(ValueError, match="did not produce"):
+        cache.run("other", "k", lambda: nan, require_finite=("missing",))
+    chunks = lambda i: {"v": np.array([np.nan if i == 1 else 1.0])}
+    with pytest.raises(ValueError, match=r"stage z \(chunk 1\) produced 1 non-finite"):
+        cache.run_chunked("z", "k", 3, chunks, require_finite=True)
+    assert len(list(tmp_path.glob("z-*.chunk0000of0003.npz"))) == 1  # the finite chunk stays
+    assert not list(tmp_path.glob("z-*.chunk0001*"))
+
+
+def test_clean_temporary_removes_killed_writes(tmp_path):
+    cache = StageCache(tmp_path)
+    cache.run("s", "k", lambda: {"v": np.zeros(2)})
+    stale = tmp_path / "s-0123.999.tmp.npz"
+    stale.write_bytes(b"partial")
+    assert cache.clean_temporary() == [stale] and not stale.exists()
+    assert cache.load("s", "k") is not None
 
 
 def test_timer_adds_up_stages_and_marks_cached():

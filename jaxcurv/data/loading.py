@@ -38,7 +38,8 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
     a progress bar while reading TFDS records or decoding JPEGs. Raises ValueError for an unknown
     name or split, FileNotFoundError (saying how to get the data) for a missing dataset,
     ValueError (one line, naming the file) for an npz that is not a readable archive or has other
-    keys, ImportError for "tfds:<name>" without tensorflow-datasets. The whole split is read into memory.
+    keys, ImportError for "tfds:<name>" without tensorflow-datasets. The whole split is read into
+    memory.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string; valid forms: {_VALID_FORMS}.")

@@ -111,7 +111,10 @@ def rmia_leave_one_model_out(
     probs (K, N[, A]): every model's true-label probability on the targets; in_mask bool (K, N);
     population_probs (K, Z[, A]) on population samples that no model trained on (e.g. a test
     split). ``balance`` as in ``leave_one_model_out`` (via ``reference_mask``). kwargs go to
-    ``rmia`` (online, offline_a, gamma, population_reference_in (K, Z)).
+    ``rmia`` (online, offline_a, population_a, gamma, trim, population_reference_in (K, Z)).
+    With a population that no model trained on, each target's p(z) uses the linear model with a
+    fitted to that target's reference models (``rmia``), so the scores do not collapse to 0 or 1
+    when the models fit their data weakly (DP-SGD, few epochs).
     """
     p = np.asarray(probs)
     m = as_bool_array("in_mask", in_mask)

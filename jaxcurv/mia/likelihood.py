@@ -28,6 +28,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 PAPER_EPS = 1e-22
 _PAPER_NLL_EPS = 1e-32
 _ALTERNATIVES = ("greater", "less")
+_CENTERS = ("mean", "median")
+_OFFLINE_TESTS = ("one_sided", "two_sided")
 
 # ----------------------------------------------------------------------------------------------
 # Gaussian moments, variances and one-sided fallbacks (host side, validated inputs)
@@ -41,10 +43,14 @@ def _pooled_variance(n: np.ndarray, ss: np.ndarray) -> np.ndarray:
 
 
 def _resolve_variance(
-    n: np.ndarray, ss: np.ndarray, *, fixed: bool, group: str, caller: str, rows: np.ndarray
+    n: np.ndarray, ss: np.ndarray, *, fixed: bool, group: str, caller: str, rows: np.ndarray,
+    global_var: float | None = None,
 ) -> np.ndarray:
     """Variance (N, A) for the examples in ``rows`` (bool (N,)): per example (ddof=0, as LiRA's
-    np.std) or pooled; examples with < 2 shadows or zero variance get the pooled variance."""
+    np.std) or pooled; examples with < 2 shadows or zero variance get the pooled variance.
+    ``global_var``: this one value everywhere (``fixed_variance="global"``)."""
+    if global_var is not None:
+        return np.full(ss.shape, global_var)
     pooled = _pooled_variance(n, ss)  # (A,)
     with np.errstate(invalid="ignore", divide="ignore"):
         var = ss / np.maximum(n, 1.0)
@@ -72,6 +78,42 @@ def _resolve_variance(
     return var
 
 
+def _global_variance(s: np.ndarray, m: np.ndarray, *, group: str, caller: str) -> float:
+    """Variance (ddof=0) of every statistic s (K, N, A) of a group (mask m (K, N, 1)) pooled over
+    examples, shadows and augmentations around their one overall mean: the published LiRA code's
+    ``np.std(dat_in)`` squared (``fixed_variance="global"``)."""
+    values = s[np.broadcast_to(m, s.shape)]
+    var = float(np.var(values)) if values.size else math.nan
+    if not (math.isfinite(var) and var > 0):
+        raise ValueError(
+            f"{caller}: cannot estimate the global {group.upper()} variance: fewer than two "
+            f"distinct {group.upper()} shadow statistics. Train more shadow models."
+        )
+    return var
+
+
+def _masked_median(s: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Median over shadows of s (K, N, A) where m (K, N, 1), per example and augmentation (the
+    published LiRA code's np.median(dat, 1)); NaN where the group is empty → (N, A)."""
+    values = np.where(m, s, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: empty groups
+        return np.nanmedian(values, axis=0)
+
+
+def _check_lira_options(center: str, offline_test: str, fixed_variance: Any) -> None:
+    """ValueError unless the LiRA options are among the supported values."""
+    if center not in _CENTERS:
+        raise ValueError(f"center must be one of {_CENTERS}; got {center!r}.")
+    if offline_test not in _OFFLINE_TESTS:
+        raise ValueError(f"offline_test must be one of {_OFFLINE_TESTS}; got {offline_test!r}.")
+    if not (isinstance(fixed_variance, (bool, np.bool_))
+            or (isinstance(fixed_variance, str) and fixed_variance == "global")):
+        raise ValueError(
+            f"fixed_variance must be False, True or 'global'; got {fixed_variance!r}."
+        )
+
+
 def _gauss_logpdf(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     """log N(x; mean, var), elementwise, float64."""
     return -0.5 * (x - mean) ** 2 / var - 0.5 * np.log(var) - 0.5 * _LOG_2PI
@@ -93,6 +135,21 @@ def _one_sided_out(
     return -logp.sum(axis=1)
 
 
+def _two_sided_out(t: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """Offline density test of the published LiRA code, summed over A: Σ −log N(t; mean, var)
+    (large when t is far from the OUT Gaussian on either side), (N,)."""
+    return -_gauss_logpdf(t, mean, var).sum(axis=1)
+
+
+def _offline_out(
+    t: np.ndarray, mean: np.ndarray, var: np.ndarray, alternative: str, offline_test: str
+) -> np.ndarray:
+    """The offline test against the OUT Gaussian selected by ``offline_test``, (N,)."""
+    if offline_test == "two_sided":
+        return _two_sided_out(t, mean, var)
+    return _one_sided_out(t, mean, var, alternative)
+
+
 def _one_sided_in(t: np.ndarray, mean: np.ndarray, var: np.ndarray, alternative: str) -> np.ndarray:
     """Fallback test against the IN Gaussian only, summed over A: Σ log P[Z ≤ t] ("greater") or
     Σ log P[Z ≥ t] ("less"); Z ~ N(mean, var); ≤ 0, (N,)."""
@@ -111,10 +168,16 @@ def _fallback_scores(
     fixed_variance: bool,
     alternative: str,
     caller: str,
+    centers: dict[str, np.ndarray] | None = None,
+    global_var: dict[str, float] | None = None,
+    offline_test: str = "one_sided",
 ) -> None:
     """Fill ``score`` in place for examples lacking IN (offline test vs OUT) or OUT shadows
-    (one-sided test vs IN), with a warning naming how many."""
+    (one-sided test vs IN), with a warning naming how many. ``centers``: Gaussian locations per
+    group (default the means); ``global_var``: one variance per group."""
     num = t.shape[0]
+    centers = centers or {g: groups[g][1] for g in ("in", "out")}
+    global_var = global_var or {}
     none = (groups["in"][0][:, 0] == 0) & (groups["out"][0][:, 0] == 0)
     if np.any(none):
         raise ValueError(
@@ -122,27 +185,29 @@ def _fallback_scores(
             "entry masked out); give each example at least one shadow model."
         )
     if np.any(rows_no_in):
-        n_out, mu_out, ss_out = groups["out"]
+        n_out, _, ss_out = groups["out"]
         var = _resolve_variance(
-            n_out, ss_out, fixed=fixed_variance, group="out", caller=caller, rows=rows_no_in
+            n_out, ss_out, fixed=fixed_variance, group="out", caller=caller, rows=rows_no_in,
+            global_var=global_var.get("out"),
         )
-        score[rows_no_in] = _one_sided_out(
-            t[rows_no_in], mu_out[rows_no_in], var[rows_no_in], alternative
+        score[rows_no_in] = _offline_out(
+            t[rows_no_in], centers["out"][rows_no_in], var[rows_no_in], alternative, offline_test
         )
         warnings.warn(
             f"{caller}: {int(rows_no_in.sum())} of {num} example(s) have no IN shadow statistics; "
-            "their scores fall back to the offline one-sided test against the OUT Gaussian "
-            "(−log p-value, on a different scale from the online log-likelihood ratio). "
-            "Use more shadow models so that every example is IN for some of them.",
+            "their scores fall back to the offline test against the OUT Gaussian "
+            "(−log p-value or −log density, on a different scale from the online log-likelihood "
+            "ratio). Use more shadow models so that every example is IN for some of them.",
             stacklevel=3,
         )
     if np.any(rows_no_out):
-        n_in, mu_in, ss_in = groups["in"]
+        n_in, _, ss_in = groups["in"]
         var = _resolve_variance(
-            n_in, ss_in, fixed=fixed_variance, group="in", caller=caller, rows=rows_no_out
+            n_in, ss_in, fixed=fixed_variance, group="in", caller=caller, rows=rows_no_out,
+            global_var=global_var.get("in"),
         )
         score[rows_no_out] = _one_sided_in(
-            t[rows_no_out], mu_in[rows_no_out], var[rows_no_out], alternative
+            t[rows_no_out], centers["in"][rows_no_out], var[rows_no_out], alternative
         )
         warnings.warn(
             f"{caller}: {int(rows_no_out.sum())} of {num} example(s) have no OUT shadow "
@@ -163,8 +228,10 @@ def lira(
     shadow_in: Any,
     *,
     online: bool = True,
-    fixed_variance: bool = False,
+    fixed_variance: bool | str = False,
     alternative: str = "greater",
+    center: str = "mean",
+    offline_test: str = "one_sided",
     shadow_mask: Any = None,
 ) -> np.ndarray:
     """Likelihood-ratio attack (Carlini et al. 2022) with per-example Gaussians fit to shadows.
@@ -174,60 +241,84 @@ def lira(
     offline: Σ_a −log P[Z_a ≥ t_a], Z_a ~ N(μ_out,a, σ²_out,a) (one-sided; ``alternative="less"``
              uses −log P[Z_a ≤ t_a] for statistics that are smaller for members, e.g. losses).
     μ = mean, σ² = variance with ddof=0 (LiRA's np.std) over the shadows of each group;
-    ``fixed_variance``: σ² pooled over examples (Σᵢ Σ (s − μᵢ)² / Σᵢ (nᵢ − 1)), per group and
+    ``fixed_variance=True``: σ² pooled over examples (Σᵢ Σ (s − μᵢ)² / Σᵢ (nᵢ − 1)), per group and
     augmentation — better with few shadows. Examples with < 2 shadows or zero variance in a group
     use the pooled variance (warned). Online examples without IN (OUT) shadows fall back to the
     offline test (a one-sided test against the IN Gaussian), with a warning naming how many.
+    These defaults follow the paper. The published code (carlini/privacy,
+    research/mi_lira_2021/plot.py, ``generate_ours`` / ``generate_ours_offline``) differs, and
+    each of its choices is an option:
+    ``center="median"``: μ = median of each group's shadow statistics (its ``np.median(dat, 1)``;
+    σ² stays the variance around the mean, as its ``np.std``);
+    ``offline_test="two_sided"``: offline score Σ_a −log N(t_a; μ_out, σ²_out), the density of
+    the OUT Gaussian (its ``-scipy.stats.norm.logpdf``), large on either side; ``alternative`` is
+    then unused;
+    ``fixed_variance="global"``: one variance per group over all examples, shadows and
+    augmentations around their overall mean (its ``np.std(dat_in)``); online, like the published
+    code (``std_out = np.std(dat_in)``), the IN group's global variance serves both Gaussians.
+    The published code averages over augmentations where this sums (same ranking, ×A).
     target (N,) | (N, A); shadow_stats (K, N) | (K, N, A); shadow_in bool (K, N) → (N,);
     ``shadow_mask`` bool (K, N): False entries are ignored (used by ``leave_one_model_out``).
     """
     _check_alternative(alternative)
+    _check_lira_options(center, offline_test, fixed_variance)
     t, s, m_in, m_out, _ = _prepare_shadow_inputs(target_stat, shadow_stats, shadow_in, shadow_mask)
     return _lira(
         t, s, m_in, m_out, online=online, fixed_variance=fixed_variance,
-        alternative=alternative, caller="lira",
+        alternative=alternative, caller="lira", center=center, offline_test=offline_test,
     )
 
 
 def _lira(
     t: np.ndarray, s: np.ndarray, m_in: np.ndarray, m_out: np.ndarray, *, online: bool,
-    fixed_variance: bool, alternative: str, caller: str,
+    fixed_variance: bool | str, alternative: str, caller: str, center: str = "mean",
+    offline_test: str = "one_sided",
 ) -> np.ndarray:
     """LiRA on validated t (N, A), s (K, N, A), masks (K, N, 1) → (N,)."""
     groups = {"in": _group_moments(s, m_in), "out": _group_moments(s, m_out)}
     has_in = groups["in"][0][:, 0] > 0
     has_out = groups["out"][0][:, 0] > 0
+    if center == "median":
+        centers = {"in": _masked_median(s, m_in), "out": _masked_median(s, m_out)}
+    else:
+        centers = {g: groups[g][1] for g in groups}
+    global_var: dict[str, float] = {}
+    if isinstance(fixed_variance, str):  # "global"
+        if np.any(has_in) and (online or np.any(~has_out)):
+            global_var["in"] = _global_variance(s, m_in, group="in", caller=caller)
+        if online and "in" in global_var:  # the published code: std_out = np.std(dat_in)
+            global_var["out"] = global_var["in"]
+        elif np.any(has_out):
+            global_var["out"] = _global_variance(s, m_out, group="out", caller=caller)
+    fixed = bool(fixed_variance)
     score = np.full(t.shape[0], np.nan)
+
+    def variance(group: str, rows: np.ndarray) -> np.ndarray:
+        n, _, ss = groups[group]
+        return _resolve_variance(n, ss, fixed=fixed, group=group, caller=caller, rows=rows,
+                                 global_var=global_var.get(group))
+
     if online:
         both = has_in & has_out
         if np.any(both):
-            var_in = _resolve_variance(
-                groups["in"][0], groups["in"][2], fixed=fixed_variance, group="in",
-                caller=caller, rows=both,
-            )
-            var_out = _resolve_variance(
-                groups["out"][0], groups["out"][2], fixed=fixed_variance, group="out",
-                caller=caller, rows=both,
-            )
+            var_in, var_out = variance("in", both), variance("out", both)
             tb = t[both]
-            llr = _gauss_logpdf(tb, groups["in"][1][both], var_in[both]) - _gauss_logpdf(
-                tb, groups["out"][1][both], var_out[both]
+            llr = _gauss_logpdf(tb, centers["in"][both], var_in[both]) - _gauss_logpdf(
+                tb, centers["out"][both], var_out[both]
             )
             score[both] = llr.sum(axis=1)
         rows_no_in, rows_no_out = ~has_in, ~has_out
     else:
         if np.any(has_out):
-            var_out = _resolve_variance(
-                groups["out"][0], groups["out"][2], fixed=fixed_variance, group="out",
-                caller=caller, rows=has_out,
-            )
-            score[has_out] = _one_sided_out(
-                t[has_out], groups["out"][1][has_out], var_out[has_out], alternative
+            var_out = variance("out", has_out)
+            score[has_out] = _offline_out(
+                t[has_out], centers["out"][has_out], var_out[has_out], alternative, offline_test
             )
         rows_no_in, rows_no_out = np.zeros_like(has_in), ~has_out
     _fallback_scores(
         score, t, groups, rows_no_in=rows_no_in, rows_no_out=rows_no_out,
-        fixed_variance=fixed_variance, alternative=alternative, caller=caller,
+        fixed_variance=fixed, alternative=alternative, caller=caller, centers=centers,
+        global_var=global_var, offline_test=offline_test,
     )
     return score
 
@@ -290,6 +381,7 @@ def curvature_lr(
     target (N,) | (N, A); shadows (K, N) | (K, N, A); shadow_in (K, N) → (N,); ``shadow_mask``
     bool (K, N): False entries are ignored.
     """
+    _check_lira_options("mean", "one_sided", fixed_variance)
     t, s, m_in, m_out, _ = _prepare_shadow_inputs(target_curv, shadow_curv, shadow_in, shadow_mask)
     t, s = _curvature_transform(
         t, s, log_transform=log_transform, paper_compatible=paper_compatible, caller="curvature_lr"

@@ -21,7 +21,7 @@ grid: dp_accounting with the legacy orders and the improved conversion also give
 Fractional RDP orders. dp_accounting evaluates the RDP of the subsampled Gaussian exactly at
 integer orders, but at fractional orders its series adds the *absolute values* of the binomial
 terms (``_log_comb`` is log|C(α, k)|): an upper bound, loose where the terms alternate, and for
-small σ with large q·T the series stops without converging and the order is excluded (with a
+small σ with large q the series stops without converging and the order is excluded (with a
 log warning). Both make ε looser than Opacus's RDP accountant (whose series keeps the signs), up
 to 2.8× (σ = 0.5, q = 0.1, T = 10⁴, δ = 1e-5: 2231 instead of 807). Here every fractional order is
 also evaluated by numerical integration (``jaxcurv.privacy.rdp``, error ≲ 1e-11 relative, rounded
@@ -74,11 +74,12 @@ _SIGMA_SEARCH_LIMIT = 2**30
 class EpsilonReport(NamedTuple):
     """ε of ``steps`` Poisson-subsampled Gaussian steps and how it was obtained.
 
-    ``best_order``: the RDP order α attaining ε (None for ``"pld"``). ``orders_evaluated_numerically``:
-    the orders whose RDP came from numerical integration (tighter than dp_accounting's bound or where
-    its series failed). ``orders_dropped``: orders left without a finite RDP, excluded from the
-    minimum over α. ``orders_not_converged``: orders where dp_accounting's series failed (evaluated
-    numerically instead). Orders are sorted tuples of floats; all empty for ``"pld"``.
+    ``best_order``: the RDP order α attaining ε (None for ``"pld"``).
+    ``orders_evaluated_numerically``: the orders whose RDP came from numerical integration
+    (tighter than dp_accounting's bound, or where its series failed). ``orders_dropped``: orders
+    left without a finite RDP, excluded from the minimum over α. ``orders_not_converged``: orders
+    where dp_accounting's series failed (evaluated numerically instead). Orders are sorted tuples
+    of floats; all empty for ``"pld"``.
     """
 
     epsilon: float

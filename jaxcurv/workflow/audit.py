@@ -11,6 +11,8 @@ stopped. Every random key derives from ``PRNGKey(config.seed)`` by ``fold_in``.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,12 +30,14 @@ from jaxcurv.workflow import sections
 from jaxcurv.workflow.attacks import attack_scores
 from jaxcurv.workflow.cache import StageCache, fingerprint
 from jaxcurv.workflow.config import AuditConfig
+from jaxcurv.workflow.lock import exclusive_lock
 from jaxcurv.workflow.proxies import proxies as _proxies
 from jaxcurv.workflow.timing import Timer
 
 __all__ = ["AuditData", "AuditRun", "run_audit", "load_data", "train_members", "predict_views",
            "member_curvature", "member_zero_order", "zero_order_member_ids",
-           "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table"]
+           "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table",
+           "checkpoint_folders"]
 
 # fold_in ids of the run key PRNGKey(config.seed), one per random stage
 _TRAIN, _CURVATURE, _ZERO_ORDER, _PROXIES, _REFERENCE_CURVATURE = 1, 2, 3, 4, 5
@@ -172,23 +176,26 @@ def predict_views(ens, data: AuditData) -> dict[str, np.ndarray]:
                                                              progress=False)}
 
 
-def member_curvature(config: AuditConfig, ens, data: AuditData, key: jax.Array) -> Curvature:
-    """tr(H), tr(H²) and their probe standard errors of every member on every training example
-    (exact HVPs, Hutchinson probes): Curvature of (K, N) fields."""
+def member_curvature(config: AuditConfig, ens, data: AuditData, key: jax.Array, *,
+                     members=None) -> Curvature:
+    """tr(H), tr(H²) and their probe standard errors of the members ``members`` (default all) on
+    every training example (exact HVPs, Hutchinson probes): Curvature of (K', N) fields."""
     return ens_lib.member_curvature(ens, data.train.images, data.train.labels, key,
-                                    num_probes=config.num_probes, h=config.h,
+                                    num_probes=config.num_probes, h=config.h, members=members,
                                     progress=config.progress)
 
 
-def member_zero_order(config: AuditConfig, ens, data: AuditData, key: jax.Array) -> np.ndarray:
+def member_zero_order(config: AuditConfig, ens, data: AuditData, key: jax.Array, *,
+                      members=None) -> np.ndarray:
     """Black-box curvature |uᵀHv| from losses only ("mixed" estimator) of the members
-    ``zero_order_member_ids`` on every training example, (M, N); float64 on CPU (float32 loses
-    most digits to cancellation at h = 1e-3)."""
+    ``members`` (default ``zero_order_member_ids``) on every training example, (M, N); float64 on
+    CPU (float32 loses most digits to cancellation at h = 1e-3)."""
     dtype = jnp.float64 if jax.default_backend() == "cpu" else None
+    members = zero_order_member_ids(config).tolist() if members is None else members
     return np.asarray(ens_lib.member_zero_order_curvature(
         ens, data.train.images, data.train.labels, key, num_probes=config.num_probes,
-        h=config.h, method="mixed", compute_dtype=dtype,
-        members=zero_order_member_ids(config).tolist(), progress=config.progress))
+        h=config.h, method="mixed", compute_dtype=dtype, members=members,
+        progress=config.progress))
 
 
 def memorization_proxies(config: AuditConfig, ens, data: AuditData, logits: np.ndarray,
@@ -211,8 +218,12 @@ def mia_scores(data: AuditData, logits, test_logits, curvature: Curvature,
 def nonprivate_reference(config: AuditConfig, data: AuditData, key: jax.Array,
                          cache: StageCache) -> dict[str, Any]:
     """DP runs: the same members trained without DP, for the cost of privacy: their test accuracy
-    (K,), Feldman–Zhang memorization (N,) and mean IN tr(H²) and tr(H) (N,)."""
+    (K,), Feldman–Zhang memorization (N,), mean IN tr(H²) and tr(H) (N,), and the scores (K, N)
+    of every attack but the zero-order ones (``scores``), each stage cached."""
     timer = cache.timer if cache.timer is not None else Timer()
+    if config.progress:
+        _say("non-private reference: the same members trained without DP, to measure what DP "
+             "costs and buys")
     with timer("train_nonprivate_reference"):
         ens = train_members(config, data, jax.random.fold_in(key, _TRAIN), private=False)
     stage_key = _stage_key(config, data, "num_probes", "h", private=False)
@@ -226,10 +237,14 @@ def nonprivate_reference(config: AuditConfig, data: AuditData, key: jax.Array,
                 "trace_sq": curv.trace_sq}
 
     ref = cache.run("reference", stage_key, compute)
+    pred = cache.run("reference_predictions", stage_key, lambda: predict_views(ens, data))
+    scores = cache.run("reference_attacks", stage_key, lambda: attack_scores(
+        pred["logits"], data.train.labels, data.masks, np.abs(ref["trace_sq"]), None,
+        pred["test_logits"], data.test.labels))
     mem, _ = memorization.feldman_zhang(ref["correct"], data.masks)
     return {"test_accuracy": np.asarray(ens.history["test_accuracy"][-1]), "mem": mem,
             "curvature_in": masked_mean(ref["trace_sq"], data.masks),
-            "curvature_trace_in": masked_mean(ref["trace"], data.masks)}
+            "curvature_trace_in": masked_mean(ref["trace"], data.masks), "scores": scores}
 
 
 def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
@@ -274,52 +289,133 @@ def _say(message: str) -> None:
     print(f"[jaxcurv audit] {message}", flush=True)
 
 
+def _stage_keys(config: AuditConfig, data: AuditData) -> dict[str, dict]:
+    """What each cached stage depends on (each key chains the keys of its inputs)."""
+    base = _stage_key(config, data, private=config.private)
+    curv = {**base, "num_probes": config.num_probes, "h": config.h}
+    keys = {"predictions": base, "curvature": curv,
+            "proxies": {**curv, "adversarial": config.adversarial},
+            "attacks": {**curv, "zero_order": config.zero_order,
+                        "zero_order_members": zero_order_member_ids(config).tolist()}}
+    if config.zero_order:
+        keys["zero_order"] = {**curv, "backend": jax.default_backend(),
+                              "members": zero_order_member_ids(config).tolist()}
+    return keys
+
+
+def _per_member(cache: StageCache, name: str, key: dict, members, compute, finite) -> dict:
+    """A member-by-member stage saved one member at a time (a kill loses at most one member);
+    in a multi-process job the members are split over the processes instead."""
+    members = [int(m) for m in members]
+    if jax.process_count() > 1:
+        return cache.run(name, key, lambda: compute(members), require_finite=finite)
+    return cache.run_chunked(name, key, len(members), lambda i: compute([members[i]]),
+                             require_finite=finite)
+
+
 def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
     """Every stage up to the attack scores, cached where costly."""
     key = jax.random.PRNGKey(config.seed)
     with timer("data"):
         data = load_data(config)
+    keys = _stage_keys(config, data)
+    resume = cache.describe_resume(keys)
+    if resume and config.progress:
+        _say(resume)
     with timer("train"):
         ens = train_members(config, data, jax.random.fold_in(key, _TRAIN),
                             private=config.private)
-    base = _stage_key(config, data, private=config.private)
-    pred = cache.run("predictions", base, lambda: predict_views(ens, data))
-    curv_key = {**base, "num_probes": config.num_probes, "h": config.h}
-    curv = Curvature(**cache.run("curvature", curv_key, lambda: member_curvature(
-        config, ens, data, jax.random.fold_in(key, _CURVATURE))._asdict()))
+    pred = cache.run("predictions", keys["predictions"], lambda: predict_views(ens, data),
+                     require_finite=True)
+    quiet = dataclasses.replace(config, progress=False)  # one member at a time: no inner bars
+    curv = Curvature(**_per_member(
+        cache, "curvature", keys["curvature"], range(config.models),
+        lambda ms: member_curvature(quiet, ens, data, jax.random.fold_in(key, _CURVATURE),
+                                    members=ms)._asdict(), ("trace", "trace_sq")))
     zero = None
     if config.zero_order:
-        zero_key = {**curv_key, "backend": jax.default_backend(),
-                    "members": zero_order_member_ids(config).tolist()}
-        zero = cache.run("zero_order", zero_key, lambda: {"zero_order": member_zero_order(
-            config, ens, data, jax.random.fold_in(key, _ZERO_ORDER))})["zero_order"]
-    proxy = cache.run("proxies", {**curv_key, "adversarial": config.adversarial},
+        zero = _per_member(
+            cache, "zero_order", keys["zero_order"], zero_order_member_ids(config),
+            lambda ms: {"zero_order": member_zero_order(
+                quiet, ens, data, jax.random.fold_in(key, _ZERO_ORDER), members=ms)},
+            True)["zero_order"]
+    proxy = cache.run("proxies", keys["proxies"],
                       lambda: memorization_proxies(config, ens, data, pred["logits"], curv,
                                                    jax.random.fold_in(key, _PROXIES)))
-    scores = cache.run("attacks", {**curv_key, "zero_order": config.zero_order},
-                       lambda: mia_scores(data, pred["logits"], pred["test_logits"], curv, zero))
+    scores = cache.run("attacks", keys["attacks"],
+                       lambda: mia_scores(data, pred["logits"], pred["test_logits"], curv, zero),
+                       require_finite=True)
     ref = nonprivate_reference(config, data, key, cache) if config.private else None
+    if config.clean:
+        removed = ens_lib.clean_checkpoints(Path(config.out) / "checkpoints",
+                                            keep=checkpoint_folders(config, data))
+        if removed and config.progress:
+            _say(f"removed {len(removed)} checkpoint folder(s) of other configurations")
     return AuditRun(config, data, ens, pred["logits"], pred["test_logits"], curv, zero, proxy,
                     scores, ref)
 
 
+def checkpoint_folders(config: AuditConfig, data: AuditData) -> list[str]:
+    """Names of the checkpoint folders under <out>/checkpoints this configuration uses."""
+    names = [f"nonprivate-{fingerprint(_stage_key(config, data, private=False))[:16]}"]
+    if config.private:
+        names.append(f"private-{fingerprint(_stage_key(config, data, private=True))[:16]}")
+    return names
+
+
+class _ReadOnlyCache(StageCache):
+    """The stage cache as processes other than 0 of a multi-process job use it: they read the
+    entries process 0 writes (``out`` is shared) and write none themselves."""
+
+    def _write(self, path: Path, full_key: str, name: str, arrays) -> dict[str, np.ndarray]:
+        return {str(k): np.asarray(v) for k, v in arrays.items()}
+
+
 def run_audit(config: AuditConfig) -> dict[str, Any]:
-    """Run the whole audit; returns the summary (also written to <out>/summary.json)."""
+    """Run the whole audit; returns the summary (also written to <out>/summary.json).
+
+    A multi-process job (config.coordinator / num_processes / process_id, JAX_COORDINATOR_ADDRESS
+    etc., or a cluster launcher) runs it in every process: members and their curvature are split
+    over the processes and gathered (jaxcurv.distributed), training checkpoints are saved by all
+    processes together, process 0 alone writes the stage cache and the reports, and every process
+    returns after the reports exist. ``out`` must then be a folder every process sees."""
+    import dataclasses
+
+    from jaxcurv import distributed
+
     if not isinstance(config, AuditConfig):
         raise ValueError(f"config must be an AuditConfig, got {type(config).__name__}")
     config.validate()
+    distributed.initialize(config.coordinator, config.num_processes, config.process_id)
+    writer = distributed.is_writer()
+    config = config if writer else dataclasses.replace(config, progress=False)
     out = Path(config.out)
+    with exclusive_lock(out) if writer else contextlib.nullcontext():
+        return _run_locked(config, out, writer)
+
+
+def _run_locked(config: AuditConfig, out: Path, writer: bool) -> dict[str, Any]:
+    """The audit, holding the lock on ``out`` (process 0 of a multi-process job)."""
+    from jaxcurv import distributed
+
     out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier("jaxcurv audit: start")
     timer = Timer()
-    cache = StageCache(out / "cache", timer=timer, log=_say if config.progress else None)
+    cache = (StageCache if writer else _ReadOnlyCache)(
+        out / "cache", timer=timer, log=_say if config.progress else None)
+    if writer:
+        cache.clean_temporary()
     run = _compute(config, cache, timer)
     columns = scores_table(run)
-    report.write_csv(out / "scores.csv", columns)
+    if writer:
+        report.write_csv(out / "scores.csv", columns)
     summary = sections.summary(run, columns)
-    figures = sections.figures(run, columns, summary, out / "figures")
+    figures = sections.figures(run, columns, summary, out / "figures") if writer else {}
     summary["timings_s"] = timer.total()
     summary["figures"] = {name: str(Path(p).relative_to(out)) for name, p in figures.items()}
-    report.write_json(out / "summary.json", summary)
-    report.write_html(out / "report.html", title=sections.title(run),
-                      sections=sections.report_sections(run, summary, figures))
+    if writer:
+        report.write_json(out / "summary.json", summary)
+        report.write_html(out / "report.html", title=sections.title(run),
+                          sections=sections.report_sections(run, summary, figures))
+    distributed.barrier("jaxcurv audit: reports written")
     return summary

@@ -46,7 +46,12 @@ class AuditConfig:
     zero_order_members: black-box curvature on the first M members only (None or M ≥ models:
     all), since its
     float64 loss queries cost more than the white-box HVPs on a CPU; gnr_*: the SAM paper's
-    mitigation strengths for --optimizer sam-gnr (None: the optimizer's defaults).
+    mitigation strengths for --optimizer sam-gnr (None: the optimizer's defaults); clean: remove
+    checkpoint folders under <out>/checkpoints that other configurations left.
+    coordinator / num_processes / process_id: a multi-process job over several hosts
+    (jaxcurv.distributed.initialize; None: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID or the cluster's launcher, else one process); ``out`` must then be a folder
+    every process sees.
     """
 
     @property
@@ -90,7 +95,11 @@ class AuditConfig:
     data_dir: str | None = None
     max_examples: int | None = None
     bootstrap: int = 100
+    clean: bool = False
     progress: bool = False
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     @property
     def private(self) -> bool:
@@ -140,6 +149,7 @@ class AuditConfig:
             check_int("--zero-order-members", self.zero_order_members, minimum=6)
         check_positive("--h", self.h)
         check_int("--bootstrap", self.bootstrap, minimum=0)
+        _check_processes(self.coordinator, self.num_processes, self.process_id)
         check_int("--seed", self.seed)
         if self.max_examples is not None:
             check_int("--max-examples", self.max_examples)
@@ -150,6 +160,23 @@ class AuditConfig:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _check_processes(coordinator, num_processes, process_id) -> None:
+    """--coordinator HOST:PORT, --num-processes N >= 1, --process-id in [0, N)."""
+    if coordinator is not None:
+        host, _, port = str(coordinator).rpartition(":")
+        if (not isinstance(coordinator, str) or not host or not port.isdigit()
+                or not 0 < int(port) < 65536):
+            raise ValueError(f"--coordinator must be HOST:PORT (process 0's address and a free "
+                             f"port, e.g. node0:8476), got {coordinator!r}")
+    if num_processes is not None:
+        check_positive_int("--num-processes", num_processes)
+    if process_id is not None:
+        check_int("--process-id", process_id, minimum=0)
+        if num_processes is not None and process_id >= num_processes:
+            raise ValueError(f"--process-id must be in [0, --num-processes = {num_processes}), "
+                             f"got {process_id}")
 
 
 # ----------------------------------------------------------------------------------------------

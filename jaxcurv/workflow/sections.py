@@ -1,5 +1,6 @@
-"""The audit's summary and report: summary.json assembled from an audit run, its figures, and
-the sections of report.html (each a title, optional text, tables and figures)."""
+"""The audit's summary and report: summary.json assembled from an audit run (led by its
+``findings``), its figures, and the sections of report.html (each a title, optional warnings,
+text, bullets, tables and figures)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from jaxcurv import memorization, mia, report
 from jaxcurv._numerics import cross_entropy
 from jaxcurv.workflow.attacks import epsilon_audit, mia_by_memorization
 
-__all__ = ["summary", "figures", "report_sections", "title", "describe", "spearman",
-           "noise_rankers", "BY_MEMORIZATION_ATTACK", "CURVATURE_NOTE"]
+__all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "near_chance", "figures",
+           "report_sections", "title", "describe", "spearman", "noise_rankers",
+           "top_memorized_order", "BY_MEMORIZATION_ATTACK", "CURVATURE_NOTE", "HIGH_MEM",
+           "PROXY_LABELS"]
 
 CURVATURE_NOTE = (
     "curvature = Curv, the papers' per-example input-loss curvature: tr(H²) = ‖H‖_F² = E‖Hv‖² of "
@@ -26,7 +29,21 @@ CURVATURE_NOTE = (
     "signed appendix variant (ICML 2024 Figs. 14–16), which goes negative on high-loss examples.")
 
 BY_MEMORIZATION_ATTACK = "lira_online"  # the attack of the per-memorization table and ε audit
+HIGH_MEM = 0.5          # "highly memorized": Feldman–Zhang mem ≥ 0.5
+TOP_K = 16              # most memorized examples shown and listed in the findings
+FITTED_FLIPPED = 0.9    # below this train-IN accuracy on flipped labels, the members did not fit
 _METRICS = ("auroc", "balanced_accuracy", "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
+
+# What each memorization proxy is, for tables and figure axes (summary.json keeps the keys).
+PROXY_LABELS = {
+    "confidence": "confidence p_y (OUT members)", "confidence_in": "confidence p_y (IN members)",
+    "loss": "loss (IN)", "loss_out": "loss (OUT)",
+    "learning_time": "learning time (evaluations, IN)",
+    "inverse_learning_time": "1 / learning time (IN)", "curvature_in": "tr(H²) (IN)",
+    "curvature_out": "tr(H²) (OUT)", "curvature_trace_in": "tr(H) (IN)",
+    "curvature_trace_out": "tr(H) (OUT)", "curvature_train_in": "tr(H) over training (IN)",
+    "curvature_train_out": "tr(H) over training (OUT)",
+    "adversarial_distance": "adversarial distance (IN)"}
 
 
 def describe(values, what: str) -> dict[str, Any]:
@@ -48,6 +65,22 @@ def spearman(a, b) -> float:
     return float(stats.spearmanr(a[ok], b[ok]).statistic)
 
 
+def near_chance(accuracy: float, num_classes: int) -> bool:
+    """True when ``accuracy`` is within 10 % of the way from chance (1/C) to perfect:
+    accuracy < 1/C + 0.1 (1 − 1/C), e.g. below 0.19 for 10 classes."""
+    chance = 1.0 / num_classes
+    return bool(accuracy < chance + 0.1 * (1.0 - chance))
+
+
+def top_memorized_order(mem, curvature, k: int = TOP_K) -> np.ndarray:
+    """Indices of the k most memorized examples: mem (N,) descending, ties (mem takes few values
+    with few members; rounded to 9 decimals, so 1 − 1/3 ties with 2/3) broken by curvature (N,)
+    descending; NaN mem last."""
+    m = np.round(np.nan_to_num(np.asarray(mem, float), nan=-np.inf), 9)
+    c = np.nan_to_num(np.asarray(curvature, float), nan=-np.inf)
+    return np.lexsort((-c, -m))[:k]
+
+
 def _correct(run) -> np.ndarray:
     return run.logits[:, 0].argmax(-1) == run.data.train.labels[None]
 
@@ -57,26 +90,34 @@ def _accuracy(run) -> dict[str, Any]:
     correct, masks = _correct(run), run.data.masks
     return {"test_mean": float(test_acc.mean()), "test_min": float(test_acc.min()),
             "test_per_member": test_acc, "train_in_mean": float(correct[masks].mean()),
-            "train_out_mean": float(correct[~masks].mean())}
+            "train_out_mean": float(correct[~masks].mean()),
+            "chance": 1.0 / run.data.train.num_classes}
+
+
+def _attack_metrics(scores: dict[str, np.ndarray], masks, config) -> list[dict[str, Any]]:
+    """Pooled leave-one-model-out metrics of every attack, with bootstrap CIs (clusters =
+    examples) when config.bootstrap > 0."""
+    n = masks.shape[1]
+    cluster = np.broadcast_to(np.arange(n), masks.shape)
+    rows = []
+    for name, s in scores.items():
+        k = len(s)  # the zero-order attacks may cover the first M members only
+        m = mia.roc_metrics(s.ravel(), masks[:k].ravel(), bootstrap=config.bootstrap,
+                            seed=config.seed, cluster=cluster[:k].ravel())
+        rows.append({"attack": name, **{key: m[key] for key in _METRICS},
+                     **{f"{key}_ci": m[f"{key}_ci"] for key in _METRICS if f"{key}_ci" in m}})
+    return rows
 
 
 def _mia(run) -> dict[str, Any]:
     """Pooled leave-one-model-out metrics of every attack and the per-memorization table."""
-    config, masks = run.config, run.data.masks
-    n = masks.shape[1]
-    cluster = np.broadcast_to(np.arange(n), masks.shape).ravel()
-    rows = []
-    for name, s in run.scores.items():
-        k = len(s)  # the zero-order attacks may cover the first M members only
-        m = mia.roc_metrics(s.ravel(), masks[:k].ravel(), bootstrap=config.bootstrap,
-                            seed=config.seed, cluster=cluster.reshape(masks.shape)[:k].ravel())
-        rows.append({"attack": name, **{k: m[k] for k in _METRICS},
-                     **({"auroc_ci": m["auroc_ci"]} if "auroc_ci" in m else {})})
+    masks = run.data.masks
     by_mem = mia_by_memorization(run.scores[BY_MEMORIZATION_ATTACK], masks, _correct(run))
     return {"protocol": f"leave-one-model-out over {masks.shape[0]} members (each member the "
-                        "target, the others its shadows), pooled over members × examples",
-            "metrics": rows, "by_memorization": {"attack": BY_MEMORIZATION_ATTACK,
-                                                 "bins": by_mem}}
+                        "target, the others its shadows), pooled over members × examples; "
+                        "scores: higher = more likely a member",
+            "metrics": _attack_metrics(run.scores, masks, run.config),
+            "by_memorization": {"attack": BY_MEMORIZATION_ATTACK, "bins": by_mem}}
 
 
 def noise_rankers(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -116,7 +157,8 @@ def _loss_bound(run) -> float:
 
 
 def _privacy(run, columns) -> dict[str, Any]:
-    """ε accounted vs audited, accuracy cost and shifts of mem and curvature against non-private."""
+    """ε accounted vs audited, accuracy cost, the non-private reference's attack metrics, and
+    shifts of mem and curvature against non-private."""
     config, masks, ref = run.config, run.data.masks, run.reference
     mem, curv_in = columns["mem"], columns["curvature"]
     eps = float(run.ensemble.privacy["epsilon_max"])
@@ -141,12 +183,134 @@ def _privacy(run, columns) -> dict[str, Any]:
         "curvature_mean_nonprivate": float(np.nanmean(ref["curvature_in"])),
         "loss_bound_L": loss_bound,
         "curvature_bound_thm_5_3": loss_bound * (masks.sum(1).mean() + 1) * (1 - math.exp(-eps)),
+        "nonprivate_mia": _attack_metrics(ref["scores"], masks, config),
     }
 
 
+def _strongest_attack(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """The attack with the highest AUROC, with its TPR at 0.1 % FPR and their CIs."""
+    row = max(metrics, key=lambda r: r["auroc"])
+    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_ci")
+    return {"attack": row["attack"], "chosen_by": "auroc", **{k: row[k] for k in keys if k in row}}
+
+
+def _at_chance(row: dict[str, Any]) -> bool:
+    """An attack whose AUROC CI holds 0.5 (without a CI: within 0.01 of 0.5)."""
+    lo, hi = row.get("auroc_ci") or (row["auroc"] - 0.01, row["auroc"] + 0.01)
+    return bool(lo <= 0.5 <= hi)
+
+
+def _side_by_side(private: list[dict], nonprivate: list[dict]) -> list[dict[str, Any]]:
+    """Each attack's AUROC and TPR at 0.1 % FPR, private vs the non-private reference (None when
+    the reference did not run the attack, e.g. the zero-order ones)."""
+    ref = {r["attack"]: r for r in nonprivate}
+    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct")
+    return [{"attack": r["attack"],
+             **{f"{k}_private": r.get(k) for k in keys},
+             **{f"{k}_nonprivate": ref.get(r["attack"], {}).get(k) for k in keys}}
+            for r in private]
+
+
+def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
+    """Reasons the numbers of a summary may mean nothing: test accuracy near chance (mean or any
+    member), members that did not fit their training set (non-private runs) or the flipped labels
+    (label noise), and attacks at chance (non-private runs, or a DP run's reference)."""
+    acc, w = out["accuracy"], []
+    chance = 1.0 / num_classes
+    if near_chance(acc["test_mean"], num_classes):
+        w.append(f"test accuracy {acc['test_mean']:.3f} is near chance ({chance:.3f}): the "
+                 "members learned little, so memorization, curvature and attack results are not "
+                 "meaningful; train longer (--epochs) or check the data")
+    elif near_chance(acc["test_min"], num_classes):
+        k = int(np.argmin(acc["test_per_member"]))
+        w.append(f"member {k} reaches only {acc['test_min']:.3f} test accuracy (chance "
+                 f"{chance:.3f}): it failed to train; per-example results mix it in")
+    if "privacy" not in out and acc["train_in_mean"] < 0.9:
+        w.append(f"the members fit only {acc['train_in_mean']:.3f} of their training labels: "
+                 "memorization needs models that fit their data; train longer (--epochs)")
+    noise = out.get("label_noise")
+    fitted = None if noise is None else noise["flipped_train_in_accuracy"]
+    if fitted is not None and fitted < FITTED_FLIPPED:
+        w.append(f"the members fitted only {fitted:.3f} of the flipped labels they trained on "
+                 f"(< {FITTED_FLIPPED}): mem and curvature cannot single out labels the models "
+                 "never learned; train longer (--epochs) or use a larger model")
+    dp = "privacy" in out
+    metrics = out["privacy"]["nonprivate_mia"] if dp else out["mia"]["metrics"]
+    at_chance = [r["attack"] for r in metrics if _at_chance(r)]
+    where = " on the non-private reference" if dp else ""
+    if at_chance and len(at_chance) == len(metrics):
+        w.append(f"every attack{where} is at chance (AUROC 95 % CI holds 0.5): these members "
+                 "are not measurably exposed; more members (--models) narrow the intervals")
+    elif at_chance:
+        w.append(f"attacks at chance{where} (AUROC 95 % CI holds 0.5): " + ", ".join(at_chance))
+    return w
+
+
+def findings(run, columns: dict[str, np.ndarray], out: dict[str, Any]) -> dict[str, Any]:
+    """The headline of a summary ``out``: highly memorized examples, the top memorized ones, the
+    strongest attack, with DP the cost and each attack private vs non-private, with label noise
+    the best ranker, and sanity warnings."""
+    mem, curv = columns["mem"], columns["curvature"]
+    labels = run.data.train.labels
+    high = np.nan_to_num(mem, nan=-np.inf) >= HIGH_MEM
+    order = top_memorized_order(mem, curv)
+    noisy = run.config.label_noise > 0
+    top = [{"index": int(i), "label": int(labels[i]), "mem": float(mem[i]),
+            "mem_stderr": float(columns["mem_stderr"][i]), "curvature": float(curv[i]),
+            **({"true_label": int(run.data.true_labels[i]),
+                "flipped": bool(run.data.flipped[i])} if noisy else {})} for i in order]
+    result: dict[str, Any] = {
+        "highly_memorized": {"threshold": HIGH_MEM, "count": int(high.sum()),
+                             "share": float(high.mean()), "examples": int(len(mem))},
+        "top_memorized": {"k": len(top), "ranked_by": "mem descending, ties by curvature",
+                          "figure": "top_memorized", "examples": top},
+        "strongest_attack": _strongest_attack(out["mia"]["metrics"]),
+    }
+    if "privacy" in out:
+        p = out["privacy"]
+        result["privacy"] = {
+            "epsilon": p["epsilon_accounted"], "delta": p["delta"],
+            "test_accuracy_private": p["test_accuracy_private"],
+            "test_accuracy_nonprivate": p["test_accuracy_nonprivate"],
+            "accuracy_cost": p["accuracy_cost"],
+            "attacks": _side_by_side(out["mia"]["metrics"], p["nonprivate_mia"])}
+    if "label_noise" in out:
+        noise = out["label_noise"]
+        best = noise["ranking"][noise["best_ranker"]]
+        result["label_noise"] = {"best_ranker": noise["best_ranker"], **best,
+                                 "flipped_train_in_accuracy": noise["flipped_train_in_accuracy"]}
+    result["warnings"] = sanity_warnings(out, run.data.train.num_classes)
+    return result
+
+
+def _ci(ci, fmt: str = "{:.3f}") -> str:
+    return "" if ci is None else f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def findings_lines(f: dict[str, Any]) -> list[str]:
+    """The findings as sentences (report.html's Findings block and the command's summary)."""
+    high, s = f["highly_memorized"], f["strongest_attack"]
+    lines = [f"{high['count']} of {high['examples']} training examples ({high['share']:.1%}) "
+             f"are highly memorized (mem ≥ {high['threshold']}).",
+             f"Strongest attack (by AUROC): {s['attack']}, AUROC {s['auroc']:.3f}"
+             f"{_ci(s.get('auroc_ci'))}, TPR at 0.1 % FPR {s['tpr_at_fpr_0_1pct']:.2%}"
+             f"{_ci(s.get('tpr_at_fpr_0_1pct_ci'), '{:.2%}')} (95 % bootstrap CIs)."]
+    if "privacy" in f:
+        p = f["privacy"]
+        lines.append(f"DP-SGD spent ε = {p['epsilon']:.3g} (δ = {p['delta']:.3g}); test accuracy "
+                     f"{p['test_accuracy_private']:.3f} vs {p['test_accuracy_nonprivate']:.3f} "
+                     f"without DP: accuracy cost {p['accuracy_cost']:.3f}.")
+    if "label_noise" in f:
+        n = f["label_noise"]
+        lines.append(f"Best finder of the flipped labels: {n['best_ranker']}, precision@{n['k']} "
+                     f"{n['precision_at_k']:.3f} (AUROC {n['auroc']:.3f}).")
+    return lines
+
+
 def summary(run, columns: dict[str, np.ndarray]) -> dict[str, Any]:
-    """summary.json (without timings and figure paths): config echo, data, accuracy, curvature,
-    memorization, correlations, MIA metrics, and label-noise ranking / privacy when they apply."""
+    """summary.json (without timings and figure paths): findings first, then config echo, data,
+    accuracy, curvature, memorization, correlations, MIA metrics, and label-noise ranking /
+    privacy when they apply."""
     train, n = run.data.train, len(run.data.train)
     mem, curv_in, tr_in = columns["mem"], columns["curvature"], columns["curvature_trace"]
     finite_mem = np.sort(mem[np.isfinite(mem)])[::-1]
@@ -174,12 +338,12 @@ def summary(run, columns: dict[str, np.ndarray]) -> dict[str, Any]:
         out["label_noise"] = _label_noise(run, columns)
     if run.reference is not None:
         out["privacy"] = _privacy(run, columns)
-    return out
+    return {"findings": findings(run, columns, out), **out}
 
 
 def figures(run, columns: dict[str, np.ndarray], summary: dict[str, Any],
             directory: str | Path) -> dict[str, Path]:
-    """The audit's PNG figures under ``directory``, by name."""
+    """The audit's PNG figures under ``directory``, keyed by their file names' stems."""
     d = Path(directory)
     train, masks = run.data.train, run.data.masks
     mem, curv_in, tr_in = columns["mem"], columns["curvature"], columns["curvature_trace"]
@@ -187,80 +351,167 @@ def figures(run, columns: dict[str, np.ndarray], summary: dict[str, Any],
               for name, s in run.scores.items()}
     aurocs = {row["attack"]: float(row["auroc"]) for row in summary["mia"]["metrics"]}
     by_mem = summary["mia"]["by_memorization"]
+    noisy = "label_noise" in summary
+    order = [e["index"] for e in summary["findings"]["top_memorized"]["examples"]]
     figs = {
-        "extreme": report.figure_extreme_images(train.images, train.labels, curv_in,
-                                                d / "lowest_highest_curvature.png",
-                                                class_names=train.class_names,
-                                                score_name="curvature tr(H²)"),
-        "hist": report.figure_curvature_histogram(curv_in, columns["correct"] >= 0.5,
-                                                  d / "curvature_histogram.png",
-                                                  name="curvature tr(H²)"),
-        "mem_curv": report.figure_mem_vs_curvature(mem, curv_in, d / "mem_vs_curvature.png",
-                                                   name="curvature tr(H²)"),
-        "proxies": report.figure_proxies_vs_mem(mem, run.proxies, d / "proxies_vs_mem.png"),
-        "trace_sq": report.figure_trace_vs_trace_sq(tr_in, curv_in, mem,
-                                                    d / "trace_vs_trace_sq.png"),
-        "roc": report.figure_roc(curves, d / "mia_roc.png", aurocs=aurocs),
-        "mia_mem": report.figure_mia_vs_mem({by_mem["attack"]: by_mem["bins"]},
-                                            d / "mia_vs_memorization.png"),
+        "top_memorized": report.figure_top_memorized(
+            train.images, train.labels, mem, d / "top_memorized.png", order=order,
+            class_names=train.class_names, true_labels=run.data.true_labels if noisy else None),
+        "lowest_highest_curvature": report.figure_extreme_images(
+            train.images, train.labels, curv_in, d / "lowest_highest_curvature.png",
+            class_names=train.class_names, score_name="curvature tr(H²)", value_label="tr(H²)"),
+        "curvature_histogram": report.figure_curvature_histogram(
+            curv_in, columns["correct"] >= 0.5, d / "curvature_histogram.png",
+            name="curvature tr(H²)"),
+        "mem_vs_curvature": report.figure_mem_vs_curvature(
+            mem, curv_in, d / "mem_vs_curvature.png", name="curvature tr(H²)",
+            rho=summary["correlations"]["spearman_mem_curvature"]),
+        "proxies_vs_mem": report.figure_proxies_vs_mem(mem, run.proxies, d / "proxies_vs_mem.png",
+                                                       labels=PROXY_LABELS),
+        "trace_vs_trace_sq": report.figure_trace_vs_trace_sq(tr_in, curv_in, mem,
+                                                             d / "trace_vs_trace_sq.png"),
+        "mia_roc": report.figure_roc(curves, d / "mia_roc.png", aurocs=aurocs),
+        "mia_vs_memorization": report.figure_mia_vs_mem({by_mem["attack"]: by_mem["bins"]},
+                                                        d / "mia_vs_memorization.png"),
     }
-    if "label_noise" in summary:
+    if noisy:
         rankers = noise_rankers(columns)
-        figs["noise"] = report.figure_label_noise(rankers, run.data.flipped,
-                                                  d / "label_noise.png")
+        figs["label_noise"] = report.figure_label_noise(rankers, run.data.flipped,
+                                                        d / "label_noise.png")
         for name in ("curvature", "mem"):
-            figs[f"noise_top_{name}"] = report.figure_top_ranked(
+            figs[f"label_noise_top_{name}"] = report.figure_top_ranked(
                 train.images, train.labels, run.data.true_labels, rankers[name],
                 d / f"label_noise_top_{name}.png", score_name=name,
                 class_names=train.class_names)
     if "privacy" in summary:
         p = summary["privacy"]
-        figs["privacy"] = report.figure_privacy_bounds(
+        figs["privacy_bounds"] = report.figure_privacy_bounds(
             mem, curv_in, p["epsilon_accounted"], d / "privacy_bounds.png",
             loss_bound=p["loss_bound_L"], num_examples=int(masks.sum(1).mean()))
     return figs
 
 
 def title(run) -> str:
-    """The report's title: data, model and members."""
-    return (f"jaxcurv audit — {run.data.train.name}, {run.config.model}, "
-            f"{run.config.models} members")
+    """The report's title: data, model, members, and ε / label noise when they apply."""
+    c = run.config
+    parts = [f"jaxcurv audit — {run.data.train.name}, {c.model}, {c.models} members"]
+    if c.private:
+        eps = run.ensemble.privacy["epsilon_max"] if run.ensemble.privacy else c.dp_epsilon
+        parts.append(f"DP-SGD ε = {eps:.3g} (δ = {c.dp_delta:.3g})")
+    if c.label_noise > 0:
+        parts.append(f"{c.label_noise:.0%} labels flipped")
+    return ", ".join(parts)
+
+
+def _findings_section(summary: dict[str, Any], figs: dict[str, Path]) -> dict[str, Any]:
+    f = summary["findings"]
+    tables = []
+    if "privacy" in f:
+        tables.append({"caption": "Each attack, private (DP-SGD) vs the non-private reference "
+                                  "(same members, data and settings without DP)",
+                       "rows": [{"attack": r["attack"], "AUROC, DP-SGD": r["auroc_private"],
+                                 "AUROC, non-private": r["auroc_nonprivate"],
+                                 "TPR at 0.1 % FPR, DP-SGD": r["tpr_at_fpr_0_1pct_private"],
+                                 "TPR at 0.1 % FPR, non-private": r["tpr_at_fpr_0_1pct_nonprivate"]}
+                                for r in f["privacy"]["attacks"]]})
+    checks = [] if f["warnings"] else [
+        "Sanity checks passed: test accuracy well above chance"
+        + ("" if "privacy" in f else ", members fit their training data")
+        + (", flipped labels fitted" if "label_noise" in f else "")
+        + (", the non-private reference's attacks above chance." if "privacy" in f
+           else ", attacks above chance.")]
+    return {"title": "Findings", "lead": True, "warnings": f["warnings"],
+            "bullets": findings_lines(f) + checks, "tables": tables,
+            "figures": [figs["top_memorized"]]}
+
+
+_PRIVACY_ROWS = (
+    ("epsilon_accounted", "ε spent (accounted)", "the DP guarantee: an upper bound on what any "
+     "attack can learn about one example, at probability δ of failure"),
+    ("delta", "δ", "probability that the ε guarantee fails"),
+    ("noise_multiplier", "noise multiplier σ", "Gaussian noise std / clip norm, calibrated to ε"),
+    ("l2_clip", "clip norm C", "per-example gradient L2 clip"),
+    ("epsilon_audited_lower_bound", "ε audited lower bound", "what the attack below proves "
+     "empirically (Clopper–Pearson 95 %, one target member): ε is at least this; 0 means the "
+     "attack found no leak it can certify, which is consistent with the accounted ε, not a "
+     "contradiction"),
+    ("test_accuracy_private", "test accuracy, DP-SGD", "mean over members"),
+    ("test_accuracy_nonprivate", "test accuracy, non-private", "same members without DP"),
+    ("accuracy_cost", "accuracy cost of DP", "non-private minus DP-SGD test accuracy"),
+    ("mem_mean_private", "mean mem, DP-SGD", "Feldman–Zhang memorization"),
+    ("mem_mean_nonprivate", "mean mem, non-private", ""),
+    ("mem_bound", "mem bound 1 − e^(−ε)", "Thm 5.4: no example's mem can exceed it under ε-DP"),
+    ("fraction_mem_above_bound", "share of examples above the mem bound", "estimation noise "
+     "only, when the bound holds"),
+    ("curvature_mean_private", "mean curvature tr(H²), DP-SGD", ""),
+    ("curvature_mean_nonprivate", "mean curvature tr(H²), non-private", ""),
+    ("loss_bound_L", "loss bound L", "largest training loss of any member on any example"),
+    ("curvature_bound_thm_5_3", "curvature bound L(m+1)(1 − e^(−ε))", "Thm 5.3's bound on the "
+     "mean curvature (m: examples per member)"))
+
+
+def _privacy_section(summary: dict[str, Any], figs: dict[str, Path]) -> dict[str, Any]:
+    p = summary["privacy"]
+    rows = [{"quantity": label, "value": p[key], "meaning": meaning}
+            for key, label, meaning in _PRIVACY_ROWS]
+    audit = p["audit"]
+    return {"title": "Differential privacy",
+            "text": f"ε audit: attack {audit['attack']} on {audit['target']}, threshold chosen on "
+                    f"half of the examples, bound evaluated on the other half "
+                    f"({audit['true_positives']} true / {audit['false_positives']} false "
+                    "positives).",
+            "tables": [{"caption": "DP-SGD against the non-private reference", "rows": rows},
+                       {"caption": "Non-private reference: every attack",
+                        "rows": _mia_rows(p["nonprivate_mia"])}],
+            "figures": [figs["privacy_bounds"]]}
+
+
+def _mia_rows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = ("attack", "auroc", "auroc_ci", "balanced_accuracy", "tpr_at_fpr_0_1pct",
+            "tpr_at_fpr_0_1pct_ci", "tpr_at_fpr_1pct")
+    return [{k: r.get(k) for k in keys} for r in metrics]
 
 
 def report_sections(run, summary: dict[str, Any], figs: dict[str, Path]) -> list[dict[str, Any]]:
-    """The sections of report.html, in order (see :func:`jaxcurv.report.write_html`)."""
+    """The sections of report.html, in order, Findings first (see report.write_html)."""
     acc = summary["accuracy"]
+    by_mem = summary["mia"]["by_memorization"]
     out = [
+        _findings_section(summary, figs),
         {"title": "Accuracy", "tables": [[{
             "members": run.config.models, "epochs": run.config.epochs,
             "test accuracy (mean)": acc["test_mean"], "test accuracy (min)": acc["test_min"],
-            "train accuracy (in)": acc["train_in_mean"],
-            "held-out accuracy (out)": acc["train_out_mean"]}]]},
+            "train accuracy (IN)": acc["train_in_mean"],
+            "held-out accuracy (OUT)": acc["train_out_mean"], "chance": acc["chance"]}]]},
         {"title": "Curvature (Figure 2)", "text": CURVATURE_NOTE,
-         "figures": [figs["extreme"], figs["hist"]]},
+         "figures": [figs["lowest_highest_curvature"], figs["curvature_histogram"]]},
         {"title": "Memorization and curvature (Figures 3, 10–16)",
-         "tables": [[{"proxy": name, **vals} for name, vals in
-                     summary["correlations"]["proxies"].items()]],
-         "figures": [figs["mem_curv"], figs["proxies"], figs["trace_sq"]]},
+         "tables": [{"caption": "Correlation of each memorization proxy with mem",
+                     "rows": [{"proxy": PROXY_LABELS.get(name, name), **vals} for name, vals in
+                              summary["correlations"]["proxies"].items()]}],
+         "figures": [figs["mem_vs_curvature"], figs["proxies_vs_mem"],
+                     figs["trace_vs_trace_sq"]]},
         {"title": "Membership inference", "text": summary["mia"]["protocol"],
-         "tables": [summary["mia"]["metrics"], summary["mia"]["by_memorization"]["bins"]],
-         "figures": [figs["roc"], figs["mia_mem"]]},
+         "tables": [{"caption": "Every attack (95 % bootstrap CIs over examples)",
+                     "rows": _mia_rows(summary["mia"]["metrics"])},
+                    {"caption": f"Attack {by_mem['attack']} by memorization bin (bins of "
+                                "memorization estimated from the other half of the members)",
+                     "rows": by_mem["bins"]}],
+         "figures": [figs["mia_roc"], figs["mia_vs_memorization"]]},
     ]
     if "label_noise" in summary:
-        ranking = summary["label_noise"]["ranking"]
         noise = summary["label_noise"]
+        fitted = noise["flipped_train_in_accuracy"]
         out.append({"title": "Finding mislabeled examples",
                     "text": f"{noise['flipped']} labels flipped; the members fitted "
-                            f"{noise['flipped_train_in_accuracy']:.3f} of the flipped labels they "
-                            f"trained on. {noise['note']}.",
-                    "tables": [[{"score": s, **r} for s, r in ranking.items()]],
-                    "figures": [figs["noise"], figs["noise_top_curvature"],
-                                figs["noise_top_mem"]]})
+                            + ("—" if fitted is None else f"{fitted:.3f}")
+                            + f" of the flipped labels they trained on. {noise['note']}.",
+                    "tables": [[{"score": s, **r} for s, r in noise["ranking"].items()]],
+                    "figures": [figs["label_noise"], figs["label_noise_top_curvature"],
+                                figs["label_noise_top_mem"]]})
     if "privacy" in summary:
-        out.append({"title": "Differential privacy",
-                    "tables": [[{k: v for k, v in summary["privacy"].items()
-                                 if not isinstance(v, (dict, list))}]],
-                    "figures": [figs["privacy"]]})
+        out.append(_privacy_section(summary, figs))
     if "timings_s" in summary:
-        out.append({"title": "Timings (s)", "tables": [[summary["timings_s"]]]})
+        out.append({"title": "Timings", "tables": [[{"stage": k, "seconds": v}
+                                                    for k, v in summary["timings_s"].items()]]})
     return out

@@ -1,0 +1,209 @@
+"""The audit's report: the Findings block of report.html and the ``findings`` of summary.json hold
+the numbers a reader needs (checked against scores.csv, the cached attack scores and sklearn),
+with and without DP and label noise; table formatting; figures on awkward inputs."""
+
+import contextlib
+import csv
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from jaxcurv import report
+from jaxcurv.cli import main
+from jaxcurv.data import subset_masks
+
+TINY = ["--models", "6", "--epochs", "2", "--num-probes", "2", "--bootstrap", "10",
+        "--max-examples", "300", "--no-zero-order"]
+FIGURES = {"top_memorized", "lowest_highest_curvature", "curvature_histogram",
+           "mem_vs_curvature", "proxies_vs_mem", "trace_vs_trace_sq", "mia_roc",
+           "mia_vs_memorization"}
+
+
+def _audit(out: Path, *extra: str) -> dict:
+    """Run the command with progress on; its files, summary, page, stdout and stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        assert main(["audit", *TINY, *extra, "--out", str(out)]) == 0
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {"out": out, "rows": rows, "summary": json.loads((out / "summary.json").read_text()),
+            "page": (out / "report.html").read_text(), "stdout": stdout.getvalue(),
+            "stderr": stderr.getvalue()}
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return _audit(tmp_path_factory.mktemp("plain"))
+
+
+@pytest.fixture(scope="module")
+def dp_noise(tmp_path_factory):
+    return _audit(tmp_path_factory.mktemp("dp_noise"), "--dp-epsilon", "4", "--label-noise", "0.1")
+
+
+def _column(rows, name) -> np.ndarray:
+    return np.array([float(r[name]) if r[name] != "" else np.nan for r in rows])
+
+
+def _cached(out: Path, stage: str) -> dict[str, np.ndarray]:
+    (path,) = (out / "cache").glob(f"{stage}-*.npz")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if not k.startswith("__")}
+
+
+def _section(page: str, title: str) -> str:
+    start = page.index(f"<h2>{title}</h2>")
+    return page[start:page.index("</section>", start)]
+
+
+def _check_common_findings(run):
+    s, rows, page = run["summary"], run["rows"], run["page"]
+    f = s["findings"]
+    assert list(s)[0] == "findings"
+    # highly memorized, re-derived from scores.csv
+    mem = _column(rows, "mem")
+    count = int(np.sum(np.nan_to_num(mem, nan=-1) >= 0.5))
+    assert f["highly_memorized"]["count"] == count
+    assert f["highly_memorized"]["share"] == pytest.approx(count / len(rows))
+    # the 16 most memorized: mem descending, ties by curvature descending (naive sort)
+    curv = _column(rows, "curvature")
+    naive = sorted(range(len(rows)), key=lambda i: (-np.nan_to_num(mem[i], nan=-np.inf),
+                                                    -curv[i]))[:16]
+    top = f["top_memorized"]["examples"]
+    assert [e["index"] for e in top] == naive
+    assert [e["label"] for e in top] == [int(rows[i]["label"]) for i in naive]
+    np.testing.assert_allclose([e["mem"] for e in top], mem[naive], rtol=1e-5)
+    assert s["figures"]["top_memorized"] == "figures/top_memorized.png"
+    # the strongest attack, re-derived with sklearn from the cached (K, N) scores
+    masks = subset_masks(len(rows), 6, seed=0)
+    scores = _cached(run["out"], "attacks")
+    aurocs = {k: roc_auc_score(masks[:len(v)].ravel(), v.ravel()) for k, v in scores.items()}
+    best = max(aurocs, key=aurocs.get)
+    strongest = f["strongest_attack"]
+    assert strongest["attack"] == best
+    assert strongest["auroc"] == pytest.approx(aurocs[best], abs=1e-9)
+    fpr, tpr, _ = roc_curve(masks.ravel(), scores[best].ravel(), drop_intermediate=False)
+    assert strongest["tpr_at_fpr_0_1pct"] == pytest.approx(tpr[fpr <= 1e-3].max(), abs=1e-12)
+    lo, hi = strongest["auroc_ci"]
+    assert lo <= strongest["auroc"] <= hi and len(strongest["tpr_at_fpr_0_1pct_ci"]) == 2
+    # the page: Findings first, holding those numbers, readable headers, readable figure keys
+    assert page.index("<h2>Findings</h2>") < page.index("<h2>Accuracy</h2>")
+    block = _section(page, "Findings")
+    assert f"{count} of {len(rows)} training examples" in block
+    assert f"{best}, AUROC {aurocs[best]:.3f}" in block
+    assert "top_memorized.png" in block
+    assert "<th>tpr_at_fpr_0_1pct</th>" not in page and "<th>TPR at 0.1 % FPR</th>" in page
+    assert FIGURES <= set(s["figures"]) and not {"extreme", "hist"} & set(s["figures"])
+    for rel in s["figures"].values():
+        assert (run["out"] / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and rel in page
+    # sanity warnings: in the JSON, red on the page and printed by the command
+    acc = s["accuracy"]["test_mean"]
+    assert any("near chance" in w for w in f["warnings"]) == (acc < 0.1 + 0.1 * 0.9)
+    for warning in f["warnings"]:
+        assert f"warning: {warning}" in run["stderr"]
+        assert html.escape(warning).split("--")[0] in block
+    if f["warnings"]:
+        assert "<ul class='warnings'>" in block
+
+
+def test_findings_without_dp_or_label_noise(plain):
+    _check_common_findings(plain)
+    s = plain["summary"]
+    assert "privacy" not in s["findings"] and "label_noise" not in s["findings"]
+    assert s["findings"]["strongest_attack"]["attack"] in plain["stdout"]
+    assert "ε" not in re.search(r"<title>(.*?)</title>", plain["page"]).group(1)
+
+
+def test_training_progress_names_member_and_epoch(plain):
+    assert re.search(r"training member 6/6, epoch 2/2", plain["stderr"])
+
+
+def test_findings_with_dp_and_label_noise(dp_noise):
+    _check_common_findings(dp_noise)
+    s, rows, page = dp_noise["summary"], dp_noise["rows"], dp_noise["page"]
+    f = s["findings"]
+    # DP: ε spent, accuracy cost, each attack private vs non-private
+    p = f["privacy"]
+    assert p["epsilon"] == pytest.approx(4.0, abs=1e-3)
+    assert p["accuracy_cost"] == pytest.approx(p["test_accuracy_nonprivate"]
+                                               - p["test_accuracy_private"])
+    assert 0 <= s["privacy"]["epsilon_audited_lower_bound"] <= s["privacy"]["epsilon_accounted"]
+    masks = subset_masks(len(rows), 6, seed=0)
+    reference = _cached(dp_noise["out"], "reference_attacks")
+    private = {r["attack"]: r["auroc"] for r in s["mia"]["metrics"]}
+    assert [r["attack"] for r in p["attacks"]] == list(private)
+    for row in p["attacks"]:
+        assert row["auroc_private"] == private[row["attack"]]
+        expected = roc_auc_score(masks.ravel(), reference[row["attack"]].ravel())
+        assert row["auroc_nonprivate"] == pytest.approx(expected, abs=1e-9)
+    assert "ε = 4" in re.search(r"<title>(.*?)</title>", page).group(1)
+    block = _section(page, "Findings")
+    assert "AUROC, non-private" in block and f"cost {p['accuracy_cost']:.3f}" in block
+    dp_table = _section(page, "Differential privacy")
+    assert "ε audited lower bound" in dp_table and "<th>meaning</th>" in dp_table
+    # label noise: the best ranker and its precision@k, re-derived from scores.csv
+    noise = s["label_noise"]
+    assert {"flipped", "true_label"} <= set(rows[0])
+    flipped = _column(rows, "flipped").astype(bool)
+    assert flipped.sum() == round(0.1 * len(rows)) == noise["flipped"]
+    assert f["label_noise"]["best_ranker"] == max(noise["ranking"],
+                                                  key=lambda n: noise["ranking"][n]["auroc"])
+    k = int(flipped.sum())
+    loss = _column(rows, "loss")
+    naive = flipped[np.argsort(-loss, kind="stable")[:k]].mean()
+    assert noise["ranking"]["loss"]["precision_at_k"] == pytest.approx(naive, abs=1.5 / k)
+    best = noise["ranking"][f["label_noise"]["best_ranker"]]
+    assert f["label_noise"]["precision_at_k"] == best["precision_at_k"] and best["k"] == k
+    assert f"precision@{k} {best['precision_at_k']:.3f}" in block
+    unfitted = noise["flipped_train_in_accuracy"] < 0.9
+    assert any("flipped labels" in w for w in f["warnings"]) == unfitted
+
+
+def test_resumed_run_says_resuming_instead_of_training(plain):
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["audit", *TINY, "--out", str(plain["out"])]) == 0
+    text = stderr.getvalue()
+    assert "resuming member 1/6" in text and "training member" not in text
+
+
+def test_table_cells_are_readable(tmp_path):
+    page = report.write_html(tmp_path / "r.html", title="t", sections=[{
+        "title": "T", "warnings": ["accuracy near chance: rerun with --epochs 60"],
+        "tables": [{"caption": "cap", "rows": [
+            {"proxy": "a", "spearman_p": 0.0, "pearson_p": 1e-248, "auroc_ci": (0.51, 0.53)},
+            {"proxy": "b", "spearman_p": 0.031, "pearson_p": float("nan"), "auroc_ci": None}]}]}])
+    text = page.read_text()
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", text)
+    assert cells == ["a", "&lt; 1e-16", "&lt; 1e-16", "[0.51, 0.53]", "b", "0.031", "—", "—"]
+    assert re.findall(r"<th>(.*?)</th>", text) == ["proxy", "Spearman p-value", "Pearson p-value",
+                                                   "AUROC 95 % CI"]
+    assert "<caption>cap</caption>" in text and "<code>--epochs</code>" in text
+
+
+@pytest.mark.parametrize("correct_count", [0, 1, 299])
+def test_curvature_histogram_handles_tiny_groups_and_negative_values(tmp_path, correct_count):
+    rng = np.random.default_rng(0)
+    curvature = np.concatenate([-rng.lognormal(0, 1, 30), rng.lognormal(0, 3, 270)])
+    correct = np.arange(300) < correct_count
+    path = report.figure_curvature_histogram(curvature, correct, tmp_path / "h.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_privacy_bounds_and_top_memorized_figures(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 8, 8, 1))
+    labels = rng.integers(0, 10, 40)
+    mem = rng.random(40)
+    for path in (report.figure_privacy_bounds(mem, rng.lognormal(1.9, 0.3, 40), 4.0,
+                                              tmp_path / "p.png", loss_bound=2.0,
+                                              num_examples=20),
+                 report.figure_top_memorized(images, labels, mem, tmp_path / "t.png",
+                                             true_labels=(labels + (mem > 0.9)) % 10)):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
