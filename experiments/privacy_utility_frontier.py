@@ -43,7 +43,7 @@ from experiments import _common as C
 
 EXPERIMENT = "privacy_utility_frontier"
 
-__all__ = ["FrontierConfig", "CONFIGS", "PAPER", "get_config", "main", "arms",
+__all__ = ["FrontierConfig", "Arm", "CONFIGS", "PAPER", "get_config", "main", "arms",
            "matched_reference"]
 
 # The seed paper's reported figures the summary compares with (risk reduction and accuracy cost
@@ -472,9 +472,11 @@ def _default_arm_name() -> str:
     return f"sam-gnr-{d.gnr_penalty:g}-{d.gnr_noise:g}"
 
 
-def _fmt_ci(value: float, ci, digits: int = 4, sign: bool = False) -> str:
+def _fmt_ci(row: dict, key: str, digits: int = 4, sign: bool = False) -> str:
+    """"value [lo, hi]" of row[key] and row[key + "_ci"]."""
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    return f"{f.format(value)} [{f.format(ci[0])}, {f.format(ci[1])}]"
+    lo, hi = row[f"{key}_ci"]
+    return f"{f.format(row[key])} [{f.format(lo)}, {f.format(hi)}]"
 
 
 def _lines(slug: str, config: FrontierConfig, table: list, rows: list, answers: dict,
@@ -482,22 +484,20 @@ def _lines(slug: str, config: FrontierConfig, table: list, rows: list, answers: 
     lines = [f"[{slug}] {config.attack}: arm, test accuracy, AUROC, TPR@0.1%FPR, mean mem, "
              "mean tr(H²) (95 % intervals)"]
     for r in table:
-        lines.append(f"[{slug}]   {r['arm']:<22} acc {_fmt_ci(r['test_accuracy'], r['test_accuracy_ci'])}"
-                     f"  AUROC {_fmt_ci(r['auroc'], r['auroc_ci'])}"
-                     f"  TPR {_fmt_ci(r['tpr_at_fpr_0_1pct'], r['tpr_at_fpr_0_1pct_ci'])}"
-                     f"  mem {r['mean_mem']:.4f}  curv {r['mean_curvature']:.4g}")
-    lines.append(f"[{slug}] SAM − SGD: AUROC {_fmt_ci(sam_sgd['auroc_difference'], sam_sgd['auroc_difference_ci'], sign=True)}, "
-                 f"accuracy {_fmt_ci(sam_sgd['test_accuracy_gain'], sam_sgd['test_accuracy_gain_ci'], sign=True)}, "
-                 f"mean mem {_fmt_ci(sam_sgd['mean_mem_relative_increase'], sam_sgd['mean_mem_relative_increase_ci'], 3, True)} "
-                 f"relative (paper +{PAPER['memorization_increase']:.3f}), held-out gain "
-                 f"{_fmt_ci(sam_sgd['held_out_gain'], sam_sgd['held_out_gain_ci'], sign=True)}")
+        lines.append(f"[{slug}]   {r['arm']:<18} acc {_fmt_ci(r, 'test_accuracy')}  AUROC "
+                     f"{_fmt_ci(r, 'auroc')}  TPR {_fmt_ci(r, 'tpr_at_fpr_0_1pct')}  mem "
+                     f"{r['mean_mem']:.4f}  curv {r['mean_curvature']:.4g}")
+    lines.append(f"[{slug}] SAM − SGD: AUROC {_fmt_ci(sam_sgd, 'auroc_difference', sign=True)}, "
+                 f"accuracy {_fmt_ci(sam_sgd, 'test_accuracy_gain', sign=True)}, mean mem "
+                 f"{_fmt_ci(sam_sgd, 'mean_mem_relative_increase', 3, True)} relative (paper "
+                 f"+{PAPER['memorization_increase']:.3f}), held-out gain "
+                 f"{_fmt_ci(sam_sgd, 'held_out_gain', sign=True)}")
     for r in rows:
         lines.append(f"[{slug}] {r['arm']}: AUROC advantage cut by "
-                     f"{_fmt_ci(r['auroc_reduction'], r['auroc_reduction_ci'], 3)} vs SAM "
-                     f"({r['vs_paper_reduction']} the paper's {PAPER['risk_reduction']:.2f}), "
-                     f"accuracy cost {_fmt_ci(r['accuracy_cost'], r['accuracy_cost_ci'], 4, True)}; "
-                     f"vs DP-SGD ({r['position']}, {r['dp_reference']}): AUROC "
-                     f"{_fmt_ci(r['auroc_minus_dp'], r['auroc_minus_dp_ci'], sign=True)} → "
+                     f"{_fmt_ci(r, 'auroc_reduction', 3)} vs SAM ({r['vs_paper_reduction']} the "
+                     f"paper's {PAPER['risk_reduction']:.2f}), accuracy cost "
+                     f"{_fmt_ci(r, 'accuracy_cost', 4, True)}; vs DP-SGD ({r['position']}, "
+                     f"{r['dp_reference']}): AUROC {_fmt_ci(r, 'auroc_minus_dp', sign=True)} → "
                      f"{r['auroc_verdict']}")
     a = answers["mitigation_beats_dp_sgd_at_matched_accuracy"]
     lines.append(f"[{slug}] does SAM-GNR beat DP-SGD at matched accuracy? {a['answer']} "

@@ -12,7 +12,7 @@ from jaxcurv.memorization import GAIN_EDGES, bin_by, gain_by_memorization, held_
 
 def _ensembles(rng, k, n, *, p_a, p_b, share=0.0):
     """Two (K, N) correctness arrays: a[k, i] ~ Bernoulli(p_a[i]); b[k, i] copies a[k, i] with
-    probability ``share`` (when that keeps its marginal: p_a == p_b there) else ~ Bernoulli(p_b[i])."""
+    probability ``share`` where p_a == p_b (keeping its marginal), else ~ Bernoulli(p_b[i])."""
     a = rng.random((k, n)) < p_a
     b = rng.random((k, n)) < p_b
     copy = (rng.random((k, n)) < share) & (p_a == p_b)
