@@ -119,6 +119,19 @@ def _add_audit(sub) -> None:
                    help="bootstrap resamples for MIA confidence intervals")
     a.add_argument("--seed", type=int, default=d.seed, help="seed for subsets, keys, noise")
     a.add_argument("--out", default=d.out, help="output folder")
+    a.add_argument("--clean", action="store_true",
+                   help="remove checkpoint folders under OUT/checkpoints that other "
+                   "configurations left (default: keep them)")
+    a.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="several hosts: process 0's address and a free port, the same on every "
+                   "process (default: $JAX_COORDINATOR_ADDRESS, else the cluster's launcher "
+                   "(SLURM, Open MPI, Cloud TPU), else one process)")
+    a.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="several hosts: number of processes, one per host (default: "
+                   "$JAX_NUM_PROCESSES or the cluster's launcher, else 1)")
+    a.add_argument("--process-id", type=int, default=None, metavar="I",
+                   help="several hosts: this process's index in [0, N); process 0 writes the "
+                   "reports (default: $JAX_PROCESS_ID or the cluster's launcher)")
     a.add_argument("--quiet", action="store_true",
                    help="no progress bars or stage lines (default: shown)")
 
@@ -190,8 +203,14 @@ def _audit(args) -> int:
         adversarial=args.adversarial,
         label_noise=args.label_noise, dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta,
         dp_clip=args.dp_clip, augment=None if args.augment is None else args.augment == "on",
-        bootstrap=args.bootstrap, seed=args.seed, out=args.out, progress=not args.quiet)
+        bootstrap=args.bootstrap, clean=args.clean, seed=args.seed, out=args.out,
+        coordinator=args.coordinator, num_processes=args.num_processes,
+        process_id=args.process_id, progress=not args.quiet)
     summary = run_audit(config)
+    from jaxcurv import distributed
+
+    if not distributed.is_writer():
+        return 0
     if not args.quiet:
         _print_summary(summary, args.out)
     _print_warnings(summary["findings"]["warnings"])
@@ -317,7 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(_data_error(args.command, err), file=sys.stderr)
         return 2
-    except ValueError as err:
+    except (ValueError, RuntimeError) as err:  # bad input, divergence, a locked --out
+        if isinstance(err, RuntimeError) and type(err).__name__ != "OutputLocked":
+            raise
         print(f"jaxcurv {args.command}: error: {err}", file=sys.stderr)
         return 2
 
