@@ -4,7 +4,7 @@ Paper: Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature L
 An ensemble of ``members`` models is trained on random 50 % subsets (balanced masks);
 Feldman–Zhang memorization from its correctness; per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) by exact
 HVPs and Hutchinson probes on every member, averaged over the members that trained on the
-example (IN); the other proxies from jaxcurv.workflow.proxies. Correlations (Spearman,
+example (IN); the other proxies from jaxcurv.workflow.proxy_scores. Correlations (Spearman,
 Pearson) → JSON.
 
     python -m experiments.mem_vs_curvature --config small     # digits, CPU, ~1 min

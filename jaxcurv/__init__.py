@@ -10,23 +10,15 @@ workflow's audit names).
 
 import importlib
 
-from jaxcurv.curvature import (
-    Curvature,
-    hvp,
-    input_curvature,
-    make_curvature_fn,
-    make_input_curvature,
-    make_reference_score,
-    make_zero_order_curvature,
-    reference_score,
-    zero_order_curvature,
-    zero_order_queries,
-)
+_CURVATURE_NAMES = ("Curvature", "hvp", "input_curvature", "make_curvature_fn",
+                    "make_input_curvature", "make_reference_score", "make_zero_order_curvature",
+                    "reference_score", "zero_order_curvature", "zero_order_queries")
 
 __version__ = "0.1.0"
 
 _SUBMODULES = ("curvature", "data", "models", "optim", "training", "ensemble", "memorization",
-               "adversarial", "mia", "privacy", "report", "workflow", "pipeline", "cli")
+               "adversarial", "mia", "privacy", "distributed", "report", "workflow", "pipeline",
+               "cli")
 
 __all__ = [
     "__version__",
@@ -45,7 +37,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    """Submodules load on first use (``jaxcurv.mia`` needs no import of its own)."""
+    """The curvature core and the submodules load on first use (``jaxcurv.mia`` needs no import
+    of its own; ``jaxcurv --help`` imports no jax)."""
+    if name in _CURVATURE_NAMES:
+        value = getattr(importlib.import_module("jaxcurv.curvature"), name)
+        globals()[name] = value
+        return value
     if name in _SUBMODULES:
         return importlib.import_module(f"jaxcurv.{name}")
     raise AttributeError(f"module 'jaxcurv' has no attribute {name!r}")

@@ -15,7 +15,7 @@ Shapes: K ensemble members, N examples, E epochs, C classes.
 
 Kept for compatibility, loaded on first use from their own modules: ``adversarial_distance`` and
 ``AdversarialDistance`` (:mod:`jaxcurv.adversarial`), ``proxies`` and ``PROXY_NAMES``
-(:mod:`jaxcurv.workflow.proxies`).
+(:mod:`jaxcurv.workflow.proxy_scores`).
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ GAIN_EDGES = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
 _MOVED = {
     "adversarial_distance": "jaxcurv.adversarial",
     "AdversarialDistance": "jaxcurv.adversarial",
-    "proxies": "jaxcurv.workflow.proxies",
-    "PROXY_NAMES": "jaxcurv.workflow.proxies",
+    "proxies": "jaxcurv.workflow.proxy_scores",
+    "PROXY_NAMES": "jaxcurv.workflow.proxy_scores",
 }
 
 

@@ -14,7 +14,7 @@ from jaxcurv import adversarial, data, ensemble, models
 from jaxcurv import memorization as mz
 from jaxcurv.adversarial import make_adversarial_distance
 from jaxcurv.curvature import Curvature
-from jaxcurv.workflow.proxies import PROXY_NAMES, proxies
+from jaxcurv.workflow.proxy_scores import PROXY_NAMES, proxies
 
 KEY = jax.random.PRNGKey(0)
 

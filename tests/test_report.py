@@ -90,6 +90,10 @@ def _check_common_findings(run):
     assert strongest["auroc"] == pytest.approx(aurocs[best], abs=1e-9)
     fpr, tpr, _ = roc_curve(masks.ravel(), scores[best].ravel(), drop_intermediate=False)
     assert strongest["tpr_at_fpr_0_1pct"] == pytest.approx(tpr[fpr <= 1e-3].max(), abs=1e-12)
+    low_fpr = {k: roc_curve(masks[:len(v)].ravel(), v.ravel(), drop_intermediate=False)
+               for k, v in scores.items()}
+    tpr_low = {k: t[f <= 1e-3].max() for k, (f, t, _) in low_fpr.items()}
+    assert tpr_low[f["strongest_attack_at_low_fpr"]["attack"]] == max(tpr_low.values())
     lo, hi = strongest["auroc_ci"]
     assert lo <= strongest["auroc"] <= hi and len(strongest["tpr_at_fpr_0_1pct_ci"]) == 2
     # the page: Findings first, holding those numbers, readable headers, readable figure keys

@@ -9,21 +9,28 @@ adversarial, mia) never import this package; the ``jaxcurv`` command, ``experime
 - ``timing``: :class:`Timer` for named stages; ``time_call`` / ``time_interleaved`` for
   benchmarks.
 - ``environment``: :func:`environment`, the versions/backend/devices echo of every result file.
+- ``lock``: one run per output folder.
 - ``attacks``: ``attack_scores`` (every MIA, leave-one-model-out), ``mia_by_memorization``,
   ``epsilon_audit``.
-- ``proxies``: memorization proxies of an ensemble.
+- ``proxy_scores``: ``proxies``, the memorization proxies of an ensemble.
 - ``audit``: :func:`run_audit` and its stages; ``sections``: the summary and report sections.
 - ``commands``: ``run_curvature`` and ``privacy_accounting`` (``jaxcurv curvature`` / ``epsilon``).
+
+The jax-free modules load with the package; the names backed by jax (attacks, audit, proxies)
+load on first use, so ``jaxcurv --help`` answers without importing jax.
 """
 
-from jaxcurv.workflow.attacks import MIA_ATTACKS, attack_scores, epsilon_audit, mia_by_memorization
-from jaxcurv.workflow.audit import AuditData, AuditRun, run_audit
+import importlib
+
 from jaxcurv.workflow.cache import StageCache, ensemble_fingerprint, fingerprint
 from jaxcurv.workflow.commands import CurvatureConfig, privacy_accounting, run_curvature
 from jaxcurv.workflow.config import OPTIMIZERS, AuditConfig, apply_overrides, parse_overrides
 from jaxcurv.workflow.environment import describe_device, environment
-from jaxcurv.workflow.proxies import proxies
 from jaxcurv.workflow.timing import Timer, Timing, load_average, time_call, time_interleaved
+
+_LAZY = {"MIA_ATTACKS": "attacks", "attack_scores": "attacks", "epsilon_audit": "attacks",
+         "mia_by_memorization": "attacks", "AuditData": "audit", "AuditRun": "audit",
+         "run_audit": "audit", "proxies": "proxy_scores"}
 
 __all__ = [
     "AuditConfig",
@@ -52,3 +59,16 @@ __all__ = [
     "run_curvature",
     "privacy_accounting",
 ]
+
+
+def __getattr__(name: str):
+    """Names backed by jax load on first use."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"jaxcurv.workflow.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'jaxcurv.workflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

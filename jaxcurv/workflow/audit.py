@@ -31,7 +31,7 @@ from jaxcurv.workflow.attacks import attack_scores
 from jaxcurv.workflow.cache import StageCache, fingerprint
 from jaxcurv.workflow.config import AuditConfig
 from jaxcurv.workflow.lock import exclusive_lock
-from jaxcurv.workflow.proxies import proxies as _proxies
+from jaxcurv.workflow.proxy_scores import proxies as _proxies
 from jaxcurv.workflow.timing import Timer
 
 __all__ = ["AuditData", "AuditRun", "run_audit", "load_data", "train_members", "predict_views",

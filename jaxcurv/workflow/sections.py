@@ -187,11 +187,12 @@ def _privacy(run, columns) -> dict[str, Any]:
     }
 
 
-def _strongest_attack(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """The attack with the highest AUROC, with its TPR at 0.1 % FPR and their CIs."""
-    row = max(metrics, key=lambda r: r["auroc"])
+def _strongest_attack(metrics: list[dict[str, Any]], by: str = "auroc") -> dict[str, Any]:
+    """The attack with the highest ``by`` metric, with its AUROC and TPR at 0.1 % FPR and their
+    CIs."""
+    row = max(metrics, key=lambda r: r[by])
     keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_ci")
-    return {"attack": row["attack"], "chosen_by": "auroc", **{k: row[k] for k in keys if k in row}}
+    return {"attack": row["attack"], "chosen_by": by, **{k: row[k] for k in keys if k in row}}
 
 
 def _at_chance(row: dict[str, Any]) -> bool:
@@ -265,6 +266,8 @@ def findings(run, columns: dict[str, np.ndarray], out: dict[str, Any]) -> dict[s
         "top_memorized": {"k": len(top), "ranked_by": "mem descending, ties by curvature",
                           "figure": "top_memorized", "examples": top},
         "strongest_attack": _strongest_attack(out["mia"]["metrics"]),
+        "strongest_attack_at_low_fpr": _strongest_attack(out["mia"]["metrics"],
+                                                         "tpr_at_fpr_0_1pct"),
     }
     if "privacy" in out:
         p = out["privacy"]
@@ -295,6 +298,11 @@ def findings_lines(f: dict[str, Any]) -> list[str]:
              f"Strongest attack (by AUROC): {s['attack']}, AUROC {s['auroc']:.3f}"
              f"{_ci(s.get('auroc_ci'))}, TPR at 0.1 % FPR {s['tpr_at_fpr_0_1pct']:.2%}"
              f"{_ci(s.get('tpr_at_fpr_0_1pct_ci'), '{:.2%}')} (95 % bootstrap CIs)."]
+    low = f["strongest_attack_at_low_fpr"]
+    if low["attack"] != s["attack"]:
+        lines.append(f"Strongest at 0.1 % FPR: {low['attack']}, TPR {low['tpr_at_fpr_0_1pct']:.2%}"
+                     f"{_ci(low.get('tpr_at_fpr_0_1pct_ci'), '{:.2%}')} (AUROC "
+                     f"{low['auroc']:.3f}).")
     if "privacy" in f:
         p = f["privacy"]
         lines.append(f"DP-SGD spent ε = {p['epsilon']:.3g} (δ = {p['delta']:.3g}); test accuracy "
