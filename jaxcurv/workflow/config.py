@@ -112,8 +112,8 @@ class AuditConfig:
 
         if self.model not in models.MODEL_NAMES:
             raise ValueError(f"unknown model {self.model!r}; choose one of {models.MODEL_NAMES}")
-        for name in ("models", "epochs", "batch_size", "num_probes"):
-            check_positive_int(_flag(name), getattr(self, name))
+        for name, most in _LIMITS.items():  # sizes checked before anything is allocated
+            check_int(_flag(name), getattr(self, name), minimum=1, maximum=most)
         if self.models < 6:
             raise ValueError("--models must be >= 6: each member in turn is an attack target "
                              "whose shadows need at least two members holding each example in "
@@ -150,12 +150,16 @@ class AuditConfig:
         check_positive("--h", self.h)
         check_int("--bootstrap", self.bootstrap, minimum=0)
         _check_processes(self.coordinator, self.num_processes, self.process_id)
-        check_int("--seed", self.seed)
+        check_int("--seed", self.seed, minimum=0, maximum=2**63 - 1)
         if self.max_examples is not None:
             check_int("--max-examples", self.max_examples)
             if self.max_examples < 2 * self.models:
                 raise ValueError(f"--max-examples must be >= 2 × --models = {2 * self.models}, "
                                  f"got {self.max_examples}")
+
+
+# upper bounds that no real run reaches but that fail fast instead of after training
+_LIMITS = {"models": 100_000, "epochs": 100_000, "batch_size": 1 << 20, "num_probes": 10_000}
 
 
 def _flag(name: str) -> str:
