@@ -17,7 +17,6 @@ import functools
 import math
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -30,12 +29,23 @@ from tqdm.auto import tqdm
 
 from jaxcurv import distributed, models
 from jaxcurv._checkpoints import Checkpoints, clean_checkpoints, fingerprint
-from jaxcurv._chunks import map_chunks
-from jaxcurv._tree import cast_floats, stack, unstack
+from jaxcurv._tree import stack, unstack
 from jaxcurv._validate import check_float, check_int, check_masks, check_positive_int
-from jaxcurv.curvature import Curvature, make_input_curvature, make_zero_order_curvature
+from jaxcurv.curvature import make_input_curvature
 from jaxcurv.data import Dataset, augment as augment_image
 from jaxcurv.optim import OptimizerConfig, make_optimizer
+from jaxcurv._ensemble_eval import (
+    _dtype_name,
+    _make_logits_fn,
+    _member_logits,
+    _stacked,
+    accuracy,
+    member_curvature,
+    member_loss_fn,
+    member_zero_order_curvature,
+    predict,
+)
+from jaxcurv._multiprocess import _process_block, _shared
 from jaxcurv.training import (
     DPStep,
     TrainState,
@@ -61,7 +71,6 @@ __all__ = [
     "member_zero_order_curvature",
 ]
 
-_EVAL_CHUNK = 1024
 _DIVERGED_LOSS = 1e4  # mean training cross-entropy beyond any fit (ln C ≤ 10 for C ≤ 22026)
 
 
@@ -253,142 +262,6 @@ def _resolve_dp(dp, subsets, batch_size: int, total_steps: int, model, input_sha
               "steps": total_steps, "epsilon": eps, "epsilon_max": max(eps),
               "target_epsilon": dp.target_epsilon, "max_batch_size": int(max_batch)}
     return DPStep(dp.l2_clip, sigma, float(batch_size)), int(max_batch), report
-
-
-# ----------------------------------------------------------------------------------------------
-# per-member evaluation
-
-
-def _make_logits_fn(model: nn.Module, compute_dtype) -> Callable:
-    """jit(variables, x (B, H, W, C)) -> float32 logits (B, C), in inference mode."""
-
-    def logits(variables, x):
-        out = model.apply(cast_floats(variables, compute_dtype), cast_floats(x, compute_dtype))
-        return out.astype(jnp.float32)
-
-    return jax.jit(logits)
-
-
-def _member_logits(fn: Callable, variables, images, *, progress: bool = False) -> np.ndarray:
-    """logits (K, N, C) of stacked members on images (N, H, W, C): a loop over members (a vmap
-    over members turns convolutions into grouped ones, slower on CPU) and chunks of examples."""
-    images = np.asarray(images)
-    chunk = min(_EVAL_CHUNK, len(images))
-    k_total = jax.tree.leaves(variables)[0].shape[0]
-    out = []
-    for k in tqdm(range(k_total), desc="predict", disable=not progress or k_total == 1, leave=False):
-        member = unstack(variables, k)
-        (logits,) = map_chunks(lambda x, idx, real: (fn(member, x),), (images,), step=chunk,
-                               chunk=chunk)
-        out.append(logits)
-    return np.stack(out)
-
-
-def _dtype_name(compute_dtype) -> str | None:
-    return None if compute_dtype is None else jnp.dtype(compute_dtype).name
-
-
-def predict(ensemble: Ensemble, images, *, compute_dtype=None, progress: bool = False) -> np.ndarray:
-    """Logits (K, N, C) of every member on images (N, H, W, C), in inference mode.
-
-    The compiled forward pass is held on ``ensemble``: later calls with the same image shape
-    (and chunk size) do not recompile."""
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-    fn = ensemble._kernel(("logits", _dtype_name(compute_dtype)),
-                          lambda: _make_logits_fn(ensemble.model, compute_dtype))
-    return _member_logits(fn, ensemble.variables, images, progress=progress)
-
-
-def accuracy(ensemble: Ensemble, dataset: Dataset) -> np.ndarray:
-    """Accuracy (K,) of each member on ``dataset``."""
-    logits = predict(ensemble, dataset.images)
-    return (logits.argmax(-1) == dataset.labels[None]).mean(axis=1)
-
-
-def member_loss_fn(ensemble: Ensemble) -> Callable:
-    """``loss_fn(variables, x, y) -> scalar``: cross-entropy of ONE example (H, W, C) under a
-    member's flax variables, BatchNorm in inference mode (models.make_loss_fn of the ensemble's
-    model). The same function object is returned on every call for this ensemble."""
-    return ensemble._kernel("loss_fn", lambda: models.make_loss_fn(ensemble.model))
-
-
-def _select_members(members, k_total: int) -> np.ndarray:
-    if members is None:
-        return np.arange(k_total)
-    rows = np.asarray(members)
-    if (rows.ndim != 1 or rows.size == 0 or not np.issubdtype(rows.dtype, np.integer)
-            or len(set(rows.tolist())) != rows.size or rows.min() < 0 or rows.max() >= k_total):
-        raise ValueError(f"members must be distinct member indices in [0, {k_total}), "
-                         f"got {members!r}")
-    return rows.astype(np.int64)
-
-
-def _stacked(estimate: Callable, variables, rows, keys, images, labels, *, progress: bool,
-             desc: str) -> list:
-    """[estimate(member rows[j], images, labels, keys[j])] with one compiled estimator."""
-    return [estimate(unstack(variables, int(r)), images, labels, k)
-            for r, k in zip(tqdm(rows, desc=desc, leave=False,
-                                 disable=not progress or len(rows) == 1), keys)]
-
-
-def _held_estimator(ensemble: Ensemble, make: Callable, image_shape: tuple, **config) -> Callable:
-    """``make(member_loss_fn(ensemble), num_classes=C, **config)`` held on ``ensemble`` (built
-    once per configuration; ``h`` is passed per call, so it is not part of the configuration).
-    C, the model's output size, comes from an abstract evaluation: labels are checked against it."""
-
-    def build():
-        x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-        out = jax.eval_shape(ensemble.model.apply, ensemble.member(0), x)
-        return make(member_loss_fn(ensemble), num_classes=int(out.shape[-1]), **config)
-
-    name = (make.__name__, tuple(image_shape), *sorted((k, repr(v)) for k, v in config.items()))
-    return ensemble._kernel(name, build)
-
-
-def member_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *, num_probes: int = 10,
-                     method: str = "hutchinson", h: float = 1e-3, batch_size: int | None = None,
-                     compute_dtype=None, members: Sequence[int] | None = None,
-                     progress: bool = False) -> Curvature:
-    """Input curvature of the members at indices ``members`` (default all K) on every example:
-    Curvature fields of shape (K', N).
-
-    Row j equals ``input_curvature(member_loss_fn(ensemble), ensemble.member(k), images, labels,
-    fold_in(key, member_ids[k]))`` for k = members[j], so rows do not depend on which members are
-    computed together; the compiled kernel is held on the ensemble and reused by later calls.
-    """
-    rows = _select_members(members, ensemble.num_members)
-    rows, share = _process_share(rows)  # a multi-process job: this process's block of rows
-    estimate = _held_estimator(ensemble, make_input_curvature, np.shape(images)[1:],
-                               num_probes=num_probes, method=method, batch_size=batch_size,
-                               compute_dtype=compute_dtype)
-    keys = [jax.random.fold_in(key, int(ensemble.member_ids[r])) for r in rows]
-    out = _stacked(functools.partial(estimate, h=h), ensemble.variables, rows, keys, images,
-                   labels, progress=progress, desc="member curvature")
-    return _gather_share(Curvature(*(np.stack(field) for field in zip(*out))), share)
-
-
-def member_zero_order_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *,
-                                num_probes: int = 10, h: float = 1e-3, method: str = "mixed",
-                                compute_dtype=None, members: Sequence[int] | None = None,
-                                progress: bool = False) -> np.ndarray:
-    """Black-box curvature (K', N) of the members at indices ``members`` (default all K).
-
-    Row j equals ``zero_order_curvature(member_loss_fn(ensemble), ensemble.member(m), images,
-    labels, fold_in(key, m), method=method)`` for m = members[j] (the member's index in the
-    ensemble); the compiled kernel is held on the ensemble and reused by later calls.
-    ``compute_dtype=jnp.float64`` (CPU) keeps the finite differences' digits (see
-    curvature.zero_order_curvature).
-    """
-    rows = _select_members(members, ensemble.num_members)
-    rows, share = _process_share(rows)  # a multi-process job: this process's block of rows
-    estimate = _held_estimator(ensemble, make_zero_order_curvature, np.shape(images)[1:],
-                               num_probes=num_probes, method=method, compute_dtype=compute_dtype)
-    keys = [jax.random.fold_in(key, int(r)) for r in rows]
-    return _gather_share(np.stack(_stacked(functools.partial(estimate, h=h), ensemble.variables,
-                                           rows, keys, images, labels, progress=progress,
-                                           desc="member zero-order curvature")), share)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -652,85 +525,7 @@ def _train_chunk(c: int, rows: np.ndarray, plan: _Plan, cfg: TrainConfig, compil
     return variables, {k: v[:, :real] for k, v in history.items()}
 
 # ----------------------------------------------------------------------------------------------
-# multi-process jobs: each process computes its block of members (distributed.process_members),
-# then every process gathers all of them; in a single process these helpers are the identity
-
-
-def _process_share(rows: np.ndarray) -> tuple[np.ndarray, tuple | None]:
-    """(rows this process computes, share for :func:`_gather_share`): in a multi-process job its
-    block of ``rows``; a process without one computes one row as a stand-in and contributes none."""
-    if jax.process_count() == 1:
-        return rows, None
-    positions = distributed.process_members(len(rows))
-    local = rows[positions] if len(positions) else rows[[jax.process_index() % len(rows)]]
-    return local, (positions, len(rows))
-
-
-def _gather_share(tree, share: tuple | None):
-    """The full result (rows in order) on every process from each process's block."""
-    if share is None:
-        return tree
-    positions, total = share
-    mine = jax.tree.map(lambda a: np.asarray(a)[:len(positions)], tree)
-    return distributed.gather_members(mine, positions, total)
-
-
-def _process_block(plan: _Plan, cfg: TrainConfig) -> tuple[_Plan, _Plan, TrainConfig]:
-    """(full plan, this process's plan, settings). In a multi-process job the process trains its
-    block of members, repeated up to the largest block so that every process runs the same chunks
-    (their checkpoints are saved together), under <checkpoint_dir>/processes-P-chunk-C."""
-    if jax.process_count() == 1:
-        return plan, plan, cfg
-    k_total, procs = plan.masks.shape[0], jax.process_count()
-    if cfg.devices is None and jax.device_count() != procs * jax.local_device_count():
-        raise ValueError("every process of the job must have the same number of devices; pass "
-                         "devices= with the same count on each")
-    block = distributed.process_members(k_total)
-    rows = np.resize(block if len(block) else [jax.process_index() % k_total], -(-k_total // procs))
-    chunk_k = cfg.members_per_chunk or (1 if jax.default_backend() == "cpu" else len(rows))
-    chunk_k = -(-chunk_k // len(plan.devices)) * len(plan.devices)
-    local = dataclasses.replace(plan, masks=plan.masks[rows], member_ids=plan.member_ids[rows],
-                                subsets=[plan.subsets[r] for r in rows], chunk_k=chunk_k)
-    if cfg.checkpoint_dir is not None:
-        folder = Path(cfg.checkpoint_dir) / f"processes-{procs}-chunk-{chunk_k}"
-        cfg = dataclasses.replace(cfg, checkpoint_dir=folder)
-    return plan, local, cfg
-
-
-class _SharedCheckpoints:
-    """Checkpoints of a multi-process job: chunk c of every process is one orbax checkpoint,
-    saved and restored by all processes together (orbax writes host arrays from process 0 only,
-    so the chunk's states are first gathered: one all-gather per saved epoch); each process keeps
-    its own rows on restore."""
-
-    def __init__(self, inner: Checkpoints):
-        self.inner = inner
-
-    def save(self, chunk: int, epoch: int, state, history: dict, *, final: bool) -> None:
-        if not (final or epoch % self.inner.every == 0):
-            return
-        moved = {k: np.moveaxis(np.asarray(v), 1, 0) for k, v in history.items()}
-        state, moved = distributed.gather_rows((state, moved))
-        self.inner.save(chunk, epoch, state, {k: np.moveaxis(v, 0, 1) for k, v in moved.items()},
-                        final=final)
-
-    def restore(self, chunk: int, like_state):
-        procs, n = jax.process_count(), jax.tree.leaves(like_state)[0].shape[0]
-        like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((procs * n, *a.shape[1:]), a.dtype),
-                            like_state)
-        restored = self.inner.restore(chunk, like)
-        if restored is None:
-            return None
-        done, state, history = restored
-        mine = slice(jax.process_index() * n, (jax.process_index() + 1) * n)
-        state = jax.tree.map(lambda a, ref: jax.device_put(np.asarray(a)[mine], ref.sharding),
-                             state, like_state)
-        return done, state, {k: np.asarray(v)[:, mine] for k, v in history.items()}
-
-
-def _shared(checkpoints: Checkpoints):
-    """``checkpoints`` as the chunks of all processes see them (itself in a single process)."""
-    return checkpoints if jax.process_count() == 1 else _SharedCheckpoints(checkpoints)
+# multi-process jobs: see jaxcurv._multiprocess
 
 
 def _gathered_ensemble(ens: Ensemble, full: _Plan) -> Ensemble:
