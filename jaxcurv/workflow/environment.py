@@ -41,7 +41,7 @@ def environment() -> dict[str, Any]:
         "machine": platform.machine(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_avg_1min": load_average(),
-        "argv": list(sys.argv),
+        "argv": [_relative(sys.argv[0]), *sys.argv[1:]] if sys.argv else [],
     }
 
 
@@ -52,3 +52,13 @@ def describe_device(env: dict[str, Any] | None = None) -> str:
     return (f"{env['backend']}: {env['device_kind']} ×{env['device_count']} "
             f"({env['cpu_count']} host cores, load {env['load_avg_1min']:.2f}, "
             f"jax {env['jax']})")
+
+
+def _relative(path: str) -> str:
+    """A script path relative to the working directory when it lies below it (no machine paths
+    in result files)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path
+    return path if rel.startswith("..") else rel
