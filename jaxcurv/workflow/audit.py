@@ -143,13 +143,12 @@ def train_members(config: AuditConfig, data: AuditData, key: jax.Array, *, priva
         dp = DPConfig(target_epsilon=config.dp_epsilon, delta=config.dp_delta,
                       l2_clip=config.dp_clip)
     augment = config.augment if config.augment is not None else data.train.images.shape[-1] == 3
-    tag = "private" if private else "nonprivate"
-    run_id = fingerprint(_stage_key(config, data, private=private))[:16]
     settings = ens_lib.TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, optimizer=_optimizer(config),
         augment=augment, dp=dp, record_examples=True,
         record_every=_every(config.epochs), checkpoint_every=_every(config.epochs),
-        checkpoint_dir=Path(config.out) / "checkpoints" / f"{tag}-{run_id}",
+        checkpoint_dir=Path(config.out) / "checkpoints"
+        / _checkpoint_folder(config, data, private),
         progress=config.progress)
     return ens_lib.train(_model(config, data), data.train, data.masks, key, settings,
                          test=data.test)
@@ -355,11 +354,17 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
                     scores, ref)
 
 
+def _checkpoint_folder(config: AuditConfig, data: AuditData, private: bool) -> str:
+    """<private|nonprivate>-<hash of the training settings and data>: one folder per ensemble."""
+    tag = "private" if private else "nonprivate"
+    return f"{tag}-{fingerprint(_stage_key(config, data, private=private))[:16]}"
+
+
 def checkpoint_folders(config: AuditConfig, data: AuditData) -> list[str]:
     """Names of the checkpoint folders under <out>/checkpoints this configuration uses."""
-    names = [f"nonprivate-{fingerprint(_stage_key(config, data, private=False))[:16]}"]
+    names = [_checkpoint_folder(config, data, False)]
     if config.private:
-        names.append(f"private-{fingerprint(_stage_key(config, data, private=True))[:16]}")
+        names.append(_checkpoint_folder(config, data, True))
     return names
 
 
