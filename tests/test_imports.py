@@ -49,3 +49,16 @@ def test_every_public_privacy_name_resolves():
     for module in ("plan", "dpsgd", "accounting", "theory", "audit"):
         assert getattr(privacy, module).__name__ == f"jaxcurv.privacy.{module}"
     assert set(privacy.__all__) <= set(dir(privacy))
+
+
+def test_report_writers_load_no_matplotlib_and_every_report_name_resolves():
+    out = _run(
+        "import sys, tempfile, os\n"
+        "from jaxcurv import report\n"
+        "report.write_json(os.path.join(tempfile.mkdtemp(), 'a.json'), {'x': float('nan')})\n"
+        "print('matplotlib' in sys.modules)\n"
+        "print(all(getattr(report, n) is not None for n in report.__all__))\n"
+        "print(set(report.__all__) <= set(dir(report)), 'matplotlib' in sys.modules)\n"
+        "print('OK')\n"
+    )
+    assert out.splitlines()[:3] == ["False", "True", "True True"], out

@@ -1,4 +1,4 @@
-"""Figures (one function per figure, matplotlib), CSV/JSON writers and the HTML report.
+"""Figures, one function per figure (matplotlib, Agg; nothing touches the global pyplot state).
 
 Every ``figure_*`` function takes arrays and a path, writes one PNG and returns the path; the CLI
 and the experiment scripts share them. Figure numbers refer to "Unveiling Privacy, Memorization,
@@ -7,23 +7,16 @@ and Input Curvature Links" (ICML 2024) unless another paper is named.
 
 from __future__ import annotations
 
-import csv
-import functools
-import html
-import json
 import math
-import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.scale import SymmetricalLogTransform
-from matplotlib.ticker import FixedLocator, LogLocator, NullLocator
-from scipy import stats
+
+from jaxcurv.report._style import (_axis_label, _axis_scale, _bin_edges, _finite, _image_grid,
+                                   _save, _set_scale, _show_image, _spearman, _styled, _subplots)
 
 __all__ = [
     "figure_top_ranked",
@@ -43,126 +36,7 @@ __all__ = [
     "figure_gain_by_mem",
     "figure_distributions",
     "figure_frontier",
-    "write_csv",
-    "write_json",
-    "write_html",
-    "to_jsonable",
 ]
-
-_DPI = 150
-# Applied per figure (rc_context), never to the user's global matplotlib state; figures are
-# matplotlib.figure.Figure objects written with Agg, so no pyplot backend is selected or needed.
-_STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3,
-          "figure.constrained_layout.use": True}
-
-
-def _styled(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with matplotlib.rc_context(_STYLE):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def _subplots(*args, figsize=None, **kwargs):
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*args, **kwargs)
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)
-    return path
-
-
-def _finite(*arrays):
-    ok = np.all([np.isfinite(np.asarray(a, float)) for a in arrays], axis=0)
-    return [np.asarray(a, float)[ok] for a in arrays]
-
-
-def _spearman(a, b) -> float:
-    a, b = _finite(a, b)
-    if len(a) < 3:
-        return float("nan")
-    return float(stats.spearmanr(a, b).statistic)
-
-
-def _axis_scale(values, *, logarithmic: bool | None = None) -> tuple[str, dict]:
-    """(scale, keywords) for ``ax.set_xscale``: "log" for values spanning more than three
-    decades or with a heavy right tail (p99 > 20 × median magnitude) of which fewer than 5 % are
-    ≤ 0 (those are then not drawn: see :func:`_axis_label`), "symlog" when more are (linear within
-    ± the power of ten below the 10th percentile magnitude), else "linear". ``logarithmic``:
-    force a log-type (True) or linear (False) scale instead of deciding."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    mag = np.abs(v[v != 0])
-    if logarithmic is None:
-        logarithmic = len(mag) > 1 and (np.quantile(mag, 0.99) > 20 * np.median(mag)
-                                        or mag.max() > 1e3 * mag.min())
-    if not logarithmic or len(mag) == 0:
-        return "linear", {}
-    if np.mean(v <= 0) < 0.05:
-        return "log", {"nonpositive": "mask"}
-    return "symlog", {"linthresh": float(10.0 ** np.floor(np.log10(np.quantile(mag, 0.1))))}
-
-
-def _axis_label(name: str, scale: str, values) -> str:
-    """``name`` with its scale and, on a log axis, how many values ≤ 0 it cannot show."""
-    if scale == "linear":
-        return name
-    v = np.asarray(values, float)
-    n = int(np.sum(np.isfinite(v) & (v <= 0))) if scale == "log" else 0
-    hidden = f"; {n} value{'s' * (n != 1)} ≤ 0 not shown" if n else ""
-    return f"{name} ({'log' if scale == 'log' else 'symmetric log'}{hidden})"
-
-
-def _bin_edges(values, scale: str, options: dict, bins: int = 40) -> np.ndarray:
-    """Bin edges evenly spaced on the axis ``scale`` (log, symlog or linear) over ``values``."""
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if scale == "log":
-        v = v[v > 0]
-        return np.geomspace(v.min(), v.max(), bins + 1)
-    if scale == "symlog":
-        t = SymmetricalLogTransform(10, options["linthresh"], 1.0)
-        lo, hi = t.transform(np.array([v.min(), v.max()]))
-        return t.inverted().transform(np.linspace(lo, hi, bins + 1))
-    return np.histogram_bin_edges(v, bins=bins)
-
-
-def _set_scale(ax, axis: str, scale: str, options: dict, values=None) -> None:
-    """Apply ``scale`` to the x or y axis with at most about 7 labelled decades (symlog: 0 and
-    at most two decades on each side of ``values``' range)."""
-    getattr(ax, f"set_{axis}scale")(scale, **options)
-    target = getattr(ax, f"{axis}axis")
-    if scale == "log":
-        target.set_major_locator(LogLocator(base=10, numticks=7))
-    elif scale == "symlog" and values is not None:
-        v = np.asarray(values, float)
-        v = v[np.isfinite(v)]
-        low = int(np.floor(np.log10(options["linthresh"])))
-        ticks = [0.0]
-        for sign, extreme in ((-1, -v.min()), (1, v.max())):
-            if extreme > options["linthresh"]:  # at most two decades labelled per side
-                top = int(np.floor(np.log10(extreme)))
-                step = max(1, -(-(top - low + 1) // 2))
-                ticks += [sign * 10.0 ** e for e in range(top, low - 1, -step)]
-        target.set_major_locator(FixedLocator(sorted(ticks)))
-        target.set_minor_locator(NullLocator())
-
-
-def _show_image(ax, image):
-    image = np.asarray(image)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0], cmap="gray_r" if image.max() <= 1 else "gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(np.clip(image, 0, 1))
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-
 
 @_styled
 def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_names=None,
@@ -414,21 +288,6 @@ def figure_top_ranked(images, labels, true_labels, scores, path, *, k: int = 16,
                        f"{len(order)} highest {score_name}: {sum(red)} flipped (red)")
 
 
-def _image_grid(images, order, titles, red, path, suptitle: str) -> Path:
-    """images[order] in rows of 8, each with its title (in red where ``red``)."""
-    cols = min(8, len(order)) or 1
-    rows = math.ceil(len(order) / cols) or 1
-    fig, axes = _subplots(rows, cols, figsize=(1.3 * cols, 1.75 * rows + 0.55), squeeze=False)
-    for j, ax in enumerate(axes.flat):
-        if j >= len(order):
-            ax.axis("off")
-            continue
-        _show_image(ax, images[order[j]])
-        ax.set_title(titles[j], fontsize=6.5, color="tab:red" if red[j] else "black")
-    fig.suptitle(suptitle, fontsize=9)
-    return _save(fig, path)
-
-
 @_styled
 def figure_privacy_bounds(mem, curvature, epsilon: float, path, *, loss_bound: float | None = None,
                           num_examples: int | None = None) -> Path:
@@ -592,162 +451,3 @@ def figure_frontier(points: Sequence[Mapping[str, Any]], path, *,
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)
-
-
-# ----------------------------------------------------------------------------------------------
-# writers
-
-
-def to_jsonable(value: Any) -> Any:
-    """Convert numpy/jax scalars and arrays (recursively) to JSON types; NaN/inf become None."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return to_jsonable(value.tolist())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (bool, int, str)) or value is None:
-        return value
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
-def write_json(path, data: Mapping[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def write_csv(path, columns: Mapping[str, Any]) -> Path:
-    """One row per example from equal-length columns; floats with 6 significant digits."""
-    names = list(columns)
-    arrays = [np.asarray(columns[n]) for n in names]
-    n = len(arrays[0])
-    for name, a in zip(names, arrays):
-        if len(a) != n:
-            raise ValueError(f"column {name!r} has {len(a)} rows, expected {n}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(names)
-        for i in range(n):
-            writer.writerow([_cell(a[i]) for a in arrays])
-    os.replace(tmp, path)
-    return path
-
-
-def _cell(value) -> str:
-    if isinstance(value, (bool, np.bool_)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        return "" if not np.isfinite(value) else f"{float(value):.6g}"
-    return str(value)
-
-
-# Table headers a reader understands; other keys are shown with spaces for underscores.
-_HEADERS = {
-    "auroc": "AUROC", "balanced_accuracy": "balanced accuracy",
-    "tpr_at_fpr_0_1pct": "TPR at 0.1 % FPR", "tpr_at_fpr_1pct": "TPR at 1 % FPR",
-    "balanced_accuracy_eer": "balanced accuracy at EER", "pearson": "Pearson r",
-    "pearson_p": "Pearson p-value", "spearman": "Spearman ρ", "spearman_p": "Spearman p-value",
-    "n": "examples", "mem_lo": "mem from", "mem_hi": "mem to", "mem_center": "mean mem",
-    "pairs": "(member, example) pairs", "train_accuracy": "train accuracy (IN)",
-    "average_precision": "average precision", "precision_at_k": "precision@k",
-    "k": "k (= flipped)",
-}
-_P_FLOOR = 1e-16  # below float64 resolution of 1 − p: printed as "< 1e-16"
-
-
-def _header(name: str) -> str:
-    if name.endswith("_ci"):
-        return f"{_header(name[:-3])} 95 % CI"
-    return _HEADERS.get(name, name.replace("_", " "))
-
-
-def _table_html(table) -> str:
-    """A list of row dicts, or {"caption": str, "rows": [...]}, as an HTML table."""
-    caption = ""
-    if isinstance(table, Mapping):
-        caption = f"<caption>{html.escape(str(table['caption']))}</caption>"
-        table = table["rows"]
-    rows: Sequence[Mapping[str, Any]] = table
-    if not rows:
-        return ""
-    cols = list(dict.fromkeys(c for r in rows for c in r))
-    head = "".join(f"<th>{html.escape(_header(str(c)))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(_cell_html(r.get(c), str(c)) for c in cols) + "</tr>"
-                   for r in rows)
-    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _cell_html(value, column: str) -> str:
-    """A table cell: numbers right-aligned, text left-aligned."""
-    text = html.escape(_fmt(value, column))
-    return f"<td class='text'>{text}</td>" if isinstance(value, str) else f"<td>{text}</td>"
-
-
-def _fmt(value, column: str = "") -> str:
-    """A cell: 4 significant digits, p-values below 1e-16 as "< 1e-16", (lo, hi) as an interval."""
-    if isinstance(value, (float, np.floating)) and column.endswith("_p") and np.isfinite(value):
-        return f"< {_P_FLOOR:.0e}" if value < _P_FLOOR else f"{float(value):.2g}"
-    if isinstance(value, (float, np.floating)):
-        return "—" if not np.isfinite(value) else f"{float(value):.4g}"
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (float, np.floating)) for v in value):
-        return f"[{value[0]:.3g}, {value[1]:.3g}]"
-    return "—" if value is None else str(value)
-
-
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
-        "color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;"
-        "margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}"
-        "caption{text-align:left;font-weight:600;padding:.3em 0}td,th{border:1px solid #ccc;"
-        "padding:.25em .6em;text-align:right}td.text{text-align:left}"
-        "th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:.4em 0}"
-        "p.note{color:#555}section.lead{border:2px solid #336;border-radius:6px;"
-        "padding:0 1em .6em;background:#f7f8fc}section.lead h2{border:none}"
-        "code{white-space:nowrap;font-size:.95em}ul.warnings{color:#b00;font-weight:600}"
-        "ul.warnings li::marker{content:'⚠ '}")
-
-
-def _inline(text: str) -> str:
-    """Escaped text with command-line flags (--name) kept on one line."""
-    return re.sub(r"(--[a-z][a-z0-9-]*)", r"<code>\1</code>", html.escape(text))
-
-
-def write_html(path, *, title: str, sections: Sequence[Mapping[str, Any]]) -> Path:
-    """A self-contained report: each section has a heading and optional "warnings" (list of
-    str, in red), "text", "bullets" (list of str), "tables" (lists of row dicts, or {"caption",
-    "rows"}) and "figures" (PNG paths, linked relative to the report); "lead": True frames it."""
-    path = Path(path)
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
-    for section in sections:
-        parts.append("<section class='lead'>" if section.get("lead") else "<section>")
-        parts.append(f"<h2>{html.escape(section['title'])}</h2>")
-        if section.get("warnings"):
-            parts.append("<ul class='warnings'>" + "".join(
-                f"<li>{_inline(w)}</li>" for w in section["warnings"]) + "</ul>")
-        if section.get("text"):
-            parts.append(f"<p class='note'>{_inline(section['text'])}</p>")
-        if section.get("bullets"):
-            parts.append("<ul>" + "".join(f"<li>{_inline(b)}</li>"
-                                          for b in section["bullets"]) + "</ul>")
-        for table in section.get("tables", []):
-            parts.append(_table_html(table))
-        for fig in section.get("figures", []):
-            rel = os.path.relpath(fig, path.parent)
-            parts.append(f"<img src='{html.escape(rel)}' alt='{html.escape(Path(fig).stem)}'>")
-        parts.append("</section>")
-    parts.append("</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
-    return path

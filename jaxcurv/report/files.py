@@ -1,0 +1,172 @@
+"""Result files: JSON (NaN/inf as null), CSV (one row per example) and the self-contained HTML
+report. Writes are atomic (a temporary file renamed into place). No matplotlib is imported."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["to_jsonable", "write_json", "write_csv", "write_html"]
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy/jax scalars and arrays (recursively) to JSON types; NaN/inf become None."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return to_jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def write_json(path, data: Mapping[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(to_jsonable(data), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(path, columns: Mapping[str, Any]) -> Path:
+    """One row per example from equal-length columns; floats with 6 significant digits."""
+    names = list(columns)
+    arrays = [np.asarray(columns[n]) for n in names]
+    n = len(arrays[0])
+    for name, a in zip(names, arrays):
+        if len(a) != n:
+            raise ValueError(f"column {name!r} has {len(a)} rows, expected {n}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(names)
+        for i in range(n):
+            writer.writerow([_cell(a[i]) for a in arrays])
+    os.replace(tmp, path)
+    return path
+
+
+def _cell(value) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "" if not np.isfinite(value) else f"{float(value):.6g}"
+    return str(value)
+
+
+# Table headers a reader understands; other keys are shown with spaces for underscores.
+_HEADERS = {
+    "auroc": "AUROC", "balanced_accuracy": "balanced accuracy",
+    "tpr_at_fpr_0_1pct": "TPR at 0.1 % FPR", "tpr_at_fpr_1pct": "TPR at 1 % FPR",
+    "balanced_accuracy_eer": "balanced accuracy at EER", "pearson": "Pearson r",
+    "pearson_p": "Pearson p-value", "spearman": "Spearman ρ", "spearman_p": "Spearman p-value",
+    "n": "examples", "mem_lo": "mem from", "mem_hi": "mem to", "mem_center": "mean mem",
+    "pairs": "(member, example) pairs", "train_accuracy": "train accuracy (IN)",
+    "average_precision": "average precision", "precision_at_k": "precision@k",
+    "k": "k (= flipped)",
+}
+_P_FLOOR = 1e-16  # below float64 resolution of 1 − p: printed as "< 1e-16"
+
+
+def _header(name: str) -> str:
+    if name.endswith("_ci"):
+        return f"{_header(name[:-3])} 95 % CI"
+    return _HEADERS.get(name, name.replace("_", " "))
+
+
+def _table_html(table) -> str:
+    """A list of row dicts, or {"caption": str, "rows": [...]}, as an HTML table."""
+    caption = ""
+    if isinstance(table, Mapping):
+        caption = f"<caption>{html.escape(str(table['caption']))}</caption>"
+        table = table["rows"]
+    rows: Sequence[Mapping[str, Any]] = table
+    if not rows:
+        return ""
+    cols = list(dict.fromkeys(c for r in rows for c in r))
+    head = "".join(f"<th>{html.escape(_header(str(c)))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_cell_html(r.get(c), str(c)) for c in cols) + "</tr>"
+                   for r in rows)
+    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell_html(value, column: str) -> str:
+    """A table cell: numbers right-aligned, text left-aligned."""
+    text = html.escape(_fmt(value, column))
+    return f"<td class='text'>{text}</td>" if isinstance(value, str) else f"<td>{text}</td>"
+
+
+def _fmt(value, column: str = "") -> str:
+    """A cell: 4 significant digits, p-values below 1e-16 as "< 1e-16", (lo, hi) as an interval."""
+    if isinstance(value, (float, np.floating)) and column.endswith("_p") and np.isfinite(value):
+        return f"< {_P_FLOOR:.0e}" if value < _P_FLOOR else f"{float(value):.2g}"
+    if isinstance(value, (float, np.floating)):
+        return "—" if not np.isfinite(value) else f"{float(value):.4g}"
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
+            isinstance(v, (float, np.floating)) for v in value):
+        return f"[{value[0]:.3g}, {value[1]:.3g}]"
+    return "—" if value is None else str(value)
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+        "color:#222}h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;"
+        "margin-top:1.6em}table{border-collapse:collapse;margin:.6em 0;font-size:.9em}"
+        "caption{text-align:left;font-weight:600;padding:.3em 0}td,th{border:1px solid #ccc;"
+        "padding:.25em .6em;text-align:right}td.text{text-align:left}"
+        "th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:.4em 0}"
+        "p.note{color:#555}section.lead{border:2px solid #336;border-radius:6px;"
+        "padding:0 1em .6em;background:#f7f8fc}section.lead h2{border:none}"
+        "code{white-space:nowrap;font-size:.95em}ul.warnings{color:#b00;font-weight:600}"
+        "ul.warnings li::marker{content:'⚠ '}")
+
+
+def _inline(text: str) -> str:
+    """Escaped text with command-line flags (--name) kept on one line."""
+    return re.sub(r"(--[a-z][a-z0-9-]*)", r"<code>\1</code>", html.escape(text))
+
+
+def write_html(path, *, title: str, sections: Sequence[Mapping[str, Any]]) -> Path:
+    """A self-contained report: each section has a heading and optional "warnings" (list of
+    str, in red), "text", "bullets" (list of str), "tables" (lists of row dicts, or {"caption",
+    "rows"}) and "figures" (PNG paths, linked relative to the report); "lead": True frames it."""
+    path = Path(path)
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append("<section class='lead'>" if section.get("lead") else "<section>")
+        parts.append(f"<h2>{html.escape(section['title'])}</h2>")
+        if section.get("warnings"):
+            parts.append("<ul class='warnings'>" + "".join(
+                f"<li>{_inline(w)}</li>" for w in section["warnings"]) + "</ul>")
+        if section.get("text"):
+            parts.append(f"<p class='note'>{_inline(section['text'])}</p>")
+        if section.get("bullets"):
+            parts.append("<ul>" + "".join(f"<li>{_inline(b)}</li>"
+                                          for b in section["bullets"]) + "</ul>")
+        for table in section.get("tables", []):
+            parts.append(_table_html(table))
+        for fig in section.get("figures", []):
+            rel = os.path.relpath(fig, path.parent)
+            parts.append(f"<img src='{html.escape(rel)}' alt='{html.escape(Path(fig).stem)}'>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path
