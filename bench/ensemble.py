@@ -27,6 +27,7 @@ K and the fastest K; targets ≥ 90 % mean test accuracy and ≥ 1,500 members/h
 CIFAR-10 comes from ``--data-dir`` or ``$JAXCURV_DATA_DIR``.
 
     python -m bench.ensemble --quick                       # CPU: cnn on digits, K = 2, 4, 8
+    python -m bench.ensemble --quick --model mlp --ks 8    # CPU: the default audit's members
     python -m bench.ensemble                               # GPU: fastnet, half-CIFAR-10
 """
 
@@ -42,6 +43,7 @@ import numpy as np
 from jaxcurv import data, ensemble, models
 from jaxcurv.optim import OptimizerConfig
 from jaxcurv.workflow import describe_device, load_average
+from jaxcurv.workflow.config import LEARNING_RATES, MODEL_DEFAULTS
 
 if __package__:  # python -m bench.ensemble
     from bench import _common as C
@@ -60,6 +62,15 @@ def quick_recipe(args) -> dict:
     return dict(epochs=args.epochs, batch_size=args.batch_size or 128,
                 optimizer=OptimizerConfig(name="sgd", learning_rate=0.05, momentum=0.9,
                                           weight_decay=5e-4, schedule="cosine"),
+                augment=False, label_smoothing=0.0, compute_dtype=None)
+
+
+def audit_recipe(args) -> dict:
+    """The default audit's members (``jaxcurv audit``): Adam 2e-3 cosine, no weight decay, batch
+    64, no augmentation."""
+    return dict(epochs=args.epochs, batch_size=args.batch_size or 64,
+                optimizer=OptimizerConfig(name="adam", learning_rate=LEARNING_RATES["adam"],
+                                          weight_decay=0.0, schedule="cosine"),
                 augment=False, label_smoothing=0.0, compute_dtype=None)
 
 
@@ -184,15 +195,16 @@ def ratio_rows(rows: list[dict]) -> list[dict]:
 
 
 def quick(args) -> dict:
-    if args.model == "cnn":
+    if args.model in ("cnn", "mlp"):
         train_set, test_set = data.load("digits", split="train"), data.load("digits", split="test")
-        model = models.get_model("cnn", train_set.num_classes)
+        model = models.get_model(args.model, train_set.num_classes,
+                                 **MODEL_DEFAULTS.get(args.model, {}))
     else:
         train_set, test_set = _cifar(args)
         model = models.get_model("fastnet", 10, width=args.width or 16)
     if args.limit_train:
         train_set = C.random_subset(train_set, args.limit_train, args.seed)
-    recipe = quick_recipe(args) if args.model == "cnn" else fastnet_recipe(args)
+    recipe = {"cnn": quick_recipe, "mlp": audit_recipe, "fastnet": fastnet_recipe}[args.model](args)
     masks = data.subset_masks(len(train_set), max(max(args.ks), 2), fraction=0.5, seed=args.seed)
     key = jax.random.PRNGKey(args.seed)
     print(f"{args.model} on {train_set.name} ({len(train_set)} train, 50 % subsets), "
@@ -291,8 +303,9 @@ def parse_args(argv=None):
     p.add_argument("--ks", default=None, help="comma list of K (quick: 2,4,8; full: 16,32)")
     p.add_argument("--epochs", type=int, default=None, help="quick: 4; full: 16")
     p.add_argument("--batch-size", type=int, default=None, help="quick: 128; fastnet: 1024")
-    p.add_argument("--model", default="cnn", choices=("cnn", "fastnet"),
-                   help="quick mode's model (cnn on digits, or fastnet on CIFAR-10)")
+    p.add_argument("--model", default="cnn", choices=("cnn", "mlp", "fastnet"),
+                   help="quick mode's model: cnn or mlp (the default audit's members, with "
+                        "its recipe) on digits, or fastnet on CIFAR-10")
     p.add_argument("--width", type=int, default=None, help="fastnet width (quick 16, full 64)")
     p.add_argument("--lr", type=float, default=None, help="fastnet peak learning rate (1.5)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="fastnet in float32")
