@@ -130,8 +130,10 @@ class TrainConfig:
     against a checksum; a damaged one is discarded with a RuntimeWarning, never used).
     ``members_per_chunk``: members vmapped together (default: all on GPU/TPU; on CPU 1 for
     conv nets, where a vmap over conv weights runs as slower grouped convolutions, and for
-    DP-SGD; dense-only models up to 1 GiB of training state), chunks run in turn, members sharded over ``devices`` (default
-    all local). ``member_ids``: what member keys derive from (default 0..K−1).
+    DP-SGD; dense-only models up to 1 GiB of training state), chunks run in turn, members
+    sharded over ``devices`` (default all local). ``dp_microbatch_size``: DP-SGD's per-example
+    gradients formed that many rows at a time (default: the whole padded batch; on CPU 1 for
+    dense-only models, about 5× faster there). ``member_ids``: what member keys derive from (default 0..K−1).
     ``steps_per_epoch``: default ⌈largest subset / batch_size⌉. ``scan_steps``: an epoch as one
     lax.scan (default on GPU/TPU) or a host loop of async steps (CPU, where XLA runs convolutions
     in loop bodies slowly). ``init_transform``: fn(variables) -> variables for each member's
@@ -151,6 +153,7 @@ class TrainConfig:
     checkpoint_dir: str | os.PathLike | None = None
     checkpoint_every: int = 1
     members_per_chunk: int | None = None
+    dp_microbatch_size: int | None = None
     devices: Sequence[jax.Device] | None = None
     compute_dtype: Any = None
     member_ids: Sequence[int] | None = None
@@ -163,7 +166,7 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "checkpoint_every", "record_every"):
             check_positive_int(name, getattr(self, name))
-        for name in ("members_per_chunk", "steps_per_epoch"):
+        for name in ("members_per_chunk", "dp_microbatch_size", "steps_per_epoch"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
         check_int("record_curvature (0 = off, else a number of probes)", self.record_curvature,
@@ -238,21 +241,34 @@ def _augment_options(augment, image_shape) -> dict | None:
 _CPU_CHUNK_BYTES = 1 << 30
 
 
-def _cpu_members_per_chunk(model, input_shape, k_total: int, private: bool) -> int:
-    """Members vmapped together on a CPU: 1 for models with convolution kernels (a vmap over
-    conv weights runs as slower grouped convolutions) and under DP-SGD (its per-example
-    gradients already hold batch × params floats per member); for dense-only models as many as fit
-    ``_CPU_CHUNK_BYTES`` (params, gradients, two moments in float32), since K batched matmuls
-    run about twice as fast as K single ones (BUILD_NOTES, "Members per chunk on a CPU")."""
-    if private:
-        return 1
+def _dense_only(model, input_shape) -> tuple[bool, int]:
+    """(no parameter has more than 2 axes, i.e. no convolution kernel; number of parameters)."""
     abstract = jax.eval_shape(lambda k: models.init_variables(model, k, input_shape),
                               jax.random.PRNGKey(0))
     leaves = jax.tree_util.tree_leaves(abstract.get("params", abstract))
-    if any(len(leaf.shape) > 2 for leaf in leaves):
+    return all(len(leaf.shape) <= 2 for leaf in leaves), models.count_params(abstract)
+
+
+def _cpu_members_per_chunk(model, input_shape, k_total: int, private: bool) -> int:
+    """Members vmapped together on a CPU: 1 for models with convolution kernels (a vmap over
+    conv weights runs as slower grouped convolutions) and under DP-SGD (its per-example
+    gradients already hold batch × params floats per member); for dense-only models as many as
+    fit ``_CPU_CHUNK_BYTES`` (params, gradients, two moments in float32), since K batched matmuls
+    run about twice as fast as K single ones (BUILD_NOTES, "Dense members on a CPU")."""
+    if private:
         return 1
-    per_member = 4 * 4 * models.count_params(abstract)
-    return max(1, min(k_total, _CPU_CHUNK_BYTES // max(per_member, 1)))
+    dense, n_params = _dense_only(model, input_shape)
+    if not dense:
+        return 1
+    return max(1, min(k_total, _CPU_CHUNK_BYTES // max(16 * n_params, 1)))
+
+
+def _cpu_dp_microbatch(model, input_shape) -> int | None:
+    """DP-SGD's per-example gradients on a CPU: one example at a time (``lax.scan``) for
+    dense-only models, whose vmapped per-example outer products XLA:CPU forms about 5× slower
+    than a scan of single gradients; the whole padded batch (None) for conv nets, where the
+    vmap is faster (BUILD_NOTES, "Dense members on a CPU")."""
+    return 1 if _dense_only(model, input_shape)[0] else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,6 +323,7 @@ class _Plan:
     privacy: dict | None
     devices: tuple
     chunk_k: int
+    dp_microbatch: int | None
     scan_steps: bool
     seed: int
     echo: dict
@@ -339,6 +356,9 @@ def _make_plan(model, dataset: Dataset, masks, key, cfg: TrainConfig) -> _Plan:
                                                                cfg.dp is not None)
                                         if on_cpu else k_total)
     chunk_k = -(-chunk_k // len(devs)) * len(devs)
+    dp_microbatch = cfg.dp_microbatch_size
+    if cfg.dp is not None and dp_microbatch is None and on_cpu:
+        dp_microbatch = _cpu_dp_microbatch(model, input_shape)
     seed = int(np.asarray(jax.random.randint(key, (), 0, 2**31 - 1)))
     echo = {"epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "optimizer": dataclasses.asdict(optimizer), "augment": cfg.augment,
@@ -349,7 +369,7 @@ def _make_plan(model, dataset: Dataset, masks, key, cfg: TrainConfig) -> _Plan:
             "init_transform": getattr(cfg.init_transform, "__qualname__",
                                       repr(cfg.init_transform))}
     return _Plan(model, masks, member_ids, subsets, input_shape, optimizer, steps,
-                 cfg.epochs * steps, dp_step, max_batch, privacy, devs, chunk_k,
+                 cfg.epochs * steps, dp_step, max_batch, privacy, devs, chunk_k, dp_microbatch,
                  (not on_cpu) if cfg.scan_steps is None else bool(cfg.scan_steps), seed, echo)
 
 
@@ -362,7 +382,7 @@ def _build_training(plan: _Plan, cfg: TrainConfig) -> tuple[Callable, Callable]:
     augment = None if options is None else functools.partial(augment_image, **options)
     step = make_train_step(model, tx, config=plan.optimizer, dp=plan.dp_step, augment=augment,
                            label_smoothing=float(cfg.label_smoothing),
-                           compute_dtype=cfg.compute_dtype)
+                           compute_dtype=cfg.compute_dtype, dp_microbatch_size=plan.dp_microbatch)
     init_fn = jax.jit(jax.vmap(lambda k: init_state(model, tx, k, plan.input_shape)))
     if plan.scan_steps:
         epoch_fn = jax.jit(jax.vmap(make_epoch_fn(step), in_axes=(0, None, None, 0, 0, 0)),

@@ -66,7 +66,8 @@ def init_state(model: nn.Module, optimizer: optax.GradientTransformation, key: j
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
                     config: OptimizerConfig | None = None, dp: DPPlan | None = None,
                     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-                    label_smoothing: float = 0.0, compute_dtype=None) -> Callable:
+                    label_smoothing: float = 0.0, compute_dtype=None,
+                    dp_microbatch_size: int | None = None) -> Callable:
     """``step(state, images, labels, weights, key) -> (state, metrics)`` for one model.
 
     Non-private: loss Σ wᵢℓᵢ / Σ wᵢ (BatchNorm statistics over wᵢ > 0 only), SAM when
@@ -75,7 +76,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     :func:`make_step_at`) when ``config.name == "sam-gnr"``; a batch with Σw = 0 leaves the
     state unchanged. DP-SGD (``dp``, a DPPlan):
     per-example gradients clipped to C, summed over wᵢ > 0, plus N(0, σ²C²) noise, divided by the
-    expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included.
+    expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included;
+    ``dp_microbatch_size`` forms the per-example gradients that many rows at a time (``lax.scan``;
+    the same result up to summation order, see ``dp_gradient``).
     ``augment(key, image) -> image`` is applied per example; ``compute_dtype`` (e.g. bfloat16)
     runs the model in that dtype with float32 parameters and gradients.
     """
@@ -107,7 +110,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
             grads, info = dp_gradient(per_example_loss, state.params, images, labels, weights > 0,
                                       k_noise, l2_clip=dp.l2_clip,
                                       noise_multiplier=dp.noise_multiplier,
-                                      expected_batch_size=dp.expected_batch_size)
+                                      expected_batch_size=dp.expected_batch_size,
+                                      microbatch_size=dp_microbatch_size)
             batch_stats = state.batch_stats
             metrics.update({f"dp_{k}": v for k, v in info._asdict().items()})
         else:

@@ -64,6 +64,22 @@ def test_each_member_draws_its_own_noise(digits, mlp):
         np.testing.assert_array_equal(u, v)
 
 
+def test_dp_microbatches_give_the_whole_batch_result(digits, mlp):
+    """Per-example gradients one row at a time (the CPU default for dense models) train the same
+    members as the whole padded batch at once, up to float summation order."""
+    tr = digits.take(np.arange(300))
+    masks = data.subset_masks(len(tr), 2, seed=2)
+    kw = dict(epochs=2, batch_size=32, dp=DPConfig(noise_multiplier=1.0), progress=False)
+    whole = ensemble.train(mlp, tr, masks, KEY, dp_microbatch_size=10_000, **kw)
+    rows = ensemble.train(mlp, tr, masks, KEY, dp_microbatch_size=1, **kw)
+    default = ensemble.train(mlp, tr, masks, KEY, **kw)
+    for u, v, w in zip(*(jax.tree.leaves(e.variables) for e in (whole, rows, default))):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(v, w)  # CPU default for a dense model: one row at a time
+    assert ensemble._cpu_dp_microbatch(mlp, (8, 8, 1)) == 1
+    assert ensemble._cpu_dp_microbatch(models.get_model("cnn", 10), (8, 8, 1)) is None
+
+
 def _audit(model, dp, digits, num_canaries=256):
     """Train once with random-noise canaries each included w.p. ½; one-run ε lower bound."""
     rng = np.random.default_rng(0)
