@@ -5,14 +5,16 @@ Both steps come from ``jaxcurv.training.make_train_step`` (jitted): the private 
 vmap(grad), clipping, masked sum, Gaussian noise: jaxcurv.privacy.dpsgd.dp_gradient), the other
 plain minibatch SGD. Timing: compile excluded, median of repeats, block_until_ready. Target: DP
 step ≤ 2× the non-private step for the CNN on CPU (batch 256) and for resnet18_gn (batch 256) on
-one H100.
+one H100. Each DP step is also timed with its per-example gradients one row at a time
+(``dp_microbatch_size=1``, ``ratio_whole_over_rows``): the evidence for ensemble.train's CPU
+default (rows for dense-only models, the whole batch for conv nets).
 
 ``--train-eps8`` (full mode, GPU): ResNet18-GN on CIFAR-10 at ε = 8, δ = 1e-5 through
 ``ensemble.train(..., dp=DPConfig(target_epsilon=8))`` — test accuracy and wall time (target
 ≥ 65 %). Only that run needs dp_accounting (σ is calibrated); the step timing imports no
 accounting. CIFAR-10 from ``--data-dir`` or ``$JAXCURV_DATA_DIR``.
 
-    python -m bench.dpsgd --quick          # CPU: cnn, batch 256, 32×32×3 and 8×8×1 inputs
+    python -m bench.dpsgd --quick          # CPU: cnn (32×32×3, 8×8×1), the audit's mlp; batch 256
     python -m bench.dpsgd                  # GPU: resnet18_gn and cnn, batch 256
     python -m bench.dpsgd --train-eps8     # GPU: + the ε = 8 CIFAR-10 training run
 
@@ -35,6 +37,7 @@ from jaxcurv import models
 from jaxcurv.optim import OptimizerConfig, make_optimizer
 from jaxcurv.training import DPStep, init_state, make_train_step
 from jaxcurv.workflow import describe_device, load_average, time_interleaved
+from jaxcurv.workflow.config import MODEL_DEFAULTS
 
 if __package__:  # python -m bench.dpsgd
     from bench import _common as C
@@ -50,12 +53,18 @@ def _model(name: str, width: int | None):
         return models.get_model("resnet18_gn", 10, width=width, num_groups=min(32, width))
     if name == "cnn":
         return models.get_model("cnn", 10, **({"width": width} if width else {}))
+    if name == "mlp":  # the default audit's members (hidden 512, depth 2)
+        return models.get_model("mlp", 10, **{**MODEL_DEFAULTS["mlp"],
+                                              **({"hidden": width} if width else {})})
     raise ValueError(name)
 
 
 def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, repeats: int,
-                 compute_dtype=None, microbatch_size=None, seed: int = 0) -> dict:
-    """Median seconds of one jitted DP step and one non-private step on the same batch."""
+                 compute_dtype=None, seed: int = 0, rows: bool | None = None) -> dict:
+    """Median seconds of one jitted non-private step and of the DP step with its per-example
+    gradients formed for the whole batch at once and one row at a time (``dp_microbatch_size=1``,
+    the CPU default for dense models; ``rows`` None: on a CPU only), on the same batch,
+    interleaved."""
     model = _model(name, width)
     config = OptimizerConfig(name="sgd", learning_rate=0.1)
     tx = make_optimizer(config, 1000)
@@ -72,6 +81,10 @@ def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, r
         "DP-SGD": jax.jit(make_train_step(model, tx, config=config, dp=dp,
                                           compute_dtype=compute_dtype)),
     }
+    if rows if rows is not None else jax.default_backend() == "cpu":
+        steps["DP-SGD, rows"] = jax.jit(make_train_step(model, tx, config=config, dp=dp,
+                                                        compute_dtype=compute_dtype,
+                                                        dp_microbatch_size=1))
     timings = time_interleaved(
         {label: (lambda step=step: step(state, images, labels, weights, key))
          for label, step in steps.items()}, repeats=repeats)
@@ -81,6 +94,10 @@ def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, r
            "nonprivate_ms": 1e3 * timings["non-private"].median,
            "dp_ms": 1e3 * timings["DP-SGD"].median,
            "ratio_dp_over_nonprivate": timings["DP-SGD"].median / timings["non-private"].median,
+           "dp_rows_ms": 1e3 * timings["DP-SGD, rows"].median if "DP-SGD, rows" in timings
+           else float("nan"),
+           "ratio_whole_over_rows": timings["DP-SGD"].median / timings["DP-SGD, rows"].median
+           if "DP-SGD, rows" in timings else float("nan"),
            "dp_compile_s": timings["DP-SGD"].first, "load": timings["DP-SGD"].load}
     print(row, flush=True)
     return row
@@ -155,7 +172,8 @@ def parse_args(argv=None):
     p = C.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--models", default=None,
-                   help="comma list of model[:HxWxC[:width]] (quick: cnn:32x32x3,cnn:8x8x1; "
+                   help="comma list of model[:HxWxC[:width]] (quick: cnn:32x32x3,cnn:8x8x1,"
+                        "mlp:8x8x1; "
                         "full: resnet18_gn:32x32x3,cnn:32x32x3)")
     p.add_argument("--bf16", action="store_true", help="also time both steps with bf16 compute")
     p.add_argument("--train-eps8", action="store_true", help="ResNet18-GN CIFAR-10 at ε = 8")
@@ -179,7 +197,7 @@ def parse_args(argv=None):
     args.repeats = args.repeats or (5 if args.quick else 10)
     args.sweep_epsilons = [float(v) for v in args.sweep_epsilons.split(",")]
     args.sweep_lrs = [float(v) for v in args.sweep_lrs.split(",")]
-    args.models = args.models or ("cnn:32x32x3,cnn:8x8x1" if args.quick
+    args.models = args.models or ("cnn:32x32x3,cnn:8x8x1,mlp:8x8x1" if args.quick
                                   else "resnet18_gn:32x32x3,cnn:32x32x3")
     return args
 
@@ -210,7 +228,8 @@ def main(argv=None) -> None:
         C.print_table("DP-SGD step vs non-private step (same model, batch, process; target ≤ 2×) — "
                       + describe_device(), rows,
                       ["model", "input", "batch", "dtype", "params", "nonprivate_ms", "dp_ms",
-                       "ratio_dp_over_nonprivate", "dp_compile_s", "load"])
+                       "ratio_dp_over_nonprivate", "dp_rows_ms", "ratio_whole_over_rows",
+                       "dp_compile_s", "load"])
         result["steps"] = rows
     if args.train_eps8:
         result["eps8"] = train_eps8(args)

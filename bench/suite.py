@@ -404,7 +404,8 @@ def part_curvature(ctx: _Context) -> dict:
 def part_dpsgd(ctx: _Context) -> dict:
     s = ctx.sizes
     row = bench_dpsgd.measure_step("resnet18_gn", tuple(ctx.train.image_shape), s.dp_batch,
-                                   width=s.dp_width, repeats=s.repeats, seed=ctx.seed)
+                                   width=s.dp_width, repeats=s.repeats, seed=ctx.seed,
+                                   rows=False)
     ratio = row["ratio_dp_over_nonprivate"]
     t = TARGETS["dpsgd"]
     return {"row": row, "ratio_dp_over_nonprivate": ratio, "noise_multiplier": 1.0,
