@@ -536,7 +536,7 @@ def _write(d, data, masks, all_arms, runs, table, rows, bins, slug) -> list:
             columns[f"{k}_{arm.name}"] = runs[arm.name][k]
     report.write_csv(d / "per_example.csv", columns)
     np.savez_compressed(d / "scores.npz", masks=masks,
-                        **{a.name: runs[a.name]["score"].astype(np.float32) for a in all_arms})
+                        **{a.name: runs[a.name]["score"].astype(np.float64) for a in all_arms})
     fig = report.figure_frontier(table, d / "frontier.png",
                                  title=f"{slug}: attack power vs accuracy")
     return [fig]
