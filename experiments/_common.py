@@ -388,17 +388,19 @@ def _sanity_warnings(config: Config, results: Mapping[str, Any]) -> list[str]:
 
 
 def finish(out: Path, experiment: str, config: Config, results: Mapping[str, Any], *,
-           timer, notes: Sequence[str | None], lines: Sequence[str]) -> None:
+           timer, notes: Sequence[str | None], lines: Sequence[str],
+           warnings: Sequence[str] = ()) -> None:
     """summary.json (experiment, config echo, environment, notes, warnings, results, timings)
     and the printed summary with the total runtime: every script's last step. A "tiny" config
-    says it is a smoke test; test accuracies near chance are warned about."""
+    says it is a smoke test; test accuracies near chance are warned about, after the script's
+    own ``warnings``."""
     from jaxcurv import report
     from jaxcurv.workflow import environment
 
     timings = timer.total()
     smoke = [_SMOKE_TEST] if config.name == "tiny" else []
     notes = list(dict.fromkeys([*smoke, *(n for n in notes if n)]))
-    warnings = _sanity_warnings(config, results)
+    warnings = [*warnings, *_sanity_warnings(config, results)]
     report.write_json(out / "summary.json", {
         "experiment": experiment, "config": dataclasses.asdict(config),
         "environment": environment(), "notes": notes, "warnings": warnings,

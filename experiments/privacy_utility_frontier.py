@@ -180,6 +180,7 @@ def _run_arm(config: FrontierConfig, data, masks, arm: Arm, timer, spec: str) ->
     (K, N), IN-member mean tr(H²) (N,) and FZ memorization (N,)."""
     from jaxcurv import ensemble, memorization
     from jaxcurv.workflow import attack_scores
+    from jaxcurv.workflow.sections import curvature_outlier_members
 
     train, test = data.train, data.test
     tag = f"{EXPERIMENT}-{data.slug}-{'dp' if arm.dp is not None else 'subsets'}"
@@ -195,7 +196,7 @@ def _run_arm(config: FrontierConfig, data, masks, arm: Arm, timer, spec: str) ->
         scores = attack_scores(logits[:, None], train.labels, masks, sq, None, test_logits,
                                test.labels)
     correct = logits.argmax(-1) == train.labels[None]
-    return {"correct": correct, "test_correct": test_logits.argmax(-1) == test.labels[None],
+    return {"curvature_outliers": curvature_outlier_members(sq), "correct": correct, "test_correct": test_logits.argmax(-1) == test.labels[None],
             "score": scores[config.attack], "curvature": memorization.masked_mean(sq, masks),
             "mem": memorization.feldman_zhang(correct, masks)[0],
             "train_in_accuracy": float(correct[masks].mean()),
@@ -545,12 +546,13 @@ def _write(d, data, masks, all_arms, runs, table, rows, bins, slug) -> list:
 def main(config: FrontierConfig) -> dict:
     from jaxcurv import data as data_lib
     from jaxcurv.workflow import Timer
+    from jaxcurv.workflow.sections import OUTLIER_FACTOR
 
     _validate(config)
     out = C.output_dir(config, EXPERIMENT)
     timer = Timer()
     all_arms = arms(config)
-    results, notes, lines = {}, [], []
+    results, notes, lines, warnings = {}, [], [], []
     for spec, data in C.each_dataset(config, timer, notes, lines):
         masks = data_lib.subset_masks(len(data.train), config.members, fraction=config.fraction,
                                       seed=config.seed)
@@ -559,6 +561,10 @@ def main(config: FrontierConfig) -> dict:
                              f"({int(masks.sum(1).min())} examples): lower batch_size or raise "
                              "train_size")
         runs = {a.name: _run_arm(config, data, masks, a, timer, spec) for a in all_arms}
+        warnings += [f"{data.slug}.{name}: member(s) {run['curvature_outliers']} have a median "
+                     f"tr(H²) over {OUTLIER_FACTOR:g}× the arm's member median; the arm's mean "
+                     "and median curvature describe them, not the arm"
+                     for name, run in runs.items() if run["curvature_outliers"]]
         with timer(f"{spec}: statistics"):
             point, draws = _estimates(config, runs, masks)
             table = _table(all_arms, runs, point, draws, config.alpha)
@@ -577,7 +583,8 @@ def main(config: FrontierConfig) -> dict:
                  "increase are compared with the advantage reduction 1 − (AUROC − ½)/(AUROC_SAM − "
                  "½), the SAM − SAM-GNR test accuracy and mean-memorization ratio measured here; "
                  "the paper's exact risk measure is not restated in these outputs.")
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
+             warnings=warnings)
     return results
 
 

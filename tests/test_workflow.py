@@ -351,3 +351,24 @@ def test_no_module_under_jaxcurv_imports_the_workflow_except_cli_and_its_shims()
             continue
         bad = {m for m in _file_imports(path) if m.startswith("jaxcurv.workflow")}
         assert not bad, f"{rel} imports {sorted(bad)}"
+
+
+def test_curvature_outlier_members_matches_a_naive_loop_and_warns():
+    from jaxcurv.workflow import sections
+
+    rng = np.random.default_rng(0)
+    sq = rng.lognormal(3.0, 1.0, (6, 80))
+    assert sections.curvature_outlier_members(sq) == []
+    sq[4] *= 1e5                                   # one member out of line (SGD member 7 on CIFAR)
+    sq[1, :10] = np.nan                            # missing values do not count
+    medians = [np.median(np.abs(row[np.isfinite(row)])) for row in sq]
+    naive = [k for k, m in enumerate(medians) if m > 1e3 * np.median(medians)]
+    assert sections.curvature_outlier_members(sq) == naive == [4]
+    assert sections.curvature_outlier_members(np.zeros((3, 5))) == []
+    out = {"accuracy": {"test_mean": 0.9, "test_min": 0.88, "test_per_member": [0.9] * 6,
+                        "train_in_mean": 1.0},
+           "mia": {"metrics": [{"attack": "loss", "auroc": 0.7, "auroc_ci": [0.6, 0.8]}]},
+           "curvature": {"outlier_members": [4]}}
+    warnings = sections.sanity_warnings(out, num_classes=10)
+    assert len(warnings) == 1 and "member(s) [4]" in warnings[0] and "tr(H²)" in warnings[0]
+    assert sections.sanity_warnings({**out, "curvature": {"outlier_members": []}}, 10) == []

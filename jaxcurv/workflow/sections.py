@@ -17,6 +17,7 @@ from jaxcurv._numerics import cross_entropy
 from jaxcurv.workflow.attacks import epsilon_audit, mia_by_memorization
 
 __all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "near_chance", "figures",
+           "curvature_outlier_members", "OUTLIER_FACTOR",
            "report_sections", "title", "describe", "spearman", "noise_rankers",
            "top_memorized_order", "BY_MEMORIZATION_ATTACK", "CURVATURE_NOTE", "HIGH_MEM",
            "PROXY_LABELS"]
@@ -70,6 +71,22 @@ def near_chance(accuracy: float, num_classes: int) -> bool:
     accuracy < 1/C + 0.1 (1 − 1/C), e.g. below 0.19 for 10 classes."""
     chance = 1.0 / num_classes
     return bool(accuracy < chance + 0.1 * (1.0 - chance))
+
+
+# A member whose median tr(H²) exceeds this multiple of the members' median is an outlier.
+OUTLIER_FACTOR = 1e3
+
+
+def curvature_outlier_members(trace_sq, factor: float = OUTLIER_FACTOR) -> list[int]:
+    """Members whose curvature is out of line with the others': ``trace_sq`` (K, N) per member ×
+    example; member k is an outlier when its median |tr(H²)| over examples exceeds ``factor`` ×
+    the median of the K member medians. One such member dominates every per-example mean over
+    members (a model that diverged and recovered, or collapsed features under a norm layer)."""
+    medians = np.nanmedian(np.abs(np.asarray(trace_sq, np.float64)), axis=1)
+    reference = np.nanmedian(medians)
+    if not np.isfinite(reference) or reference <= 0:
+        return []
+    return [int(k) for k in np.flatnonzero(medians > factor * reference)]
 
 
 def top_memorized_order(mem, curvature, k: int = TOP_K) -> np.ndarray:
@@ -244,6 +261,12 @@ def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
                  "are not measurably exposed; more members (--models) narrow the intervals")
     elif at_chance:
         w.append(f"attacks at chance{where} (AUROC 95 % CI holds 0.5): " + ", ".join(at_chance))
+    outliers = out.get("curvature", {}).get("outlier_members", [])
+    if outliers:
+        w.append(f"member(s) {outliers} have a median tr(H²) over {OUTLIER_FACTOR:g}× the "
+                 "members' median: they dominate every per-example curvature mean (and the "
+                 "curvature attacks' statistics); retrain them (another --seed) or use more "
+                 "members (--models)")
     return w
 
 
@@ -333,7 +356,9 @@ def summary(run, columns: dict[str, np.ndarray]) -> dict[str, Any]:
            "trace": describe(tr_in, "tr(H) in")["summary"],
            "trace_out": describe(columns["curvature_trace_out"], "tr(H) out")["summary"],
            "mean_probe_stderr": float(np.nanmean(run.curvature.trace_sq_stderr)),
-           "mean_probe_stderr_trace": float(np.nanmean(run.curvature.trace_stderr))},
+           "mean_probe_stderr_trace": float(np.nanmean(run.curvature.trace_stderr)),
+           "member_medians": np.nanmedian(np.abs(run.curvature.trace_sq), axis=1).tolist(),
+           "outlier_members": curvature_outlier_members(run.curvature.trace_sq)},
         "memorization": {"mean": float(np.nanmean(mem)),
                          "top_1pct_mean": float(np.mean(finite_mem[:max(1, n // 100)])),
                          "fraction_above_0_5": float(np.nanmean(mem > 0.5))},
