@@ -278,6 +278,31 @@ def test_attack_scores_check_their_inputs():
         workflow.attack_scores(logits, labels, masks, curv, None, test_logits[:2], test_labels)
 
 
+def test_zero_order_fallback_is_one_warning_with_a_count_matching_a_naive_loop():
+    from jaxcurv.data import subset_masks
+    from jaxcurv.workflow.attacks import zero_order_fallback_examples
+
+    rng = np.random.default_rng(1)
+    k, m, n, c = 10, 6, 60, 3
+    masks = subset_masks(n, k, seed=0)      # balanced, as in the audit
+    sub = masks[:m]
+    naive = sum(any(not (np.delete(sub[:, i], t).any() and (~np.delete(sub[:, i], t)).any())
+                    for t in range(m)) for i in range(n))
+    assert zero_order_fallback_examples(sub) == naive > 0
+    logits = rng.normal(size=(k, 1, n, c))
+    labels = rng.integers(0, c, n)
+    curv = rng.random((k, n)) + 0.1
+    test_logits, test_labels = rng.normal(size=(k, 7, c)), rng.integers(0, c, 7)
+    with pytest.warns(UserWarning) as record:
+        scores = workflow.attack_scores(logits, labels, masks, curv, curv[:m], test_logits,
+                                        test_labels)
+    zero = [str(w.message) for w in record if "zero-order attacks" in str(w.message)]
+    assert len(zero) == 1 and f"{naive} of {n} example(s)" in zero[0]
+    assert not any("zero_order" in str(w.message) and "leave_one_model_out" in str(w.message)
+                   for w in record)
+    assert scores["zero_order_lr"].shape == (m, n)
+
+
 def test_pipeline_keeps_its_names():
     for name in pipeline.__all__:
         assert hasattr(pipeline, name), name

@@ -10,6 +10,7 @@ other M − 1 of those members are the shadows.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ from jaxcurv._validate import (
     check_probability,
 )
 
-__all__ = ["MIA_ATTACKS", "attack_scores", "mia_by_memorization", "epsilon_audit"]
+__all__ = ["MIA_ATTACKS", "attack_scores", "mia_by_memorization", "epsilon_audit",
+           "zero_order_fallback_examples"]
 
 MIA_ATTACKS = ("loss", "mentr", "calibrated_loss", "attack_r", "lira_online", "lira_offline",
                "rmia", "curvature_lr", "curvature_nll", "zero_order_lr", "zero_order_nll")
@@ -72,6 +74,15 @@ def _check_attack_inputs(logits, labels, masks, curvature, zero_order, test_logi
     return logits, labels, masks, curvature, zero_order, test_logits, test_labels
 
 
+def zero_order_fallback_examples(masks) -> int:
+    """Examples that, for at least one target k of ``masks`` (M, N), have no IN or no OUT shadow
+    among the other M − 1 members: the ones whose leave-one-model-out scores use a fallback."""
+    m = as_bool_array("masks", masks, ndim=2).astype(np.int64)
+    ins = m.sum(0)[None] - m                     # IN shadows of example i when k is the target
+    outs = (m.shape[0] - 1) - ins
+    return int(np.sum(((ins == 0) | (outs == 0)).any(0)))
+
+
 def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, test_labels,
                   ) -> dict[str, np.ndarray]:
     """Leave-one-model-out scores (K, N) of every attack in MIA_ATTACKS (each member in turn the
@@ -101,9 +112,20 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
     }
     if zero_order is not None:
         sub = masks[:zero_order.shape[0]]
-        scores["zero_order_lr"] = lomo(mia.curvature_lr, floor(zero_order), sub,
-                                       fixed_variance=pooled)
-        scores["zero_order_nll"] = lomo(mia.curvature_nll, floor(zero_order), sub)
+        with warnings.catch_warnings():  # one warning below instead of one per attack and side
+            warnings.filterwarnings("ignore", message="leave_one_model_out: .* shadow statistics",
+                                    category=UserWarning)
+            scores["zero_order_lr"] = lomo(mia.curvature_lr, floor(zero_order), sub,
+                                           fixed_variance=pooled)
+            scores["zero_order_nll"] = lomo(mia.curvature_nll, floor(zero_order), sub)
+        lacking = zero_order_fallback_examples(sub)
+        if lacking:
+            warnings.warn(
+                f"zero-order attacks on {sub.shape[0]} members: {lacking} of {sub.shape[1]} "
+                "example(s) have no IN or no OUT shadow among them for some target; their "
+                "zero_order_* scores fall back to the offline / one-sided test (another scale). "
+                "Compute zero-order curvature on more members (--zero-order-members).",
+                UserWarning, stacklevel=2)
     probs = mia.true_class_probability(logits[:, 0], labels[None])                 # (K, N)
     population = mia.true_class_probability(test_logits, test_labels[None])        # (K, Z)
     scores["rmia"] = mia.rmia_leave_one_model_out(probs, masks, population)
