@@ -81,23 +81,24 @@ def measure_step(name: str, shape: tuple[int, int, int], batch: int, *, width, r
         "DP-SGD": jax.jit(make_train_step(model, tx, config=config, dp=dp,
                                           compute_dtype=compute_dtype)),
     }
-    if rows if rows is not None else jax.default_backend() == "cpu":
+    if rows is None:
+        rows = jax.default_backend() == "cpu"
+    if rows:
         steps["DP-SGD, rows"] = jax.jit(make_train_step(model, tx, config=config, dp=dp,
                                                         compute_dtype=compute_dtype,
                                                         dp_microbatch_size=1))
     timings = time_interleaved(
         {label: (lambda step=step: step(state, images, labels, weights, key))
          for label, step in steps.items()}, repeats=repeats)
+    by_row = timings["DP-SGD, rows"].median if rows else None
     row = {"model": name + (f" w={width}" if width else ""), "input": "×".join(map(str, shape)),
            "batch": batch, "dtype": "bf16" if compute_dtype is not None else "fp32",
            "params": models.count_params({"params": state.params}),
            "nonprivate_ms": 1e3 * timings["non-private"].median,
            "dp_ms": 1e3 * timings["DP-SGD"].median,
            "ratio_dp_over_nonprivate": timings["DP-SGD"].median / timings["non-private"].median,
-           "dp_rows_ms": 1e3 * timings["DP-SGD, rows"].median if "DP-SGD, rows" in timings
-           else float("nan"),
-           "ratio_whole_over_rows": timings["DP-SGD"].median / timings["DP-SGD, rows"].median
-           if "DP-SGD, rows" in timings else float("nan"),
+           "dp_rows_ms": 1e3 * by_row if rows else float("nan"),
+           "ratio_whole_over_rows": timings["DP-SGD"].median / by_row if rows else float("nan"),
            "dp_compile_s": timings["DP-SGD"].first, "load": timings["DP-SGD"].load}
     print(row, flush=True)
     return row

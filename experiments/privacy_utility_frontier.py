@@ -196,7 +196,8 @@ def _run_arm(config: FrontierConfig, data, masks, arm: Arm, timer, spec: str) ->
         scores = attack_scores(logits[:, None], train.labels, masks, sq, None, test_logits,
                                test.labels)
     correct = logits.argmax(-1) == train.labels[None]
-    return {"curvature_outliers": curvature_outlier_members(sq), "correct": correct, "test_correct": test_logits.argmax(-1) == test.labels[None],
+    return {"correct": correct, "test_correct": test_logits.argmax(-1) == test.labels[None],
+            "curvature_outliers": curvature_outlier_members(sq),
             "score": scores[config.attack], "curvature": memorization.masked_mean(sq, masks),
             "mem": memorization.feldman_zhang(correct, masks)[0],
             "train_in_accuracy": float(correct[masks].mean()),

@@ -241,44 +241,44 @@ def _augment_options(augment, image_shape) -> dict | None:
 _CPU_CHUNK_BYTES = 1 << 30
 
 
-def _dense_only(model, input_shape) -> tuple[bool, int]:
-    """(no parameter has more than 2 axes, i.e. no convolution kernel; number of parameters)."""
-    abstract = jax.eval_shape(lambda k: models.init_variables(model, k, input_shape),
-                              jax.random.PRNGKey(0))
+def _abstract_variables(model, input_shape) -> dict:
+    """The model's variables as shapes and dtypes only (``jax.eval_shape``: nothing computed)."""
+    return jax.eval_shape(lambda k: models.init_variables(model, k, input_shape),
+                          jax.random.PRNGKey(0))
+
+
+def _dense_only(abstract) -> bool:
+    """No parameter of ``abstract`` (variables) has more than 2 axes: no convolution kernel."""
     leaves = jax.tree_util.tree_leaves(abstract.get("params", abstract))
-    return all(len(leaf.shape) <= 2 for leaf in leaves), models.count_params(abstract)
+    return all(len(leaf.shape) <= 2 for leaf in leaves)
 
 
-def _cpu_members_per_chunk(model, input_shape, k_total: int, private: bool) -> int:
+def _cpu_members_per_chunk(abstract, k_total: int, private: bool) -> int:
     """Members vmapped together on a CPU: 1 for models with convolution kernels (a vmap over
     conv weights runs as slower grouped convolutions) and under DP-SGD (its per-example
     gradients already hold batch × params floats per member); for dense-only models as many as
     fit ``_CPU_CHUNK_BYTES`` (params, gradients, two moments in float32), since K batched matmuls
     run about twice as fast as K single ones (BUILD_NOTES, "Dense members on a CPU")."""
-    if private:
+    if private or not _dense_only(abstract):
         return 1
-    dense, n_params = _dense_only(model, input_shape)
-    if not dense:
-        return 1
-    return max(1, min(k_total, _CPU_CHUNK_BYTES // max(16 * n_params, 1)))
+    return max(1, min(k_total, _CPU_CHUNK_BYTES // max(16 * models.count_params(abstract), 1)))
 
 
-def _cpu_dp_microbatch(model, input_shape) -> int | None:
+def _cpu_dp_microbatch(abstract) -> int | None:
     """DP-SGD's per-example gradients on a CPU: one example at a time (``lax.scan``) for
     dense-only models, whose vmapped per-example outer products XLA:CPU forms about 5× slower
     than a scan of single gradients; the whole padded batch (None) for conv nets, where the
     vmap is faster (BUILD_NOTES, "Dense members on a CPU")."""
-    return 1 if _dense_only(model, input_shape)[0] else None
+    return 1 if _dense_only(abstract) else None
 
 
 # ----------------------------------------------------------------------------------------------
 # DP resolution
 
 
-def _resolve_dp(dp, subsets, batch_size: int, total_steps: int, model, input_shape):
-    """DPConfig → (DPStep, max batch size, privacy report); refuses BatchNorm models."""
-    abstract = jax.eval_shape(lambda k: models.init_variables(model, k, input_shape),
-                              jax.random.PRNGKey(0))
+def _resolve_dp(dp, subsets, batch_size: int, total_steps: int, abstract):
+    """DPConfig → (DPStep, max batch size, privacy report); refuses BatchNorm models (from the
+    model's ``abstract`` variables)."""
     if models.uses_batch_norm(abstract):
         raise ValueError(
             "DP-SGD needs per-example gradients, but this model has BatchNorm (statistics shared "
@@ -342,23 +342,25 @@ def _make_plan(model, dataset: Dataset, masks, key, cfg: TrainConfig) -> _Plan:
     largest = max(len(s) for s in subsets)
     input_shape = tuple(dataset.images.shape[1:])
     steps = cfg.steps_per_epoch or math.ceil(largest / cfg.batch_size)
+    on_cpu = jax.default_backend() == "cpu"
+    abstract = (_abstract_variables(model, input_shape) if cfg.dp is not None or on_cpu
+                else None)
     dp_step, max_batch, privacy = None, None, None
     if cfg.dp is not None:
         if optimizer.is_sam:
             raise ValueError("DP-SGD with SAM is not supported: use optimizer 'sgd' or 'adam'")
         dp_step, max_batch, privacy = _resolve_dp(cfg.dp, subsets, cfg.batch_size,
-                                                  cfg.epochs * steps, model, input_shape)
+                                                  cfg.epochs * steps, abstract)
     elif steps * cfg.batch_size < largest:
         raise ValueError("steps_per_epoch × batch_size is smaller than a member's subset")
     devs = tuple(jax.local_devices() if cfg.devices is None else cfg.devices)
-    on_cpu = jax.default_backend() == "cpu"
-    chunk_k = cfg.members_per_chunk or (_cpu_members_per_chunk(model, input_shape, k_total,
+    chunk_k = cfg.members_per_chunk or (_cpu_members_per_chunk(abstract, k_total,
                                                                cfg.dp is not None)
                                         if on_cpu else k_total)
     chunk_k = -(-chunk_k // len(devs)) * len(devs)
     dp_microbatch = cfg.dp_microbatch_size
     if cfg.dp is not None and dp_microbatch is None and on_cpu:
-        dp_microbatch = _cpu_dp_microbatch(model, input_shape)
+        dp_microbatch = _cpu_dp_microbatch(abstract)
     seed = int(np.asarray(jax.random.randint(key, (), 0, 2**31 - 1)))
     echo = {"epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "optimizer": dataclasses.asdict(optimizer), "augment": cfg.augment,

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -21,3 +22,18 @@ def _run_on_fake_devices(script: str, *, devices: int = 8, timeout: int = 300) -
 @pytest.fixture
 def run_on_fake_devices():
     return _run_on_fake_devices
+
+
+@pytest.fixture
+def fake_cifar10(tmp_path, monkeypatch):
+    """``make(side)``: a tiny CIFAR-10 file (30 random training images of side × side × 3, 10
+    blank test images; labels 0..9 in turn) in a folder that $JAXCURV_DATA_DIR names."""
+    def make(side: int) -> None:
+        rng = np.random.default_rng(0)
+        np.savez(tmp_path / "cifar10.npz",
+                 train_images=rng.integers(0, 256, (30, side, side, 3), dtype=np.uint8),
+                 train_labels=np.arange(30) % 10,
+                 test_images=np.zeros((10, side, side, 3), np.uint8), test_labels=np.arange(10))
+        monkeypatch.setenv("JAXCURV_DATA_DIR", str(tmp_path))
+
+    return make

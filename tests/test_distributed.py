@@ -4,6 +4,7 @@ resume training from checkpoints saved together; argument checks of the helpers.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
@@ -48,10 +49,8 @@ def _job(out: Path, *, num_processes: int = 1, process_id: int = 0, port: int | 
     settings = dict(epochs=2, batch_size=16, optimizer="sgd", learning_rate=0.1,
                     checkpoint_dir=out / "checkpoints", members_per_chunk=1)
     if interrupt:
-        try:
+        with contextlib.suppress(_Stopped):  # killed after the first epoch's checkpoint
             ensemble.train(model, ds, masks, key, callbacks=[_stop], **settings)
-        except _Stopped:
-            pass
     trained = []
     ens = ensemble.train(model, ds, masks, key, **settings,
                          callbacks=[lambda epoch, info: trained.append(epoch)])
@@ -73,7 +72,7 @@ def _job(out: Path, *, num_processes: int = 1, process_id: int = 0, port: int | 
 
 
 class _Stopped(Exception):
-    pass
+    """Raised by :func:`_stop` to interrupt training as a kill would."""
 
 
 def _stop(epoch, info):

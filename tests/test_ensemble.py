@@ -348,12 +348,12 @@ def test_cpu_chunk_default_vmaps_dense_members_only():
     """On a CPU, dense-only members share a vmapped chunk (up to the memory cap); conv nets and
     DP-SGD train one member at a time."""
     shape = (8, 8, 1)
-    mlp = models.get_model("mlp", 10, hidden=32, depth=2)
-    cnn = models.get_model("cnn", 10)
-    assert ensemble._cpu_members_per_chunk(mlp, shape, 32, private=False) == 32
-    assert ensemble._cpu_members_per_chunk(mlp, shape, 32, private=True) == 1
-    assert ensemble._cpu_members_per_chunk(cnn, shape, 32, private=False) == 1
-    wide = models.get_model("mlp", 10, hidden=4096, depth=2)  # ≈ 17 M params: 268 MB a member
-    n = models.count_params(jax.eval_shape(
-        lambda k: models.init_variables(wide, k, shape), jax.random.PRNGKey(0)))
-    assert ensemble._cpu_members_per_chunk(wide, shape, 32, private=False) == (1 << 30) // (16 * n)
+    mlp = ensemble._abstract_variables(models.get_model("mlp", 10, hidden=32, depth=2), shape)
+    cnn = ensemble._abstract_variables(models.get_model("cnn", 10), shape)
+    assert ensemble._cpu_members_per_chunk(mlp, 32, private=False) == 32
+    assert ensemble._cpu_members_per_chunk(mlp, 32, private=True) == 1
+    assert ensemble._cpu_members_per_chunk(cnn, 32, private=False) == 1
+    # ≈ 17 M params: 268 MB a member
+    wide = ensemble._abstract_variables(models.get_model("mlp", 10, hidden=4096, depth=2), shape)
+    n = models.count_params(wide)
+    assert ensemble._cpu_members_per_chunk(wide, 32, private=False) == (1 << 30) // (16 * n)

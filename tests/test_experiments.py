@@ -98,13 +98,8 @@ def test_cifar_without_local_files_falls_back_to_digits_with_a_note(tmp_path, mo
     assert np.all(np.diff(data.train_index) > 0) and data.train_index.max() < 1438
 
 
-def test_cifar_is_found_through_the_environment(tmp_path, monkeypatch):
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "cifar10.npz",
-             train_images=rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8),
-             train_labels=np.arange(30) % 10, test_images=np.zeros((10, 4, 4, 3), np.uint8),
-             test_labels=np.arange(10))
-    monkeypatch.setenv("JAXCURV_DATA_DIR", str(tmp_path))
+def test_cifar_is_found_through_the_environment(fake_cifar10):
+    fake_cifar10(4)
     data = C.load_data("cifar10", C.Config(train_size=12, seed=1))
     assert data.slug == "cifar10" and data.note is None and data.source == "cifar10"
     assert len(data.train) == 12 and len(data.test) == 10

@@ -126,18 +126,13 @@ def test_matched_reference_interpolates_between_bracketing_runs():
     assert where == "matched" and w[0] == pytest.approx(1.0) and w.sum() == pytest.approx(1.0)
 
 
-def test_configs_and_bad_settings(tmp_path, monkeypatch):
+def test_configs_and_bad_settings(tmp_path, fake_cifar10):
     small = puf.get_config("small")
     assert len(small.mitigations) >= 3 and len(small.epsilons) >= 3
     cifar = puf.get_config("cifar10-cpu")
     assert cifar.datasets == ("cifar10",) and cifar.fallback_dataset is None
     # the CIFAR-10 configuration finds its files through the environment (a tiny fake here)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "cifar10.npz",
-             train_images=rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8),
-             train_labels=np.arange(30) % 10, test_images=np.zeros((10, 32, 32, 3), np.uint8),
-             test_labels=np.arange(10))
-    monkeypatch.setenv("JAXCURV_DATA_DIR", str(tmp_path))
+    fake_cifar10(32)
     data = C.load_data("cifar10", dataclasses.replace(cifar, train_size=20))
     assert data.slug == "cifar10" and data.train.images.shape == (20, 32, 32, 3)
     tiny = dataclasses.replace(puf.get_config("tiny"), out=str(tmp_path / "x"))

@@ -77,12 +77,20 @@ def near_chance(accuracy: float, num_classes: int) -> bool:
 OUTLIER_FACTOR = 1e3
 
 
+def _member_medians(trace_sq) -> np.ndarray:
+    """(K,) median |tr(H²)| over examples of each member's row of ``trace_sq`` (K, N)."""
+    return np.nanmedian(np.abs(np.asarray(trace_sq, np.float64)), axis=1)
+
+
 def curvature_outlier_members(trace_sq, factor: float = OUTLIER_FACTOR) -> list[int]:
     """Members whose curvature is out of line with the others': ``trace_sq`` (K, N) per member ×
     example; member k is an outlier when its median |tr(H²)| over examples exceeds ``factor`` ×
     the median of the K member medians. One such member dominates every per-example mean over
     members (a model that diverged and recovered, or collapsed features under a norm layer)."""
-    medians = np.nanmedian(np.abs(np.asarray(trace_sq, np.float64)), axis=1)
+    return _outliers(_member_medians(trace_sq), factor)
+
+
+def _outliers(medians: np.ndarray, factor: float = OUTLIER_FACTOR) -> list[int]:
     reference = np.nanmedian(medians)
     if not np.isfinite(reference) or reference <= 0:
         return []
@@ -344,6 +352,7 @@ def summary(run, columns: dict[str, np.ndarray]) -> dict[str, Any]:
     privacy when they apply."""
     train, n = run.data.train, len(run.data.train)
     mem, curv_in, tr_in = columns["mem"], columns["curvature"], columns["curvature_trace"]
+    member_medians = _member_medians(run.curvature.trace_sq)
     finite_mem = np.sort(mem[np.isfinite(mem)])[::-1]
     out: dict[str, Any] = {
         "config": dataclasses.asdict(run.config),
@@ -357,8 +366,8 @@ def summary(run, columns: dict[str, np.ndarray]) -> dict[str, Any]:
            "trace_out": describe(columns["curvature_trace_out"], "tr(H) out")["summary"],
            "mean_probe_stderr": float(np.nanmean(run.curvature.trace_sq_stderr)),
            "mean_probe_stderr_trace": float(np.nanmean(run.curvature.trace_stderr)),
-           "member_medians": np.nanmedian(np.abs(run.curvature.trace_sq), axis=1).tolist(),
-           "outlier_members": curvature_outlier_members(run.curvature.trace_sq)},
+           "member_medians": member_medians.tolist(),
+           "outlier_members": _outliers(member_medians)},
         "memorization": {"mean": float(np.nanmean(mem)),
                          "top_1pct_mean": float(np.mean(finite_mem[:max(1, n // 100)])),
                          "fraction_above_0_5": float(np.nanmean(mem > 0.5))},
