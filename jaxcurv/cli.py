@@ -326,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     130: interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from jaxcurv.errors import JaxcurvError
+
     command = {"audit": _audit, "curvature": _curvature, "epsilon": _epsilon}[args.command]
     try:
         return command(args)
@@ -336,11 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(_data_error(args.command, err), file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError) as err:  # bad input, divergence, a locked --out
-        if isinstance(err, RuntimeError) and type(err).__name__ != "OutputLocked":
-            raise
+    except (JaxcurvError, ValueError) as err:  # bad input, divergence, a locked --out, I/O
         print(f"jaxcurv {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
 
 
 if __name__ == "__main__":

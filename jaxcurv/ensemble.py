@@ -31,6 +31,7 @@ from jaxcurv import distributed, models
 from jaxcurv._checkpoints import Checkpoints, clean_checkpoints, fingerprint
 from jaxcurv._tree import stack, unstack
 from jaxcurv._validate import check_float, check_int, check_masks, check_positive_int
+from jaxcurv.errors import TrainingDiverged
 from jaxcurv.curvature import make_input_curvature
 from jaxcurv.data import Dataset, augment as augment_image
 from jaxcurv.optim import OptimizerConfig, make_optimizer
@@ -72,11 +73,6 @@ __all__ = [
 ]
 
 _DIVERGED_LOSS = 1e4  # mean training cross-entropy beyond any fit (ln C ≤ 10 for C ≤ 22026)
-
-
-class TrainingDiverged(ValueError):
-    """Training produced non-finite parameters or a NaN, inf or exploding (> 1e4) mean loss
-    (checked once per epoch)."""
 
 
 @dataclasses.dataclass(eq=False)

@@ -19,13 +19,11 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from jaxcurv.errors import OutputLocked
+
 __all__ = ["OutputLocked", "exclusive_lock", "LOCK_FILE"]
 
 LOCK_FILE = ".lock"
-
-
-class OutputLocked(RuntimeError):
-    """Another process holds the lock of this output folder."""
 
 
 def _output_folder(out_dir: str | os.PathLike) -> Path:
