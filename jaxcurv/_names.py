@@ -5,7 +5,7 @@ from __future__ import annotations
 
 __all__ = ["OPTIMIZERS", "GNR_HVPS", "CURVATURE_METHODS", "ZERO_ORDER_METHODS"]
 
-OPTIMIZERS = ("sgd", "adam", "sam", "sam-gnr")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "sam", "sam-gnr")
 GNR_HVPS = ("exact", "finite_difference")
 CURVATURE_METHODS = ("hutchinson", "exact", "finite_difference")
 ZERO_ORDER_METHODS = ("central", "mixed")
