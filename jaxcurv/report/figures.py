@@ -33,6 +33,7 @@ __all__ = [
     "figure_privacy_bounds",
     "figure_mem_vs_epsilon",
     "figure_curve_vs_epsilon",
+    "figure_series_vs_epsilon",
     "figure_gain_by_mem",
     "figure_distributions",
     "figure_frontier",
@@ -450,4 +451,41 @@ def figure_frontier(points: Sequence[Mapping[str, Any]], path, *,
         ax.set_ylabel(label)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+@_styled
+def figure_series_vs_epsilon(epsilons, series: Mapping[str, Any], path, *,
+                             fits: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                             references: Mapping[str, Any] | None = None, ylabel: str,
+                             title: str = "", logy: bool = False) -> Path:
+    """Figures 4–6 with training randomness shown: each named series (E, seeds) against ε (log
+    x), every seed as a dot and the mean over seeds as a line; ``fits``: label → (grid, values)
+    dashed; ``references``: label → a value or (seeds,) values drawn as horizontal bands (mean
+    ± range), e.g. the untrained and the non-private networks."""
+    eps = np.asarray(epsilons, float)
+    fig, ax = _subplots(figsize=(5.2, 3.7))
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, values) in enumerate(series.items()):
+        v = np.atleast_2d(np.asarray(values, float).T).T
+        color = colors[i % len(colors)]
+        for j in range(v.shape[1]):
+            ax.plot(eps, v[:, j], "o", ms=3, alpha=0.45, color=color)
+        ax.plot(eps, np.nanmean(v, axis=1), "-", color=color, label=f"{label} (mean of "
+                f"{v.shape[1]} seeds)")
+    for i, (label, (grid, values)) in enumerate((fits or {}).items()):
+        ax.plot(grid, values, "--", color=colors[i % len(colors)], lw=1.2, label=label)
+    for i, (label, value) in enumerate((references or {}).items()):
+        v = np.atleast_1d(np.asarray(value, float))
+        color = ("k", "tab:gray", "tab:brown")[i % 3]
+        ax.axhline(float(np.nanmean(v)), color=color, ls=":", lw=1.2, label=label)
+        if v.size > 1:
+            ax.axhspan(float(np.nanmin(v)), float(np.nanmax(v)), color=color, alpha=0.08)
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("privacy budget ε")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} vs privacy")
+    ax.legend(fontsize=6.5)
     return _save(fig, path)
