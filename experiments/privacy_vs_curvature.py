@@ -107,8 +107,8 @@ CONFIGS = {
     "small": PrivacyCurvConfig(name="small", model_kwargs={"width": 8, "hidden": 32},
                                batch_size=64, num_probes=10),
     "cpu": PrivacyCurvConfig(name="cpu", datasets=("cifar10",), fallback_dataset=None,
-                             train_size=2500, test_size=1000,
-                             model_kwargs={"width": 16, "hidden": 64}, num_probes=10),
+                             train_size=1500, test_size=500,
+                             model_kwargs={"width": 16, "hidden": 64}, num_probes=5),
     "full": PrivacyCurvConfig(name="full", datasets=("cifar10", "cifar100"),
                               fallback_dataset=None, model="resnet18_gn", models=10,
                               num_probes=10, epsilons=tuple(float(e) for e in range(5, 101, 5))),
@@ -116,7 +116,7 @@ CONFIGS = {
 
 
 def get_config(name: str) -> PrivacyCurvConfig:
-    """The named config: "tiny" (tests, seconds), "small" (digits, minutes), "cpu" (a 2,500-image
+    """The named config: "tiny" (tests, seconds), "small" (digits, minutes), "cpu" (a 1,500-image
     CIFAR-10 subset, ≤ 1 h on 2 CPU cores), "full" (the paper's scale, GPU)."""
     return X.named_config(CONFIGS, name)
 

@@ -29,6 +29,7 @@ __all__ = [
     "figure_roc",
     "figure_mia_vs_mem",
     "figure_bound_fit",
+    "figure_binned_bound_fits",
     "figure_label_noise",
     "figure_privacy_bounds",
     "figure_mem_vs_epsilon",
@@ -488,4 +489,30 @@ def figure_series_vs_epsilon(epsilons, series: Mapping[str, Any], path, *,
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{ylabel} vs privacy")
     ax.legend(fontsize=6.5)
+    return _save(fig, path)
+
+
+@_styled
+def figure_binned_bound_fits(panels: Mapping[str, Mapping[str, Any]], path, *,
+                             xlabel: str = "curvature tr(H²)") -> Path:
+    """Figure 3 as the paper computes it, one panel per curvature source: every example
+    (curvature, mem) in grey, each memorization bin's maximum curvature against its mean mem,
+    and the eq. 15 fit p₁·√m_sub·Curv + c₁ at the bins (m_sub per bin). ``panels``: title →
+    {"curvature", "mem" (N,), "bin_curvature", "bin_mem", "fitted" (B,), "r2", "p1", "c1"}."""
+    fig, axes = _subplots(1, len(panels), figsize=(4.3 * len(panels), 3.7), squeeze=False)
+    for ax, (title, p) in zip(axes[0], panels.items()):
+        curv, mem = np.asarray(p["curvature"], float), np.asarray(p["mem"], float)
+        ok = np.isfinite(curv) & np.isfinite(mem) & (curv > 0)
+        ax.scatter(curv[ok], mem[ok], s=3, alpha=0.15, color="tab:gray", label="examples")
+        order = np.argsort(p["bin_curvature"])
+        bx = np.asarray(p["bin_curvature"], float)[order]
+        ax.scatter(bx, np.asarray(p["bin_mem"], float)[order], s=16, color="tab:blue",
+                   zorder=3, label="bins: max curvature, mean mem")
+        ax.plot(bx, np.asarray(p["fitted"], float)[order], "r.--", ms=4, lw=1, zorder=4,
+                label=f"eq. 15 fit (p₁={p['p1']:.3g}, c₁={p['c1']:.3g}, R²={p['r2']:.3f})")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("memorization score (FZ)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6, loc="upper left")
     return _save(fig, path)
