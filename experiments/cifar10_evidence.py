@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from experiments.curvature_bound_fit import SOURCES as CURVATURE_SOURCES
+from experiments.curvature_bound_fit import binned_bound_fit
 from jaxcurv.errors import ConfigError
 from jaxcurv.workflow import experiment as X
 from jaxcurv.workflow.settings import Attacks, LabelNoise, redefault, setting
@@ -50,15 +52,12 @@ from jaxcurv.workflow.settings import Attacks, LabelNoise, redefault, setting
 EXPERIMENT = "cifar10_evidence"
 
 __all__ = ["EvidenceConfig", "CONFIGS", "PAPER", "CURVATURE_SOURCES", "get_config",
-           "partial_spearman", "binned_bound_fit", "tables", "main"]
+           "partial_spearman", "tables", "main"]
 
 # Ravikumar et al. (ICML 2024) §6.3: Fig. 3 on CIFAR-100 (1,000 Inception models) and ImageNet
 # (100 ResNet50) from Feldman & Zhang's 0.7-subset models; 50 memorization bins of width 0.02.
 PAPER = {"fig3_bins": 50, "fig3_bin_width": 0.02, "fig3_bin_statistic": "max curvature",
          "fig3_models": {"CIFAR-100": 1000, "ImageNet": 100}, "subset_ratio": 0.7}
-
-# curvature over which members (Thm 5.1: OUT; §6.3: all; scores.csv's `curvature`: IN)
-CURVATURE_SOURCES = ("out", "all", "in")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +101,7 @@ CONFIGS = {
                                                                        "hidden": 512},
                            models=64, epochs=40, batch_size=128, num_probes=10,
                            zero_order_members=64, noise_members=16, bootstrap=1000),
-    "tiny": EvidenceConfig(name="tiny", datasets=("digits",), train_size=300, model="mlp",
+    "tiny": EvidenceConfig(name="tiny", datasets=("digits",), train_size=200, model="mlp",
                            model_kwargs={"hidden": 64, "depth": 1}, models=6, epochs=2,
                            batch_size=64, num_probes=2, zero_order_members=6, noise_members=6,
                            noise_seeds=2, bootstrap=10, fit_bins=10, model_bootstrap=10),
@@ -164,28 +163,6 @@ def partial_spearman(x, y, given) -> float:
     r = stats.spearmanr(np.stack([x[ok], y[ok], z[ok]], axis=1)).statistic
     rxy, rxz, ryz = r[0, 1], r[0, 2], r[1, 2]
     return float((rxy - rxz * ryz) / np.sqrt((1 - rxz ** 2) * (1 - ryz ** 2)))
-
-
-def binned_bound_fit(mem, curvature, bins: int) -> dict[str, Any]:
-    """Fig. 3 as §6.3 computes it: ``bins`` memorization bins of width 1/bins over [0, 1] (mem
-    clipped into it; empty bins dropped); per bin the mean mem, the maximum and mean curvature
-    and its examples m_sub; eq. 15 mem ≈ p₁·√m_sub·max Curv + c₁ (p₁, c₁ ≥ 0) on the bins."""
-    from jaxcurv.privacy import theory
-
-    mem, curvature = np.asarray(mem, np.float64), np.asarray(curvature, np.float64)
-    ok = np.isfinite(mem) & np.isfinite(curvature)
-    which = np.minimum((np.clip(mem[ok], 0.0, 1.0) * bins).astype(int), bins - 1)
-    present = np.unique(which)
-    rows = [{"bin": int(b), "mem_lo": b / bins, "mem_hi": (b + 1) / bins,
-             "examples": int(np.sum(which == b)), "mem_mean": float(mem[ok][which == b].mean()),
-             "curvature_max": float(curvature[ok][which == b].max()),
-             "curvature_mean": float(curvature[ok][which == b].mean())} for b in present]
-    fit = theory.fit_memorization_curvature([r["mem_mean"] for r in rows],
-                                            [r["curvature_max"] for r in rows],
-                                            [r["examples"] for r in rows])
-    for r, f in zip(rows, fit.predicted):
-        r["fitted"] = float(f)
-    return {"bins": rows, "p1": fit.p1, "c1": fit.c1, "r2": fit.r2}
 
 
 def _in_out_all(values, masks) -> dict[str, np.ndarray]:
@@ -341,7 +318,8 @@ def _figures(st, tabs, out: Path) -> list[Path]:
 
 def _headline(tabs) -> dict[str, Any]:
     fits = {r["source"]: r for r in tabs["fig3_fits"]}
-    return {"fig3": fits, "label_noise": tabs["label_noise_summary"]}
+    return {"fig3": fits, "label_noise": tabs["label_noise_summary"],
+            "label_noise_raw": tabs["label_noise"]}
 
 
 def main(config: EvidenceConfig) -> dict[str, Any]:

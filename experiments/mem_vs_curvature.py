@@ -4,7 +4,8 @@ Paper: Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature L
 An ensemble of ``members`` models is trained on random 50 % subsets (balanced masks);
 Feldman–Zhang memorization from its correctness; per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) by exact
 HVPs and Hutchinson probes on every member, averaged over the members that trained on the
-example (IN); the other proxies from jaxcurv.workflow.proxy_scores. Correlations (Spearman,
+example (IN, the headline), over the others (OUT) and over all members (ALL); the other proxies
+from jaxcurv.workflow.proxy_scores. Correlations (Spearman,
 Pearson) → JSON.
 
     python -m experiments.mem_vs_curvature --config small     # digits, CPU, ~1 min
@@ -104,12 +105,15 @@ def compute(config: MemCurvConfig, data: X.ExperimentData) -> tuple[dict[str, np
              "train_accuracy_in": float(correct[masks].mean()),
              "heldout_accuracy_out": float(correct[~masks].mean()),
              "members": config.models, "subset_size_mean": float(masks.sum(1).mean())}
-    return {"mem": mem, "mem_stderr": mem_stderr, **proxy}, facts
+    everyone = {"curvature_all": np.asarray(curvature.trace_sq, np.float64).mean(0),
+                "curvature_trace_all": np.asarray(curvature.trace, np.float64).mean(0)}
+    return {"mem": mem, "mem_stderr": mem_stderr, **proxy, **everyone}, facts
 
 
 def _proxy_panels(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = {"curvature_in": "curvature tr(H²) (in)", "curvature_trace_in": "curvature tr(H) (in)",
-             "curvature_out": "curvature tr(H²) (out)", "curvature_train_in": "tr(H) over training",
+             "curvature_out": "curvature tr(H²) (out)", "curvature_all": "curvature tr(H²) (all)",
+             "curvature_train_in": "tr(H) over training",
              "confidence": "confidence (out)", "loss": "loss (in)",
              "learning_time": "learning time (epochs)",
              "adversarial_distance": "adversarial distance (L2)"}

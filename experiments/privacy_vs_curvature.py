@@ -100,9 +100,9 @@ class PrivacyCurvConfig(DPRecipe, PrivacySweep, X.ExperimentConfig):
 
 
 CONFIGS = {
-    "tiny": PrivacyCurvConfig(name="tiny", train_size=200, test_size=100, batch_size=32,
-                              model_kwargs={"width": 4, "hidden": 16}, models=2, epochs=2,
-                              num_probes=2, epsilons=(1.0, 3.0, 10.0, 30.0),
+    "tiny": PrivacyCurvConfig(name="tiny", train_size=96, test_size=48, batch_size=32,
+                              model_kwargs={"width": 4, "hidden": 16}, models=2, epochs=1,
+                              num_probes=1, epsilons=(1.0, 3.0, 10.0, 30.0),
                               dp_learning_rate=1e-2),
     "small": PrivacyCurvConfig(name="small", model_kwargs={"width": 8, "hidden": 32},
                                batch_size=64, num_probes=10),

@@ -77,9 +77,9 @@ class PrivacyMemConfig(DPRecipe, PrivacySweep, X.ExperimentConfig):
 
 
 CONFIGS = {
-    "tiny": PrivacyMemConfig(name="tiny", train_size=200, test_size=100, batch_size=32,
-                             model_kwargs={"width": 4, "hidden": 16}, models=4, epochs=2,
-                             epsilons=(1.0, 100.0), candidates=20, seeds=2, models_per_seed=2,
+    "tiny": PrivacyMemConfig(name="tiny", train_size=96, test_size=48, batch_size=32,
+                             model_kwargs={"width": 4, "hidden": 16}, models=4, epochs=1,
+                             epsilons=(1.0, 100.0), candidates=16, seeds=2, models_per_seed=2,
                              top=5, dp_learning_rate=1e-2),
     "small": PrivacyMemConfig(name="small", model_kwargs={"width": 8, "hidden": 32},
                               batch_size=64, epsilons=(1.0, 10.0, 100.0), candidates=150),

@@ -67,8 +67,9 @@ class SamConfig(X.ExperimentConfig):
 
 
 CONFIGS = {
-    "tiny": SamConfig(name="tiny", train_size=300, test_size=100, models=6, epochs=2,
-                      num_probes=2, bootstrap=20, edges=(0.0, 0.5, 1.0), seeds=2),
+    "tiny": SamConfig(name="tiny", train_size=96, test_size=48, models=6, epochs=1,
+                      model_kwargs={"width": 4, "hidden": 16}, num_probes=1, bootstrap=20,
+                      edges=(0.0, 0.5, 1.0), seeds=2),
     "small": SamConfig(name="small", models=16, epochs=12, bootstrap=200),
     "cpu": SamConfig(name="cpu", datasets=("cifar10",), fallback_dataset=None, train_size=2000,
                      test_size=1000, model_kwargs={"width": 16, "hidden": 64}, models=10,
