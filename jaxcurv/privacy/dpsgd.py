@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcurv._tree import leading_size
 from jaxcurv._validate import check_float, check_positive, check_positive_int
 
 # The host-side plan (settings, padded size, Poisson batches) lives in jaxcurv.privacy.plan; its
@@ -98,17 +99,8 @@ def _check_noise_multiplier(value) -> None:
 # ------------------------------------------------------------------------- device functions ---
 
 
-def _leading_size(tree) -> int:
-    leaves = jax.tree_util.tree_leaves(tree)
-    if not leaves:
-        raise ValueError("per-example gradients are an empty pytree")
-    sizes = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
-    if len(sizes) != 1 or None in sizes:
-        raise ValueError(
-            "every per-example gradient leaf needs the same leading example axis, got leading "
-            f"sizes {sorted(str(s) for s in sizes)}"
-        )
-    return sizes.pop()
+def _leading_size(grads) -> int:
+    return leading_size(grads, "the per-example gradients")
 
 
 def _per_example_sq_norms(grads) -> jax.Array:
@@ -273,20 +265,6 @@ def _check_params(params) -> None:
             )
 
 
-def _batch_size(inputs: tuple) -> int:
-    """The common leading size n of every leaf of the batch tuple; ValueError otherwise."""
-    leaves = jax.tree_util.tree_leaves(inputs)
-    if not leaves:
-        raise ValueError("the batch holds no arrays; pass e.g. (x, y) with a leading example axis")
-    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
-    if len(sizes) != 1 or None in sizes:
-        raise ValueError(
-            "every array of the batch needs the same leading example axis, got leading sizes "
-            f"{sorted(str(s) for s in sizes)}"
-        )
-    return int(sizes.pop())
-
-
 def _private_value_and_grad(loss_fn, params, inputs: tuple, mask, key, *, l2_clip,
                             noise_multiplier, expected_batch_size,
                             microbatch_size: int | None):
@@ -297,7 +275,7 @@ def _private_value_and_grad(loss_fn, params, inputs: tuple, mask, key, *, l2_cli
     at a time under ``lax.scan`` when set), clip, masked sum, one noise draw, divide by B.
     Returns (gradient pytree like ``params``, :class:`PrivateGradientInfo`).
     """
-    n = _batch_size(inputs)
+    n = leading_size(inputs, "the batch")
     _check_mask(mask, n)
     _check_concrete_positive("l2_clip", l2_clip)
     _check_noise_multiplier(noise_multiplier)

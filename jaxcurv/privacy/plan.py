@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from scipy import stats
 
+from jaxcurv._tree import leading_size
 from jaxcurv._validate import (
     check_int,
     check_masks,
@@ -314,14 +315,7 @@ class PoissonSampler:
     def __init__(self, data, *, expected_batch_size: int, steps: int, seed: Seed,
                  overflow_probability: float = 1e-9, max_batch_size: int | None = None,
                  start: int = 0):
-        leaves = jax.tree_util.tree_leaves(data)
-        if not leaves:
-            raise ValueError("data holds no arrays; pass e.g. (x, y) with a leading example axis")
-        sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
-        if len(sizes) != 1 or None in sizes:
-            raise ValueError(f"every array of data needs the same leading example axis N, got "
-                             f"leading sizes {sorted(str(s) for s in sizes)}")
-        n = int(sizes.pop())
+        n = leading_size(data, "data")
         if n == 0:
             raise ValueError("data has no examples (N = 0)")
         b = check_positive_int("expected_batch_size", expected_batch_size)
