@@ -9,7 +9,7 @@ Every script defines a config dataclass extending :class:`Config`, named configs
 ``python -m experiments.<name> --config small``.
 
 Dataset specs (``Config.datasets``): anything :func:`jaxcurv.data.load` accepts ("digits",
-"cifar10", "cifar100", "tfds:<name>", "npz:<path>"). CIFAR files are found by
+"cifar10", "cifar100", "tfds:<name>", "npz:<path>", "hf:<folder>"; ``jaxcurv.data.DATASET_SPECS``). CIFAR files are found by
 :func:`jaxcurv.data.locate` in ``--data-dir`` and then in ``$JAXCURV_DATA_DIR``; when a config
 has a ``fallback_dataset`` and no local CIFAR copy is found, that dataset (digits in the small
 configs) is used instead and the outputs say so.
