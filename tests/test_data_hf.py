@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxcurv import data
-from jaxcurv.errors import DataError, MissingDependency
+from jaxcurv.errors import DataError, DataNotFound, MissingDependency
 
 NEEDS_DATASETS = "Hugging Face datasets is an optional extra: pip install 'jaxcurv[hf]'"
 
@@ -98,8 +98,11 @@ def test_unreadable_folders_are_one_line_errors(hf, tmp_path):
     _split(hf, mixed, [0, 1]).save_to_disk(str(tmp_path / "mixed"))
     _split(hf, _images(7, 2), [0, -1], label_feature=hf.ClassLabel(num_classes=2)
            ).save_to_disk(str(tmp_path / "unlabeled"))
-    for folder, match in [("missing", "no folder at"), ("empty", "not a folder written by"),
-                          ("mixed", "differ in size"), ("unlabeled", "without a label")]:
+    with pytest.raises(DataNotFound, match="no folder at") as missing:
+        data.load(f"hf:{tmp_path / 'missing'}")
+    assert "--dataset hf:FOLDER" in missing.value.command_line
+    for folder, match in [("empty", "not a folder written by"), ("mixed", "differ in size"),
+                          ("unlabeled", "without a label")]:
         with pytest.raises(DataError, match=match) as err:
             data.load(f"hf:{tmp_path / folder}")
         assert "\n" not in str(err.value)

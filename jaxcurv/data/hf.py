@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcurv.data.dataset import Dataset
-from jaxcurv.errors import DataError, MissingDependency
+from jaxcurv.errors import DataError, DataNotFound, MissingDependency
 
 __all__ = ["import_datasets", "load_hf"]
 
@@ -106,12 +106,16 @@ def _read_part(ds: Any, image_key: str, label_key: str, display_name: str, progr
 
 def load_hf(path: Path, *, split: str, name: str, progress: bool = False) -> Dataset:
     """The ``save_to_disk`` folder at ``path`` (split ``split``) as a Dataset named ``name``
-    (see the module docstring); DataError (one line) for a folder this loader cannot read."""
+    (see the module docstring); DataNotFound when there is no folder, DataError (one line) for a
+    folder this loader cannot read."""
     datasets = import_datasets(name)
     if not path.is_dir():
-        raise DataError(f"{name}: no folder at {path}; 'hf:' reads a folder written by Hugging "
-                        "Face datasets' save_to_disk (it downloads nothing): "
-                        "datasets.load_dataset(...).save_to_disk(folder)")
+        raise DataNotFound(
+            f"{name}: no folder at {path}.",
+            command_line="--dataset hf:FOLDER with FOLDER written by Hugging Face datasets' "
+            "save_to_disk ('hf:' reads a local folder and downloads nothing).",
+            other_ways=("From Python: datasets.load_dataset(...).save_to_disk(FOLDER), then "
+                        "load('hf:FOLDER').",))
     try:
         obj = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError, OSError) as err:

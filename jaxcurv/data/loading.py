@@ -44,15 +44,14 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
 
     ``split``: "train" | "test" | "all" ("all" = train followed by test); "tfds:<name>" also
     accepts any TFDS split string ("validation", "train[:10%]", ...), "hf:<folder>" any split of
-    its DatasetDict. ``data_dir``: where CIFAR
-    files (searched before ``$JAXCURV_DATA_DIR``) or a prepared TFDS dataset live. ``progress``:
-    a progress bar while reading TFDS records or decoding JPEGs. Raises ValueError for an unknown
-    name or split, FileNotFoundError (saying how to get the data) for a missing dataset,
-    ValueError (one line, naming the file) for an npz that is not a readable archive or has other
-    keys, ImportError for "tfds:<name>" without tensorflow-datasets,
-    jaxcurv.errors.MissingDependency for "hf:<folder>" without datasets and
-    jaxcurv.errors.DataError (one line) for a folder it cannot read. The whole split is read into
-    memory.
+    its DatasetDict. ``data_dir``: where CIFAR files (searched before ``$JAXCURV_DATA_DIR``) or a
+    prepared TFDS dataset live. ``progress``: a progress bar while reading TFDS records or decoding
+    JPEGs. Raises ValueError for an unknown name or split, jaxcurv.errors.DataNotFound (a
+    FileNotFoundError saying how to get the data) for a missing dataset, ValueError (one line,
+    naming the file) for an npz that is not a readable archive or has other keys, ImportError for
+    "tfds:<name>" without tensorflow-datasets, jaxcurv.errors.MissingDependency for "hf:<folder>"
+    without datasets and jaxcurv.errors.DataError (one line) for a folder it cannot read. The whole
+    split is read into memory.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string; valid forms: {_VALID_FORMS}.")

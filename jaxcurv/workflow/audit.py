@@ -6,7 +6,7 @@ Each stage is a small function of the config and the outputs of earlier stages. 
 more than a moment are cached under ``<out>/cache`` (:class:`~jaxcurv.workflow.cache.StageCache`),
 keyed on the data actually used and the settings the stage depends on; training is checkpointed
 under ``<out>/checkpoints``. A killed run, started again with the same settings, resumes where it
-stopped. Every random key derives from ``PRNGKey(config.seed)`` by ``fold_in``.
+stopped. Every random key is ``run_key(config.seed, Stage.<stage>)`` (:mod:`jaxcurv.workflow.keys`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from jaxcurv.workflow import sections
 from jaxcurv.workflow.attacks import attack_scores
 from jaxcurv.workflow.cache import StageCache, fingerprint
 from jaxcurv.workflow.config import AuditConfig
+from jaxcurv.workflow.keys import Stage, run_key
 from jaxcurv.workflow.lock import exclusive_lock
 from jaxcurv.workflow.proxy_scores import proxies as _proxies
 from jaxcurv.workflow.timing import Timer
@@ -39,8 +40,6 @@ __all__ = ["AuditData", "AuditRun", "run_audit", "load_data", "train_members", "
            "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table",
            "checkpoint_folders"]
 
-# fold_in ids of the run key PRNGKey(config.seed), one per random stage
-_TRAIN, _CURVATURE, _ZERO_ORDER, _PROXIES, _REFERENCE_CURVATURE = 1, 2, 3, 4, 5
 # settings that change the trained members (the data enters through its fingerprint)
 _TRAIN_FIELDS = ("model", "model_kwargs", "models", "epochs", "batch_size", "learning_rate",
                  "weight_decay", "fraction", "optimizer", "rho", "gnr_penalty", "gnr_noise",
@@ -86,10 +85,11 @@ def load_data(config: AuditConfig) -> AuditData:
     """Both splits (a seeded random subset of each with max_examples), label noise, masks."""
     train, test = data_lib.train_test(config.dataset, data_dir=config.data_dir,
                                       progress=config.progress)
-    if config.max_examples is not None:
-        rng = np.random.default_rng(config.seed)
-        train, test = (d.take(np.sort(rng.choice(len(d), min(len(d), config.max_examples),
-                                                 replace=False))) for d in (train, test))
+    if config.max_examples is not None:  # the one sampler: train with seed, test with seed + 1
+        train = train.take(data_lib.random_subset(len(train), config.max_examples,
+                                                  seed=config.seed))
+        test = test.take(data_lib.random_subset(len(test), config.max_examples,
+                                                seed=config.seed + 1))
     true_labels = train.labels
     flipped = np.zeros(len(train), bool)
     if config.label_noise > 0:
@@ -214,7 +214,7 @@ def mia_scores(data: AuditData, logits, test_logits, curvature: Curvature,
                          test_logits, data.test.labels)
 
 
-def nonprivate_reference(config: AuditConfig, data: AuditData, key: jax.Array,
+def nonprivate_reference(config: AuditConfig, data: AuditData,
                          cache: StageCache) -> dict[str, Any]:
     """DP runs: the same members trained without DP, for the cost of privacy: their test accuracy
     (K,), Feldman–Zhang memorization (N,), mean IN tr(H²) and tr(H) (N,), and the scores (K, N)
@@ -224,13 +224,13 @@ def nonprivate_reference(config: AuditConfig, data: AuditData, key: jax.Array,
         _say("non-private reference: the same members trained without DP, to measure what DP "
              "costs and buys")
     with timer("train_nonprivate_reference"):
-        ens = train_members(config, data, jax.random.fold_in(key, _TRAIN), private=False)
+        ens = train_members(config, data, run_key(config.seed, Stage.TRAIN), private=False)
     stage_key = _stage_key(config, data, "num_probes", "h", private=False)
 
     def compute():
         logits = ens_lib.predict(ens, data.train.images, progress=False)
         curv = ens_lib.member_curvature(ens, data.train.images, data.train.labels,
-                                        jax.random.fold_in(key, _REFERENCE_CURVATURE),
+                                        run_key(config.seed, Stage.REFERENCE_CURVATURE),
                                         num_probes=config.num_probes, progress=config.progress)
         return {"correct": logits.argmax(-1) == data.train.labels[None], "trace": curv.trace,
                 "trace_sq": curv.trace_sq}
@@ -314,7 +314,6 @@ def _per_member(cache: StageCache, name: str, key: dict, members, compute, finit
 
 def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
     """Every stage up to the attack scores, cached where costly."""
-    key = jax.random.PRNGKey(config.seed)
     with timer("data"):
         data = load_data(config)
     keys = _stage_keys(config, data)
@@ -322,29 +321,29 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
     if resume and config.progress:
         _say(resume)
     with timer("train"):
-        ens = train_members(config, data, jax.random.fold_in(key, _TRAIN),
+        ens = train_members(config, data, run_key(config.seed, Stage.TRAIN),
                             private=config.private)
     pred = cache.run("predictions", keys["predictions"], lambda: predict_views(ens, data),
                      require_finite=True)
     quiet = dataclasses.replace(config, progress=False)  # one member at a time: no inner bars
     curv = Curvature(**_per_member(
         cache, "curvature", keys["curvature"], range(config.models),
-        lambda ms: member_curvature(quiet, ens, data, jax.random.fold_in(key, _CURVATURE),
+        lambda ms: member_curvature(quiet, ens, data, run_key(config.seed, Stage.CURVATURE),
                                     members=ms)._asdict(), ("trace", "trace_sq")))
     zero = None
     if config.zero_order:
         zero = _per_member(
             cache, "zero_order", keys["zero_order"], zero_order_member_ids(config),
             lambda ms: {"zero_order": member_zero_order(
-                quiet, ens, data, jax.random.fold_in(key, _ZERO_ORDER), members=ms)},
+                quiet, ens, data, run_key(config.seed, Stage.ZERO_ORDER), members=ms)},
             True)["zero_order"]
     proxy = cache.run("proxies", keys["proxies"],
                       lambda: memorization_proxies(config, ens, data, pred["logits"], curv,
-                                                   jax.random.fold_in(key, _PROXIES)))
+                                                   run_key(config.seed, Stage.PROXIES)))
     scores = cache.run("attacks", keys["attacks"],
                        lambda: mia_scores(data, pred["logits"], pred["test_logits"], curv, zero),
                        require_finite=True)
-    ref = nonprivate_reference(config, data, key, cache) if config.private else None
+    ref = nonprivate_reference(config, data, cache) if config.private else None
     if config.clean:
         removed = ens_lib.clean_checkpoints(Path(config.out) / "checkpoints",
                                             keep=checkpoint_folders(config, data))
