@@ -122,15 +122,16 @@ def _naive(loss_fn, params, x, y, mask, l2_clip, batch):
     leaves0, treedef = jax.tree_util.tree_flatten(params)
     total = [np.zeros(np.shape(leaf)) for leaf in leaves0]
     losses = []
+    value_and_grad = jax.jit(jax.value_and_grad(loss_fn))  # one example at a time, no vmap
     for i in range(x.shape[0]):
         if not mask[i]:
             continue
-        g = [np.asarray(leaf, np.float64) for leaf in
-             jax.tree_util.tree_leaves(jax.grad(loss_fn)(params, x[i], y[i]))]
+        loss, grad = value_and_grad(params, x[i], y[i])
+        g = [np.asarray(leaf, np.float64) for leaf in jax.tree_util.tree_leaves(grad)]
         norm = math.sqrt(sum(float(np.sum(leaf ** 2)) for leaf in g))
         factor = min(1.0, l2_clip / norm) if norm > 0 else 1.0
         total = [t + factor * leaf for t, leaf in zip(total, g)]
-        losses.append(float(loss_fn(params, x[i], y[i])))
+        losses.append(float(loss))
     return jax.tree_util.tree_unflatten(treedef, [t / batch for t in total]), float(np.mean(losses))
 
 

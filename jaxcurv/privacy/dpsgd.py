@@ -12,6 +12,10 @@ leak), and the noisy sum is divided by the *expected* batch size B, never by the
 (dividing by the realized size would leak it). The optax update follows. This module imports no
 accounting library (it runs where dp_accounting is not installed).
 
+Entry points: :func:`dp_value_and_grad` (your own loop: any params pytree, a batch tuple),
+:func:`dp_gradient` (``loss_fn(params, x, y)``; the ensemble trainer's step) — both one core,
+``_private_value_and_grad`` — and :func:`private_gradient` (per-example gradients you already have).
+
 Noise layout: one draw ``z = jax.random.normal(key, (P,), dtype)`` with P the total number of
 gradient entries and dtype = float32 promoted with the leaves' dtypes; leaf j of
 ``jax.tree_util.tree_leaves(grads)`` takes the next ``leaf.size`` entries of z (C order), scaled by
