@@ -136,3 +136,15 @@ def test_command_line_reads_a_folder(hf, tmp_path):
     assert main(["curvature", "--dataset", f"hf:{tmp_path / 'tiny'}", "--model", "mlp",
                  "--epochs", "1", "--num-probes", "2", "--out", str(out), "--quiet"]) == 0
     assert len(out.read_text().strip().splitlines()) == 1 + 24
+
+
+def test_datasets_is_imported_only_when_a_folder_is_loaded():
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    code = "import sys, jaxcurv.data, jaxcurv.workflow; print('datasets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=root))
+    assert out.stdout.strip() == "False"
