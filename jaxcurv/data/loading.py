@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jaxcurv._names import DATASET_SPECS
 from jaxcurv.data.cifar import CIFAR_NAMES, load_cifar
 from jaxcurv.data.dataset import Dataset
 from jaxcurv.data.digits import load_digits
@@ -23,17 +24,6 @@ __all__ = ["DATASET_SPECS", "load", "train_test"]
 
 _SPLITS = ("train", "test", "all")
 
-DATASET_SPECS: tuple[tuple[str, str], ...] = (
-    ("digits", "scikit-learn's 8x8 digits, embedded, no network"),
-    ("cifar10", "CIFAR-10 files in --data-dir or $JAXCURV_DATA_DIR, else tensorflow-datasets"),
-    ("cifar100", "CIFAR-100 (fine labels), found like cifar10"),
-    ("tfds:<name>", "any prepared image-classification TFDS dataset, e.g. tfds:mnist"),
-    ("npz:<path>", "keys images/labels, {split}_images/{split}_labels, or the JPEG layout "
-                   "{split}_jpeg/{split}_offsets/{split}_labels"),
-    ("hf:<folder>", "a folder written by Hugging Face datasets' save_to_disk: one image and one "
-                    "ClassLabel column, splits train/test (needs jaxcurv[hf])"),
-)
-"""Every dataset name ``load`` accepts, as (spec, one-line description) pairs."""
 
 _VALID_FORMS = ", ".join(f"'{spec}' ({what})" for spec, what in DATASET_SPECS)
 
