@@ -128,6 +128,13 @@ def _check_common_findings(run):
     if not tpr_low:
         assert "No attack is strongest at 0.1 % FPR: not resolvable" in block
     assert "TPR at 0.1 % FPR 0.00 %" not in block
+    # the command's summary: TPR at 1 % FPR in percent with the unit too
+    printed = re.findall(r"^    (\w+) +(\d\.\d{3})  +(.+?)(?:  +(?:\d\.\d{3}|—))?$",
+                         run["stdout"], flags=re.M)
+    assert {name for name, _, _ in printed} == set(aurocs)
+    for _, _, tpr_1pct in printed:
+        assert re.fullmatch(r"\d+\.\d\d %", tpr_1pct) or tpr_1pct.startswith(
+            "not resolvable at 1 % FPR"), tpr_1pct
     assert FIGURES <= set(s["figures"]) and not {"extreme", "hist"} & set(s["figures"])
     for rel in s["figures"].values():
         assert (run["out"] / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and rel in page
@@ -175,6 +182,10 @@ def test_findings_with_dp_and_label_noise(dp_noise):
     assert "ε = 4" in re.search(r"<title>(.*?)</title>", page).group(1)
     block = _section(page, "Findings")
     assert "AUROC, non-private" in block and f"cost {p['accuracy_cost']:.3f}" in block
+    for row in re.findall(r"<tr>(.*?)</tr>", block)[1:]:  # TPR cells: percent, a reason or —
+        for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)[3:]:
+            assert re.fullmatch(r"\d+\.\d\d %|—", cell) or cell.startswith(
+                "not resolvable at 0.1 % FPR"), cell
     dp_table = _section(page, "Differential privacy")
     assert "ε audited lower bound" in dp_table and "<th>meaning</th>" in dp_table
     # label noise: the best ranker and its precision@k, re-derived from scores.csv
