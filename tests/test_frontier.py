@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) puts only tests/ on the path
     sys.path.insert(0, str(ROOT))
 
-from experiments import _common as C  # noqa: E402
 from experiments import privacy_utility_frontier as puf  # noqa: E402
+from jaxcurv.workflow import experiment as X  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -138,14 +138,14 @@ def test_configs_and_bad_settings(tmp_path, fake_cifar10):
     assert cifar.datasets == ("cifar10",) and cifar.fallback_dataset is None
     # the CIFAR-10 configuration finds its files through the environment (a tiny fake here)
     fake_cifar10(32)
-    data = C.load_data("cifar10", dataclasses.replace(cifar, train_size=20))
+    data = X.load_data("cifar10", dataclasses.replace(cifar, train_size=20))
     assert data.slug == "cifar10" and data.train.images.shape == (20, 32, 32, 3)
     tiny = dataclasses.replace(puf.get_config("tiny"), out=str(tmp_path / "x"))
-    for bad, match in [(dict(members=4), "members"), (dict(mitigations=()), "mitigations"),
+    for bad, match in [(dict(models=4), "models"), (dict(mitigations=()), "mitigations"),
                        (dict(mitigations=((0.1, -1.0),)), "mitigations"),
                        (dict(epsilons=(8.0,)), "epsilons"), (dict(attack="zero_order_lr"),
                                                              "attack"),
-                       (dict(gnr_hvp="fd"), "gnr_hvp"), (dict(model="resnet18"), "resnet18_gn")]:
+                       (dict(gnr_hvp="fd"), "gnr.hvp"), (dict(model="resnet18"), "resnet18_gn")]:
         with pytest.raises(ValueError, match=match):
             puf.main(dataclasses.replace(tiny, **bad))
     assert not (tmp_path / "x").exists()

@@ -95,6 +95,25 @@ def test_fingerprint_is_content_keyed():
     assert fingerprint(AuditConfig()) != fingerprint(AuditConfig(seed=1))
 
 
+def test_ensemble_fingerprint_covers_every_parameter():
+    from types import SimpleNamespace
+
+    from jaxcurv.workflow import ensemble_fingerprint
+
+    rng = np.random.default_rng(0)
+    variables = {"params": {f"layer{i}": {"kernel": rng.normal(size=(2, 3, 3))}
+                            for i in range(12)}}  # more than the eight leaves once hashed
+    ens = SimpleNamespace(model="m", masks=np.ones((2, 5), bool), member_ids=np.arange(2),
+                          variables=variables)
+    base = ensemble_fingerprint(ens)
+    middle = {"params": {**variables["params"], "layer6": {
+        "kernel": variables["params"]["layer6"]["kernel"] + 1e-7}}}
+    assert ensemble_fingerprint(SimpleNamespace(**{**vars(ens), "variables": middle})) != base
+    assert ensemble_fingerprint(SimpleNamespace(**{**vars(ens), "member_ids": np.arange(1, 3)})
+                                ) != base
+    assert ensemble_fingerprint(SimpleNamespace(**vars(ens))) == base
+
+
 def test_stage_cache_round_trip_and_resume(tmp_path):
     timer = Timer()
     lines = []

@@ -45,7 +45,7 @@ from jaxcurv.data.dataset import Dataset
 from jaxcurv.data.digits import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION
 from jaxcurv.data.loading import load, train_test
 from jaxcurv.data.npz import cache_dir
-from jaxcurv.data.subsets import add_label_noise, subset_masks
+from jaxcurv.data.subsets import add_label_noise, random_subset, subset_masks
 
 __all__ = [
     "Dataset",
@@ -55,6 +55,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "subset_masks",
     "add_label_noise",
+    "random_subset",
     "random_crop",
     "random_flip",
     "augment",

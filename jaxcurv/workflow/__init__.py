@@ -23,8 +23,16 @@ load on first use, so ``jaxcurv --help`` answers without importing jax.
 import importlib
 
 from jaxcurv.workflow.cache import StageCache, ensemble_fingerprint, fingerprint
-from jaxcurv.workflow.commands import CurvatureConfig, privacy_accounting, run_curvature
-from jaxcurv.workflow.config import OPTIMIZERS, AuditConfig, apply_overrides, parse_overrides
+from jaxcurv.workflow.commands import privacy_accounting, run_curvature
+from jaxcurv.workflow.config import (
+    OPTIMIZERS,
+    PRESETS,
+    AuditConfig,
+    CurvatureConfig,
+    EpsilonConfig,
+    with_preset,
+)
+from jaxcurv.workflow.settings import apply_overrides, parse_overrides
 from jaxcurv.workflow.environment import describe_device, environment
 from jaxcurv.workflow.timing import Timer, Timing, load_average, time_call, time_interleaved
 
@@ -34,6 +42,10 @@ _LAZY = {"MIA_ATTACKS": "attacks", "attack_scores": "attacks", "epsilon_audit": 
 
 __all__ = [
     "AuditConfig",
+    "CurvatureConfig",
+    "EpsilonConfig",
+    "PRESETS",
+    "with_preset",
     "OPTIMIZERS",
     "apply_overrides",
     "parse_overrides",
@@ -55,7 +67,6 @@ __all__ = [
     "AuditData",
     "AuditRun",
     "run_audit",
-    "CurvatureConfig",
     "run_curvature",
     "privacy_accounting",
 ]
