@@ -51,7 +51,7 @@ def test_tiny_run_writes_the_table_figure_and_answers(tiny_run):
                                                   "dp-sgd-eps4", "dp-sgd-eps64"]
     assert [r["family"] for r in table] == ["SGD", "SAM", "SAM-GNR", "DP-SGD", "DP-SGD"]
     # 0.1 % FPR needs ≥ 1000 non-member scores: the tiny run's are NaN (not resolvable), not 0
-    resolves_0_1pct = cfg.members * cfg.train_size // 2 >= 1000
+    resolves_0_1pct = cfg.models * cfg.train_size // 2 >= 1000
     for r in table:
         for k in ("test_accuracy", "auroc", "tpr_at_fpr_0_1pct", "mean_mem", "mean_curvature"):
             if k == "tpr_at_fpr_0_1pct" and not resolves_0_1pct:
