@@ -258,19 +258,18 @@ def _impute_centers(
     }
 
 
-def _warn_imputed(caller: str, group: str, rows: np.ndarray) -> None:
+def _warn_imputed(caller: str, group: str, rows: np.ndarray, stacklevel: int) -> None:
     """Warn how many examples had the Gaussian of ``group`` imputed (rows bool (N,))."""
     if not np.any(rows):
         return
-    other = "out" if group == "in" else "in"
-    g, o = group.upper(), other.upper()
+    g, o = group.upper(), "OUT" if group == "in" else "IN"
     warnings.warn(
         f"{caller}: {int(rows.sum())} of {rows.size} example(s) have no {g} shadow statistics; "
-        f"their {g} Gaussian is the {o} one shifted by the mean IN − OUT difference of the "
-        f"other examples, with the {g} variance pooled over examples, so that they get the same "
-        f"test on the same scale as the others. Use more shadow models so that every example "
-        f"is {g} for some of them.",
-        stacklevel=4,
+        f"their {g} Gaussian is imputed (centre = their {o} centre {'+' if g == 'IN' else '−'} "
+        f"the mean IN − OUT difference of the other examples), so that they get the same test "
+        f"on the same scale as the others. Use more shadow models so that every example is "
+        f"{g} for some of them.",
+        stacklevel=stacklevel + 1,
     )
 
 
@@ -401,8 +400,8 @@ def _lira(
                 t[scored], centers["out"][scored], var_out[scored], alternative, offline_test
             )
         rows_no_in = np.zeros_like(has_in)
-    _warn_imputed(caller, "in", imputed["in"])
-    _warn_imputed(caller, "out", imputed["out"])
+    _warn_imputed(caller, "in", imputed["in"], stacklevel=3)
+    _warn_imputed(caller, "out", imputed["out"], stacklevel=3)
     _fallback_scores(
         score, t, groups, rows_no_in=rows_no_in, rows_no_out=~has_out & ~imputed["out"],
         fixed_variance=fixed, alternative=alternative, caller=caller, centers=centers,
@@ -558,8 +557,8 @@ def curvature_nll(
         )
         score[scored] = d.sum(axis=1)
     if delta is not None:
-        _warn_imputed("curvature_nll", "in", ~has_in)
-        _warn_imputed("curvature_nll", "out", ~has_out)
+        _warn_imputed("curvature_nll", "in", ~has_in, stacklevel=2)
+        _warn_imputed("curvature_nll", "out", ~has_out, stacklevel=2)
     _fallback_scores(
         score, t, groups, rows_no_in=~has_in & ~scored, rows_no_out=~has_out & ~scored,
         fixed_variance=False, alternative="less", caller="curvature_nll",
