@@ -316,6 +316,29 @@ def _figures(st, tabs, out: Path) -> list[Path]:
     return figs
 
 
+def _headlines(tabs) -> dict[str, Any]:
+    """Fig. 3 per curvature source with member-bootstrap intervals; flipped-label AUROC per
+    ranker with its min–max over seeds."""
+    out = {}
+    for f in tabs["fig3_fits"]:
+        s = f["source"]
+        out[f"spearman_mem_curvature_{s}"] = X.headline(
+            f["spearman_mem"], f"Spearman(mem, tr(H²) over {s.upper()} members)",
+            interval=[f["spearman_mem_lo"], f["spearman_mem_hi"]],
+            over="95 % bootstrap over members")
+        out[f"partial_spearman_{s}"] = X.headline(
+            f["partial_mem"], f"partial Spearman(mem, tr(H²) over {s.upper()} | IN loss)",
+            interval=[f["partial_mem_lo"], f["partial_mem_hi"]],
+            over="95 % bootstrap over members")
+        out[f"fig3_eq15_r2_{s}"] = X.headline(
+            f["r2"], f"R² of eq. 15 on the memorization bins (max tr(H²) over {s.upper()})")
+    for r in tabs["label_noise_summary"]:
+        out[f"flipped_auroc_{r['ranker']}"] = X.headline(
+            r["auroc_mean"], f"AUROC of {r['ranker']} at ranking flipped labels first",
+            interval=[r["auroc_min"], r["auroc_max"]], over=f"{r['seeds']} seeds, min–max")
+    return out
+
+
 def _headline(tabs) -> dict[str, Any]:
     fits = {r["source"]: r for r in tabs["fig3_fits"]}
     return {"fig3": fits, "label_noise": tabs["label_noise_summary"],
@@ -367,7 +390,8 @@ def main(config: EvidenceConfig) -> dict[str, Any]:
     lines.append("flipped labels, AUROC over seeds: " + ", ".join(
         f"{r['ranker']} {r['auroc_mean']:.3f} ± {r['auroc_sd']:.3f}"
         for r in tabs["label_noise_summary"]))
-    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=[], lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=[], lines=lines,
+             headlines=_headlines(tabs))
     return results
 
 

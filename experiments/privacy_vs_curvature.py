@@ -379,6 +379,42 @@ def _summary(tabs) -> dict[str, Any]:
             "fits": {r["quantity"]: r for r in tabs["fits"]}}
 
 
+def _headlines(tabs) -> dict[str, Any]:
+    """The figures docs/measurements.md shows, each with its min–max over seeds."""
+    models = tabs["per_model"]
+    fits = {r["quantity"]: r for r in tabs["fits"]}
+    out = {}
+
+    def spread(arm, e, q):
+        v = [r[q] for r in models if r["arm"] == arm and r["epsilon"] == e]
+        return float(np.mean(v)), [float(min(v)), float(max(v))], len(v)
+
+    dp = sorted({r["epsilon"] for r in models if r["arm"] == "dp"})
+    for arm, e, tag in (("untrained", 0.0, "untrained"), ("dp", dp[0], f"eps{dp[0]:g}"),
+                        ("dp", dp[-1], f"eps{dp[-1]:g}"), ("non-private", math.inf,
+                                                           "nonprivate")):
+        for q, what in (("curvature_mean", "mean tr(H²) over the training examples"),
+                        ("curvature_median", "median tr(H²) over the training examples"),
+                        ("test_accuracy", "test accuracy")):
+            value, interval, n = spread(arm, e, q)
+            label = "untrained" if arm == "untrained" else "non-private" if arm != "dp" \
+                else f"DP-SGD ε = {e:g}"
+            out[f"{q}_{tag}"] = X.headline(value, f"{what}, {label}", interval=interval,
+                                           over=f"{n} seeds, min–max")
+    for q, what in (("curvature_mean", "mean tr(H²)"), ("curvature_median", "median tr(H²)"),
+                    ("train_loss_mean", "train loss")):
+        f = fits[q]
+        out[f"spearman_{q}_vs_epsilon"] = X.headline(
+            f["spearman_with_epsilon"], f"Spearman of {what} with ε (DP arms)",
+            interval=[f["spearman_per_seed_min"], f["spearman_per_seed_max"]],
+            over="per seed, min–max", paper=1.0 if q != "train_loss_mean" else -1.0)
+    out["loss_bound_fit_r2"] = X.headline(fits["train_loss_mean"]["r2"],
+                                          "R² of L(ε) = a + b·e^(−cε) on the mean train loss")
+    out["eq16_fit_r2_mean"] = X.headline(fits["curvature_mean"]["r2"],
+                                         "R² of eq. 16 on the mean tr(H²)")
+    return out
+
+
 def _lines(slug, config, tabs) -> list[str]:
     rows = tabs["per_epsilon"]
     fits = {r["quantity"]: r for r in tabs["fits"]}
@@ -417,7 +453,9 @@ def main(config: PrivacyCurvConfig) -> dict:
                               "paper": PAPER,
                               "figures": [str(p.relative_to(out)) for p in figures]}
         lines += _lines(data.slug, config, tabs)
-    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+        headlines = _headlines(tabs)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
+             headlines=headlines)
     return results
 
 

@@ -272,6 +272,21 @@ def _figure(tabs, config, d):
         ylabel="memorization score", title="Fig. 6: memorization vs privacy")
 
 
+def _headlines(tabs) -> dict[str, Any]:
+    """Mean memorization of b per ε with its min–max over seed groups."""
+    rows = [r for r in tabs["mem_vs_epsilon"] if r["seed"] != "pooled"]
+    out = {}
+    for e in sorted({r["epsilon"] for r in rows}):
+        v = [r["mem_candidates"] for r in rows if r["epsilon"] == e]
+        tag = f"eps{e:g}" if math.isfinite(e) else "nonprivate"
+        label = f"DP-SGD ε = {e:g}" if math.isfinite(e) else "non-private"
+        out[f"mem_candidates_{tag}"] = X.headline(
+            float(np.mean(v)), f"mean memorization of b (the {tabs['reference'][0]['candidates']}"
+            f" most memorized by the reference), {label}", interval=[min(v), max(v)],
+            over=f"{len(v)} seed groups, min–max")
+    return out
+
+
 def _lines(slug, tabs) -> list[str]:
     ref = tabs["reference"][0]
     out = [f"[{slug}] b = the {ref['candidates']} examples most memorized by the reference "
@@ -324,10 +339,12 @@ def main(config: PrivacyMemConfig) -> dict:
                               "reference": tabs["reference"][0], "paper": PAPER,
                               "figure": str(fig.relative_to(out))}
         lines += _lines(data.slug, tabs)
+        headlines = _headlines(tabs)
     notes.append("b is picked by a separate non-private reference ensemble, so its measured "
                  "memorization is not biased upward by the selection; the interval of every "
                  "number is the spread over seed groups (independent training runs).")
-    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
+             headlines=headlines)
     return results
 
 

@@ -374,6 +374,22 @@ def _figures(st, tabs, config, d) -> list:
                                         title="tr(H²), SGD vs SAM")]
 
 
+def _headlines(tabs, config) -> dict[str, Any]:
+    """SAM − SGD per attack and the arms' accuracy, each with its min–max over seeds."""
+    out = {}
+    for r in tabs["across_seeds"]:
+        group = r.get("attack") or r.get("optimizer")
+        if r.get("attack") not in (None, config.verdict_attack) and \
+                r["quantity"] != "auroc_difference":
+            continue
+        what = (f"SAM − SGD {r['quantity'].replace('_', ' ')} ({group})" if "attack" in r
+                else f"{group.upper()} {r['quantity'].replace('_', ' ')}")
+        out[f"{group}_{r['quantity']}"] = X.headline(
+            r["mean"], what, interval=[r["min"], r["max"]],
+            over=f"{r['seeds']} seeds, min–max (sign in every seed: {r['sign_in_every_seed']})")
+    return out
+
+
 def _lines(tabs, verdicts) -> list[str]:
     lines = []
     for r in tabs["across_seeds"]:
@@ -412,7 +428,7 @@ def main(config: SamConfig) -> dict:
                "difference": tabs["difference"], "per_arm": tabs["per_arm"],
                "verdict": verdicts, "figures": [str(p.relative_to(out)) for p in figures]}
     X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes,
-             lines=lines + _lines(tabs, verdicts))
+             lines=lines + _lines(tabs, verdicts), headlines=_headlines(tabs, config))
     return results
 
 
