@@ -40,7 +40,7 @@ from jaxcurv.workflow.settings import PrivacySweep, redefault, setting
 
 EXPERIMENT = "privacy_vs_curvature"
 
-__all__ = ["DPRecipe", "PrivacyCurvConfig", "CONFIGS", "PAPER", "get_config", "dp_optimizer",
+__all__ = ["DPRecipe", "PaperDPConfig", "PrivacyCurvConfig", "CONFIGS", "PAPER", "get_config", "dp_optimizer",
            "tables", "main"]
 
 # The paper's recipe (§6.1, quoted): "20 epochs till the privacy budget is reached", "maximum
@@ -81,11 +81,10 @@ def dp_optimizer(config) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
-class PrivacyCurvConfig(DPRecipe, PrivacySweep, X.ExperimentConfig):
-    """The shared experiment settings (``models``: seeds per ε, each trained on all m training
-    examples), the DP-SGD sweep (eq. 16 has 4 parameters: give >= 5 values of ε) and the DP
-    recipe. Defaults: the paper's recipe (RMSprop at 0.001, steps at 60 % / 80 %, 20 epochs,
-    batch 128, clip 1, δ = 1e-5, crop + flip, no weight decay)."""
+class PaperDPConfig(DPRecipe, PrivacySweep, X.ExperimentConfig):
+    """The shared experiment settings, the DP-SGD sweep and the DP recipe with the paper's
+    defaults (RMSprop at 0.001, steps at 60 % / 80 %, 20 epochs, batch 128, clip 1, δ = 1e-5,
+    crop + flip, no weight decay) and the ε grid 1, 5, 10, 20, 50, 100."""
 
     epsilons: tuple[float, ...] = redefault(PrivacySweep, "epsilons",
                                             (1.0, 5.0, 10.0, 20.0, 50.0, 100.0))
@@ -94,6 +93,13 @@ class PrivacyCurvConfig(DPRecipe, PrivacySweep, X.ExperimentConfig):
     batch_size: int = redefault(X.ExperimentConfig, "batch_size", 128)
     weight_decay: float = redefault(X.ExperimentConfig, "weight_decay", 0.0)
     augment: bool | None = redefault(X.ExperimentConfig, "augment", True)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyCurvConfig(PaperDPConfig):
+    """The paper's DP settings (:class:`PaperDPConfig`); ``models``: seeds per ε, each trained on
+    all m training examples (eq. 16 has 4 parameters: give >= 5 values of ε)."""
+
     models: int = redefault(X.ExperimentConfig, "models", 3)
     nonprivate: bool = setting(True, "also train the recipe without DP (ε = ∞) and measure the "
                                "untrained networks (ε = 0)")

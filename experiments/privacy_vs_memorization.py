@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from experiments.privacy_vs_curvature import DPRecipe, dp_optimizer
+from experiments.privacy_vs_curvature import PaperDPConfig, dp_optimizer
 from jaxcurv.errors import ConfigError
 from jaxcurv.workflow import experiment as X
 from jaxcurv.workflow.keys import Stage
-from jaxcurv.workflow.settings import PrivacySweep, redefault, setting
+from jaxcurv.workflow.settings import redefault, setting
 
 EXPERIMENT = "privacy_vs_memorization"
 
@@ -48,18 +48,11 @@ PAPER = {"candidates": 500, "seeds": 40, "epsilons": (1.0, 10.0, 20.0, 30.0, 40.
 
 
 @dataclasses.dataclass(frozen=True)
-class PrivacyMemConfig(DPRecipe, PrivacySweep, X.ExperimentConfig):
-    """The shared experiment settings, the DP-SGD sweep and recipe (defaults: the paper's), and
+class PrivacyMemConfig(PaperDPConfig):
+    """The paper's DP settings (:class:`~experiments.privacy_vs_curvature.PaperDPConfig`) and
     the memorization design: ``candidates`` (set b), ``seeds`` groups of ``models_per_seed``
     members per arm, the ``reference_models`` that pick b, and the ``top`` of b reported apart."""
 
-    epsilons: tuple[float, ...] = redefault(PrivacySweep, "epsilons",
-                                            (1.0, 5.0, 10.0, 20.0, 50.0, 100.0))
-    dp_learning_rate: float = redefault(PrivacySweep, "dp_learning_rate", 1e-3)
-    epochs: int = redefault(X.ExperimentConfig, "epochs", 20)
-    batch_size: int = redefault(X.ExperimentConfig, "batch_size", 128)
-    weight_decay: float = redefault(X.ExperimentConfig, "weight_decay", 0.0)
-    augment: bool | None = redefault(X.ExperimentConfig, "augment", True)
     models: int = redefault(X.ExperimentConfig, "models", 8)
     candidates: int = setting(200, "set b: the examples most memorized by the reference, each "
                               "held by half of every seed group", low=2, high=10**7)
