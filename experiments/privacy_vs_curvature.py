@@ -367,7 +367,7 @@ def _figures(st, tabs, config, d) -> list:
                   f"eq. 16 on the median, R² = {fits['curvature_median']['r2']:.3f}":
                   eq16("curvature_median")},
             references={f"{k}, mean": v for k, v in references("curvature_mean").items()},
-            ylabel="input curvature tr(H²)", logy=True,
+            ylabel="curvature tr(H²)", logy=True,
             title="Fig. 5: curvature vs privacy (all training examples)"),
         report.figure_series_vs_epsilon(
             eps, {"train accuracy": per["train_accuracy"][dp],

@@ -363,15 +363,15 @@ def _figures(st, tabs, config, d) -> list:
         label = f"{o.upper()} {config.verdict_attack}"
         curves[label] = mia.roc_curve(scores[config.verdict_attack], masks)
         aurocs[label] = mia.roc_metrics(scores[config.verdict_attack], masks)["auroc"]
-    sq_in = {o.upper(): memorization.masked_mean(st[p + o + "_curvature"].astype(np.float64),
-                                                  masks) for o in _OPTIMIZERS}
+    curvature_in = {o.upper(): memorization.masked_mean(
+        st[p + o + "_curvature"].astype(np.float64), masks) for o in _OPTIMIZERS}
     return [report.figure_gain_by_mem(gains, d / "gain_by_memorization_seed0.png",
                                       ylabel="held-out accuracy gain, SAM − SGD"),
             report.figure_roc(curves, d / "roc_sam_vs_sgd_seed0.png", aurocs=aurocs,
                               title=f"seed {s}: MIA, SAM vs SGD"),
-            report.figure_distributions(sq_in, d / "curvature_sq_distributions_seed0.png",
-                                        xlabel="tr(H²), mean over IN members",
-                                        title="tr(H²), SGD vs SAM")]
+            report.figure_distributions(curvature_in, d / "curvature_distributions_seed0.png",
+                                        xlabel="curvature tr(H²), mean over IN members",
+                                        title="curvature tr(H²), SGD vs SAM")]
 
 
 def _headlines(tabs, config) -> dict[str, Any]:
