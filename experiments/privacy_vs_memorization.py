@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -294,6 +295,14 @@ def _headlines(tabs) -> dict[str, Any]:
     return out
 
 
+def _spread_apart(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A per_epsilon row for summary.json with the spreads over seed groups (``*_sd``) under
+    ``sd_over_seeds``, apart from the values (a small sd is not a near-chance accuracy)."""
+    values = {k: v for k, v in row.items() if not k.endswith("_sd")}
+    return {**values, "sd_over_seeds": {f"sd_{k[:-3]}": v for k, v in row.items()
+                                        if k.endswith("_sd")}}
+
+
 def _lines(slug, tabs) -> list[str]:
     ref = tabs["reference"][0]
     out = [f"[{slug}] b = the {ref['candidates']} examples most memorized by the reference "
@@ -343,7 +352,8 @@ def main(config: PrivacyMemConfig) -> dict:
         tabs = tables(st, config)
         X.write_tables(out, tabs)
         fig = _figure(tabs, config, out)
-        results[data.slug] = {"data": data.describe(), "per_epsilon": tabs["per_epsilon"],
+        results[data.slug] = {"data": data.describe(),
+                              "per_epsilon": [_spread_apart(r) for r in tabs["per_epsilon"]],
                               "reference": tabs["reference"][0], "paper": PAPER,
                               "figure": str(fig.relative_to(out))}
         lines += _lines(data.slug, tabs)

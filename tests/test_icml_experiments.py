@@ -199,3 +199,24 @@ def test_tiny_config_runs_and_its_tables_recompute(module, tmp_path):
     assert pngs and all(p.read_bytes()[:8] == PNG for p in pngs)
     st = np.load(out / "statistics.npz")
     assert all(st[k].dtype in (np.float32, np.bool_) or st[k].dtype.kind == "i" for k in st)
+
+
+def test_summary_command_is_the_scripts_own_flags_when_it_ran_as_the_script(monkeypatch):
+    from jaxcurv.workflow import experiment as X
+
+    config = PVM.get_config("cpu")
+    monkeypatch.setattr(sys, "argv", ["experiments/privacy_vs_memorization.py", "--config",
+                                      "cpu", "--set", "epsilons=[1.0, 10.0]"])
+    assert X._command(PVM.EXPERIMENT, config) == (
+        "python -m experiments.privacy_vs_memorization --config cpu --set 'epsilons=[1.0, 10.0]'")
+    monkeypatch.setattr(sys, "argv", ["pytest", "-q"])  # called from Python: the named config
+    assert X._command(PVM.EXPERIMENT, config) == (
+        "python -m experiments.privacy_vs_memorization --config cpu")
+
+
+def test_privacy_vs_memorization_summary_keeps_spreads_apart_from_values():
+    row = {"epsilon": 1.0, "test_accuracy_mean": 0.3, "test_accuracy_sd": 0.01,
+           "mem_top_sd": 0.2, "mem_top_mean": 0.1}
+    assert PVM._spread_apart(row) == {
+        "epsilon": 1.0, "test_accuracy_mean": 0.3, "mem_top_mean": 0.1,
+        "sd_over_seeds": {"sd_test_accuracy": 0.01, "sd_mem_top": 0.2}}
