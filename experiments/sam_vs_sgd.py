@@ -255,7 +255,7 @@ def _seed_tables(st, s: int, config) -> dict[str, list[dict[str, Any]]]:
     for o, a in arms.items():
         acc = a["test_correct"].mean(1)
         per_arm.append({"seed": s, "optimizer": o, "test_accuracy": float(acc.mean()),
-                        "test_accuracy_sd_members": float(acc.std(ddof=1)),
+                        "sd_test_accuracy_members": float(acc.std(ddof=1)),
                         "train_in_accuracy": float(a["correct"][masks].mean()),
                         "mean_memorization": float(np.nanmean(mem[o])),
                         "curvature_median_in": float(np.nanmedian(
