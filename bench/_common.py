@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["format_table", "print_table", "results_dir", "write_json", "base_parser",
-           "cifar10", "random_subset"]
+           "cifar10", "random_subset", "synthetic_cifar"]
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
@@ -106,3 +106,23 @@ def random_subset(dataset, n: int, seed: int):
 
     n = min(int(n), len(dataset))
     return dataset.take(np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n]))
+
+
+def synthetic_cifar(n_train: int, n_test: int, seed: int):
+    """(train, test) CIFAR-shaped stand-in Datasets (N, 32, 32, 3): 10 smooth class prototypes +
+    uniform noise; 10 % of the training labels flipped, so some examples can only be memorized."""
+    import numpy as np
+
+    from jaxcurv import data
+
+    rng = np.random.default_rng(seed)
+    protos = np.kron(rng.random((10, 4, 4, 3)), np.ones((1, 8, 8, 1)))
+
+    def split(n: int, flip: bool):
+        y = rng.integers(0, 10, n)
+        x = (0.5 * protos[y] + 0.5 * rng.random((n, 32, 32, 3))).astype(np.float32)
+        if flip:
+            y = np.where(rng.random(n) < 0.1, (y + rng.integers(1, 10, n)) % 10, y)
+        return data.Dataset.from_arrays(x, y.astype(np.int32), num_classes=10, name="synthetic")
+
+    return split(n_train, True), split(n_test, False)
