@@ -303,13 +303,16 @@ class _Inputs:
         return jax.random.fold_in(jax.random.PRNGKey(self.seed), _KEYS[name])
 
 
-def _inputs(sizes: Sizes, seed: int, data_dir) -> _Inputs:
-    """The GELU CNN with random weights, a batch of CIFAR-10 test images (uniform noise without
-    the files) and the CIFAR-10 subset of the ensemble rows (synthetic without the files)."""
-    splits = C.cifar10(data_dir)
+def _inputs(sizes: Sizes, seed: int, data_dir, splits=None) -> _Inputs:
+    """The GELU CNN with random weights, a batch of CIFAR-10 test images and the CIFAR-10 subset
+    of the ensemble rows (a synthetic stand-in without the files). ``splits``: (train, test,
+    description) already loaded (the GPU suite passes its own)."""
+    if splits is None:
+        found = C.cifar10(data_dir)
+        splits = None if found is None else (*found, {"dataset": "cifar10", "fallback": False})
     if splits is not None:
-        train, test = splits
-        info = {"dataset": "cifar10", "fallback": False}
+        train, test, info = splits
+        info = {k: info[k] for k in ("dataset", "fallback", "note") if k in info}
     else:
         train, test = C.synthetic_cifar(sizes.ens_train, max(sizes.ens_test, sizes.batch), seed)
         info = {"dataset": "synthetic", "fallback": True,
@@ -720,7 +723,7 @@ def section_ensemble(inp: _Inputs, peer: _Torch) -> tuple[list[dict], dict]:
                          loop_epoch, ours_acc, loop_acc, s.ens_target)]
     # torch.func stacked: timed over a few steps first; trained to the target only if faster
     start = time.perf_counter()
-    step_times, _ = members.stacked(probe_steps=s.repeats + 1)
+    step_times, _ = members.stacked(probe_steps=s.repeats + 2)
     stacked_epoch = statistics.median(step_times[1:]) * members.steps / k   # per member
     detail["stacked"] = {"probe_step_s": step_times, "member_epoch_s_from_steps": stacked_epoch}
     if stacked_epoch < loop_epoch:
@@ -964,17 +967,18 @@ def _environment(peer: _Torch) -> dict:
 
 
 def run(sizes: Sizes, *, out: str | os.PathLike, seed: int = 0, data_dir=None,
-        sections=SECTIONS, tiny: bool = False) -> dict:
+        sections=SECTIONS, tiny: bool = False, splits=None) -> dict:
     """Every section in ``sections``, in this process; writes DIR/peers.json (after each section)
     and DIR/peers.md; returns the result. A failing section is recorded (status "failed", the
-    traceback), not raised."""
+    traceback), not raised. ``splits``: (train, test, {"dataset", "fallback"[, "note"]}) already
+    loaded, else CIFAR-10 is looked up in ``data_dir`` / $JAXCURV_DATA_DIR."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     peer = _import_torch()
     print(f"bench.peers — {describe_device()}; torch: "
           f"{peer.module.__version__ if peer.module else 'missing'}", flush=True)
-    inp = _inputs(sizes, seed, data_dir)
+    inp = _inputs(sizes, seed, data_dir, splits)
     result: dict[str, Any] = {
         "environment": _environment(peer),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
