@@ -79,8 +79,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     per-example gradients clipped to C, summed over wᵢ > 0, plus N(0, σ²C²) noise, divided by the
     expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included.
     Models whose parameters all sit in dense layers (``models.MLP``) get their per-example norms
-    without per-example gradients (``dense_dp_gradient``: two backward passes, the same result up
-    to float rounding; ``dp_dense_norms=False`` turns it off, None uses it where it applies);
+    and clipped sum without per-example gradients (``dense_dp_gradient``: one forward and one
+    backward pass, the same result up to float rounding; ``dp_dense_norms=False`` turns it off,
+    None uses it where it applies);
     otherwise per-example gradients are formed by vmap(grad), ``dp_microbatch_size`` rows at a
     time if given (``lax.scan``; the same result up to summation order, see ``dp_gradient``).
     ``augment(key, image) -> image`` is applied per example; ``compute_dtype`` (e.g. bfloat16)
