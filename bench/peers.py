@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import os
 import re
 import statistics
@@ -77,6 +76,7 @@ from jaxcurv.workflow import (  # noqa: E402
     load_average,
     time_interleaved,
 )
+from jaxcurv.workflow.experiment import headline  # noqa: E402
 
 if __package__:  # python -m bench.peers
     from bench import _common as C
@@ -981,7 +981,6 @@ def run(sizes: Sizes, *, out: str | os.PathLike, seed: int = 0, data_dir=None,
     inp = _inputs(sizes, seed, data_dir, splits)
     result: dict[str, Any] = {
         "environment": _environment(peer),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m bench.peers " + " ".join(sys.argv[1:]) if sys.argv else "",
         "tiny": tiny, "sizes": dataclasses.asdict(sizes), "data": inp.data_info,
         "rows": [], "sections": {}}
@@ -1001,12 +1000,42 @@ def run(sizes: Sizes, *, out: str | os.PathLike, seed: int = 0, data_dir=None,
         report.write_json(out / "peers.json", result)
         C.print_table(f"{name} — {describe_device()}", [_table_cells(r) for r in rows])
     result["environment"]["load_avg_1min_end"] = load_average()
+    result["headlines"] = _headlines(result["rows"])
     result["wall_s"] = time.perf_counter() - start
     report.write_json(out / "peers.json", result)
     _write_text(out / "peers.md", render_markdown(result))
     print(f"\nwrote {out / 'peers.json'} and {out / 'peers.md'} in {result['wall_s']:.0f} s",
           flush=True)
     return result
+
+
+def _headlines(rows: list[dict]) -> dict[str, dict]:
+    """docs/measurements.md's figures: each ratio (the interval over the interleaved repeats'
+    paired ratios, min–max), the cost of privacy and the limit figures."""
+    out = {}
+    for row in rows:
+        if row.get("status") not in ("ok", "slower than the loop"):
+            continue
+        what = f"{row['name']}: {row['ours']} vs {row['peer']}"
+        if row["section"] == "limit":
+            out["limit: XLA FLOPs / analytic"] = headline(
+                row["xla_over_analytic"], f"{what}: XLA cost-analysis FLOPs per sample over the "
+                "analytical count of one HVP per probe (4F)", unit="×")
+            out["limit: fraction of matmul peak"] = headline(
+                row["fraction_of_peak"], f"{what}: achieved FLOP/s over the measured float32 "
+                "matmul FLOP/s")
+        elif "overhead" in row:
+            out["dpsgd: cost of privacy"] = headline(row["overhead"], what + " (target ≤ 2)",
+                                                     unit="×")
+        else:
+            paired = [p / o for p, o in zip(row.get("peer_times_s", ()),
+                                            row.get("ours_times_s", ()))]
+            out[f"{row['section']}: {row['peer']}"] = headline(
+                row["speedup"], f"{what}: the peer's median time over ours",
+                interval=[min(paired), max(paired)] if paired else None,
+                over=f"{len(paired)} interleaved repeats, min–max" if paired else
+                "median steady epoch times", unit="×")
+    return out
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -1066,7 +1095,8 @@ def render_markdown(result: dict, *, heading: str | None = None) -> str:
               f"{env.get('torch_threads', '—')} threads, Opacus {env.get('opacus', '—')}; "
               f"load average {_fmt(env['load_avg_1min'])} at the start, "
               f"{_fmt(env.get('load_avg_1min_end'))} at the end.",
-              f"Command: `{result['command']}` ({result['date']}, "
+              f"Command: `{result['command']}` ({env.get('date', '')}, commit "
+              f"{env.get('commit') or 'not recorded'}, "
               f"{_fmt(result.get('wall_s'))} s{', toy sizes' if result.get('tiny') else ''}).",
               ""]
     cells = [_table_cells(r) for r in result["rows"]]
