@@ -1050,7 +1050,7 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         if value != value:
             return "nan"
-        if abs(value) >= 1e4:
+        if abs(value) >= 100:
             return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)
