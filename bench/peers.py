@@ -767,12 +767,14 @@ def lira_reference(keep: np.ndarray, scores: np.ndarray, check_scores: np.ndarra
     for j in range(scores.shape[1]):
         gathered_in.append(scores[keep[:, j], j, :])
         gathered_out.append(scores[~keep[:, j], j, :])
-    out = np.array([g[:min(map(len, gathered_out))] for g in gathered_out])
+    out_size = min(map(len, gathered_out))
+    out = np.array([g[:out_size] for g in gathered_out])
     mu_out, sd_out = np.median(out, 1), np.std(out, 1)
     log_out = stats.norm.logpdf(check_scores, mu_out, sd_out + 1e-30)
     if not online:
         return -log_out.mean(1)
-    inn = np.array([g[:min(map(len, gathered_in))] for g in gathered_in])
+    in_size = min(map(len, gathered_in))
+    inn = np.array([g[:in_size] for g in gathered_in])
     log_in = stats.norm.logpdf(check_scores, np.median(inn, 1), np.std(inn, 1) + 1e-30)
     return (log_in - log_out).mean(1)
 
