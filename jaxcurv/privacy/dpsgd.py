@@ -14,7 +14,9 @@ accounting library (it runs where dp_accounting is not installed).
 
 Entry points: :func:`dp_value_and_grad` (your own loop: any params pytree, a batch tuple),
 :func:`dp_gradient` (``loss_fn(params, x, y)``; the ensemble trainer's step) — both one core,
-``_private_value_and_grad`` — and :func:`private_gradient` (per-example gradients you already have).
+``_private_value_and_grad`` — :func:`private_gradient` (per-example gradients you already have),
+and :func:`dense_dp_gradient` (models whose parameters all sit in flax Dense layers: the same
+result from layer inputs and output gradients, without per-example gradients).
 
 Noise layout: one draw ``z = jax.random.normal(key, (P,), dtype)`` with P the total number of
 gradient entries and dtype = float32 promoted with the leaves' dtypes; leaf j of
