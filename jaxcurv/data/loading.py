@@ -15,6 +15,7 @@ from jaxcurv.data.dataset import Dataset
 from jaxcurv.data.digits import load_digits
 from jaxcurv.data.npz import load_npz
 from jaxcurv.data.tfds import load_tfds
+from jaxcurv.errors import DataError
 
 __all__ = ["load", "train_test"]
 
@@ -38,7 +39,8 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
     a progress bar while reading TFDS records or decoding JPEGs. Raises ValueError for an unknown
     name or split, FileNotFoundError (saying how to get the data) for a missing dataset,
     ValueError (one line, naming the file) for an npz that is not a readable archive or has other
-    keys, ImportError for "tfds:<name>" without tensorflow-datasets. The whole split is read into
+    keys, :class:`jaxcurv.errors.MissingDependency` (an ImportError naming the ``tfds`` extra) for
+    "tfds:<name>" without tensorflow-datasets. The whole split is read into
     memory.
     """
     if not isinstance(name, str) or not name:
@@ -67,10 +69,16 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
 
 def train_test(name: str, *, data_dir: str | os.PathLike | None = None,
                progress: bool = False) -> tuple[Dataset, Dataset]:
-    """``(load(name, split="train"), load(name, split="test"))``; ValueError (before any training)
-    when the test images have another shape than the training images."""
+    """``(load(name, split="train"), load(name, split="test"))``; DataError (a ValueError, before
+    any training) when a split has no example or the test images have another shape than the
+    training images."""
     train = load(name, split="train", data_dir=data_dir, progress=progress)
     test = load(name, split="test", data_dir=data_dir, progress=progress)
+    for split, ds in (("training", train), ("test", test)):
+        if len(ds) == 0:
+            raise DataError(f"{name} has no {split} examples; an audit needs both splits (an "
+                            "npz: save train_images/train_labels and test_images/test_labels "
+                            "with at least one example each)")
     if test.images.shape[1:] != train.images.shape[1:]:
         raise ValueError(f"{name}: test images have shape {test.images.shape[1:]} but training "
                          f"images {train.images.shape[1:]}; both splits must hold images of one "
