@@ -1,4 +1,4 @@
-"""Shared test helpers, and Ctrl-C that stops the suite even inside an in-process CLI call."""
+"""Shared test fixtures, and Ctrl-C that stops the suite even inside an in-process CLI call."""
 
 import os
 import signal

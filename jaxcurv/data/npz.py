@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcurv.data.dataset import Dataset
-from jaxcurv.errors import DataError
+from jaxcurv.errors import DataError, DataNotFound
 
 __all__ = ["load_npz", "cache_dir", "decode_jpegs"]
 
@@ -120,9 +120,9 @@ def load_npz(path: Path, *, split: str, name: str, progress: bool = False,
     ``num_classes``: the number of classes when the caller knows it (e.g. 10 for CIFAR-10) and
     the file does not store it; then it is not inferred from the labels."""
     if not path.is_file():
-        raise FileNotFoundError(
-            f"npz file {path} does not exist; pass 'npz:<path to an existing .npz>'."
-        )
+        raise DataNotFound(f"npz file {path} does not exist.",
+                           command_line="--dataset npz:PATH with PATH an existing .npz file.",
+                           other_ways=("From Python: load('npz:/path/to/file.npz').",))
     with _open_npz(path) as npz:
         z = _Archive(npz, path)
         keys = set(z.files)

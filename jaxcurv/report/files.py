@@ -31,7 +31,8 @@ import numpy as np
 from jaxcurv.errors import OutputError
 
 __all__ = ["to_jsonable", "write_json", "write_csv", "write_html", "write_text_atomic",
-           "output_error", "retire_outputs", "publish_outputs", "PREVIOUS", "STAGING"]
+           "atomic_path", "check_writable_file", "output_error", "retire_outputs",
+           "publish_outputs", "PREVIOUS", "STAGING"]
 
 PREVIOUS = "previous"   # where retire_outputs keeps the previous run's complete outputs
 STAGING = ".staging"    # where a run writes its outputs before publish_outputs moves them
@@ -61,9 +62,10 @@ def output_error(path, err: OSError) -> OutputError:
 
 
 @contextlib.contextmanager
-def _atomic(path) -> Iterator[Path]:
+def atomic_path(path) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` to write; renamed onto ``path`` when the block ends
-    without error, removed otherwise (an OSError becomes OutputError)."""
+    without an exception, removed otherwise (an OSError, e.g. a full disk, becomes a one-line
+    OutputError naming ``path``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -88,7 +90,7 @@ def _unlink_quietly(path: Path) -> None:
 
 def write_text_atomic(path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; OutputError when that fails."""
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
@@ -107,7 +109,7 @@ def write_csv(path, columns: Mapping[str, Any]) -> Path:
     for name, a in zip(names, arrays):
         if len(a) != n:
             raise ValueError(f"column {name!r} has {len(a)} rows, expected {n}")
-    with _atomic(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(names)
         for i in range(n):
@@ -222,6 +224,27 @@ def write_html(path, *, title: str, sections: Sequence[Mapping[str, Any]]) -> Pa
         parts.append("</section>")
     parts.append("</body></html>")
     return write_text_atomic(path, "\n".join(parts))
+
+
+def check_writable_file(flag: str, path) -> Path:
+    """``path`` as a Path if a file can be written there: not an existing directory, and its
+    parent folder exists or can be created (created here). ConfigError naming ``flag``
+    otherwise; run it before any compute."""
+    from jaxcurv.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; pass a file name such as "
+                          f"{path / 'curvature.csv'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{flag}: cannot create the folder {path.parent} ({err.strerror or err})"
+                          "; pass a writable location") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"{flag}: the folder {path.parent} is not writable; pass a writable "
+                          "location")
+    return path
 
 
 def _is_complete(folder: Path, names: Sequence[str]) -> bool:

@@ -22,7 +22,7 @@ __all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "near_cha
            "report_sections", "title", "describe", "spearman", "noise_rankers",
            "top_memorized_order", "highly_memorized", "BY_MEMORIZATION_ATTACK",
            "CURVATURE_NOTE", "HIGH_MEM", "MEM_CONFIDENCE", "NOISY_MEM_STDERR",
-           "INFORMATIVE_AUROC", "PROXY_LABELS"]
+           "INFORMATIVE_AUROC", "PROXY_LABELS", "tpr_text"]
 
 CURVATURE_NOTE = (
     "curvature = Curv, the papers' per-example input-loss curvature: tr(H²) = ‖H‖_F² = E‖Hv‖² of "
@@ -39,6 +39,7 @@ INFORMATIVE_AUROC = 0.6  # a non-private reference below this best AUROC leaves 
 TOP_K = 16              # most memorized examples shown and listed in the findings
 FITTED_FLIPPED = 0.9    # below this train-IN accuracy on flipped labels, the members did not fit
 _METRICS = ("auroc", "balanced_accuracy", "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
+_TPR_KEYS = ("tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
 
 # What each memorization proxy is, for tables and figure axes (summary.json keeps the keys).
 PROXY_LABELS = {
@@ -146,8 +147,8 @@ def highly_memorized(mem, mem_lower, masks, *, fraction: float,
     resolvable = bool(best > threshold)
     count = int(np.sum(lower > threshold))
     return {"threshold": threshold, "confidence": MEM_CONFIDENCE,
-            "criterion": f"lower end of mem's {_percent(MEM_CONFIDENCE)} Agresti–Caffo interval "
-                         f"above {threshold:g}",
+            "criterion": f"lower end of mem's {_confidence(MEM_CONFIDENCE)} Agresti–Caffo "
+                         f"interval above {threshold:g}",
             "count": count, "share": count / len(mem), "examples": int(len(mem)),
             "count_point_estimate": int(np.sum(mem >= threshold)),
             "count_memorized": int(np.sum(lower > 0)),
@@ -182,7 +183,10 @@ def _attack_metrics(scores: dict[str, np.ndarray], masks, config) -> list[dict[s
         m = mia.roc_metrics(s.ravel(), masks[:k].ravel(), bootstrap=config.bootstrap,
                             seed=config.seed, cluster=cluster[:k].ravel())
         rows.append({"attack": name, **{key: m[key] for key in _METRICS},
-                     **{f"{key}_ci": m[f"{key}_ci"] for key in _METRICS if f"{key}_ci" in m}})
+                     **{f"{key}_ci": m[f"{key}_ci"] for key in _METRICS if f"{key}_ci" in m},
+                     **{f"{key}_{part}": m[f"{key}_{part}"] for key in _TPR_KEYS
+                        for part in ("resolvable", "note")},
+                     "min_fpr": m["min_fpr"], "num_nonmembers": m["num_nonmembers"]})
     return rows
 
 
@@ -265,11 +269,22 @@ def _privacy(run, columns) -> dict[str, Any]:
 
 
 def _strongest_attack(metrics: list[dict[str, Any]], by: str = "auroc") -> dict[str, Any]:
-    """The attack with the highest ``by`` metric, with its AUROC and TPR at 0.1 % FPR and their
-    CIs."""
-    row = max(metrics, key=lambda r: r[by])
-    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_ci")
-    return {"attack": row["attack"], "chosen_by": by, **{k: row[k] for k in keys if k in row}}
+    """The attack with the highest ``by`` metric, with its AUROC and TPR at 0.1 % FPR, their CIs
+    and whether that FPR is resolvable. A TPR metric ranks only the attacks whose scores resolve
+    its FPR (``mia.fpr_resolution``); with none, ``attack`` is None and ``note`` says why (the
+    note of the attack with the most non-member scores)."""
+    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_ci",
+            "tpr_at_fpr_0_1pct_resolvable", "tpr_at_fpr_0_1pct_note")
+    candidates = metrics
+    if by in _TPR_KEYS:
+        candidates = [r for r in metrics if r.get(f"{by}_resolvable", True)]
+        if not candidates:
+            widest = max(metrics, key=lambda r: r.get("num_nonmembers", 0))
+            return {"attack": None, "chosen_by": by, f"{by}_resolvable": False,
+                    "note": widest.get(f"{by}_note")}
+    row = max(candidates, key=lambda r: r[by])
+    return {"attack": row["attack"], "chosen_by": by, **{k: row[k] for k in keys if k in row},
+            **({"resolvable_attacks": len(candidates)} if by in _TPR_KEYS else {})}
 
 
 def _at_chance(row: dict[str, Any]) -> bool:
@@ -279,10 +294,11 @@ def _at_chance(row: dict[str, Any]) -> bool:
 
 
 def _side_by_side(private: list[dict], nonprivate: list[dict]) -> list[dict[str, Any]]:
-    """Each attack's AUROC and TPR at 0.1 % FPR, private vs the non-private reference (None when
-    the reference did not run the attack, e.g. the zero-order ones)."""
+    """Each attack's AUROC and TPR at 0.1 % FPR (with its note where not resolvable), private
+    vs the non-private reference (None when the reference did not run the attack, e.g. the
+    zero-order ones)."""
     ref = {r["attack"]: r for r in nonprivate}
-    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct")
+    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_note")
     return [{"attack": r["attack"],
              **{f"{k}_private": r.get(k) for k in keys},
              **{f"{k}_nonprivate": ref.get(r["attack"], {}).get(k) for k in keys}}
@@ -318,8 +334,8 @@ def _memorization_warnings(out: dict[str, Any]) -> list[str]:
         return [f"{out['config']['models']} members are too few to call any example memorized: "
                 f"with {high['members_in']} holding each example and {high['members_out']} not, "
                 f"mem moves in steps of {high['resolution']:.3g} (median standard error "
-                f"{se:.2f}) and even mem = 1 has a {_percent(high['confidence'])} lower bound of "
-                f"only {high['best_lower_bound']:.2f}; the mem counts and rankings are mostly "
+                f"{se:.2f}) and even mem = 1 has a {_confidence(high['confidence'])} lower bound "
+                f"of only {high['best_lower_bound']:.2f}; the mem counts and rankings are mostly "
                 f"noise: use {need}"]
     if np.isfinite(se) and se > NOISY_MEM_STDERR:
         return [f"the median standard error of mem is {se:.2f} (> {NOISY_MEM_STDERR}): "
@@ -358,9 +374,9 @@ def _zero_order_warnings(out: dict[str, Any]) -> list[str]:
         return []
     return [f"zero-order attacks on {z['members']} members: {z['fallback_examples']} of "
             f"{out['data']['train_examples']} example(s) have no IN or no OUT shadow among them "
-            "for some target; their zero_order_* scores fall back to the offline / one-sided "
-            "test (another scale); compute zero-order curvature on more members "
-            "(--zero-order-members)"]
+            "for some target; for those the missing Gaussian is imputed (the other group's "
+            "shifted by the mean IN − OUT difference), a coarser test than with shadows on both "
+            "sides; compute zero-order curvature on more members (--zero-order-members)"]
 
 
 def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
@@ -369,7 +385,7 @@ def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
     (label noise), too few members to resolve memorization (or a noisy mem), attacks at chance
     (non-private runs, or a DP run's reference), a DP comparison against a reference too weakly
     attackable to inform it, DP-SGD members more exposed or memorizing more than the reference,
-    curvature outlier members, and zero-order scores that fell back for lack of shadows."""
+    curvature outlier members, and zero-order scores that imputed a missing shadow group."""
     acc, w = out["accuracy"], []
     chance = 1.0 / num_classes
     if near_chance(acc["test_mean"], num_classes):
@@ -454,14 +470,15 @@ def _ci(ci, fmt: str = "{:.3f}") -> str:
     return "" if ci is None else f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
 
 
-def _percent(fraction: float) -> str:
+def _confidence(fraction: float) -> str:
+    """A confidence level as text: 0.95 → "95 %"."""
     return f"{100 * fraction:g} %"
 
 
 def _highly_memorized_line(high: dict[str, Any]) -> str:
     """The memorization headline: the significant count, or plainly that the ensemble is too
     small, with the resolution of mem and the counts a point estimate would give."""
-    conf = _percent(high["confidence"])
+    conf = _confidence(high["confidence"])
     step = (f"mem moves in steps of {high['resolution']:.3g} ({high['members_in']} members hold "
             f"each example, {high['members_out']} do not)")
     points = (f"{high['count_point_estimate']} of {high['examples']} training examples have a "
@@ -478,18 +495,44 @@ def _highly_memorized_line(high: dict[str, Any]) -> str:
             f"{high['threshold']:g}; {points}; {step}.")
 
 
+def _percent(value: float) -> str:
+    return f"{100.0 * value:.2f} %"
+
+
+def tpr_text(value: float | None, *, ci=None, note: str | None = None) -> str:
+    """A TPR at low FPR as the report and the command print it: "12.34 %", with " [lo %, hi %]"
+    when ``ci`` is given; ``note`` ("not resolvable at 0.1 % FPR: …", from ``mia.roc_metrics``)
+    or a missing value (None/NaN) instead of a number — never 0 % for an FPR the scores cannot
+    resolve."""
+    if note:
+        return note
+    if value is None or not math.isfinite(value):
+        return "—"
+    ok_ci = ci is not None and all(v is not None and math.isfinite(v) for v in ci)
+    return _percent(value) + (f" [{_percent(ci[0])}, {_percent(ci[1])}]" if ok_ci else "")
+
+
 def findings_lines(f: dict[str, Any]) -> list[str]:
     """The findings as sentences (report.html's Findings block and the command's summary)."""
     s = f["strongest_attack"]
+    tpr = tpr_text(s.get("tpr_at_fpr_0_1pct"), ci=s.get("tpr_at_fpr_0_1pct_ci"),
+                   note=s.get("tpr_at_fpr_0_1pct_note"))
     lines = [_highly_memorized_line(f["highly_memorized"]),
              f"Strongest attack (by AUROC): {s['attack']}, AUROC {s['auroc']:.3f}"
-             f"{_ci(s.get('auroc_ci'))}, TPR at 0.1 % FPR {s['tpr_at_fpr_0_1pct']:.2%}"
-             f"{_ci(s.get('tpr_at_fpr_0_1pct_ci'), '{:.2%}')} (95 % bootstrap CIs)."]
+             f"{_ci(s.get('auroc_ci'))}"
+             + (f", TPR at 0.1 % FPR {tpr} (95 % bootstrap CIs)."
+                if s.get("tpr_at_fpr_0_1pct_resolvable", True)
+                else f" (95 % bootstrap CI); TPR {tpr}.")]
     low = f["strongest_attack_at_low_fpr"]
-    if low["attack"] != s["attack"]:
-        lines.append(f"Strongest at 0.1 % FPR: {low['attack']}, TPR {low['tpr_at_fpr_0_1pct']:.2%}"
-                     f"{_ci(low.get('tpr_at_fpr_0_1pct_ci'), '{:.2%}')} (AUROC "
-                     f"{low['auroc']:.3f}).")
+    if low["attack"] is None:
+        lines.append(f"No attack is strongest at 0.1 % FPR: {low['note']}.")
+    elif low["attack"] != s["attack"]:
+        among = low.get("resolvable_attacks")
+        lines.append(f"Strongest at 0.1 % FPR"
+                     + (f" (of the {among} attacks whose scores resolve it)" if among else "")
+                     + f": {low['attack']}, TPR "
+                     f"{tpr_text(low['tpr_at_fpr_0_1pct'], ci=low.get('tpr_at_fpr_0_1pct_ci'))}"
+                     f" (AUROC {low['auroc']:.3f}).")
     if "privacy" in f:
         p = f["privacy"]
         lines.append(f"DP-SGD spent ε = {p['epsilon']:.3g} (δ = {p['delta']:.3g}); test accuracy "
@@ -622,8 +665,12 @@ def _findings_section(summary: dict[str, Any], figs: dict[str, Path]) -> dict[st
                                   "(same members, data and settings without DP)",
                        "rows": [{"attack": r["attack"], "AUROC, DP-SGD": r["auroc_private"],
                                  "AUROC, non-private": r["auroc_nonprivate"],
-                                 "TPR at 0.1 % FPR, DP-SGD": r["tpr_at_fpr_0_1pct_private"],
-                                 "TPR at 0.1 % FPR, non-private": r["tpr_at_fpr_0_1pct_nonprivate"]}
+                                 "TPR at 0.1 % FPR, DP-SGD": tpr_text(
+                                     r["tpr_at_fpr_0_1pct_private"],
+                                     note=r["tpr_at_fpr_0_1pct_note_private"]),
+                                 "TPR at 0.1 % FPR, non-private": tpr_text(
+                                     r["tpr_at_fpr_0_1pct_nonprivate"],
+                                     note=r["tpr_at_fpr_0_1pct_note_nonprivate"])}
                                 for r in f["privacy"]["attacks"]]})
     checks = [] if f["warnings"] else [
         "Sanity checks passed: test accuracy well above chance"
@@ -681,9 +728,11 @@ def _privacy_section(summary: dict[str, Any], figs: dict[str, Path]) -> dict[str
 
 
 def _mia_rows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("attack", "auroc", "auroc_ci", "balanced_accuracy", "tpr_at_fpr_0_1pct",
-            "tpr_at_fpr_0_1pct_ci", "tpr_at_fpr_1pct")
-    return [{k: r.get(k) for k in keys} for r in metrics]
+    """Table rows of attack metrics; TPRs in percent with their CI, or why not resolvable."""
+    keys = ("attack", "auroc", "auroc_ci", "balanced_accuracy")
+    return [{**{k: r.get(k) for k in keys},
+             **{key: tpr_text(r.get(key), ci=r.get(f"{key}_ci"), note=r.get(f"{key}_note"))
+                for key in _TPR_KEYS}} for r in metrics]
 
 
 def report_sections(run, summary: dict[str, Any], figs: dict[str, Path]) -> list[dict[str, Any]]:
