@@ -299,25 +299,21 @@ def _private_tmpfs_works() -> bool:
                     reason="mounting a small tmpfs needs a private mount namespace (unshare -rm), "
                            "which this platform refuses; the simulated ENOSPC tests above cover "
                            "the same writes")
-def test_full_tmpfs_one_line_exit_1_no_temporary_files_then_resumes(tmp_path):
+def test_full_tmpfs_one_line_exit_1_and_no_temporary_files(tmp_path):
+    """A 2 MB disk cannot hold the first training checkpoint: one line naming the fix, exit 1,
+    nothing temporary left on the disk (the simulated tests above show the rerun resuming)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    out = mount / "out"
-    audit = [sys.executable, "-m", "jaxcurv", "audit", *TINY, "--out", str(out)]
+    audit = [sys.executable, "-m", "jaxcurv", "audit", *TINY, "--out", str(mount / "out")]
     script = textwrap.dedent(f"""
-        set -u
-        mount -t tmpfs -o size=2m tmpfs {mount}
-        {" ".join(audit)} 2> {tmp_path}/first.err; echo $? > {tmp_path}/first.rc
+        mount -t tmpfs -o size=2m tmpfs {mount} || exit 3
+        {" ".join(audit)} 2> {tmp_path}/stderr; echo $? > {tmp_path}/rc
         find {mount} -name '*tmp*' > {tmp_path}/leftovers
-        mount -o remount,size=64m {mount}
-        {" ".join(audit)} 2> {tmp_path}/second.err; echo $? > {tmp_path}/second.rc
-        ls {out} > {tmp_path}/listing
     """)
     subprocess.run(["unshare", "-rm", "sh", "-c", script], env={**os.environ,
-                   "PYTHONPATH": str(ROOT)}, timeout=500, check=True)
-    first = (tmp_path / "first.err").read_text().strip()
-    assert (tmp_path / "first.rc").read_text().strip() == "1", first
-    assert len(first.splitlines()) == 1 and "No space left on device" in first, first
+                   "PYTHONPATH": str(ROOT)}, timeout=300, check=True)
+    err = (tmp_path / "stderr").read_text().strip()
+    assert (tmp_path / "rc").read_text().strip() == "1", err
+    assert len(err.splitlines()) == 1 and "No space left on device" in err, err
+    assert "free space" in err and "training resumes" in err
     assert (tmp_path / "leftovers").read_text() == ""
-    assert (tmp_path / "second.rc").read_text().strip() == "0", (tmp_path / "second.err").read_text()
-    assert set(OUTPUTS) <= set((tmp_path / "listing").read_text().split())
