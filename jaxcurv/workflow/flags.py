@@ -5,7 +5,8 @@ and default text from the setting's declaration in :mod:`jaxcurv.workflow.settin
 :func:`given_settings` returns only the settings the user typed (flags default to
 ``argparse.SUPPRESS``), so a named config or a preset can supply the rest. Adding a field to a
 config adds its flag. Bounds are checked by the config's ``validate``, before any compute.
-Jax-free.
+:func:`add_settings` / :func:`settings_from_args` are the whole command line of a config (its flags
+and ``--set KEY=VALUE``), shared by the experiments and the benchmarks. Jax-free.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 
 from jaxcurv.workflow.settings import Setting, flag_name, settings_of
 
-__all__ = ["add_flags", "given_settings", "command_line_defaults", "HelpFormatter"]
+__all__ = ["add_flags", "given_settings", "command_line_defaults", "add_settings",
+           "settings_from_args", "HelpFormatter"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -133,3 +135,23 @@ def command_line_defaults(config: Any) -> dict[str, Any]:
     return {f.name: s.cli_default for f, s in settings_of(config)
             if s.cli_default is not None}
 
+
+
+def add_settings(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """One flag per declared setting of ``defaults`` (:func:`add_flags`) and the repeated
+    ``--set KEY=VALUE`` override of any field."""
+    add_flags(parser, defaults)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field (JSON value), e.g. --set models=8 "
+                        "--set 'datasets=[\"digits\"]'; repeatable")
+
+
+def settings_from_args(args: argparse.Namespace, base: Any) -> Any:
+    """``base`` (a config instance) with the command-line defaults, the settings given as flags
+    and then the ``--set`` overrides applied, each converted and checked against its declaration
+    (:func:`jaxcurv.workflow.settings.apply_overrides`; ConfigError otherwise)."""
+    from jaxcurv.workflow.settings import apply_overrides
+
+    config_type = type(base)
+    changes = {**command_line_defaults(config_type), **given_settings(args, config_type)}
+    return apply_overrides(apply_overrides(base, changes), getattr(args, "set", []))
