@@ -47,8 +47,8 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant, compute_epsilon
 from scipy import optimize
 
+from jaxcurv._names import ACCOUNTANTS
 from jaxcurv._validate import check_int, check_positive, check_positive_int, check_probability
-from jaxcurv.privacy.plan import ACCOUNTANTS
 from jaxcurv.privacy.rdp import poisson_gaussian_rdp
 
 __all__ = [

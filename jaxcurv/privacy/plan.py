@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
+from jaxcurv._names import ACCOUNTANTS
 from jaxcurv._validate import (
     check_int,
     check_masks,
@@ -45,7 +46,6 @@ __all__ = [
     "ensemble_poisson_batches",
 ]
 
-ACCOUNTANTS = ("rdp", "pld", "rdp_classic")
 
 Seed = int | np.random.SeedSequence | np.random.Generator
 
