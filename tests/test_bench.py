@@ -230,7 +230,10 @@ def test_write_results_is_atomic_with_environment_and_config(tmp_path):
     assert path == tmp_path / "r" / "mia_quick.json"
     assert [p.name for p in path.parent.iterdir()] == ["mia_quick.json"]  # no temporary left
     written = json.loads(path.read_text())
-    assert list(written)[:3] == ["environment", "config", "rows"]
+    assert list(written)[:4] == ["command", "environment", "config", "rows"]
+    assert written["command"].startswith("python -m bench.mia --quick --repeats 3 --targets 5000")
+    again = B.parse_args(_config_type("mia"), written["command"].split()[3:])
+    assert again == dataclasses.replace(config, out=None)  # the command reproduces the config
     assert written["rows"] == [{"x": 1.5, "y": None}]
     assert written["config"]["targets"] == 5_000 and written["config"]["quick"] is True
     env = written["environment"]

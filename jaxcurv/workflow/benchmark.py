@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jaxcurv.errors import ConfigError, DataNotFound, JaxcurvError, OutputError
-from jaxcurv.workflow.flags import HelpFormatter, add_settings, settings_from_args
+from jaxcurv.workflow.flags import HelpFormatter, add_settings, command_line, settings_from_args
 from jaxcurv.workflow.settings import RunControl, check_settings, echo, redefault, setting
 
 __all__ = [
@@ -237,17 +237,21 @@ def results_path(config: BenchConfig, name: str, *, variant: str | None = None) 
 
 def write_results(config: BenchConfig, name: str, payload: dict[str, Any], *,
                   variant: str | None = None) -> Path:
-    """Write ``{"environment": ..., "config": ..., **payload}`` to :func:`results_path`
-    atomically (a temporary file renamed into place): the environment echo holds the versions,
-    device and the machine's 1-minute load average at the end of the run; the config echo every
-    setting. OutputError when the file cannot be written."""
+    """Write ``{"command": ..., "environment": ..., "config": ..., **payload}`` to
+    :func:`results_path` atomically (a temporary file renamed into place). ``command``: the
+    command that reproduces the run, every setting that differs from the class default spelled
+    out (per-mode ones included, so it stays exact when a default changes; ``--out`` left out);
+    the environment echo holds the versions, device, date, commit and the machine's 1-minute load
+    average at the end of the run; the config echo every setting. OutputError when the file
+    cannot be written."""
     from jaxcurv import report
     from jaxcurv.workflow.environment import environment
 
     path = results_path(config, name, variant=variant)
+    command = command_line(f"python -m bench.{name}", config, skip=("out",))
     try:
-        report.write_json(path, {"environment": environment(), "config": echo(config),
-                                 **payload})
+        report.write_json(path, {"command": command, "environment": environment(),
+                                 "config": echo(config), **payload})
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err}") from err
     print(f"\nwrote {path}", flush=True)
