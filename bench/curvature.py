@@ -384,7 +384,8 @@ def _run_watched(cmd, env, *, max_rss_gb: float):
 def measure_devices(config) -> dict:
     """Spawn this script with XLA_FLAGS=--xla_force_host_platform_device_count=8."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + " --xla_force_host_platform_device_count=8").strip()
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, __file__, "--set", "devices_child=true", "--width", str(config.width),
            "--batch", str(config.batch), "--num-probes", str(config.num_probes), "--repeats",

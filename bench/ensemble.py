@@ -12,7 +12,8 @@ Layouts, all through ``jaxcurv.ensemble.train`` in the same process, same data, 
 Timing excludes compilation by construction: a callback
 (``jaxcurv.workflow.benchmark.EpochClock``) stamps the clock after every epoch (the epoch's
 metrics have reached the host, so the device work is done); the steady epoch time of a chunk is
-the median of the stamps' differences within the chunk, excluding its first epoch, and members/s = members in the chunk / (epochs × steady epoch time). The wall time of each call
+the median of the stamps' differences within the chunk, excluding its first epoch, and
+members/s = members in the chunk / (epochs × steady epoch time). The wall time of each call
 (compilation, initialization and evaluation included) is reported next to it. ``train()`` builds
 new jitted functions on every call, so each single run of the loop layout compiles again; the
 "wall" columns show that cost.
@@ -249,8 +250,9 @@ def quick(config) -> dict:
 
 def _cifar(config):
     """CIFAR-10, subsets of --limit-train images (smoke tests of a mode on a CPU)."""
-    return B.cifar10(config.data_dir, required="fastnet on CIFAR-10", train_size=config.limit_train,
-                     test_size=config.limit_train, seed=config.seed)
+    return B.cifar10(config.data_dir, required="fastnet on CIFAR-10",
+                     train_size=config.limit_train, test_size=config.limit_train,
+                     seed=config.seed)
 
 
 def full(config) -> dict:

@@ -106,8 +106,8 @@ def precision(config, train, key) -> list[dict]:
             row[f"{name}_spearman"] = _rho(estimate, exact)
         rows.append(row)
     B.print_table(f"central zero-order vs exact-HVP Hutchinson, same probes (GELU CNN trained "
-                  f"{config.epochs} epochs on digits, {len(x)} examples, {config.num_probes} probes; "
-                  "error = median |Δ| / mean |tr H|)", rows)
+                  f"{config.epochs} epochs on digits, {len(x)} examples, {config.num_probes} "
+                  "probes; error = median |Δ| / mean |tr H|)", rows)
     return rows
 
 

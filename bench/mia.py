@@ -156,12 +156,12 @@ def zero_order_timing(num_probes: int, repeats: int, *, seed: int = 0) -> list[d
 def main(config: MIABench) -> None:
     timer = Timer()
     with timer("statistics"):
-        s = make_statistics(config.targets, config.shadows, config.augmentations, config.population,
-                            config.seed)
+        s = make_statistics(config.targets, config.shadows, config.augmentations,
+                            config.population, config.seed)
     gen_s = timer.seconds["statistics"]
-    print(f"{config.targets:,} targets × {config.shadows} shadows × {config.augmentations} augmentations "
-          f"(RMIA population {config.population:,}); statistics generated in {gen_s:.1f} s; "
-          f"{describe_device()}")
+    print(f"{config.targets:,} targets × {config.shadows} shadows × {config.augmentations} "
+          f"augmentations (RMIA population {config.population:,}); statistics generated in "
+          f"{gen_s:.1f} s; {describe_device()}")
     rows, total = [], 0.0
     for name, fn in attacks(s, config.bootstrap).items():
         with warnings.catch_warnings():
@@ -183,7 +183,8 @@ def main(config: MIABench) -> None:
     print(f"all attacks above, one after another: {total:.2f} s")
     zo = zero_order_rows(config.num_probes, config.augmentations)
     B.print_table("zero-order curvature signal: model queries per example (Curvature Clues "
-                  f"protocol: {config.num_probes} probes × {config.augmentations} augmentations)", zo)
+                  f"protocol: {config.num_probes} probes × {config.augmentations} "
+                  "augmentations)", zo)
     result = {"rows": rows, "total_s": total, "zero_order_queries": zo}
     if config.zero_order_timing:
         result["zero_order_timing"] = zero_order_timing(config.num_probes, config.repeats,

@@ -11,8 +11,9 @@ tables, the JSON of results, their data and the epoch clock of a training run.
   ``--set KEY=VALUE`` (:func:`jaxcurv.workflow.flags.add_settings`, as for the experiments);
   a :class:`~jaxcurv.errors.JaxcurvError` is one line on stderr.
 - Output: :func:`print_table` (plain text) and :func:`write_results`:
-  ``<out>/<name>[_quick|_<tag>].json`` written atomically (:func:`jaxcurv.report.write_json`) with the config echo and the
-  environment echo (versions, device, load average).
+  ``<out>/<name>[_quick|_<tag>].json`` written atomically (:func:`jaxcurv.report.write_json`)
+  with the command that reproduces it, the config echo and the environment echo (versions,
+  device, load average).
 - Data: :func:`train_test` and :func:`cifar10` through :mod:`jaxcurv.data`, subsets drawn by
   :func:`subset`, i.e. :func:`jaxcurv.data.random_subset`, the sampler of the audit and the
   experiments (training split with ``seed``, test split with ``seed + 1``): the same seed gives
