@@ -187,22 +187,6 @@ def _environment() -> dict:
     return env
 
 
-def _synthetic(n_train: int, n_test: int, seed: int) -> tuple[data.Dataset, data.Dataset]:
-    """CIFAR-shaped stand-in (N, 32, 32, 3): 10 smooth class prototypes + uniform noise; 10 % of
-    the training labels flipped, so some examples can only be memorized."""
-    rng = np.random.default_rng(seed)
-    protos = np.kron(rng.random((10, 4, 4, 3)), np.ones((1, 8, 8, 1)))
-
-    def split(n: int, flip: bool) -> data.Dataset:
-        y = rng.integers(0, 10, n)
-        x = (0.5 * protos[y] + 0.5 * rng.random((n, 32, 32, 3))).astype(np.float32)
-        if flip:
-            y = np.where(rng.random(n) < 0.1, (y + rng.integers(1, 10, n)) % 10, y)
-        return data.Dataset.from_arrays(x, y.astype(np.int32), num_classes=10, name="synthetic")
-
-    return split(n_train, True), split(n_test, False)
-
-
 def _load_data(ctx: _Context, data_dir) -> None:
     """CIFAR-10 from ``data_dir`` / $JAXCURV_DATA_DIR, else the synthetic stand-in."""
     s = ctx.sizes
@@ -211,7 +195,8 @@ def _load_data(ctx: _Context, data_dir) -> None:
         train, test = data.train_test("cifar10", data_dir=data_dir)
         info = {"dataset": "cifar10", "path": str(found), "fallback": False}
     else:
-        train, test = _synthetic(s.train_limit or 50_000, s.test_limit or 10_000, ctx.seed)
+        train, test = B.synthetic_cifar(s.train_limit or 50_000, s.test_limit or 10_000,
+                                        ctx.seed)
         info = {"dataset": "synthetic", "fallback": True,
                 "note": "no CIFAR-10 files found (--data-dir or $JAXCURV_DATA_DIR): synthetic "
                         "32×32×3 stand-in, 10 classes, 10 % flipped training labels; accuracy "

@@ -271,3 +271,21 @@ def test_epoch_clock():
     assert clock.steady_epoch_times() == [0.5, 0.75, 1.0, 1.5]  # first epoch of each chunk out
     assert clock.members == {0: 2, 1: 1}
     assert clock.elapsed() == 20.0
+
+
+def test_synthetic_cifar_has_its_documented_structure():
+    train, test = B.synthetic_cifar(2000, 500, seed=1)
+    assert train.images.shape == (2000, 32, 32, 3) and test.images.shape == (500, 32, 32, 3)
+    assert train.images.dtype == np.float32 and 0 <= train.images.min() < train.images.max() <= 1
+    again, _ = B.synthetic_cifar(2000, 500, seed=1)
+    np.testing.assert_array_equal(again.images, train.images)
+
+    def blocks(images):  # the 4×4×3 means of the 8×8 blocks: prototype / 2 + noise / 2
+        return images.reshape(len(images), 4, 8, 4, 8, 3).mean((2, 4)).reshape(len(images), -1)
+
+    prototypes = np.stack([blocks(test.images[test.labels == c]).mean(0) for c in range(10)])
+    nearest = lambda ds: np.argmin(  # noqa: E731
+        ((blocks(ds.images)[:, None] - prototypes[None]) ** 2).sum(-1), axis=1)
+    assert np.mean(nearest(test) != test.labels) < 0.01  # clean test labels
+    flipped = np.mean(nearest(train) != train.labels)  # 10 % flipped, binomial sd 0.7 %
+    assert 0.07 < flipped < 0.13, flipped

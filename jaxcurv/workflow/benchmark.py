@@ -17,7 +17,7 @@ tables, the JSON of results, their data and the epoch clock of a training run.
 - Data: :func:`train_test` and :func:`cifar10` through :mod:`jaxcurv.data`, subsets drawn by
   :func:`subset`, i.e. :func:`jaxcurv.data.random_subset`, the sampler of the audit and the
   experiments (training split with ``seed``, test split with ``seed + 1``): the same seed gives
-  the same examples everywhere.
+  the same examples everywhere; :func:`synthetic_cifar`, a CIFAR-shaped stand-in.
 - Timing: :mod:`jaxcurv.workflow.timing` (``time_call``, ``time_interleaved``, ``Timer``) and
   :class:`EpochClock`, the ``ensemble.train`` callback that times epochs without compilation.
 
@@ -56,6 +56,7 @@ __all__ = [
     "subset",
     "train_test",
     "cifar10",
+    "synthetic_cifar",
     "EpochClock",
 ]
 
@@ -307,6 +308,28 @@ def cifar10(data_dir: str | None, *, required: str | None = None, **sizes: Any
     if required is None and data.locate("cifar10", data_dir) is None:
         return None
     return train_test("cifar10", data_dir=data_dir, needed_for=required, **sizes)
+
+
+def synthetic_cifar(n_train: int, n_test: int, seed: int) -> tuple[Any, Any]:
+    """(train, test) CIFAR-shaped stand-in Datasets (N, 32, 32, 3) float32 in [0, 1] for runs
+    without CIFAR-10 files: 10 smooth class prototypes (4×4 blocks of 8×8 pixels) averaged with
+    uniform noise; 10 % of the training labels flipped to another class, so some examples can
+    only be memorized."""
+    import numpy as np
+
+    from jaxcurv import data
+
+    rng = np.random.default_rng(seed)
+    prototypes = np.kron(rng.random((10, 4, 4, 3)), np.ones((1, 8, 8, 1)))
+
+    def split(n: int, flip: bool) -> Any:
+        y = rng.integers(0, 10, n)
+        x = (0.5 * prototypes[y] + 0.5 * rng.random((n, 32, 32, 3))).astype(np.float32)
+        if flip:
+            y = np.where(rng.random(n) < 0.1, (y + rng.integers(1, 10, n)) % 10, y)
+        return data.Dataset.from_arrays(x, y.astype(np.int32), num_classes=10, name="synthetic")
+
+    return split(n_train, True), split(n_test, False)
 
 
 # ----------------------------------------------------------------------------------------------
