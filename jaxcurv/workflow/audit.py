@@ -101,7 +101,8 @@ def load_data(config: AuditConfig) -> AuditData:
                                  train.class_names)
     masks = data_lib.subset_masks(len(train), config.models, fraction=config.fraction,
                                   seed=config.seed)
-    key = fingerprint(train.images, train.labels, test.images, test.labels, masks)
+    key = fingerprint(train.images, train.labels, test.images, test.labels, masks,
+                      train.num_classes)
     return AuditData(train, test, true_labels, flipped, masks, key)
 
 

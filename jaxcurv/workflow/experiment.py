@@ -158,6 +158,8 @@ class ExperimentData:
 def _slug(spec: str) -> str:
     if spec.startswith("npz:"):
         spec = Path(spec[4:]).stem
+    elif spec.startswith("hf:"):
+        spec = Path(spec[3:]).name
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.replace("tfds:", "")).strip("-") or "data"
 
 
