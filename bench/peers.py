@@ -76,14 +76,13 @@ from jaxcurv.workflow import (  # noqa: E402
     load_average,
     time_interleaved,
 )
+from jaxcurv.workflow import benchmark as B  # noqa: E402
 from jaxcurv.workflow.experiment import headline  # noqa: E402
 
 if __package__:  # python -m bench.peers
-    from bench import _common as C
     from bench import ensemble as bench_ensemble
     from bench import mia as bench_mia
 else:  # python bench/peers.py: this folder is sys.path[0]
-    import _common as C
     import ensemble as bench_ensemble
     import mia as bench_mia
 
@@ -308,19 +307,19 @@ def _inputs(sizes: Sizes, seed: int, data_dir, splits=None) -> _Inputs:
     of the ensemble rows (a synthetic stand-in without the files). ``splits``: (train, test,
     description) already loaded (the GPU suite passes its own)."""
     if splits is None:
-        found = C.cifar10(data_dir)
+        found = B.cifar10(data_dir)
         splits = None if found is None else (*found, {"dataset": "cifar10", "fallback": False})
     if splits is not None:
         train, test, info = splits
         info = {k: info[k] for k in ("dataset", "fallback", "note") if k in info}
     else:
-        train, test = C.synthetic_cifar(sizes.ens_train, max(sizes.ens_test, sizes.batch), seed)
+        train, test = B.synthetic_cifar(sizes.ens_train, max(sizes.ens_test, sizes.batch), seed)
         info = {"dataset": "synthetic", "fallback": True,
                 "note": "no CIFAR-10 files found (--data-dir or $JAXCURV_DATA_DIR): the ensemble "
                         "rows train on a synthetic 32×32×3 stand-in"}
-    train = C.random_subset(train, sizes.ens_train, seed)
-    batch = C.random_subset(test, sizes.batch, seed + 1)
-    test = C.random_subset(test, sizes.ens_test, seed + 2)
+    train = B.subset(train, sizes.ens_train, seed=seed)
+    batch = B.subset(test, sizes.batch, seed=seed + 1)
+    test = B.subset(test, sizes.ens_test, seed=seed + 2)
     model = models.get_model("cnn", 10, width=sizes.width, hidden=sizes.hidden)
     variables = models.init_variables(model, jax.random.fold_in(jax.random.PRNGKey(seed),
                                                                 _KEYS["weights"]), (32, 32, 3))
@@ -1000,7 +999,7 @@ def run(sizes: Sizes, *, out: str | os.PathLike, seed: int = 0, data_dir=None,
         result["sections"][name] = detail
         result["wall_s"] = time.perf_counter() - start
         report.write_json(out / "peers.json", result)
-        C.print_table(f"{name} — {describe_device()}", [_table_cells(r) for r in rows])
+        B.print_table(f"{name} — {describe_device()}", [_table_cells(r) for r in rows])
     result["environment"]["load_avg_1min_end"] = load_average()
     result["headlines"] = _headlines(result["rows"])
     result["wall_s"] = time.perf_counter() - start
