@@ -36,7 +36,7 @@ import numpy as np
 from jaxcurv import models
 from jaxcurv.optim import OptimizerConfig, make_optimizer
 from jaxcurv.training import DPStep, init_state, make_train_step
-from jaxcurv.workflow import describe_device, load_average, time_interleaved
+from jaxcurv.workflow import describe_device, load_average, time_interleaved, train_ensemble
 from jaxcurv.workflow.config import MODEL_DEFAULTS
 
 if __package__:  # python -m bench.dpsgd
@@ -122,7 +122,7 @@ def train_eps8(args) -> dict:
                                 weight_decay=0.0, schedule="cosine", warmup_fraction=0.05)
     masks = np.ones((1, len(train_set)), bool)
     start = time.perf_counter()
-    ens = ensemble.train(model, train_set, masks, jax.random.PRNGKey(args.seed),
+    ens = train_ensemble(model, train_set, masks, jax.random.PRNGKey(args.seed),
                          epochs=args.eps8_epochs, batch_size=args.eps8_batch,
                          optimizer=optimizer,
                          augment={"padding": 4, "flip": True} if args.eps8_augment else False,

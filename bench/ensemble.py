@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcurv import data, ensemble, models
+from jaxcurv.workflow import train_ensemble
 from jaxcurv.optim import OptimizerConfig
 from jaxcurv.workflow import describe_device, load_average
 from jaxcurv.workflow.config import LEARNING_RATES, MODEL_DEFAULTS
@@ -131,8 +132,7 @@ class _Stamps:
 def timed_train(model, dataset, masks, key, *, recipe, **kwargs):
     """(ensemble, stamps, wall seconds) of one train() call."""
     stamps = _Stamps()
-    ens = ensemble.train(model, dataset, masks, key, progress=False, callbacks=[stamps],
-                         **recipe, **kwargs)
+    ens = train_ensemble(model, dataset, masks, key, callbacks=[stamps], **recipe, **kwargs)
     return ens, stamps, time.perf_counter() - stamps.start
 
 

@@ -255,7 +255,7 @@ def train_ensemble(config: Config, data: Data, masks: np.ndarray, *, tag: str, k
     same settings) restores the finished members instead of training them again, and a killed
     run resumes. key: default run_key(config, TRAIN)."""
     from jaxcurv import ensemble
-    from jaxcurv.workflow import fingerprint
+    from jaxcurv.workflow import fingerprint, train_ensemble
 
     model = model if model is not None else build_model(config, data.train)
     key = key if key is not None else run_key(config, TRAIN)
@@ -263,13 +263,13 @@ def train_ensemble(config: Config, data: Data, masks: np.ndarray, *, tag: str, k
         epochs=epochs or config.epochs, batch_size=batch_size or config.batch_size,
         optimizer=optimizer if optimizer is not None else optimizer_config(config),
         augment=augment_for(config, data.train), dp=dp, record_examples=record_examples,
-        record_curvature=record_curvature, progress=config.progress)
-    spec = (repr(model), dataclasses.replace(settings, progress=False), key_data(key),
+        record_curvature=record_curvature)
+    spec = (repr(model), settings, key_data(key),
             data.source, data.train_index, data.test_index, data.train.labels, masks)
-    settings = dataclasses.replace(
-        settings, checkpoint_every=settings.epochs,
-        checkpoint_dir=Path(config.cache_dir) / "ensembles" / f"{tag}-{fingerprint(*spec)[:16]}")
-    return ensemble.train(model, data.train, masks, key, settings, test=data.test)
+    folder = Path(config.cache_dir) / "ensembles" / f"{tag}-{fingerprint(*spec)[:16]}"
+    return train_ensemble(model, data.train, masks, key, settings, test=data.test,
+                          checkpoint_dir=folder, checkpoint_every=settings.epochs,
+                          progress=config.progress)
 
 
 def stage_cache(config: Config, timer=None):

@@ -16,9 +16,9 @@ _CURVATURE_NAMES = ("Curvature", "hvp", "input_curvature", "make_curvature_fn",
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("curvature", "data", "models", "optim", "training", "ensemble", "memorization",
-               "adversarial", "mia", "privacy", "distributed", "report", "workflow", "pipeline",
-               "cli")
+_SUBMODULES = ("curvature", "data", "models", "model_interface", "optim", "training", "ensemble",
+               "memorization", "adversarial", "mia", "privacy", "distributed", "report",
+               "workflow", "pipeline", "cli")
 
 __all__ = [
     "__version__",

@@ -13,6 +13,8 @@ adversarial, mia) never import this package; the ``jaxcurv`` command, ``experime
 - ``attacks``: ``attack_scores`` (every MIA, leave-one-model-out), ``mia_by_memorization``,
   ``epsilon_audit``.
 - ``proxy_scores``: ``proxies``, the memorization proxies of an ensemble.
+- ``training``: :func:`train_ensemble`, ensemble training with checkpoints, progress bars,
+  callbacks and multi-process jobs; ``members_across_processes``.
 - ``audit``: :func:`run_audit` and its stages; ``sections``: the summary and report sections.
 - ``commands``: ``run_curvature`` and ``privacy_accounting`` (``jaxcurv curvature`` / ``epsilon``).
 
@@ -30,7 +32,8 @@ from jaxcurv.workflow.timing import Timer, Timing, load_average, time_call, time
 
 _LAZY = {"MIA_ATTACKS": "attacks", "attack_scores": "attacks", "epsilon_audit": "attacks",
          "mia_by_memorization": "attacks", "AuditData": "audit", "AuditRun": "audit",
-         "run_audit": "audit", "proxies": "proxy_scores"}
+         "run_audit": "audit", "proxies": "proxy_scores", "train_ensemble": "training",
+         "members_across_processes": "training"}
 
 __all__ = [
     "AuditConfig",
@@ -52,6 +55,8 @@ __all__ = [
     "mia_by_memorization",
     "epsilon_audit",
     "proxies",
+    "train_ensemble",
+    "members_across_processes",
     "AuditData",
     "AuditRun",
     "run_audit",

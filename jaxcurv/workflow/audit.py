@@ -33,9 +33,11 @@ from jaxcurv.workflow.config import AuditConfig
 from jaxcurv.workflow.lock import exclusive_lock
 from jaxcurv.workflow.proxy_scores import proxies as _proxies
 from jaxcurv.workflow.timing import Timer
+from jaxcurv.workflow.training import clean_checkpoints, members_across_processes, train_ensemble
 
 __all__ = ["AuditData", "AuditRun", "run_audit", "load_data", "train_members", "predict_views",
-           "member_curvature", "member_zero_order", "zero_order_member_ids",
+           "member_curvature", "member_zero_order", "curvature_estimator",
+           "zero_order_estimator", "zero_order_member_ids",
            "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table",
            "checkpoint_folders"]
 
@@ -145,13 +147,11 @@ def train_members(config: AuditConfig, data: AuditData, key: jax.Array, *, priva
     augment = config.augment if config.augment is not None else data.train.images.shape[-1] == 3
     settings = ens_lib.TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, optimizer=_optimizer(config),
-        augment=augment, dp=dp, record_examples=True,
-        record_every=_every(config.epochs), checkpoint_every=_every(config.epochs),
-        checkpoint_dir=Path(config.out) / "checkpoints"
-        / _checkpoint_folder(config, data, private),
-        progress=config.progress)
-    return ens_lib.train(_model(config, data), data.train, data.masks, key, settings,
-                         test=data.test)
+        augment=augment, dp=dp, record_examples=True, record_every=_every(config.epochs))
+    return train_ensemble(_model(config, data), data.train, data.masks, key, settings,
+                          test=data.test, checkpoint_every=_every(config.epochs),
+                          checkpoint_dir=Path(config.out) / "checkpoints"
+                          / _checkpoint_folder(config, data, private), progress=config.progress)
 
 
 def _every(epochs: int) -> int:
@@ -169,32 +169,43 @@ def _views(images: np.ndarray) -> np.ndarray:
 
 def predict_views(ens, data: AuditData) -> dict[str, np.ndarray]:
     """logits (K, A, N, C) of the training images over the query views; test_logits (K, Z, C)."""
-    logits = np.stack([ens_lib.predict(ens, v, progress=False) for v in _views(data.train.images)],
-                      axis=1)
-    return {"logits": logits, "test_logits": ens_lib.predict(ens, data.test.images,
-                                                             progress=False)}
+    predict = ens_lib.make_predict(ens.model)
+    logits = np.stack([predict(ens, v) for v in _views(data.train.images)], axis=1)
+    return {"logits": logits, "test_logits": predict(ens, data.test.images)}
 
 
 def member_curvature(config: AuditConfig, ens, data: AuditData, key: jax.Array, *,
-                     members=None) -> Curvature:
+                     members=None, estimate=None) -> Curvature:
     """tr(H), tr(H²) and their probe standard errors of the members ``members`` (default all) on
-    every training example (exact HVPs, Hutchinson probes): Curvature of (K', N) fields."""
-    return ens_lib.member_curvature(ens, data.train.images, data.train.labels, key,
-                                    num_probes=config.num_probes, h=config.h, members=members,
-                                    progress=config.progress)
+    every training example (exact HVPs, Hutchinson probes): Curvature of (K', N) fields.
+    ``estimate``: ``curvature_estimator(config, ens)``, kept by callers that loop."""
+    estimate = estimate or curvature_estimator(config, ens)
+    return estimate(ens, data.train.images, data.train.labels, key, h=config.h, members=members,
+                    progress=config.progress)
+
+
+def curvature_estimator(config: AuditConfig, ens):
+    """The members' curvature kernel (``ensemble.make_member_curvature``) of the audit."""
+    return ens_lib.make_member_curvature(ens.model, num_probes=config.num_probes)
+
+
+def zero_order_estimator(config: AuditConfig, ens):
+    """The members' black-box curvature kernel of the audit: "mixed" estimator, float64 on CPU
+    (float32 loses most digits to cancellation at h = 1e-3)."""
+    dtype = jnp.float64 if jax.default_backend() == "cpu" else None
+    return ens_lib.make_member_zero_order_curvature(ens.model, num_probes=config.num_probes,
+                                                    method="mixed", compute_dtype=dtype)
 
 
 def member_zero_order(config: AuditConfig, ens, data: AuditData, key: jax.Array, *,
-                      members=None) -> np.ndarray:
-    """Black-box curvature |uᵀHv| from losses only ("mixed" estimator) of the members
-    ``members`` (default ``zero_order_member_ids``) on every training example, (M, N); float64 on
-    CPU (float32 loses most digits to cancellation at h = 1e-3)."""
-    dtype = jnp.float64 if jax.default_backend() == "cpu" else None
+                      members=None, estimate=None) -> np.ndarray:
+    """Black-box curvature |uᵀHv| from losses only of the members ``members`` (default
+    ``zero_order_member_ids``) on every training example, (M, N) (``zero_order_estimator``;
+    ``estimate``: that kernel, kept by callers that loop)."""
+    estimate = estimate or zero_order_estimator(config, ens)
     members = zero_order_member_ids(config).tolist() if members is None else members
-    return np.asarray(ens_lib.member_zero_order_curvature(
-        ens, data.train.images, data.train.labels, key, num_probes=config.num_probes,
-        h=config.h, method="mixed", compute_dtype=dtype, members=members,
-        progress=config.progress))
+    return np.asarray(estimate(ens, data.train.images, data.train.labels, key, h=config.h,
+                               members=members, progress=config.progress))
 
 
 def memorization_proxies(config: AuditConfig, ens, data: AuditData, logits: np.ndarray,
@@ -307,7 +318,8 @@ def _per_member(cache: StageCache, name: str, key: dict, members, compute, finit
     in a multi-process job the members are split over the processes instead."""
     members = [int(m) for m in members]
     if jax.process_count() > 1:
-        return cache.run(name, key, lambda: compute(members), require_finite=finite)
+        return cache.run(name, key, lambda: members_across_processes(
+            lambda rows: compute(rows.tolist()), members), require_finite=finite)
     return cache.run_chunked(name, key, len(members), lambda i: compute([members[i]]),
                              require_finite=finite)
 
@@ -327,16 +339,20 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
     pred = cache.run("predictions", keys["predictions"], lambda: predict_views(ens, data),
                      require_finite=True)
     quiet = dataclasses.replace(config, progress=False)  # one member at a time: no inner bars
+    curvature_fn = curvature_estimator(config, ens)  # one compiled kernel for every member
     curv = Curvature(**_per_member(
         cache, "curvature", keys["curvature"], range(config.models),
         lambda ms: member_curvature(quiet, ens, data, jax.random.fold_in(key, _CURVATURE),
-                                    members=ms)._asdict(), ("trace", "trace_sq")))
+                                    members=ms, estimate=curvature_fn)._asdict(),
+        ("trace", "trace_sq")))
     zero = None
     if config.zero_order:
+        zero_fn = zero_order_estimator(config, ens)
         zero = _per_member(
             cache, "zero_order", keys["zero_order"], zero_order_member_ids(config),
             lambda ms: {"zero_order": member_zero_order(
-                quiet, ens, data, jax.random.fold_in(key, _ZERO_ORDER), members=ms)},
+                quiet, ens, data, jax.random.fold_in(key, _ZERO_ORDER), members=ms,
+                estimate=zero_fn)},
             True)["zero_order"]
     proxy = cache.run("proxies", keys["proxies"],
                       lambda: memorization_proxies(config, ens, data, pred["logits"], curv,
@@ -346,8 +362,8 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
                        require_finite=True)
     ref = nonprivate_reference(config, data, key, cache) if config.private else None
     if config.clean:
-        removed = ens_lib.clean_checkpoints(Path(config.out) / "checkpoints",
-                                            keep=checkpoint_folders(config, data))
+        removed = clean_checkpoints(Path(config.out) / "checkpoints",
+                                    keep=checkpoint_folders(config, data))
         if removed and config.progress:
             _say(f"removed {len(removed)} checkpoint folder(s) of other configurations")
     return AuditRun(config, data, ens, pred["logits"], pred["test_logits"], curv, zero, proxy,
