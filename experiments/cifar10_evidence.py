@@ -26,7 +26,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from experiments import _common as C
+from jaxcurv.errors import ConfigError
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.settings import Attacks, LabelNoise, redefault, setting
 
 EXPERIMENT = "cifar10_evidence"
 
@@ -38,45 +40,42 @@ PAPER = {"zero_order_nll": {"auroc": 68.95, "balanced_accuracy_eer": 61.96}}
 
 
 @dataclasses.dataclass(frozen=True)
-class EvidenceConfig:
-    """train_size: seeded random training subset (and at most as many test images); members:
-    ensemble size K of the clean audit (each on a random half); model / model_kwargs / epochs /
-    batch_size / learning_rate: the members (Adam, cosine schedule, no weight decay, no
-    augmentation: they must interpolate); num_probes: Hutchinson and zero-order probes;
-    zero_order_members: members whose black-box curvature is computed (float64 on CPU);
-    noise_members / label_noise: the planted-noise audit."""
+class EvidenceConfig(LabelNoise, X.ExperimentConfig):
+    """The shared experiment settings for the two audits: ``train_size`` is the seeded random
+    training subset (and at most as many test images); ``models`` the clean audit's ensemble
+    (each member on a random half); the members train with Adam, a cosine schedule, no weight
+    decay and no augmentation, so that they interpolate."""
 
-    name: str = "cpu"
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    train_size: int = 5000
-    model: str = "cnn"
-    model_kwargs: dict = dataclasses.field(default_factory=lambda: {"width": 16, "hidden": 512})
-    members: int = 32
-    epochs: int = 40
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    num_probes: int = 4
-    zero_order_members: int = 8
-    noise_members: int = 8
-    label_noise: float = 0.1
-    bootstrap: int = 200
-    seed: int = 0
-    out: str | None = None
-    progress: bool = False
+    name: str = redefault(X.ExperimentConfig, "name", "cpu")
+    datasets: tuple[str, ...] = redefault(X.ExperimentConfig, "datasets", ("cifar10",))
+    fallback_dataset: str | None = redefault(X.ExperimentConfig, "fallback_dataset", None)
+    train_size: int | None = redefault(X.ExperimentConfig, "train_size", 5000)
+    model_kwargs: dict | None = redefault(X.ExperimentConfig, "model_kwargs",
+                                          {"width": 16, "hidden": 512})
+    models: int = redefault(X.ExperimentConfig, "models", 32)
+    epochs: int = redefault(X.ExperimentConfig, "epochs", 40)
+    batch_size: int = redefault(X.ExperimentConfig, "batch_size", 32)
+    learning_rate: float | None = redefault(X.ExperimentConfig, "learning_rate", 1e-3)
+    optimizer: str = redefault(X.ExperimentConfig, "optimizer", "adam")
+    weight_decay: float = redefault(X.ExperimentConfig, "weight_decay", 0.0)
+    augment: bool | None = redefault(X.ExperimentConfig, "augment", False)
+    num_probes: int = redefault(X.ExperimentConfig, "num_probes", 4)
+    zero_order_members: int | None = redefault(Attacks, "zero_order_members", 8)
+    noise_members: int = setting(8, "members of the planted-noise audit", low=6, high=100_000)
+    label_noise: float = redefault(LabelNoise, "label_noise", 0.1)
 
 
 CONFIGS = {
     "cpu": EvidenceConfig(),
-    "small": EvidenceConfig(name="small", dataset="digits", train_size=1438, model="mlp",
-                            model_kwargs={"hidden": 512, "depth": 2}, members=16, epochs=60,
+    "small": EvidenceConfig(name="small", datasets=("digits",), train_size=1438, model="mlp",
+                            model_kwargs={"hidden": 512, "depth": 2}, models=16, epochs=60,
                             batch_size=64, learning_rate=2e-3, num_probes=10),
     "full": EvidenceConfig(name="full", train_size=50000, model_kwargs={"width": 32,
                                                                        "hidden": 512},
-                           members=64, epochs=40, batch_size=128, num_probes=10,
+                           models=64, epochs=40, batch_size=128, num_probes=10,
                            zero_order_members=64, noise_members=16, bootstrap=1000),
-    "tiny": EvidenceConfig(name="tiny", dataset="digits", train_size=300, model="mlp",
-                           model_kwargs={"hidden": 64, "depth": 1}, members=6, epochs=2,
+    "tiny": EvidenceConfig(name="tiny", datasets=("digits",), train_size=300, model="mlp",
+                           model_kwargs={"hidden": 64, "depth": 1}, models=6, epochs=2,
                            batch_size=64, num_probes=2, zero_order_members=6, noise_members=6,
                            bootstrap=10),
 }
@@ -86,18 +85,19 @@ def get_config(name: str) -> EvidenceConfig:
     """The named configuration ("cpu": CIFAR-10, under an hour on 2 CPU cores; "small": the same
     two audits on the embedded digits, minutes; "full": all 50,000 CIFAR-10 images and 64
     members, for a GPU; "tiny": a smoke test on digits whose numbers mean nothing)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def _audit_config(config: EvidenceConfig, out: Path, *, noisy: bool):
     from jaxcurv.workflow import AuditConfig
 
     return AuditConfig(
-        dataset=config.dataset, data_dir=config.data_dir, max_examples=config.train_size,
-        model=config.model, model_kwargs=dict(config.model_kwargs),
-        models=config.noise_members if noisy else config.members, epochs=config.epochs,
-        batch_size=config.batch_size, learning_rate=config.learning_rate, optimizer="adam",
-        weight_decay=0.0, augment=False, num_probes=config.num_probes,
+        dataset=config.datasets[0], data_dir=config.data_dir, max_examples=config.train_size,
+        model=config.model, model_kwargs=config.model_settings,
+        models=config.noise_members if noisy else config.models, epochs=config.epochs,
+        batch_size=config.batch_size, learning_rate=config.learning_rate,
+        optimizer=config.optimizer, weight_decay=config.weight_decay, augment=config.augment,
+        num_probes=config.num_probes,
         zero_order=not noisy, zero_order_members=config.zero_order_members,
         label_noise=config.label_noise if noisy else 0.0, bootstrap=config.bootstrap,
         seed=config.seed, out=str(out / ("label_noise" if noisy else "audit")),
@@ -167,7 +167,10 @@ def main(config: EvidenceConfig) -> dict[str, Any]:
     from jaxcurv import report
     from jaxcurv.workflow import Timer, run_audit
 
-    out = C.output_dir(config, EXPERIMENT)
+    X.validate(config)
+    if len(config.datasets) != 1:
+        raise ConfigError(f"datasets takes one dataset here, got {list(config.datasets)}")
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     notes = ["smoke test: numbers are not meaningful"] if config.name == "tiny" else []
     with timer("clean audit"):
@@ -190,9 +193,9 @@ def main(config: EvidenceConfig) -> dict[str, Any]:
              f"{best['tpr_at_fpr_0_1pct']:.3%}",
              "flipped labels (AUROC): " + ", ".join(
                  f"{k} {v['auroc']:.3f}" for k, v in headline["label_noise"]["ranking"].items())]
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

@@ -20,7 +20,8 @@ import dataclasses
 
 import numpy as np
 
-from experiments import _common as C
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.settings import setting
 from experiments import mem_vs_curvature as mvc
 
 EXPERIMENT = "curvature_bound_fit"
@@ -30,11 +31,11 @@ __all__ = ["BoundFitConfig", "CONFIGS", "get_config", "main"]
 
 @dataclasses.dataclass(frozen=True)
 class BoundFitConfig(mvc.MemCurvConfig):
-    """mem_vs_curvature's settings plus fit_bins (equal-count memorization bins) and
-    bin_curvature ("max", the paper's choice, or "mean": the curvature statistic per bin)."""
+    """mem_vs_curvature's settings plus the bins of the fit."""
 
-    fit_bins: int = 50
-    bin_curvature: str = "max"
+    fit_bins: int = setting(50, "equal-count memorization bins", low=2, high=100_000)
+    bin_curvature: str = setting("max", "the curvature statistic per bin: max (the paper's "
+                                 "choice) or mean", choices=("max", "mean"))
 
 
 CONFIGS = {name: BoundFitConfig(**dataclasses.asdict(cfg),
@@ -44,7 +45,7 @@ CONFIGS = {name: BoundFitConfig(**dataclasses.asdict(cfg),
 
 def get_config(name: str) -> BoundFitConfig:
     """The named config (the names of mem_vs_curvature, whose data it fits)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def main(config: BoundFitConfig) -> dict:
@@ -52,15 +53,15 @@ def main(config: BoundFitConfig) -> dict:
     from jaxcurv.privacy import theory
     from jaxcurv.workflow import Timer
 
-    C.validate(config)
+    X.validate(config)
     mvc.check_config(config)
     if config.fit_bins < 2 or config.bin_curvature not in ("max", "mean"):
         raise ValueError(f"need fit_bins >= 2 and bin_curvature 'max' or 'mean', got "
                          f"{config.fit_bins}, {config.bin_curvature!r}")
-    out = C.output_dir(config, EXPERIMENT)
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     results, notes, lines = {}, [], []
-    for spec, data in C.each_dataset(config, timer, notes, lines):
+    for spec, data in X.each_dataset(config, timer, notes, lines):
         with timer(f"{spec}: mem_vs_curvature data (cached when it ran before)"):
             cols, facts = mvc.compute(config, data)
         labels = data.train.labels
@@ -99,9 +100,9 @@ def main(config: BoundFitConfig) -> dict:
                   f"{np.mean(bin_mem > line + 1e-12):.0%} of bins above the line",
                   f"[{data.slug}] per-example fit ({len(ok)} examples): p1={per_example.p1:.4g}, "
                   f"c1={per_example.c1:.4g}, R²={per_example.r2:.3f}"]
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

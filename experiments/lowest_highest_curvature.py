@@ -23,7 +23,9 @@ import dataclasses
 
 import numpy as np
 
-from experiments import _common as C
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.keys import Stage
+from jaxcurv.workflow.settings import setting
 
 EXPERIMENT = "lowest_highest_curvature"
 
@@ -31,50 +33,52 @@ __all__ = ["ExtremeConfig", "CONFIGS", "get_config", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ExtremeConfig(C.Config):
-    """k: images shown at each end; members: seeds, each trained on all training examples;
-    record_curvature: probes per epoch to also average curvature over training (0: end only)."""
+class ExtremeConfig(X.ExperimentConfig):
+    """The shared experiment settings (``models``: seeds, each trained on all training
+    examples) plus how many images to show at each end."""
 
-    k: int = 16
-    record_curvature: int = 0
+    k: int = setting(16, "images shown at each end", low=1, high=10_000)
+    record_curvature: int = setting(
+        0, "probes per epoch to also average curvature over training (0: end only)", low=0,
+        high=10_000)
 
 
 CONFIGS = {
     "tiny": ExtremeConfig(name="tiny", datasets=("digits",), train_size=200, test_size=100,
-                          members=1, epochs=2, num_probes=2, k=8),
+                          models=1, epochs=2, num_probes=2, k=8),
     "small": ExtremeConfig(name="small", datasets=("cifar10",), train_size=2500,
-                           test_size=1000, model_kwargs={"activation": "relu"}, members=2,
+                           test_size=1000, model_kwargs={"activation": "relu"}, models=2,
                            epochs=15, num_probes=5),
     "full": ExtremeConfig(name="full", datasets=("cifar100", "cifar10"), fallback_dataset=None,
-                          model="resnet18", members=3, epochs=100, batch_size=128,
+                          model="resnet18", models=3, epochs=100, batch_size=128,
                           learning_rate=0.1, num_probes=10, record_curvature=0),
 }
 
 
 def get_config(name: str) -> ExtremeConfig:
     """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def main(config: ExtremeConfig) -> dict:
     from jaxcurv import report
     from jaxcurv.workflow import Timer
 
-    C.validate(config)
+    X.validate(config)
     if config.k < 1:
         raise ValueError(f"k must be >= 1, got {config.k}")
-    out = C.output_dir(config, EXPERIMENT)
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     results, notes, lines = {}, [], []
-    for spec, data in C.each_dataset(config, timer, notes, lines):
+    for spec, data in X.each_dataset(config, timer, notes, lines):
         train = data.train
-        masks = np.ones((config.members, len(train)), bool)  # every seed trains on everything
+        masks = np.ones((config.models, len(train)), bool)  # every seed trains on everything
         with timer(f"{spec}: train"):
-            ens = C.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}",
+            ens = X.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}",
                                    record_examples=False, record_curvature=config.record_curvature)
         with timer(f"{spec}: curvature"):
-            curv = C.member_curvature(config, ens, train.images, train.labels,
-                                      key=C.run_key(config, C.CURVATURE))
+            curv = X.member_curvature(config, ens, train.images, train.labels,
+                                      key=X.config_key(config, Stage.CURVATURE))
         trace = np.asarray(curv.trace).mean(0)
         columns = {"index": np.arange(len(train)), "source_index": data.train_index,
                    "label": train.labels, "curvature": trace,
@@ -105,14 +109,14 @@ def main(config: ExtremeConfig) -> dict:
                      "curvature": score[idx]} for end, idx in ends.items()},
             "figure": str(fig.relative_to(out)),
         }
-        lines += [f"[{data.slug}] {len(train)} images, {config.members} seed(s), test acc "
+        lines += [f"[{data.slug}] {len(train)} images, {config.models} seed(s), test acc "
                   f"{np.mean(test_acc):.3f}; {what}: median {np.median(score):.3g}, lowest "
                   f"{score[ends['lowest'][0]]:.3g}, highest {score[ends['highest'][0]]:.3g}",
                   f"[{data.slug}] lowest-curvature labels: "
                   + ", ".join(names[int(c)] for c in train.labels[ends['lowest']]),
                   f"[{data.slug}] highest-curvature labels: "
                   + ", ".join(names[int(c)] for c in train.labels[ends['highest']])]
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 
@@ -128,4 +132,4 @@ def _seed_agreement(trace: np.ndarray) -> float | None:
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

@@ -17,7 +17,9 @@ import dataclasses
 
 import numpy as np
 
-from experiments import _common as C
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.keys import Stage
+from jaxcurv.workflow.settings import setting
 
 EXPERIMENT = "mem_vs_curvature"
 
@@ -25,28 +27,31 @@ __all__ = ["MemCurvConfig", "CONFIGS", "get_config", "check_config", "compute", 
 
 
 @dataclasses.dataclass(frozen=True)
-class MemCurvConfig(C.Config):
-    """top: Figure 3 shows the ``top`` most memorized examples; adversarial: also the adversarial
-    distance proxy (a PGD search per example, slow on large sets) with ``adversarial_options``
-    (jaxcurv.adversarial.adversarial_distance keywords; the small config trades precision for
-    speed: 2 target classes, 5 PGD steps, 8 bisection steps); record_curvature: probes per
-    epoch for the curvature-averaged-over-training proxy (0: off); bins: memorization bins of the
-    binned curvature table."""
+class MemCurvConfig(X.ExperimentConfig):
+    """The shared experiment settings plus Figure 3's top-k, the proxies and the bins."""
 
-    top: int = 100
-    adversarial: bool = True
-    adversarial_options: dict = dataclasses.field(
-        default_factory=lambda: {"num_targets": 2, "pgd_steps": 5, "search_steps": 8})
-    record_curvature: int = 0
-    bins: int = 10
+    top: int = setting(100, "Figure 3 shows the TOP most memorized examples", low=1,
+                       high=10**7)
+    adversarial: bool = setting(
+        True, "also the adversarial distance proxy (a PGD search per example, slow on large "
+        "sets)")
+    adversarial_options: dict = setting(
+        {"num_targets": 2, "pgd_steps": 5, "search_steps": 8},
+        "jaxcurv.adversarial.adversarial_distance keywords (the small config trades precision "
+        "for speed: 2 target classes, 5 PGD steps, 8 bisection steps)", parse="json")
+    record_curvature: int = setting(
+        0, "probes per epoch for the curvature-averaged-over-training proxy (0: off)", low=0,
+        high=10_000)
+    bins: int = setting(10, "memorization bins of the binned curvature table", low=1,
+                        high=10_000)
 
 
 CONFIGS = {
-    "tiny": MemCurvConfig(name="tiny", train_size=300, test_size=100, members=4, epochs=2,
+    "tiny": MemCurvConfig(name="tiny", train_size=300, test_size=100, models=4, epochs=2,
                           num_probes=2, top=20, adversarial=False, bins=4),
-    "small": MemCurvConfig(name="small", datasets=("digits",), members=16, epochs=12, top=100),
+    "small": MemCurvConfig(name="small", datasets=("digits",), models=16, epochs=12, top=100),
     "full": MemCurvConfig(name="full", datasets=("cifar100", "cifar10"), fallback_dataset=None,
-                          model="resnet18", members=64, epochs=100, batch_size=128,
+                          model="resnet18", models=64, epochs=100, batch_size=128,
                           learning_rate=0.1, num_probes=10, top=1000, adversarial=False,
                           record_curvature=0, bins=50),
 }
@@ -54,51 +59,51 @@ CONFIGS = {
 
 def get_config(name: str) -> MemCurvConfig:
     """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def check_config(config: MemCurvConfig) -> None:
     """ValueError for settings this experiment cannot use (after the shared checks)."""
-    if config.members < 2:
-        raise ValueError("members must be >= 2: memorization needs models with and without each "
+    if config.models < 2:
+        raise ValueError("models must be >= 2: memorization needs models with and without each "
                          "example")
     if config.top < 1 or config.bins < 1:
         raise ValueError(f"top and bins must be >= 1, got top={config.top}, bins={config.bins}")
 
 
-def compute(config: MemCurvConfig, data: C.Data) -> tuple[dict[str, np.ndarray], dict]:
+def compute(config: MemCurvConfig, data: X.ExperimentData) -> tuple[dict[str, np.ndarray], dict]:
     """Per-example columns (mem, mem_stderr and every proxy, (N,) each) and ensemble facts."""
     from jaxcurv import data as data_lib
     from jaxcurv import ensemble, memorization
     from jaxcurv.workflow import ensemble_fingerprint, proxies
 
     train = data.train
-    masks = data_lib.subset_masks(len(train), config.members, fraction=config.fraction,
+    masks = data_lib.subset_masks(len(train), config.models, fraction=config.fraction,
                                   seed=config.seed)
-    ens = C.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}",
+    ens = X.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}",
                            record_curvature=config.record_curvature)
     logits = ensemble.predict(ens, train.images, progress=config.progress)
     correct = logits.argmax(-1) == train.labels[None]
     mem, mem_stderr = memorization.feldman_zhang(correct, masks)
-    curvature = C.member_curvature(config, ens, train.images, train.labels,
-                                   key=C.run_key(config, C.CURVATURE))
-    key = C.run_key(config, C.PROXIES)
+    curvature = X.member_curvature(config, ens, train.images, train.labels,
+                                   key=X.config_key(config, Stage.CURVATURE))
+    key = X.config_key(config, Stage.PROXIES)
 
     def compute_proxies():
         return proxies(ens, train, key, logits=logits, curvature=curvature,
                        adversarial=config.adversarial,
                        adversarial_options=config.adversarial_options, progress=config.progress)
 
-    proxy = C.stage_cache(config).run(
+    proxy = X.stage_cache(config).run(
         f"{EXPERIMENT}-proxies", (ensemble_fingerprint(ens), curvature._asdict(),
                                   config.adversarial, config.adversarial_options,
-                                  C.key_data(key)), compute_proxies)
+                                  X.key_data(key)), compute_proxies)
     test_acc = ens.history["test_accuracy"][-1]
     facts = {"test_accuracy_mean": float(test_acc.mean()),
              "test_accuracy_min": float(test_acc.min()),
              "train_accuracy_in": float(correct[masks].mean()),
              "heldout_accuracy_out": float(correct[~masks].mean()),
-             "members": config.members, "subset_size_mean": float(masks.sum(1).mean())}
+             "members": config.models, "subset_size_mean": float(masks.sum(1).mean())}
     return {"mem": mem, "mem_stderr": mem_stderr, **proxy}, facts
 
 
@@ -115,12 +120,12 @@ def main(config: MemCurvConfig) -> dict:
     from jaxcurv import memorization, report
     from jaxcurv.workflow import Timer
 
-    C.validate(config)
+    X.validate(config)
     check_config(config)
-    out = C.output_dir(config, EXPERIMENT)
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     results, notes, lines = {}, [], []
-    for spec, data in C.each_dataset(config, timer, notes, lines):
+    for spec, data in X.each_dataset(config, timer, notes, lines):
         with timer(f"{spec}: ensemble, curvature, proxies"):
             cols, facts = compute(config, data)
         d = out / data.slug
@@ -157,7 +162,7 @@ def main(config: MemCurvConfig) -> dict:
             "figures": [str(p.relative_to(out)) for p in figures],
         }
         rho_all = ", ".join(f"{k} {v['spearman']:+.3f}" for k, v in corr_all.items())
-        lines += [f"[{data.slug}] {len(train)} examples, {config.members} members, test acc "
+        lines += [f"[{data.slug}] {len(train)} examples, {config.models} members, test acc "
                   f"{facts['test_accuracy_mean']:.3f}, mean mem {np.nanmean(mem):.3f}, "
                   f"top-{len(top)} mean mem {np.mean(mem[top]):.3f}",
                   f"[{data.slug}] Spearman(mem, curvature tr H²): all "
@@ -167,9 +172,9 @@ def main(config: MemCurvConfig) -> dict:
                   f"[{data.slug}] Spearman with mem, all examples: {rho_all}",
                   f"[{data.slug}] mean tr(H²) by mem bin (low → high): "
                   + ", ".join(f"{v:.3g}" for v in binned.target_mean)]
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

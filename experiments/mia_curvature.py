@@ -30,7 +30,9 @@ import math
 
 import numpy as np
 
-from experiments import _common as C
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.keys import Stage
+from jaxcurv.workflow.settings import setting
 
 EXPERIMENT = "mia_curvature"
 
@@ -45,29 +47,30 @@ PAPER = {
 
 
 @dataclasses.dataclass(frozen=True)
-class MiaCurvConfig(C.Config):
-    """targets: models attacked in turn (the others are their shadows); h: zero-order and
-    reference step; flip_view: also query the horizontal flip (None: for RGB images only);
-    zero_order / reference_score: compute those signals; zero_order_dtype: "float64" (exact to
-    ~1e-10 at h = 1e-3) or "float32" (cancellation error ≈ 1e-7·ℓ/h²); reference_batch_size: the
-    batch whose mean loss the seed score differentiates (a scale 1/B common to all models)."""
+class MiaCurvConfig(X.ExperimentConfig):
+    """The shared experiment settings plus the targets, the query views and the signals."""
 
-    targets: int = 3
-    h: float = 1e-3
-    flip_view: bool | None = None
-    zero_order: bool = True
-    zero_order_dtype: str = "float64"
-    reference_score: bool = True
-    reference_batch_size: int = 256
+    targets: int = setting(3, "models attacked in turn (the others are their shadows)", low=1,
+                           high=100_000)
+    flip_view: bool | None = setting(None, "also query the horizontal flip",
+                                     none="for RGB images only")
+    zero_order: bool = setting(True, "compute the zero-order (black-box) signal")
+    zero_order_dtype: str = setting(
+        "float64", "float64 (exact to ~1e-10 at h = 1e-3) or float32 (cancellation error "
+        "≈ 1e-7·ℓ/h²)", choices=("float32", "float64"))
+    reference_score: bool = setting(True, "compute the authors' published white-box score")
+    reference_batch_size: int = setting(
+        256, "the batch whose mean loss the authors' score differentiates (a scale 1/B common "
+        "to all models)", low=1, high=1 << 20)
 
 
 CONFIGS = {
-    "tiny": MiaCurvConfig(name="tiny", train_size=200, test_size=100, members=6, epochs=2,
+    "tiny": MiaCurvConfig(name="tiny", train_size=200, test_size=100, models=6, epochs=2,
                           num_probes=2, targets=2, bootstrap=20),
-    "small": MiaCurvConfig(name="small", members=16, epochs=12, num_probes=10, targets=3,
+    "small": MiaCurvConfig(name="small", models=16, epochs=12, num_probes=10, targets=3,
                            bootstrap=200),
     "full": MiaCurvConfig(name="full", datasets=("cifar10", "cifar100"), fallback_dataset=None,
-                          model="resnet18", model_kwargs={"activation": "gelu"}, members=65,
+                          model="resnet18", model_kwargs={"activation": "gelu"}, models=65,
                           epochs=100, batch_size=128, learning_rate=0.1, num_probes=10,
                           targets=3, flip_view=True, bootstrap=1000),
 }
@@ -75,16 +78,16 @@ CONFIGS = {
 
 def get_config(name: str) -> MiaCurvConfig:
     """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def _validate(config: MiaCurvConfig) -> None:
-    C.validate(config)
-    if config.members < 6:
-        raise ValueError("members must be >= 6: leave-one-model-out needs >= 2 IN and 2 OUT "
+    X.validate(config)
+    if config.models < 6:
+        raise ValueError("models must be >= 6: leave-one-model-out needs >= 2 IN and 2 OUT "
                          "shadows per example after balancing")
-    if not 1 <= config.targets <= config.members:
-        raise ValueError(f"targets must be in [1, members={config.members}], got {config.targets}")
+    if not 1 <= config.targets <= config.models:
+        raise ValueError(f"targets must be in [1, models={config.models}], got {config.targets}")
     if not (math.isfinite(config.h) and config.h > 0):
         raise ValueError(f"h must be > 0, got {config.h}")
     if config.zero_order_dtype not in ("float32", "float64"):
@@ -110,9 +113,9 @@ def _per_view(config, ens, views, labels, name: str, key, compute) -> np.ndarray
         return {"stat": np.stack([compute(x, key) for x in views.values()], axis=-1)}
 
     cache_key = (ensemble_fingerprint(ens), name, list(views), list(views.values()), labels,
-                 C.key_data(key), config.num_probes, config.h, config.zero_order_dtype,
+                 X.key_data(key), config.num_probes, config.h, config.zero_order_dtype,
                  config.reference_batch_size)
-    return C.stage_cache(config).run(f"{EXPERIMENT}-{name}", cache_key, run)["stat"]
+    return X.stage_cache(config).run(f"{EXPERIMENT}-{name}", cache_key, run)["stat"]
 
 
 def _reference_scores(config, ens, images, labels, key) -> np.ndarray:
@@ -134,8 +137,8 @@ def _signals(config: MiaCurvConfig, ens, views, labels) -> dict[str, np.ndarray]
 
     from jaxcurv import ensemble
 
-    trace_sq = np.stack([np.asarray(C.member_curvature(
-        config, ens, x, labels, key=C.run_key(config, C.CURVATURE)).trace_sq)
+    trace_sq = np.stack([np.asarray(X.member_curvature(
+        config, ens, x, labels, key=X.config_key(config, Stage.CURVATURE)).trace_sq)
         for x in views.values()], axis=-1)
     signals = {"curvature": np.abs(trace_sq)}
     if config.zero_order:
@@ -143,12 +146,12 @@ def _signals(config: MiaCurvConfig, ens, views, labels) -> dict[str, np.ndarray]
         zero_order = ensemble.make_member_zero_order_curvature(
             ens.model, num_probes=config.num_probes, method="mixed", compute_dtype=dtype)
         signals["zero_order"] = _per_view(
-            config, ens, views, labels, "zero_order", C.run_key(config, C.ZERO_ORDER),
+            config, ens, views, labels, "zero_order", X.config_key(config, Stage.ZERO_ORDER),
             lambda x, key: zero_order(ens, x, labels, key, h=config.h,
                                       progress=config.progress))
     if config.reference_score:
         signals["reference"] = _per_view(
-            config, ens, views, labels, "reference", C.run_key(config, C.REFERENCE),
+            config, ens, views, labels, "reference", X.config_key(config, Stage.REFERENCE_SCORE),
             lambda x, key: _reference_scores(config, ens, x, labels, key))
     return signals
 
@@ -230,17 +233,17 @@ def main(config: MiaCurvConfig) -> dict:
     from jaxcurv.workflow import Timer
 
     _validate(config)
-    out = C.output_dir(config, EXPERIMENT)
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     results = {}
-    notes = [C.estimator_note(config)]
+    notes = [X.estimator_note(config)]
     lines = []
-    for spec, data in C.each_dataset(config, timer, notes, lines):
+    for spec, data in X.each_dataset(config, timer, notes, lines):
         train, test = data.train, data.test
         n = len(train)
-        masks = data_lib.subset_masks(n, config.members, fraction=config.fraction, seed=config.seed)
+        masks = data_lib.subset_masks(n, config.models, fraction=config.fraction, seed=config.seed)
         with timer(f"{spec}: train"):
-            ens = C.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}")
+            ens = X.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}")
         views = _views(config, train.images)
         with timer(f"{spec}: predict"):
             logits = np.stack([ensemble.predict(ens, x, progress=False) for x in views.values()],
@@ -264,9 +267,9 @@ def main(config: MiaCurvConfig) -> dict:
             for group in curves]
         results[data.slug] = {
             "data": data.describe(), "views": list(views),
-            "protocol": f"{config.members} models on {config.fraction:.0%} splits; models "
+            "protocol": f"{config.models} models on {config.fraction:.0%} splits; models "
                         f"0..{config.targets - 1} attacked in turn with the other "
-                        f"{config.members - 1} as shadows (one opposite-group shadow dropped per "
+                        f"{config.models - 1} as shadows (one opposite-group shadow dropped per "
                         f"example); metrics pooled over {config.targets} targets × {n} examples, "
                         "example-cluster bootstrap intervals",
             "test_accuracy": ens.history["test_accuracy"][-1],
@@ -279,14 +282,14 @@ def main(config: MiaCurvConfig) -> dict:
             "figures": [str(p.relative_to(out)) for p in figures],
         }
         lines += _lines(data.slug, config, results[data.slug])
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 
 def _lines(slug: str, config, result: dict) -> list[str]:
     """The printed summary of one dataset."""
     views, table = result["views"], result["table"]
-    lines = [f"[{slug}] {result['data']['train_examples']} examples, {config.members} models, "
+    lines = [f"[{slug}] {result['data']['train_examples']} examples, {config.models} models, "
              f"views {'+'.join(views)}, test acc {np.mean(result['test_accuracy']):.3f}; "
              f"{config.targets} targets (AUROC / bal.acc@EER / TPR@0.1%FPR):"]
     for r in table:
@@ -308,4 +311,4 @@ def _cell(value):
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

@@ -39,7 +39,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from experiments import _common as C
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.keys import Stage
+from jaxcurv.workflow.settings import GNR_HVPS, PrivacySweep, setting
 
 EXPERIMENT = "privacy_utility_frontier"
 
@@ -57,47 +59,44 @@ _CHANCE = {"auroc": 0.5, "tpr_at_fpr_0_1pct": 0.001, "tpr_at_fpr_1pct": 0.01}
 
 
 @dataclasses.dataclass(frozen=True)
-class FrontierConfig(C.Config):
-    """mitigations: SAM-GNR strengths (gnr_penalty λ, gnr_noise σ_n), on top of SAM with the
-    inherited rho; gnr_hvp: "exact" | "finite_difference" (jaxcurv.optim.gnr_gradient).
-    epsilons, delta, l2_clip, accountant: DP-SGD runs (σ calibrated per ε; Poisson sampling);
-    dp_learning_rate: peak SGD rate under DP. attack: the MIA whose power is the frontier's y;
-    edges: memorization bins of the held-out gain; alpha: 1 − confidence of the intervals."""
+class FrontierConfig(PrivacySweep, X.ExperimentConfig):
+    """The shared experiment settings, the DP-SGD sweep, and the SAM-GNR strengths on top of
+    SAM with the inherited rho."""
 
-    mitigations: tuple[tuple[float, float], ...] = ((0.1, 0.01), (0.2, 0.02), (0.4, 0.04),
-                                                    (0.6, 0.06), (0.8, 0.08))
-    gnr_hvp: str = "exact"
-    epsilons: tuple[float, ...] = (1.0, 8.0, 64.0)
-    delta: float = 1e-5
-    l2_clip: float = 1.0
-    accountant: str = "rdp"
-    dp_learning_rate: float = 0.1
-    attack: str = "lira_online"
-    edges: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
-    alpha: float = 0.05
+    mitigations: tuple[tuple[float, float], ...] = setting(
+        ((0.1, 0.01), (0.2, 0.02), (0.4, 0.04), (0.6, 0.06), (0.8, 0.08)),
+        "SAM-GNR strengths [gnr_penalty λ, gnr_noise σ_n] as JSON pairs")
+    gnr_hvp: str = setting("exact", "SAM-GNR's Hessian-vector product "
+                           "(jaxcurv.optim.gnr_gradient)", choices=GNR_HVPS)
+    attack: str = setting("lira_online", "the MIA whose power is the frontier's y")
+    edges: tuple[float, ...] = setting((0.0, 0.1, 0.3, 0.5, 0.7, 1.0),
+                                       "memorization bins of the held-out gain")
+    alpha: float = setting(0.05, "1 − confidence of the intervals", low=0.0, high=0.5,
+                           open_low=True)
 
 
 # noise for ResNet18-GN (11.2 M parameters) scaled by √(38 k / 11.2 M) from the 38 k-parameter
 # CNN of the small configs, so that the noise vector keeps its norm σ_n·√#params
 _FULL_NOISE = math.sqrt(38_282 / 11.17e6)
 
+
 CONFIGS = {
     "tiny": FrontierConfig(name="tiny", train_size=200, test_size=100, model="mlp",
-                           model_kwargs={"hidden": 16, "depth": 1}, members=6, epochs=2,
+                           model_kwargs={"hidden": 16, "depth": 1}, models=6, epochs=2,
                            num_probes=2, bootstrap=20, mitigations=((0.4, 0.04),),
                            epsilons=(4.0, 64.0), edges=(0.0, 0.5, 1.0)),
-    "small": FrontierConfig(name="small", members=16, epochs=12, bootstrap=200),
+    "small": FrontierConfig(name="small", models=16, epochs=12, bootstrap=200),
     # 30 epochs at lr 0.1 so that SGD fits its training halves (10 epochs at 0.05 left SGD at
     # 38 % train accuracy: BUILD_NOTES, issue 15); strengths from 10× weaker than the digits grid,
     # whose λ ≥ 0.2 took these CIFAR models to chance.
     "cifar10-cpu": FrontierConfig(name="cifar10-cpu", datasets=("cifar10",),
                                   fallback_dataset=None, train_size=2000, test_size=1000,
-                                  members=10, epochs=30, batch_size=64, learning_rate=0.1,
+                                  models=10, epochs=30, batch_size=64, learning_rate=0.1,
                                   augment=False, num_probes=4, bootstrap=200,
                                   mitigations=((0.01, 0.001), (0.03, 0.003), (0.1, 0.01),
                                                (0.3, 0.03))),
     "full": FrontierConfig(name="full", datasets=("cifar10",), fallback_dataset=None,
-                           model="resnet18_gn", members=64, epochs=100, batch_size=256,
+                           model="resnet18_gn", models=64, epochs=100, batch_size=256,
                            learning_rate=0.1, dp_learning_rate=0.1, bootstrap=1000,
                            epsilons=(1.0, 2.0, 4.0, 8.0, 16.0, 64.0),
                            mitigations=tuple((lam, round(sig * _FULL_NOISE, 5)) for lam, sig in
@@ -109,15 +108,13 @@ CONFIGS = {
 def get_config(name: str) -> FrontierConfig:
     """The named config: "tiny" (tests, seconds), "small" (digits, CPU minutes), "cifar10-cpu"
     (a 2,000-image CIFAR-10 subset, under an hour on 2 CPU cores), "full" (GPU)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def _validate(config: FrontierConfig) -> None:
-    from jaxcurv.optim import GNR_HVPS
-
-    C.validate(config)
-    if config.members < 6:
-        raise ValueError("members must be >= 6 (leave-one-model-out needs >= 2 IN and 2 OUT "
+    X.validate(config)
+    if config.models < 6:
+        raise ValueError("models must be >= 6 (leave-one-model-out needs >= 2 IN and 2 OUT "
                          "shadows per example, cross-fitting two halves with OUT members)")
     if not config.mitigations or any(len(m) != 2 or min(m) < 0 for m in config.mitigations):
         raise ValueError(f"mitigations must be (gnr_penalty, gnr_noise) pairs >= 0, e.g. "
@@ -126,13 +123,11 @@ def _validate(config: FrontierConfig) -> None:
                                        for e in config.epsilons):
         raise ValueError(f"epsilons must be >= 2 finite values > 0 (the DP-SGD frontier), got "
                          f"{config.epsilons}")
-    if config.gnr_hvp not in GNR_HVPS:
-        raise ValueError(f"gnr_hvp must be one of {GNR_HVPS}, got {config.gnr_hvp!r}")
     if config.attack not in _ATTACKS:
         raise ValueError(f"attack must be one of {_ATTACKS}, got {config.attack!r}")
-    if not 0 < config.delta < 1 or not config.l2_clip > 0 or not config.dp_learning_rate > 0:
+    if not 0 < config.dp_delta < 1 or not config.dp_clip > 0 or not config.dp_learning_rate > 0:
         raise ValueError(f"need 0 < delta < 1, l2_clip > 0 and dp_learning_rate > 0, got "
-                         f"{config.delta}, {config.l2_clip}, {config.dp_learning_rate}")
+                         f"{config.dp_delta}, {config.dp_clip}, {config.dp_learning_rate}")
     if not 0 < config.alpha < 1 or config.bootstrap < 10:
         raise ValueError(f"need 0 < alpha < 1 and bootstrap >= 10, got {config.alpha}, "
                          f"{config.bootstrap}")
@@ -161,15 +156,15 @@ def arms(config: FrontierConfig) -> list[Arm]:
     """SGD, SAM, SAM-GNR per mitigation strength, DP-SGD per ε (increasing)."""
     from jaxcurv.privacy import DPConfig
 
-    sgd, sam = (C.optimizer_config(config, name=n) for n in ("sgd", "sam"))
+    sgd, sam = (X.optimizer_config(config, name=n) for n in ("sgd", "sam"))
     out = [Arm("sgd", "SGD", "SGD", sgd, None), Arm("sam", "SAM", f"ρ={config.rho:g}", sam, None)]
     for lam, sig in config.mitigations:
         gnr = dataclasses.replace(sam, name="sam-gnr", gnr_penalty=float(lam),
                                   gnr_noise=float(sig), gnr_hvp=config.gnr_hvp)
         out.append(Arm(f"sam-gnr-{lam:g}-{sig:g}", "SAM-GNR", f"λ={lam:g} σ={sig:g}", gnr, None))
-    dp_opt = C.optimizer_config(config, name="sgd", learning_rate=config.dp_learning_rate)
+    dp_opt = X.optimizer_config(config, name="sgd", learning_rate=config.dp_learning_rate)
     for eps in sorted(config.epsilons):
-        dp = DPConfig(target_epsilon=float(eps), delta=config.delta, l2_clip=config.l2_clip,
+        dp = DPConfig(target_epsilon=float(eps), delta=config.dp_delta, l2_clip=config.dp_clip,
                       accountant=config.accountant)
         out.append(Arm(f"dp-sgd-eps{eps:g}", "DP-SGD", f"ε={eps:g}", dp_opt, dp))
     return out
@@ -185,13 +180,13 @@ def _run_arm(config: FrontierConfig, data, masks, arm: Arm, timer, spec: str) ->
     train, test = data.train, data.test
     tag = f"{EXPERIMENT}-{data.slug}-{'dp' if arm.dp is not None else 'subsets'}"
     with timer(f"{spec}: train {arm.name}"):
-        ens = C.train_ensemble(config, data, masks, tag=tag, optimizer=arm.optimizer, dp=arm.dp,
+        ens = X.train_ensemble(config, data, masks, tag=tag, optimizer=arm.optimizer, dp=arm.dp,
                                record_examples=False)
     with timer(f"{spec}: predict, curvature, attack ({arm.name})"):
         logits = ensemble.predict(ens, train.images, progress=False)
         test_logits = ensemble.predict(ens, test.images, progress=False)
-        curv = C.member_curvature(config, ens, train.images, train.labels,
-                                  key=C.run_key(config, C.CURVATURE))
+        curv = X.member_curvature(config, ens, train.images, train.labels,
+                                  key=X.config_key(config, Stage.CURVATURE))
         sq = np.abs(np.asarray(curv.trace_sq, np.float64))
         scores = attack_scores(logits[:, None], train.labels, masks, sq, None, test_logits,
                                test.labels)
@@ -550,12 +545,12 @@ def main(config: FrontierConfig) -> dict:
     from jaxcurv.workflow.sections import OUTLIER_FACTOR
 
     _validate(config)
-    out = C.output_dir(config, EXPERIMENT)
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     all_arms = arms(config)
     results, notes, lines, warnings = {}, [], [], []
-    for spec, data in C.each_dataset(config, timer, notes, lines):
-        masks = data_lib.subset_masks(len(data.train), config.members, fraction=config.fraction,
+    for spec, data in X.each_dataset(config, timer, notes, lines):
+        masks = data_lib.subset_masks(len(data.train), config.models, fraction=config.fraction,
                                       seed=config.seed)
         if config.batch_size > masks.sum(1).min():  # DP-SGD's Poisson batches need it
             raise ValueError(f"batch_size {config.batch_size} exceeds the smallest member subset "
@@ -584,10 +579,10 @@ def main(config: FrontierConfig) -> dict:
                  "increase are compared with the advantage reduction 1 − (AUROC − ½)/(AUROC_SAM − "
                  "½), the SAM − SAM-GNR test accuracy and mean-memorization ratio measured here; "
                  "the paper's exact risk measure is not restated in these outputs.")
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
              warnings=warnings)
     return results
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

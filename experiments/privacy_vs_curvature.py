@@ -21,7 +21,9 @@ import math
 
 import numpy as np
 
-from experiments import _common as C
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.keys import Stage
+from jaxcurv.workflow.settings import PrivacySweep, redefault
 
 EXPERIMENT = "privacy_vs_curvature"
 
@@ -29,27 +31,25 @@ __all__ = ["PrivacyCurvConfig", "CONFIGS", "get_config", "main"]
 
 
 @dataclasses.dataclass(frozen=True)
-class PrivacyCurvConfig(C.Config):
-    """members: seeds per ε, each trained on all m training examples. epsilons: the ε grid (eq. 16
-    has 4 parameters: give >= 5 values); delta, l2_clip (C), accountant: DP-SGD settings (σ
-    calibrated per ε); dp_learning_rate: peak SGD rate under DP (default: the non-private rate;
-    0.5 made ε <= 3 runs on digits diverge to train loss > ln 10, far from the Fig. 4 regime)."""
+class PrivacyCurvConfig(PrivacySweep, X.ExperimentConfig):
+    """The shared experiment settings (``models``: seeds per ε, each trained on all m training
+    examples) and the DP-SGD sweep (eq. 16 has 4 parameters: give >= 5 values of ε; the DP
+    learning rate defaults to the non-private one: 0.5 made ε <= 3 runs on digits diverge to
+    train loss > ln 10, far from the Fig. 4 regime)."""
 
-    epsilons: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 100.0)
-    delta: float = 1e-5
-    l2_clip: float = 1.0
-    accountant: str = "rdp"
-    dp_learning_rate: float = 0.05
+    epsilons: tuple[float, ...] = redefault(PrivacySweep, "epsilons",
+                                            (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 100.0))
+    dp_learning_rate: float = redefault(PrivacySweep, "dp_learning_rate", 0.05)
 
 
 CONFIGS = {
     "tiny": PrivacyCurvConfig(name="tiny", train_size=200, test_size=100,
-                              model_kwargs={"width": 4, "hidden": 16}, members=1, epochs=2,
+                              model_kwargs={"width": 4, "hidden": 16}, models=1, epochs=2,
                               num_probes=2, epsilons=(1.0, 3.0, 10.0, 30.0)),
-    "small": PrivacyCurvConfig(name="small", model_kwargs={"width": 8, "hidden": 32}, members=2,
+    "small": PrivacyCurvConfig(name="small", model_kwargs={"width": 8, "hidden": 32}, models=2,
                                epochs=12, num_probes=10),
     "full": PrivacyCurvConfig(name="full", datasets=("cifar10", "cifar100"), fallback_dataset=None,
-                              model="resnet18_gn", members=3, epochs=50, batch_size=256,
+                              model="resnet18_gn", models=3, epochs=50, batch_size=256,
                               learning_rate=0.1, dp_learning_rate=0.1, num_probes=10,
                               epsilons=(1.0, 2.0, 3.0, 5.0, 8.0, 10.0, 20.0, 30.0, 50.0, 75.0,
                                         100.0)),
@@ -58,17 +58,17 @@ CONFIGS = {
 
 def get_config(name: str) -> PrivacyCurvConfig:
     """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def _validate(config: PrivacyCurvConfig) -> None:
-    C.validate(config)
+    X.validate(config)
     if len(config.epsilons) < 4 or any(not (math.isfinite(e) and e > 0) for e in config.epsilons):
         raise ValueError(f"epsilons needs >= 4 finite values > 0 (eq. 16 has 4 parameters), got "
                          f"{config.epsilons}")
-    if not 0 < config.delta < 1 or not config.l2_clip > 0:
-        raise ValueError(f"need 0 < delta < 1 and l2_clip > 0, got {config.delta}, "
-                         f"{config.l2_clip}")
+    if not 0 < config.dp_delta < 1 or not config.dp_clip > 0:
+        raise ValueError(f"need 0 < delta < 1 and l2_clip > 0, got {config.dp_delta}, "
+                         f"{config.dp_clip}")
     if config.model == "resnet18":
         raise ValueError("DP-SGD needs per-example gradients: use model resnet18_gn, not resnet18")
 
@@ -79,7 +79,7 @@ def _measure(config, ens, train, key) -> dict[str, np.ndarray]:
 
     logits = ensemble.predict(ens, train.images, progress=False)
     loss = mia.cross_entropy(logits, train.labels[None])
-    curv = C.member_curvature(config, ens, train.images, train.labels, key=key)
+    curv = X.member_curvature(config, ens, train.images, train.labels, key=key)
     return {"loss_mean": loss.mean(1), "loss_max": loss.max(1),
             "train_accuracy": (logits.argmax(-1) == train.labels[None]).mean(1),
             "test_accuracy": ens.history["test_accuracy"][-1],
@@ -91,16 +91,16 @@ def _train_and_measure(config, data, eps, timer, spec: str):
     """Per ε (list of dicts of (seeds,) arrays) and the non-private reference."""
     from jaxcurv.privacy import DPConfig
 
-    masks = np.ones((config.members, len(data.train)), bool)
-    curvature_key = C.run_key(config, C.CURVATURE)
+    masks = np.ones((config.models, len(data.train)), bool)
+    curvature_key = X.config_key(config, Stage.CURVATURE)
     per_eps = []
     for e in eps:
-        dp = DPConfig(target_epsilon=float(e), delta=config.delta, l2_clip=config.l2_clip,
+        dp = DPConfig(target_epsilon=float(e), delta=config.dp_delta, l2_clip=config.dp_clip,
                       accountant=config.accountant)
         with timer(f"{spec}: train DP"):
-            ens = C.train_ensemble(
+            ens = X.train_ensemble(
                 config, data, masks, tag=f"{EXPERIMENT}-{data.slug}", dp=dp,
-                optimizer=C.optimizer_config(config, name="sgd",
+                optimizer=X.optimizer_config(config, name="sgd",
                                              learning_rate=config.dp_learning_rate),
                 record_examples=False)
         with timer(f"{spec}: loss, curvature"):
@@ -108,7 +108,7 @@ def _train_and_measure(config, data, eps, timer, spec: str):
                            | {"noise_multiplier": ens.privacy["noise_multiplier"],
                               "epsilon_spent": ens.privacy["epsilon_max"]})
     with timer(f"{spec}: train non-private"):
-        ref = C.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-ref",
+        ref = X.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-ref",
                                record_examples=False)
         nonprivate = _measure(config, ref, data.train, curvature_key)
     return per_eps, nonprivate
@@ -162,7 +162,7 @@ def _figures(eps, values, fits, m: int, d):
 
 def _lines(slug, config, eps, means, nonprivate, fits, trend, m: int) -> list[str]:
     loss, curv, sq = fits["loss"], fits["curvature"], fits["curvature_sq"]
-    return [f"[{slug}] m={m}, {config.members} seed(s) per ε; ε: "
+    return [f"[{slug}] m={m}, {config.models} seed(s) per ε; ε: "
             + ", ".join(f"{e:g}" for e in eps),
             "  train loss: " + ", ".join(f"{v:.3f}" for v in means["loss_mean"])
             + f" (non-private {np.mean(nonprivate['loss_mean']):.3f}); fit "
@@ -188,11 +188,11 @@ def main(config: PrivacyCurvConfig) -> dict:
     from jaxcurv.workflow import Timer
 
     _validate(config)
-    out = C.output_dir(config, EXPERIMENT)
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     eps = np.asarray(sorted(config.epsilons), float)
     results, notes, lines = {}, [], []
-    for spec, data in C.each_dataset(config, timer, notes, lines):
+    for spec, data in X.each_dataset(config, timer, notes, lines):
         m = len(data.train)
         per_eps, nonprivate = _train_and_measure(config, data, eps, timer, spec)
         values = {k: np.stack([p[k] for p in per_eps]) for k in
@@ -202,11 +202,11 @@ def main(config: PrivacyCurvConfig) -> dict:
         fits = _fits(eps, means, m)
         d = out / data.slug
         report.write_csv(d / "curvature_vs_epsilon.csv", {
-            "epsilon": np.repeat(eps, config.members),
-            "seed": np.tile(np.arange(config.members), len(eps)),
+            "epsilon": np.repeat(eps, config.models),
+            "seed": np.tile(np.arange(config.models), len(eps)),
             **{k: v.ravel() for k, v in values.items()},
             "noise_multiplier": np.repeat([p["noise_multiplier"] for p in per_eps],
-                                          config.members)})
+                                          config.models)})
         figures = _figures(eps, values, fits, m, d)
         trend = {k: float(stats.spearmanr(eps, means[k]).statistic)
                  for k in ("loss_mean", "curvature", "curvature_sq")}
@@ -229,9 +229,9 @@ def main(config: PrivacyCurvConfig) -> dict:
             "figures": [str(p.relative_to(out)) for p in figures],
         }
         lines += _lines(data.slug, config, eps, means, nonprivate, fits, trend, m)
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

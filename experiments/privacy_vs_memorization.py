@@ -19,7 +19,9 @@ import math
 
 import numpy as np
 
-from experiments import _common as C
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.keys import Stage
+from jaxcurv.workflow.settings import PrivacySweep, redefault, setting
 
 EXPERIMENT = "privacy_vs_memorization"
 
@@ -29,29 +31,25 @@ EPSILON_GRID = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class PrivacyMemConfig(C.Config):
-    """epsilons: the ε grid; delta, l2_clip (C), accountant: the DP-SGD settings (σ calibrated per
-    ε); dp_learning_rate: peak SGD rate under DP (default: the non-private rate; 0.5 made
-    ε <= 3 runs on digits diverge to train loss > ln 10); seeds:
-    repetitions with new subsets and keys; top: how many most-memorized examples to follow."""
+class PrivacyMemConfig(PrivacySweep, X.ExperimentConfig):
+    """The shared experiment settings, the DP-SGD sweep (the DP learning rate defaults to the
+    non-private one: 0.5 made ε <= 3 runs on digits diverge to train loss > ln 10), the
+    repetitions and how many most-memorized examples to follow."""
 
-    epsilons: tuple[float, ...] = (1.0, 10.0, 100.0)
-    delta: float = 1e-5
-    l2_clip: float = 1.0
-    accountant: str = "rdp"
-    dp_learning_rate: float = 0.05
-    seeds: int = 1
-    top: int = 20
+    epsilons: tuple[float, ...] = redefault(PrivacySweep, "epsilons", (1.0, 10.0, 100.0))
+    dp_learning_rate: float = redefault(PrivacySweep, "dp_learning_rate", 0.05)
+    seeds: int = setting(1, "repetitions with new subsets and keys", low=1, high=1000)
+    top: int = setting(20, "how many most-memorized examples to follow", low=1, high=10**7)
 
 
 CONFIGS = {
     "tiny": PrivacyMemConfig(name="tiny", train_size=200, test_size=100,
-                             model_kwargs={"width": 4, "hidden": 16}, members=4, epochs=2,
+                             model_kwargs={"width": 4, "hidden": 16}, models=4, epochs=2,
                              epsilons=(1.0, 100.0), top=5),
-    "small": PrivacyMemConfig(name="small", model_kwargs={"width": 8, "hidden": 32}, members=12,
+    "small": PrivacyMemConfig(name="small", model_kwargs={"width": 8, "hidden": 32}, models=12,
                               epochs=12, epsilons=(1.0, 10.0, 100.0), top=20),
     "full": PrivacyMemConfig(name="full", datasets=("cifar10", "cifar100"), fallback_dataset=None,
-                             model="resnet18_gn", members=32, epochs=50, batch_size=256,
+                             model="resnet18_gn", models=32, epochs=50, batch_size=256,
                              learning_rate=0.1, dp_learning_rate=0.1, epsilons=EPSILON_GRID,
                              seeds=3, top=500),
 }
@@ -59,19 +57,19 @@ CONFIGS = {
 
 def get_config(name: str) -> PrivacyMemConfig:
     """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def _validate(config: PrivacyMemConfig) -> None:
-    C.validate(config)
-    if config.members < 2:
-        raise ValueError("members must be >= 2: memorization needs models with and without "
+    X.validate(config)
+    if config.models < 2:
+        raise ValueError("models must be >= 2: memorization needs models with and without "
                          "each example")
     if not config.epsilons or any(not (math.isfinite(e) and e > 0) for e in config.epsilons):
         raise ValueError(f"epsilons must be finite and > 0, got {config.epsilons}")
-    if not 0 < config.delta < 1 or not config.l2_clip > 0:
-        raise ValueError(f"need 0 < delta < 1 and l2_clip > 0, got {config.delta}, "
-                         f"{config.l2_clip}")
+    if not 0 < config.dp_delta < 1 or not config.dp_clip > 0:
+        raise ValueError(f"need 0 < delta < 1 and l2_clip > 0, got {config.dp_delta}, "
+                         f"{config.dp_clip}")
     if config.seeds < 1 or config.top < 1:
         raise ValueError(f"seeds and top must be >= 1, got {config.seeds}, {config.top}")
     if config.model == "resnet18":
@@ -96,11 +94,11 @@ def _repetition(config, data, eps, s: int, top_k: int, timer, spec: str) -> list
     from jaxcurv.privacy import DPConfig, memorization_bound
 
     train = data.train
-    masks = data_lib.subset_masks(len(train), config.members, fraction=config.fraction,
+    masks = data_lib.subset_masks(len(train), config.models, fraction=config.fraction,
                                   seed=config.seed + 1000 * s)
-    key = jax.random.fold_in(C.run_key(config, C.TRAIN), s)  # new keys per repetition
+    key = jax.random.fold_in(X.config_key(config, Stage.TRAIN), s)  # new keys per repetition
     with timer(f"{spec}: train non-private"):
-        ref = C.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-ref",
+        ref = X.train_ensemble(config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-ref",
                                key=key, record_examples=False)
     mem_ref, _ = _memorization(ref, train)
     top = memorization.top_memorized(mem_ref, top_k)
@@ -110,12 +108,12 @@ def _repetition(config, data, eps, s: int, top_k: int, timer, spec: str) -> list
              "test_accuracy": float(ref.history["test_accuracy"][-1].mean()),
              "noise_multiplier": 0.0, "epsilon_spent": math.inf}]
     for e in eps:
-        dp = DPConfig(target_epsilon=float(e), delta=config.delta, l2_clip=config.l2_clip,
+        dp = DPConfig(target_epsilon=float(e), delta=config.dp_delta, l2_clip=config.dp_clip,
                       accountant=config.accountant)
         with timer(f"{spec}: train DP"):
-            ens = C.train_ensemble(
+            ens = X.train_ensemble(
                 config, data, masks, tag=f"{EXPERIMENT}-{data.slug}-dp", dp=dp,
-                optimizer=C.optimizer_config(config, name="sgd",
+                optimizer=X.optimizer_config(config, name="sgd",
                                              learning_rate=config.dp_learning_rate),
                 key=key, record_examples=False)
         mem, mem_se = _memorization(ens, train)
@@ -136,7 +134,7 @@ def _lines(slug: str, config, eps, mean_sel, rows, nonprivate: float, top_k: int
     from jaxcurv.privacy import memorization_bound
 
     lines = [f"[{slug}] top-{top_k} memorized (picked by a non-private ensemble of "
-             f"{config.members}): mem {nonprivate:.3f} without DP"]
+             f"{config.models}): mem {nonprivate:.3f} without DP"]
     for e, m in zip(eps, mean_sel):
         r = [x for x in rows if x["epsilon"] == e]
         lines.append(
@@ -153,11 +151,11 @@ def main(config: PrivacyMemConfig) -> dict:
     from jaxcurv.workflow import Timer
 
     _validate(config)
-    out = C.output_dir(config, EXPERIMENT)
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     eps = np.asarray(sorted(config.epsilons), float)
     results, notes, lines = {}, [], []
-    for spec, data in C.each_dataset(config, timer, notes, lines):
+    for spec, data in X.each_dataset(config, timer, notes, lines):
         top_k = min(config.top, len(data.train))
         rows = [r for s in range(config.seeds)
                 for r in _repetition(config, data, eps, s, top_k, timer, spec)]
@@ -185,9 +183,9 @@ def main(config: PrivacyMemConfig) -> dict:
     notes.append("Feldman–Zhang estimates from a finite ensemble are noisy: the top-k of an "
                  "ensemble's own estimates is biased upward (top_mem_self); the plotted series "
                  "follows examples picked by the non-private ensemble (top_mem_selected).")
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

@@ -26,7 +26,9 @@ import dataclasses
 
 import numpy as np
 
-from experiments import _common as C
+from jaxcurv.workflow import experiment as X
+from jaxcurv.workflow.keys import Stage
+from jaxcurv.workflow.settings import setting
 
 EXPERIMENT = "sam_vs_sgd"
 
@@ -38,40 +40,43 @@ _ATTACKS = ("loss", "mentr", "calibrated_loss", "attack_r", "lira_online", "lira
 
 
 @dataclasses.dataclass(frozen=True)
-class SamConfig(C.Config):
-    """rho (inherited): SAM's radius; attacks: MIA attacks compared (curvature_* on white-box
-    tr(H²)); verdict_attack: the one the verdict is about; edges: memorization bins of the gain
-    (mem clipped into [edges[0], edges[-1]]); alpha: 1 − confidence of the intervals."""
+class SamConfig(X.ExperimentConfig):
+    """The shared experiment settings (rho: SAM's radius) plus the attacks compared and the
+    bins of the gain."""
 
-    attacks: tuple[str, ...] = ("lira_online", "loss", "curvature_nll")
-    verdict_attack: str = "lira_online"
-    edges: tuple[float, ...] = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
-    alpha: float = 0.05
+    attacks: tuple[str, ...] = setting(("lira_online", "loss", "curvature_nll"),
+                                       "MIA attacks compared (curvature_* on white-box tr(H²))")
+    verdict_attack: str = setting("lira_online", "the attack the verdict is about")
+    edges: tuple[float, ...] = setting(
+        (0.0, 0.1, 0.3, 0.5, 0.7, 1.0),
+        "memorization bins of the gain (mem clipped into [edges[0], edges[-1]])")
+    alpha: float = setting(0.05, "1 − confidence of the intervals", low=0.0, high=0.5,
+                           open_low=True)
 
 
 CONFIGS = {
-    "tiny": SamConfig(name="tiny", train_size=300, test_size=100, members=6, epochs=2,
+    "tiny": SamConfig(name="tiny", train_size=300, test_size=100, models=6, epochs=2,
                       num_probes=2, bootstrap=20, edges=(0.0, 0.5, 1.0)),
-    "small": SamConfig(name="small", members=16, epochs=12, bootstrap=200),
+    "small": SamConfig(name="small", models=16, epochs=12, bootstrap=200),
     "full": SamConfig(name="full", datasets=("cifar100", "cifar10"), fallback_dataset=None,
-                      model="resnet18", members=64, epochs=100, batch_size=128, learning_rate=0.1,
+                      model="resnet18", models=64, epochs=100, batch_size=128, learning_rate=0.1,
                       rho=0.05, bootstrap=1000),
 }
 
 
 def get_config(name: str) -> SamConfig:
     """The named config: "tiny" (tests, seconds), "small" (CPU, minutes), "full" (GPU)."""
-    return C.named_config(CONFIGS, name)
+    return X.named_config(CONFIGS, name)
 
 
 def _validate(config: SamConfig) -> None:
-    C.validate(config)
+    X.validate(config)
     unknown = sorted(set(config.attacks) - set(_ATTACKS))
     if unknown or config.verdict_attack not in config.attacks:
         raise ValueError(f"attacks must come from {_ATTACKS} and include verdict_attack "
                          f"{config.verdict_attack!r}; unknown: {unknown}")
-    if config.members < 6:
-        raise ValueError("members must be >= 6 (leave-one-model-out needs >= 2 IN and 2 OUT "
+    if config.models < 6:
+        raise ValueError("models must be >= 6 (leave-one-model-out needs >= 2 IN and 2 OUT "
                          "shadows per example after balancing)")
     if not config.rho > 0 or not 0 < config.alpha < 1 or config.bootstrap < 10:
         raise ValueError(f"need rho > 0, 0 < alpha < 1 and bootstrap >= 10, got {config.rho}, "
@@ -170,13 +175,13 @@ def _arm(config: SamConfig, data, masks, opt: str, timer, spec: str) -> dict:
 
     train, test = data.train, data.test
     with timer(f"{spec}: train {opt}"):
-        ens = C.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}",
-                               optimizer=C.optimizer_config(config, name=opt))
+        ens = X.train_ensemble(config, data, masks, tag=f"subsets-{data.slug}",
+                               optimizer=X.optimizer_config(config, name=opt))
     with timer(f"{spec}: predict, curvature, attacks ({opt})"):
         logits = ensemble.predict(ens, train.images, progress=False)
         test_logits = ensemble.predict(ens, test.images, progress=False)
-        curv = C.member_curvature(config, ens, train.images, train.labels,
-                                  key=C.run_key(config, C.CURVATURE))
+        curv = X.member_curvature(config, ens, train.images, train.labels,
+                                  key=X.config_key(config, Stage.CURVATURE))
         scores = attack_scores(logits[:, None], train.labels, masks, np.abs(curv.trace_sq), None,
                                test_logits, test.labels)
     correct = logits.argmax(-1) == train.labels[None]
@@ -264,12 +269,12 @@ def main(config: SamConfig) -> dict:
     from jaxcurv.workflow import Timer
 
     _validate(config)
-    out = C.output_dir(config, EXPERIMENT)
+    out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     results, notes, lines = {}, [], []
-    for spec, data in C.each_dataset(config, timer, notes, lines):
+    for spec, data in X.each_dataset(config, timer, notes, lines):
         train, n = data.train, len(data.train)
-        masks = data_lib.subset_masks(n, config.members, fraction=config.fraction, seed=config.seed)
+        masks = data_lib.subset_masks(n, config.models, fraction=config.fraction, seed=config.seed)
         arms = {opt: _arm(config, data, masks, opt, timer, spec) for opt in ("sgd", "sam")}
         with timer(f"{spec}: statistics"):
             gains = gain_by_memorization(arms["sgd"]["correct"], arms["sam"]["correct"], masks,
@@ -304,9 +309,9 @@ def main(config: SamConfig) -> dict:
             "figures": [str(p.relative_to(out)) for p in figures],
         }
         lines += _lines(data.slug, config, results[data.slug])
-    C.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
     return results
 
 
 if __name__ == "__main__":
-    C.cli(CONFIGS, main, description=__doc__)
+    X.cli(CONFIGS, main, description=__doc__)

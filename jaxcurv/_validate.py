@@ -1,6 +1,6 @@
 """Boundary checks shared by every public function: one place, one wording.
 
-Each check raises ``ValueError`` naming the argument and saying what is expected, and returns the
+Each check raises :class:`jaxcurv.errors.ConfigError` (a ``ValueError``) naming the argument and saying what is expected, and returns the
 value in canonical form (``int``, ``float``, a numpy array of a fixed dtype). They run on the host
 before any compute; never call them inside traced code.
 """
@@ -12,6 +12,8 @@ import numbers
 from typing import Any
 
 import numpy as np
+
+from jaxcurv.errors import ConfigError
 
 __all__ = [
     "check_int",
@@ -30,12 +32,12 @@ def check_int(name: str, value: Any, *, minimum: int | None = None,
               maximum: int | None = None) -> int:
     """``value`` as an int; rejects bools, floats and values outside [minimum, maximum]."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
+        raise ConfigError(f"{name} must be an integer <= {maximum}, got {value!r}")
     return value
 
 
@@ -49,14 +51,14 @@ def check_float(name: str, value: Any, *, minimum: float | None = None,
                 allow_maximum: bool = True) -> float:
     """``value`` as a finite float within the given bounds (inclusive unless told otherwise)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     value = float(value)
     if minimum is not None and (value < minimum or (value == minimum and not allow_minimum)):
         op = ">=" if allow_minimum else ">"
-        raise ValueError(f"{name} must be {op} {minimum}, got {value!r}")
+        raise ConfigError(f"{name} must be {op} {minimum}, got {value!r}")
     if maximum is not None and (value > maximum or (value == maximum and not allow_maximum)):
         op = "<=" if allow_maximum else "<"
-        raise ValueError(f"{name} must be {op} {maximum}, got {value!r}")
+        raise ConfigError(f"{name} must be {op} {maximum}, got {value!r}")
     return value
 
 
@@ -76,13 +78,13 @@ def as_bool_array(name: str, value: Any, *, ndim: int | None = None) -> np.ndarr
     """A bool array from bools or from numbers that are all 0 or 1."""
     arr = np.asarray(value)
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-d array, got shape {arr.shape}")
+        raise ConfigError(f"{name} must be a {ndim}-d array, got shape {arr.shape}")
     if arr.dtype == bool:
         return arr
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name} must be a boolean array, got dtype {arr.dtype}")
+        raise ConfigError(f"{name} must be a boolean array, got dtype {arr.dtype}")
     if arr.size and not np.isin(arr, (0, 1)).all():
-        raise ValueError(f"{name} must be boolean (only True/False or 0/1); it holds other values "
+        raise ConfigError(f"{name} must be boolean (only True/False or 0/1); it holds other values "
                          "(NaN, fractions or counts): pass a bool array")
     return arr.astype(bool)
 
@@ -93,12 +95,12 @@ def as_float_array(name: str, value: Any, *, ndim: int | None = None,
     try:
         arr = np.asarray(value, dtype=dtype)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a numeric array: {err}") from None
+        raise ConfigError(f"{name} must be a numeric array: {err}") from None
     if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-d array, got shape {arr.shape}")
+        raise ConfigError(f"{name} must be a {ndim}-d array, got shape {arr.shape}")
     if finite and not np.all(np.isfinite(arr)):
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} NaN/inf value(s); it must be finite")
+        raise ConfigError(f"{name} contains {bad} NaN/inf value(s); it must be finite")
     return arr
 
 
@@ -111,9 +113,9 @@ def check_masks(name: str, masks: Any, num_examples: int | None = None) -> np.nd
     """Membership masks bool (K, N): True where member k trains on example i; no empty member."""
     masks = as_bool_array(name, masks, ndim=2)
     if num_examples is not None and masks.shape[1] != num_examples:
-        raise ValueError(f"{name} must have shape (K, N={num_examples}) matching the data, "
+        raise ConfigError(f"{name} must have shape (K, N={num_examples}) matching the data, "
                          f"got {masks.shape}")
     empty = np.flatnonzero(masks.sum(1) == 0)
     if empty.size:
-        raise ValueError(f"{name}: member(s) {empty.tolist()[:10]} have no training example")
+        raise ConfigError(f"{name}: member(s) {empty.tolist()[:10]} have no training example")
     return masks

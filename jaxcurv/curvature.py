@@ -42,6 +42,9 @@ from jax.sharding import PartitionSpec as P
 from jaxcurv._chunks import map_chunks
 from jaxcurv._tree import cast_floats
 from jaxcurv._validate import check_positive, check_positive_int
+from jaxcurv._names import CURVATURE_METHODS as METHODS
+from jaxcurv._names import ZERO_ORDER_METHODS
+
 
 __all__ = [
     "Curvature",
@@ -61,8 +64,6 @@ __all__ = [
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
-METHODS = ("hutchinson", "exact", "finite_difference")
-ZERO_ORDER_METHODS = ("central", "mixed")
 
 # Default number of examples per compiled call (per device); exact Hessians use fewer.
 _DEFAULT_CHUNK_PER_DEVICE = 256

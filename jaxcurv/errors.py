@@ -12,6 +12,7 @@ __all__ = [
     "JaxcurvError",
     "ConfigError",
     "DataError",
+    "DataNotFound",
     "MissingDependency",
     "OutputError",
     "OutputLocked",
@@ -31,6 +32,26 @@ class ConfigError(JaxcurvError, ValueError):
 
 class DataError(JaxcurvError, ValueError):
     """A dataset is missing, unreadable or inconsistent (e.g. labels outside the classes)."""
+
+
+class DataNotFound(DataError, FileNotFoundError):
+    """A dataset's files are missing. ``what``: the headline; ``command_line``: the fix from the
+    command line; ``looked_for``: the places searched; ``other_ways``: further ways to get it."""
+
+    def __init__(self, what: str, *, command_line: str, looked_for: tuple[str, ...] = (),
+                 other_ways: tuple[str, ...] = ()):
+        self.what, self.command_line = what, command_line
+        self.looked_for, self.other_ways = tuple(looked_for), tuple(other_ways)
+        lines = [what + (" Looked for: " + "; ".join(looked_for) + "." if looked_for else ""),
+                 "From the command line: " + command_line, *other_ways]
+        super().__init__("\n".join(lines))
+
+    def lines(self, prefix: str) -> list[str]:
+        """The message for the command line: headline, the command-line fix, what was looked
+        for, the other ways."""
+        looked = ["Looked for: " + "; ".join(self.looked_for)] if self.looked_for else []
+        return [f"{prefix}{self.what}", "From the command line: " + self.command_line, *looked,
+                *self.other_ways]
 
 
 class MissingDependency(JaxcurvError, ImportError):

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxcurv._validate import check_float, check_positive, check_positive_int
+from jaxcurv._names import GNR_HVPS, OPTIMIZERS
+
 
 __all__ = [
     "OPTIMIZERS",
@@ -36,8 +38,6 @@ __all__ = [
     "GNR_HVPS",
 ]
 
-OPTIMIZERS = ("sgd", "adam", "sam", "sam-gnr")
-GNR_HVPS = ("exact", "finite_difference")
 SCHEDULES = ("cosine", "constant", "linear", "onecycle")
 
 

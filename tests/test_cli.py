@@ -104,15 +104,14 @@ def test_help_imports_no_jax(argv):
 
 @pytest.mark.parametrize("command", ["audit", "curvature"])
 def test_every_flag_states_its_default(command):
-    from jaxcurv.cli import _HelpFormatter, build_parser
+    from jaxcurv.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    formatter = _HelpFormatter("jaxcurv")
     flags = [a for a in sub.choices[command]._actions if a.option_strings and a.dest != "help"]
     assert len(flags) >= 10
     for action in flags:
-        assert "default" in formatter._get_help_string(action), action.option_strings
+        assert "default" in action.help, action.option_strings
 
 
 def test_ctrl_c_stops_cleanly_with_the_resume_hint(monkeypatch, capsys, tmp_path):
@@ -127,18 +126,21 @@ def test_ctrl_c_stops_cleanly_with_the_resume_hint(monkeypatch, capsys, tmp_path
     assert "interrupted; rerun the same command to resume" in err and "Traceback" not in err
 
 
-def test_missing_data_message_leads_with_the_command_line_fix():
-    from jaxcurv.cli import _data_error
+def test_missing_data_message_leads_with_the_command_line_fix(tmp_path, capsys):
+    from jaxcurv.errors import DataNotFound
 
-    message = _data_error("audit", FileNotFoundError(
-        "CIFAR-10 was not found. Looked for: a; b.\nFrom the command line: pass --data-dir DIR."
-        "\nFrom Python: load('cifar10', data_dir=DIR)."))
-    assert message.splitlines() == [
+    err = DataNotFound("CIFAR-10 was not found.", command_line="pass --data-dir DIR.",
+                       looked_for=("a", "b"), other_ways=("From Python: load('cifar10').",))
+    assert err.lines("jaxcurv audit: error: ") == [
         "jaxcurv audit: error: CIFAR-10 was not found.",
-        "From the command line: pass --data-dir DIR.", "Looked for: a; b.",
-        "From Python: load('cifar10', data_dir=DIR)."]
-    assert _data_error("audit", FileNotFoundError("TFDS dataset 'x' is not prepared")
-                       ).splitlines()[1].startswith("From the command line: pass --data-dir")
+        "From the command line: pass --data-dir DIR.", "Looked for: a; b",
+        "From Python: load('cifar10')."]
+    assert isinstance(err, FileNotFoundError) and "Looked for: a; b." in str(err)
+    assert main(["audit", "--dataset", f"npz:{tmp_path / 'none.npz'}", "--out",
+                 str(tmp_path / "out"), "--quiet"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("jaxcurv audit: error: npz file") and lines[1].startswith(
+        "From the command line: --dataset npz:PATH")
 
 
 def test_epsilon_command(capsys):

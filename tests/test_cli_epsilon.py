@@ -114,7 +114,7 @@ def test_pld_has_no_orders(capsys):
        "10"], "exactly one"),
      (["--noise-multiplier", "1", "--sampling-rate", "0.1", "--steps", "10", "--delta", "1"],
       "delta"),
-     (["--noise-multiplier", "1", "--sampling-rate", "0", "--steps", "10"], "sampling_rate")],
+     (["--noise-multiplier", "1", "--sampling-rate", "0", "--steps", "10"], "--sampling-rate")],
 )
 def test_errors_exit_2_with_a_message(capsys, args, match):
     rc, out, err = _run(capsys, *args)
@@ -127,7 +127,11 @@ def test_every_flag_has_help_with_its_default():
     flags = [a for a in parser._actions if a.dest != "help"]
     assert {a.dest for a in flags} == {"noise_multiplier", "target_epsilon", "sampling_rate",
                                        "steps", "delta", "accountant", "json"}
+    from jaxcurv.workflow.config import EpsilonConfig
+
+    defaults = EpsilonConfig()
     for action in flags:
         assert action.help and ("default" in action.help or "required" in action.help), action
-        if action.default not in (None, False) and not action.required:
-            assert str(action.default).replace("1e-05", "1e-5") in action.help, action
+        value = getattr(defaults, action.dest)
+        if value not in (None, False) and not action.required:
+            assert f"(default: {value})" in action.help, action

@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) puts only tests/ on the path
     sys.path.insert(0, str(ROOT))
 
-from experiments import _common as C  # noqa: E402
 from experiments import curvature_bound_fit as cbf  # noqa: E402
 from experiments import mem_vs_curvature as mvc  # noqa: E402
 from jaxcurv.workflow import apply_overrides  # noqa: E402
+from jaxcurv.workflow import experiment as X  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if not p.stem.startswith("_"))
@@ -40,29 +40,36 @@ def _read_csv(path):
 
 def test_overrides_parse_json_and_coerce_to_field_types():
     base = mvc.get_config("small")
-    cfg = apply_overrides(base, ["members=8", 'datasets=["digits", "cifar10"]',
+    cfg = apply_overrides(base, ["models=8", 'datasets=["digits", "cifar10"]',
                                  "learning_rate=1", "model=mlp", "train_size=null",
                                  'model_kwargs={"hidden": 32}', "adversarial=false"])
-    assert cfg.members == 8 and cfg.datasets == ("digits", "cifar10")
+    assert cfg.models == 8 and cfg.datasets == ("digits", "cifar10")
     assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
     assert cfg.model == "mlp" and cfg.train_size is None and cfg.model_kwargs == {"hidden": 32}
-    assert cfg.adversarial is False and base.members == 16  # the named config is untouched
-    for bad, match in [(["nope=1"], "unknown setting"), (["members=abc"], "integer"),
-                       (["members=2.5"], "integer"), (["datasets=digits"], "list"),
+    assert cfg.adversarial is False and base.models == 16  # the named config is untouched
+    for bad, match in [(["nope=1"], "unknown setting"), (["models=abc"], "integer"),
+                       (["models=2.5"], "integer"), (["models=0"], "--models must be an integer >= 1"), (["datasets=digits"], "list"),
                        (["members"], "KEY=VALUE"), (["adversarial=1"], "true or false")]:
         with pytest.raises(ValueError, match=match):
             apply_overrides(base, bad)
 
 
 def test_parse_args_flags_and_set(tmp_path):
-    cfg = C.parse_args(mvc.CONFIGS, ["--config", "tiny", "--out", str(tmp_path), "--seed", "3",
-                                     "--data-dir", "/data", "--set", "top=7"])
+    cfg = X.parse_args(mvc.CONFIGS, ["--config", "tiny", "--out", str(tmp_path), "--seed", "3",
+                                     "--data-dir", "/data", "--set", "top=7", "--models", "5",
+                                     "--datasets", "digits", "cifar10", "--augment", "off",
+                                     "--model-kwargs", '{"width": 4}'])
     assert (cfg.name, cfg.out, cfg.seed, cfg.data_dir, cfg.top) == ("tiny", str(tmp_path), 3,
                                                                     "/data", 7)
+    assert (cfg.models, cfg.datasets, cfg.augment, cfg.model_kwargs) == (
+        5, ("digits", "cifar10"), False, {"width": 4})
+    assert cfg.epochs == mvc.get_config("tiny").epochs  # not given: the named config's value
     assert cfg.progress is True  # the command line shows progress unless told not to
-    assert C.parse_args(mvc.CONFIGS, ["--no-progress"]).progress is False
+    assert X.parse_args(mvc.CONFIGS, ["--quiet"]).progress is False
     with pytest.raises(SystemExit):
-        C.parse_args(mvc.CONFIGS, ["--config", "nope"])
+        X.parse_args(mvc.CONFIGS, ["--config", "nope"])
+    with pytest.raises(SystemExit):  # no prefix matching: --model is not --models
+        X.parse_args(mvc.CONFIGS, ["--mode", "3"])
 
 
 def test_every_script_is_a_module_with_named_configs():
@@ -90,8 +97,9 @@ def test_script_help_runs_as_a_module():
 
 def test_cifar_without_local_files_falls_back_to_digits_with_a_note(tmp_path, monkeypatch):
     monkeypatch.delenv("JAXCURV_DATA_DIR", raising=False)
-    cfg = C.Config(datasets=("cifar10",), train_size=50, test_size=20, data_dir=str(tmp_path))
-    data = C.load_data("cifar10", cfg)
+    cfg = X.ExperimentConfig(datasets=("cifar10",), train_size=50, test_size=20,
+                             data_dir=str(tmp_path))
+    data = X.load_data("cifar10", cfg)
     assert data.slug == "digits" and data.train.name == "digits"
     assert "cifar10" in data.note and "digits" in data.note and "JAXCURV_DATA_DIR" in data.note
     assert (len(data.train), len(data.test)) == (50, 20)
@@ -100,7 +108,7 @@ def test_cifar_without_local_files_falls_back_to_digits_with_a_note(tmp_path, mo
 
 def test_cifar_is_found_through_the_environment(fake_cifar10):
     fake_cifar10(4)
-    data = C.load_data("cifar10", C.Config(train_size=12, seed=1))
+    data = X.load_data("cifar10", X.ExperimentConfig(train_size=12, seed=1))
     assert data.slug == "cifar10" and data.note is None and data.source == "cifar10"
     assert len(data.train) == 12 and len(data.test) == 10
     np.testing.assert_array_equal(data.train.labels, np.arange(30)[data.train_index] % 10)
@@ -108,8 +116,8 @@ def test_cifar_is_found_through_the_environment(fake_cifar10):
 
 def test_bad_settings_fail_before_any_work(tmp_path):
     tiny = dataclasses.replace(mvc.get_config("tiny"), out=str(tmp_path / "x"))
-    with pytest.raises(ValueError, match="members must be >= 2"):
-        mvc.main(dataclasses.replace(tiny, members=1))
+    with pytest.raises(ValueError, match="models must be >= 2"):
+        mvc.main(dataclasses.replace(tiny, models=1))
     with pytest.raises(ValueError, match="unknown model"):
         mvc.main(dataclasses.replace(tiny, model="vgg"))
     with pytest.raises(ValueError, match="fraction"):
@@ -136,6 +144,7 @@ def test_mem_vs_curvature_writes_csv_json_and_figures(tiny_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["experiment"] == "mem_vs_curvature"
     assert summary["config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))  # config echo
+    assert summary["command"] == "python -m experiments.mem_vs_curvature --config tiny"
     cols = _read_csv(out / "digits" / "scores.csv")
     assert len(cols["mem"]) == cfg.train_size == 300
     # 4 members, each example in exactly 2: mem = (correct_in − correct_out)/2 ∈ {−1, −½, 0, ½, 1}

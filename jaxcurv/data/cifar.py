@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaxcurv.data.dataset import Dataset
+from jaxcurv.errors import DataNotFound
 from jaxcurv.data.npz import load_npz
 from jaxcurv.data.tfds import import_tfds, load_tfds_with
 
@@ -121,23 +122,22 @@ def _looked_for(spec: dict[str, Any], roots: Sequence[Path]) -> list[str]:
 
 
 def _missing_error(name: str, tried: Sequence[str],
-                   data_dir: str | os.PathLike | None) -> FileNotFoundError:
+                   data_dir: str | os.PathLike | None) -> DataNotFound:
     """How to get the data: the command-line fix first, then the Python one."""
     spec = _CIFAR[name]
     npz = " or ".join(reversed(spec["npz"]))
     dd = "" if data_dir is None else f", data_dir={os.fspath(data_dir)!r}"
-    return FileNotFoundError(
-        f"{spec['title']} was not found. Looked for: " + "; ".join(tried) + ".\n"
-        f"From the command line: pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR holds "
-        f"the official files ({spec['url']}, as the .tar.gz or its extracted {spec['folder']}/) "
-        f"or {npz}; or pip install \"jaxcurv[tfds]\" and prepare the dataset once with "
+    return DataNotFound(
+        f"{spec['title']} was not found.", looked_for=tuple(tried),
+        command_line=f"pass --data-dir DIR or set {DATA_DIR_ENV}=DIR, where DIR holds the "
+        f"official files ({spec['url']}, as the .tar.gz or its extracted {spec['folder']}/) or "
+        f"{npz}; or pip install \"jaxcurv[tfds]\" and prepare the dataset once with "
         "tensorflow-datasets (preparing needs TensorFlow, reading does not): python -c "
         f"\"import tensorflow_datasets as tfds; tfds.builder({name!r}, "
-        f"file_format='array_record'{dd}).download_and_prepare()\".\n"
-        f"From Python: load({name!r}, data_dir=DIR) with the same files, or "
-        "load('npz:/path/to/file.npz') for an npz with keys train_images, train_labels, "
-        "test_images, test_labels (or the JPEG layout)."
-    )
+        f"file_format='array_record'{dd}).download_and_prepare()\".",
+        other_ways=(f"From Python: load({name!r}, data_dir=DIR) with the same files, or "
+                    "load('npz:/path/to/file.npz') for an npz with keys train_images, "
+                    "train_labels, test_images, test_labels (or the JPEG layout).",))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,8 +161,8 @@ def load_cifar(name: str, *, split: str, data_dir: str | os.PathLike | None,
         try:
             return load_tfds_with(tfds, name, split=tfds_split, data_dir=data_dir,
                                   display_name=name, progress=progress)
-        except FileNotFoundError as e:
-            tried.append(f"tensorflow-datasets ({e.args[0].splitlines()[0].rstrip('.')})")
+        except DataNotFound as e:
+            tried.append(f"tensorflow-datasets ({e.what.rstrip('.')})")
     raise _missing_error(name, tried, data_dir)
 
 

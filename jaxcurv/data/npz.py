@@ -29,6 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcurv.data.dataset import Dataset
+from jaxcurv.errors import DataNotFound
 
 __all__ = ["load_npz", "cache_dir", "decode_jpegs"]
 
@@ -111,9 +112,9 @@ def _npz_class_names(z: Any) -> tuple[str, ...] | None:
 def load_npz(path: Path, *, split: str, name: str, progress: bool = False) -> Dataset:
     """The npz at ``path`` in any of the three layouts (see the module docstring) as a Dataset."""
     if not path.is_file():
-        raise FileNotFoundError(
-            f"npz file {path} does not exist; pass 'npz:<path to an existing .npz>'."
-        )
+        raise DataNotFound(f"npz file {path} does not exist.",
+                           command_line="--dataset npz:PATH with PATH an existing .npz file.",
+                           other_ways=("From Python: load('npz:/path/to/file.npz').",))
     with _open_npz(path) as npz:
         z = _Archive(npz, path)
         keys = set(z.files)

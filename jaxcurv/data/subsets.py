@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxcurv._validate import check_int, check_positive_int, check_probability
 
-__all__ = ["subset_masks", "add_label_noise"]
+__all__ = ["subset_masks", "add_label_noise", "random_subset"]
 
 
 def _fraction(fraction: Any, *, open_ends: bool) -> float:
@@ -42,6 +42,19 @@ def subset_masks(
     rng = np.random.default_rng(seed)
     order = rng.random((k, n)).argsort(axis=0)  # per column a uniform permutation of 0..K-1
     return order < m
+
+
+def random_subset(num_examples: int, size: int | None, *, seed: int = 0) -> np.ndarray:
+    """The one subset sampler: ``size`` distinct indices of range(num_examples), sorted, drawn
+    uniformly (the first ``size`` of a seeded permutation); all of them when ``size`` is None or
+    at least ``num_examples``. The audit, the experiments and the benchmarks draw their subsets
+    here, so the same seed gives the same examples everywhere. (CIFAR files are ordered by class:
+    never take a prefix.)"""
+    n = check_int("num_examples", num_examples, minimum=0)
+    if size is None or size >= n:
+        return np.arange(n)
+    size = check_int("size", size, minimum=0)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:size])
 
 
 def add_label_noise(

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcurv.data.dataset import Dataset
+from jaxcurv.errors import DataNotFound
 
 __all__ = ["import_tfds", "load_tfds", "load_tfds_with"]
 
@@ -109,14 +110,14 @@ def load_tfds_with(
         source = tfds.data_source(tfds_name, split=split, data_dir=dd, download=False)
     except (NotImplementedError, FileNotFoundError, KeyError) as e:
         where = "" if dd is None else f", data_dir={dd!r}"
-        raise FileNotFoundError(
+        raise DataNotFound(
             f"TFDS dataset {tfds_name!r} is not prepared in array_record format under "
-            f"{dd or 'the default TFDS data dir'} (TFDS raised {type(e).__name__}).\n"
-            "Prepare it once (needs network, and TensorFlow for most image datasets): "
-            "pip install tensorflow tensorflow-datasets && python -c \"import tensorflow_datasets "
-            f"as tfds; tfds.builder({tfds_name!r}, file_format='array_record'{where})"
-            '.download_and_prepare()"'
-        ) from e
+            f"{dd or 'the default TFDS data dir'} (TFDS raised {type(e).__name__}).",
+            command_line="prepare it once (needs network, and TensorFlow for most image "
+            "datasets): pip install tensorflow tensorflow-datasets && python -c \"import "
+            f"tensorflow_datasets as tfds; tfds.builder({tfds_name!r}, "
+            f"file_format='array_record'{where}).download_and_prepare()\", then pass the same "
+            "--data-dir.") from e
     n = len(source)
     images = np.empty((n, *shape), dtype=np.asarray(source[0][image_key]).dtype) if n else None
     labels = np.empty((n,), dtype=np.int64)

@@ -9,13 +9,15 @@ import json
 import math
 import os
 import re
+import contextlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["to_jsonable", "write_json", "write_csv", "write_html"]
+__all__ = ["to_jsonable", "write_json", "write_csv", "write_html", "check_writable_file",
+           "atomic_path"]
 
 def to_jsonable(value: Any) -> Any:
     """Convert numpy/jax scalars and arrays (recursively) to JSON types; NaN/inf become None."""
@@ -168,5 +170,43 @@ def write_html(path, *, title: str, sections: Sequence[Mapping[str, Any]]) -> Pa
         parts.append("</section>")
     parts.append("</body></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(parts))
+    os.replace(tmp, path)
     return path
+
+
+def check_writable_file(flag: str, path) -> Path:
+    """``path`` as a Path if a file can be written there: not an existing directory, and its
+    parent folder exists or can be created (created here). ConfigError naming ``flag``
+    otherwise; run it before any compute."""
+    from jaxcurv.errors import ConfigError
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; pass a file name such as "
+                          f"{path / 'curvature.csv'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{flag}: cannot create the folder {path.parent} ({err.strerror or err})"
+                          "; pass a writable location") from None
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(f"{flag}: the folder {path.parent} is not writable; pass a writable "
+                          "location")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Write to a temporary file next to ``path`` (yielded) and rename it into place when the
+    block ends without an exception; the temporary file is removed otherwise."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

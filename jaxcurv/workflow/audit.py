@@ -6,7 +6,7 @@ Each stage is a small function of the config and the outputs of earlier stages. 
 more than a moment are cached under ``<out>/cache`` (:class:`~jaxcurv.workflow.cache.StageCache`),
 keyed on the data actually used and the settings the stage depends on; training is checkpointed
 under ``<out>/checkpoints``. A killed run, started again with the same settings, resumes where it
-stopped. Every random key derives from ``PRNGKey(config.seed)`` by ``fold_in``.
+stopped. Every random key is ``run_key(config.seed, Stage.<stage>)`` (:mod:`jaxcurv.workflow.keys`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ from jaxcurv.workflow import sections
 from jaxcurv.workflow.attacks import attack_scores
 from jaxcurv.workflow.cache import StageCache, fingerprint
 from jaxcurv.workflow.config import AuditConfig
+from jaxcurv.workflow.environment import environment
+from jaxcurv.workflow.flags import command_line
+from jaxcurv.workflow.keys import Stage, run_key
 from jaxcurv.workflow.lock import exclusive_lock
 from jaxcurv.workflow.proxy_scores import proxies as _proxies
 from jaxcurv.workflow.timing import Timer
@@ -41,8 +44,6 @@ __all__ = ["AuditData", "AuditRun", "run_audit", "load_data", "train_members", "
            "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table",
            "checkpoint_folders"]
 
-# fold_in ids of the run key PRNGKey(config.seed), one per random stage
-_TRAIN, _CURVATURE, _ZERO_ORDER, _PROXIES, _REFERENCE_CURVATURE = 1, 2, 3, 4, 5
 # settings that change the trained members (the data enters through its fingerprint)
 _TRAIN_FIELDS = ("model", "model_kwargs", "models", "epochs", "batch_size", "learning_rate",
                  "weight_decay", "fraction", "optimizer", "rho", "gnr_penalty", "gnr_noise",
@@ -88,10 +89,11 @@ def load_data(config: AuditConfig) -> AuditData:
     """Both splits (a seeded random subset of each with max_examples), label noise, masks."""
     train, test = data_lib.train_test(config.dataset, data_dir=config.data_dir,
                                       progress=config.progress)
-    if config.max_examples is not None:
-        rng = np.random.default_rng(config.seed)
-        train, test = (d.take(np.sort(rng.choice(len(d), min(len(d), config.max_examples),
-                                                 replace=False))) for d in (train, test))
+    if config.max_examples is not None:  # the one sampler: train with seed, test with seed + 1
+        train = train.take(data_lib.random_subset(len(train), config.max_examples,
+                                                  seed=config.seed))
+        test = test.take(data_lib.random_subset(len(test), config.max_examples,
+                                                seed=config.seed + 1))
     true_labels = train.labels
     flipped = np.zeros(len(train), bool)
     if config.label_noise > 0:
@@ -101,7 +103,8 @@ def load_data(config: AuditConfig) -> AuditData:
                                  train.class_names)
     masks = data_lib.subset_masks(len(train), config.models, fraction=config.fraction,
                                   seed=config.seed)
-    key = fingerprint(train.images, train.labels, test.images, test.labels, masks)
+    key = fingerprint(train.images, train.labels, test.images, test.labels, masks,
+                      train.num_classes)
     return AuditData(train, test, true_labels, flipped, masks, key)
 
 
@@ -225,7 +228,7 @@ def mia_scores(data: AuditData, logits, test_logits, curvature: Curvature,
                          test_logits, data.test.labels)
 
 
-def nonprivate_reference(config: AuditConfig, data: AuditData, key: jax.Array,
+def nonprivate_reference(config: AuditConfig, data: AuditData,
                          cache: StageCache) -> dict[str, Any]:
     """DP runs: the same members trained without DP, for the cost of privacy: their test accuracy
     (K,), Feldman–Zhang memorization (N,), mean IN tr(H²) and tr(H) (N,), and the scores (K, N)
@@ -235,13 +238,13 @@ def nonprivate_reference(config: AuditConfig, data: AuditData, key: jax.Array,
         _say("non-private reference: the same members trained without DP, to measure what DP "
              "costs and buys")
     with timer("train_nonprivate_reference"):
-        ens = train_members(config, data, jax.random.fold_in(key, _TRAIN), private=False)
+        ens = train_members(config, data, run_key(config.seed, Stage.TRAIN), private=False)
     stage_key = _stage_key(config, data, "num_probes", "h", private=False)
 
     def compute():
         logits = ens_lib.predict(ens, data.train.images, progress=False)
         curv = ens_lib.member_curvature(ens, data.train.images, data.train.labels,
-                                        jax.random.fold_in(key, _REFERENCE_CURVATURE),
+                                        run_key(config.seed, Stage.REFERENCE_CURVATURE),
                                         num_probes=config.num_probes, progress=config.progress)
         return {"correct": logits.argmax(-1) == data.train.labels[None], "trace": curv.trace,
                 "trace_sq": curv.trace_sq}
@@ -326,7 +329,6 @@ def _per_member(cache: StageCache, name: str, key: dict, members, compute, finit
 
 def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
     """Every stage up to the attack scores, cached where costly."""
-    key = jax.random.PRNGKey(config.seed)
     with timer("data"):
         data = load_data(config)
     keys = _stage_keys(config, data)
@@ -334,7 +336,7 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
     if resume and config.progress:
         _say(resume)
     with timer("train"):
-        ens = train_members(config, data, jax.random.fold_in(key, _TRAIN),
+        ens = train_members(config, data, run_key(config.seed, Stage.TRAIN),
                             private=config.private)
     pred = cache.run("predictions", keys["predictions"], lambda: predict_views(ens, data),
                      require_finite=True)
@@ -342,7 +344,7 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
     curvature_fn = curvature_estimator(config, ens)  # one compiled kernel for every member
     curv = Curvature(**_per_member(
         cache, "curvature", keys["curvature"], range(config.models),
-        lambda ms: member_curvature(quiet, ens, data, jax.random.fold_in(key, _CURVATURE),
+        lambda ms: member_curvature(quiet, ens, data, run_key(config.seed, Stage.CURVATURE),
                                     members=ms, estimate=curvature_fn)._asdict(),
         ("trace", "trace_sq")))
     zero = None
@@ -351,16 +353,16 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
         zero = _per_member(
             cache, "zero_order", keys["zero_order"], zero_order_member_ids(config),
             lambda ms: {"zero_order": member_zero_order(
-                quiet, ens, data, jax.random.fold_in(key, _ZERO_ORDER), members=ms,
+                quiet, ens, data, run_key(config.seed, Stage.ZERO_ORDER), members=ms,
                 estimate=zero_fn)},
             True)["zero_order"]
     proxy = cache.run("proxies", keys["proxies"],
                       lambda: memorization_proxies(config, ens, data, pred["logits"], curv,
-                                                   jax.random.fold_in(key, _PROXIES)))
+                                                   run_key(config.seed, Stage.PROXIES)))
     scores = cache.run("attacks", keys["attacks"],
                        lambda: mia_scores(data, pred["logits"], pred["test_logits"], curv, zero),
                        require_finite=True)
-    ref = nonprivate_reference(config, data, key, cache) if config.private else None
+    ref = nonprivate_reference(config, data, cache) if config.private else None
     if config.clean:
         removed = clean_checkpoints(Path(config.out) / "checkpoints",
                                     keep=checkpoint_folders(config, data))
@@ -390,6 +392,51 @@ class _ReadOnlyCache(StageCache):
 
     def _write(self, path: Path, full_key: str, name: str, arrays) -> dict[str, np.ndarray]:
         return {str(k): np.asarray(v) for k, v in arrays.items()}
+
+
+def _per_target_auroc(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """AUROC of each target member's scores (K,) over its examples (members = its subset)."""
+    from sklearn.metrics import roc_auc_score
+
+    keep = [np.isfinite(s) for s in scores]
+    return np.array([roc_auc_score(masks[k][keep[k]], scores[k][keep[k]])
+                     for k in range(len(scores))])
+
+
+def headlines(run: AuditRun, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The audit's headline figures for docs/measurements.md, each with an interval over the
+    trained members (training randomness): test accuracy (min–max over members), each attack's
+    AUROC (min–max over the members attacked in turn), Spearman(mem, curvature), ε when private,
+    and how well each signal ranks flipped labels."""
+    from jaxcurv.workflow.experiment import headline
+
+    acc = summary["accuracy"]
+    per_member = np.asarray(acc["test_per_member"], float)
+    out = {"test_accuracy": headline(acc["test_mean"], "test accuracy, mean over members",
+                                     interval=[per_member.min(), per_member.max()],
+                                     over=f"{len(per_member)} members, min–max"),
+           "train_in_accuracy": headline(acc["train_in_mean"], "accuracy of members on their "
+                                         "own training examples"),
+           "spearman_mem_curvature": headline(
+               summary["correlations"]["spearman_mem_curvature"],
+               "Spearman(memorization, curvature tr(H²)) over training examples")}
+    masks = run.data.masks
+    for row in summary["mia"]["metrics"]:
+        scores = run.scores.get(row["attack"])
+        if scores is None:
+            continue
+        per_target = _per_target_auroc(np.asarray(scores), masks[:len(scores)])
+        out[f"auroc_{row['attack']}"] = headline(
+            row["auroc"], f"AUROC of the {row['attack']} attack, pooled over targets",
+            interval=[per_target.min(), per_target.max()],
+            over=f"{len(per_target)} target members, min–max of per-target AUROC")
+    if "privacy" in summary:
+        out["epsilon"] = headline(summary["privacy"]["epsilon_accounted"],
+                                  f"ε accounted (δ = {summary['privacy']['delta']:g})")
+    for name, value in summary.get("label_noise", {}).get("ranking", {}).items():
+        out[f"flipped_auroc_{name}"] = headline(value["auroc"], f"AUROC of {name} at ranking "
+                                                "the flipped labels first")
+    return out
 
 
 def run_audit(config: AuditConfig) -> dict[str, Any]:
@@ -432,6 +479,9 @@ def _run_locked(config: AuditConfig, out: Path, writer: bool) -> dict[str, Any]:
         report.write_csv(out / "scores.csv", columns)
     summary = sections.summary(run, columns)
     figures = sections.figures(run, columns, summary, out / "figures") if writer else {}
+    summary["command"] = command_line("jaxcurv audit", config)
+    summary["environment"] = environment()
+    summary["headlines"] = headlines(run, summary)
     summary["timings_s"] = timer.total()
     summary["figures"] = {name: str(Path(p).relative_to(out)) for name, p in figures.items()}
     if writer:

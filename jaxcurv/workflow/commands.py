@@ -3,51 +3,20 @@ trained model (``jaxcurv curvature``) and DP-SGD privacy accounting (``jaxcurv e
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
-from jaxcurv._validate import check_int, check_positive_int
+from jaxcurv.errors import ConfigError
+from jaxcurv.workflow.config import CurvatureConfig
 
-__all__ = ["CurvatureConfig", "CURVATURE_METHODS", "run_curvature", "privacy_accounting",
-           "format_privacy_accounting"]
-
-CURVATURE_METHODS = ("hutchinson", "exact", "finite_difference")
-
-
-@dataclasses.dataclass(frozen=True)
-class CurvatureConfig:
-    """One model trained on ``dataset``, then tr(H), tr(H²) and their standard errors of every
-    training example written to the CSV ``out``."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    model: str = "cnn"
-    epochs: int = 12
-    batch_size: int = 64
-    num_probes: int = 10
-    method: str = "hutchinson"
-    seed: int = 0
-    out: str = "results/curvature.csv"
-    progress: bool = False
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad setting."""
-        from jaxcurv import models
-
-        if self.model not in models.MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {models.MODEL_NAMES}")
-        for name in ("epochs", "batch_size", "num_probes"):
-            check_positive_int(f"--{name.replace('_', '-')}", getattr(self, name))
-        if self.method not in CURVATURE_METHODS:
-            raise ValueError(f"--method must be one of {CURVATURE_METHODS}, got {self.method!r}")
-        check_int("--seed", self.seed)
+__all__ = ["run_curvature", "privacy_accounting", "format_privacy_accounting"]
 
 
 def run_curvature(config: CurvatureConfig) -> Path:
-    """Train one model and write index, label, curvature (tr(H)), curvature_stderr, curvature_sq
-    (tr(H²)) and curvature_sq_stderr per training example to ``config.out``; returns the path."""
+    """Train one model and write index, label, ``curvature`` (tr(H²)), ``curvature_stderr``,
+    ``curvature_trace`` (tr(H)) and ``curvature_trace_stderr`` per training example to
+    ``config.out``; returns the path. The output path is checked before anything is trained."""
     import jax
     import numpy as np
 
@@ -57,19 +26,21 @@ def run_curvature(config: CurvatureConfig) -> Path:
     config.validate()
     train = data.load(config.dataset, split="train", data_dir=config.data_dir,
                       progress=config.progress)
-    model = models.get_model(config.model, train.num_classes)
+    model = models.get_model(config.model, train.num_classes, **config.model_settings)
     key = jax.random.PRNGKey(config.seed)
     ens = train_ensemble(model, train, np.ones((1, len(train)), bool), jax.random.fold_in(key, 0),
-                         ensemble.TrainConfig(epochs=config.epochs, batch_size=config.batch_size),
+                         ensemble.TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
+                                              optimizer=config.optimizer,
+                                              learning_rate=config.peak_learning_rate),
                          progress=config.progress)
     variables = ens.member(0)
     c = curvature.input_curvature(models.make_loss_fn(model), variables, train.images,
                                   train.labels, jax.random.fold_in(key, 1),
-                                  num_probes=config.num_probes, method=config.method)
+                                  num_probes=config.num_probes, method=config.method, h=config.h)
     return report.write_csv(config.out, {
-        "index": np.arange(len(train)), "label": train.labels, "curvature": c.trace,
-        "curvature_stderr": c.trace_stderr, "curvature_sq": c.trace_sq,
-        "curvature_sq_stderr": c.trace_sq_stderr})
+        "index": np.arange(len(train)), "label": train.labels, "curvature": c.trace_sq,
+        "curvature_stderr": c.trace_sq_stderr, "curvature_trace": c.trace,
+        "curvature_trace_stderr": c.trace_stderr})
 
 
 def privacy_accounting(*, sampling_rate: float, steps: int, delta: float,
@@ -84,7 +55,7 @@ def privacy_accounting(*, sampling_rate: float, steps: int, delta: float,
     from jaxcurv.privacy import calibrate_noise_multiplier, epsilon_report
 
     if (noise_multiplier is None) == (target_epsilon is None):
-        raise ValueError("give exactly one of --noise-multiplier and --target-epsilon")
+        raise ConfigError("give exactly one of --noise-multiplier and --target-epsilon")
     sigma = noise_multiplier
     if target_epsilon is not None:
         sigma = calibrate_noise_multiplier(target_epsilon, sampling_rate, steps, delta,

@@ -1,271 +1,205 @@
-"""Configuration of the workflows: the audit's settings and the one ``key=value`` override parser.
+"""The configs of the ``jaxcurv`` commands, built from the setting groups of
+:mod:`jaxcurv.workflow.settings`, and the named presets.
 
-:class:`AuditConfig` holds everything ``jaxcurv audit`` can be told; ``validate`` raises a
-``ValueError`` naming the first bad setting before any data is read. :func:`apply_overrides`
-returns a copy of any config dataclass with fields replaced from ``"key=value"`` strings (JSON
-values, typed from the dataclass fields) or a mapping; the experiments' ``--set`` uses it.
+:class:`AuditConfig` is everything ``jaxcurv audit`` can be told; :class:`CurvatureConfig` what
+``jaxcurv curvature`` can be told. Each setting is declared once in its group; ``validate`` checks
+the declared types and bounds, then the rules that tie settings together, and raises
+:class:`~jaxcurv.errors.ConfigError` naming the first bad one before any data is read.
+A preset (``--preset NAME``, :data:`PRESETS`) is a named set of values that explicit flags
+override.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import types
-import typing
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Mapping
 from typing import Any
 
-from jaxcurv._validate import check_float, check_int, check_positive, check_positive_int
+from jaxcurv._names import ACCOUNTANTS
+from jaxcurv.errors import ConfigError
+from jaxcurv.workflow.settings import (
+    CURVATURE_METHODS,
+    LEARNING_RATES,
+    MODEL_DEFAULTS,
+    OPTIMIZERS,
+    Attacks,
+    Augmentation,
+    CurvatureProbes,
+    DataSource,
+    EnsembleSize,
+    LabelNoise,
+    ModelChoice,
+    Privacy,
+    Processes,
+    RunControl,
+    SharpnessAware,
+    Subsample,
+    Training,
+    apply_overrides,
+    check_settings,
+    parse_overrides,
+    redefault,
+    setting,
+)
 
-__all__ = ["AuditConfig", "OPTIMIZERS", "apply_overrides", "parse_overrides"]
+__all__ = ["AuditConfig", "CurvatureConfig", "EpsilonConfig", "PRESETS", "OPTIMIZERS", "CURVATURE_METHODS",
+           "MODEL_DEFAULTS", "LEARNING_RATES", "apply_overrides", "parse_overrides",
+           "with_preset"]
 
-OPTIMIZERS = ("sgd", "adam", "sam", "sam-gnr")
+# Named sets of audit settings; explicit flags override them. Each says what it is for.
+PRESETS: dict[str, dict[str, Any]] = {}
 
-# The default audit model: a GELU MLP wide and deep enough to fit every training label of a half
-# of the 8x8 digits within 60 epochs, also with 10 % of the labels flipped (BUILD_NOTES, "A
-# default audit that memorizes"). Other models keep models.get_model's defaults unless
-# --model-kwargs says otherwise.
-MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mlp": {"hidden": 512, "depth": 2}}
-# Peak learning rates when --learning-rate is not given.
-LEARNING_RATES = {"sgd": 0.05, "adam": 2e-3, "sam": 0.05, "sam-gnr": 0.05}
+
+def _check_model_name(model: str) -> None:
+    """A model of the zoo (models.MODEL_NAMES)."""
+    from jaxcurv import models
+
+    if model not in models.MODEL_NAMES:
+        raise ConfigError(f"--model: unknown model {model!r}; choose one of "
+                          f"{', '.join(models.MODEL_NAMES)}")
 
 
 @dataclasses.dataclass(frozen=True)
-class AuditConfig:
-    """Everything ``jaxcurv audit`` can be told; defaults run on the embedded digits in minutes.
-
-    models: ensemble members K, each trained on a random ``fraction`` of the training set;
-    num_probes / h: Hutchinson and zero-order probes and the zero-order step; label_noise: fraction
-    of flipped training labels; dp_*: DP-SGD (None: non-private); augment: crop + flip (None: on
-    for RGB); max_examples: a seeded random subset of each split; bootstrap: resamples of the MIA
-    confidence intervals; progress: progress output (off unless asked, e.g. by the CLI).
-    model_kwargs: keyword arguments of models.get_model (None: MODEL_DEFAULTS of the model);
-    learning_rate: peak rate (None: LEARNING_RATES of the optimizer); weight_decay: L2 on kernels
-    (0 by default: memorization needs the members to fit their training labels);
-    zero_order_members: black-box curvature on the first M members only (None or M ≥ models:
-    all), since its
-    float64 loss queries cost more than the white-box HVPs on a CPU; gnr_*: the SAM paper's
-    mitigation strengths for --optimizer sam-gnr (None: the optimizer's defaults); clean: remove
-    checkpoint folders under <out>/checkpoints that other configurations left.
-    coordinator / num_processes / process_id: a multi-process job over several hosts
-    (jaxcurv.distributed.initialize; None: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
-    JAX_PROCESS_ID or the cluster's launcher, else one process); ``out`` must then be a folder
-    every process sees.
+class AuditConfig(Processes, RunControl, Privacy, Attacks, CurvatureProbes, SharpnessAware,
+                  Training, EnsembleSize, ModelChoice, Augmentation, LabelNoise, Subsample,
+                  DataSource):
+    """Everything ``jaxcurv audit`` can be told; the defaults run on the embedded digits in a
+    couple of minutes on a CPU. Each field's help is its setting's (``jaxcurv audit --help``).
     """
 
-    @property
-    def model_settings(self) -> dict[str, Any]:
-        """Keyword arguments for models.get_model: the given ones or the model's defaults."""
-        if self.model_kwargs is not None:
-            return dict(self.model_kwargs)
-        return dict(MODEL_DEFAULTS.get(self.model, {}))
-
-    @property
-    def peak_learning_rate(self) -> float:
-        """The given learning rate or the optimizer's default."""
-        return self.learning_rate if self.learning_rate is not None else \
-            LEARNING_RATES[self.optimizer]
-
-    dataset: str = "digits"
-    model: str = "mlp"
-    model_kwargs: dict | None = None
-    models: int = 32
-    epochs: int = 60
-    batch_size: int = 64
-    learning_rate: float | None = None
-    weight_decay: float = 0.0
-    fraction: float = 0.5
-    num_probes: int = 10
-    zero_order: bool = True
-    zero_order_members: int | None = 8
-    adversarial: bool = False
-    h: float = 1e-3
-    label_noise: float = 0.0
-    dp_epsilon: float | None = None
-    dp_delta: float = 1e-5
-    dp_clip: float = 1.0
-    optimizer: str = "adam"
-    rho: float = 0.05
-    gnr_penalty: float | None = None
-    gnr_noise: float | None = None
-    augment: bool | None = None
-    seed: int = 0
-    out: str = "results/audit"
-    data_dir: str | None = None
-    max_examples: int | None = None
-    bootstrap: int = 100
-    clean: bool = False
-    progress: bool = False
-    coordinator: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-
-    @property
-    def private(self) -> bool:
-        """True when the members are trained with DP-SGD."""
-        return self.dp_epsilon is not None
+    out: str = setting("results/audit", "output folder")
+    clean: bool = setting(False, "remove checkpoint folders under OUT/checkpoints that other "
+                          "configurations left")
+    preset: str | None = setting(None, "a named set of settings that explicit flags override "
+                                 "(see the README)", metavar="NAME", none="none")
 
     def validate(self) -> None:
-        """Raise ValueError naming the first bad setting, before any data is read or trained."""
-        from jaxcurv import models
-
-        if self.model not in models.MODEL_NAMES:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {models.MODEL_NAMES}")
-        for name, most in _LIMITS.items():  # sizes checked before anything is allocated
-            check_int(_flag(name), getattr(self, name), minimum=1, maximum=most)
-        if self.models < 6:
-            raise ValueError("--models must be >= 6: each member in turn is an attack target "
-                             "whose shadows need at least two members holding each example in "
-                             "and two holding it out")
-        check_float("--fraction", self.fraction, minimum=0.0, maximum=1.0, allow_minimum=False,
-                    allow_maximum=False)
-        check_float("--label-noise", self.label_noise, minimum=0.0, maximum=1.0,
-                    allow_maximum=False)
-        if self.dp_epsilon is not None:
-            check_positive("--dp-epsilon", self.dp_epsilon)
-        check_float("--dp-delta", self.dp_delta, minimum=0.0, maximum=1.0, allow_minimum=False,
-                    allow_maximum=False)
-        check_positive("--dp-clip", self.dp_clip)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        """Raise ConfigError naming the first bad setting, before any data is read or trained."""
+        check_settings(self)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(sorted(PRESETS)) or '(none)'}"
+                              f"; got {self.preset!r}")
+        _check_model_name(self.model)
+        _check_ensemble(self.models, self.fraction)
         if self.private and self.optimizer in ("sam", "sam-gnr"):
-            raise ValueError("--dp-epsilon cannot be combined with --optimizer sam")
+            raise ConfigError("--dp-epsilon cannot be combined with --optimizer sam or sam-gnr: "
+                              "use sgd or adam")
         if self.private and self.model == "resnet18":
-            raise ValueError("DP-SGD needs a model without BatchNorm: use --model resnet18_gn")
-        if self.learning_rate is not None:
-            check_positive("--learning-rate", self.learning_rate)
-        check_positive("--rho", self.rho)
-        check_float("--weight-decay", self.weight_decay, minimum=0.0)
+            raise ConfigError("DP-SGD needs a model without BatchNorm: use --model resnet18_gn")
         for name in ("gnr_penalty", "gnr_noise"):
-            if getattr(self, name) is not None:
-                check_float(_flag(name), getattr(self, name), minimum=0.0)
-                if self.optimizer != "sam-gnr":
-                    raise ValueError(f"{_flag(name)} applies to --optimizer sam-gnr only")
-        if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
-            raise ValueError(f"--model-kwargs must be a JSON object such as "
-                             f"'{{\"hidden\": 256}}', got {self.model_kwargs!r}")
-        if self.zero_order_members is not None:
-            check_int("--zero-order-members", self.zero_order_members, minimum=6)
-        check_positive("--h", self.h)
-        check_int("--bootstrap", self.bootstrap, minimum=0)
+            if getattr(self, name) is not None and self.optimizer != "sam-gnr":
+                raise ConfigError(f"--{name.replace('_', '-')} applies to --optimizer sam-gnr "
+                                  "only")
         _check_processes(self.coordinator, self.num_processes, self.process_id)
-        check_int("--seed", self.seed, minimum=0, maximum=2**63 - 1)
-        if self.max_examples is not None:
-            check_int("--max-examples", self.max_examples)
-            if self.max_examples < 2 * self.models:
-                raise ValueError(f"--max-examples must be >= 2 × --models = {2 * self.models}, "
-                                 f"got {self.max_examples}")
+        if self.max_examples is not None and self.max_examples < 2 * self.models:
+            raise ConfigError(f"--max-examples must be >= 2 × --models = {2 * self.models}, got "
+                              f"{self.max_examples}")
 
 
-# upper bounds that no real run reaches but that fail fast instead of after training
-_LIMITS = {"models": 100_000, "epochs": 100_000, "batch_size": 1 << 20, "num_probes": 10_000}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _check_ensemble(models: int, fraction: float) -> None:
+    """Leave-one-model-out attacks need, for every example, at least 2 IN and 2 OUT shadows once
+    the target is left out: m = round(fraction·K) members hold each example, so m ≥ 3 and
+    K − m ≥ 3."""
+    if models < 6:
+        raise ConfigError("--models must be >= 6: each member in turn is an attack target whose "
+                          "shadows need at least two members holding each example in and two "
+                          "holding it out")
+    holding = int(round(fraction * models))
+    if holding < 3 or models - holding < 3:
+        raise ConfigError(
+            f"--fraction {fraction:g} with --models {models} puts each example in {holding} of "
+            f"{models} members; the attacks need at least 3 members holding it and 3 not: use "
+            f"--fraction 0.5 or more --models")
 
 
 def _check_processes(coordinator, num_processes, process_id) -> None:
-    """--coordinator HOST:PORT, --num-processes N >= 1, --process-id in [0, N)."""
+    """--coordinator HOST:PORT; --process-id in [0, --num-processes); a process id or a count
+    above 1 without a coordinator (flag, $JAX_COORDINATOR_ADDRESS or a cluster launcher) is
+    refused here rather than by jax.distributed after startup."""
     if coordinator is not None:
         host, _, port = str(coordinator).rpartition(":")
-        if (not isinstance(coordinator, str) or not host or not port.isdigit()
-                or not 0 < int(port) < 65536):
-            raise ValueError(f"--coordinator must be HOST:PORT (process 0's address and a free "
-                             f"port, e.g. node0:8476), got {coordinator!r}")
-    if num_processes is not None:
-        check_positive_int("--num-processes", num_processes)
-    if process_id is not None:
-        check_int("--process-id", process_id, minimum=0)
-        if num_processes is not None and process_id >= num_processes:
-            raise ValueError(f"--process-id must be in [0, --num-processes = {num_processes}), "
-                             f"got {process_id}")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--coordinator must be HOST:PORT (process 0's address and a free "
+                              f"port, e.g. node0:8476), got {coordinator!r}")
+    if process_id is not None and num_processes is not None and process_id >= num_processes:
+        raise ConfigError(f"--process-id must be in [0, --num-processes = {num_processes}), got "
+                          f"{process_id}")
+    several = process_id is not None or (num_processes or 1) > 1
+    if several and coordinator is None and not _coordinator_from_environment():
+        raise ConfigError("--process-id / --num-processes need --coordinator HOST:PORT (or "
+                          "$JAX_COORDINATOR_ADDRESS, or a cluster launcher such as SLURM): "
+                          "every process must know process 0's address")
 
 
-# ----------------------------------------------------------------------------------------------
-# overrides
+def _coordinator_from_environment() -> bool:
+    """JAX_COORDINATOR_ADDRESS or a launcher jax.distributed detects (SLURM, Open MPI, TPU)."""
+    names = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri",
+             "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+    return any(os.environ.get(name) for name in names)
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` → {key: value}: values are JSON (``8``, ``true``, ``null``,
-    ``["a", "b"]``, ``{"width": 8}``); a value that is not JSON is taken as a bare string. Dashes
-    in keys become underscores."""
-    if isinstance(items, (str, bytes)):
-        raise ValueError(f"overrides must be a list of KEY=VALUE strings, got {items!r}")
-    pairs: dict[str, Any] = {}
-    for item in items:
-        if not isinstance(item, str) or "=" not in item:
-            raise ValueError(f"an override takes KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if not key:
-            raise ValueError(f"an override takes KEY=VALUE with a non-empty KEY, got {item!r}")
-        try:
-            pairs[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            pairs[key] = raw
-    return pairs
+@dataclasses.dataclass(frozen=True)
+class CurvatureConfig(RunControl, CurvatureProbes, Training, ModelChoice, DataSource):
+    """``jaxcurv curvature``: one model trained on ``dataset``, then tr(H²), tr(H) and their
+    standard errors of every training example written to the CSV ``out``."""
+
+    model: str = redefault(ModelChoice, "model", "cnn")
+    epochs: int = redefault(Training, "epochs", 12)
+    optimizer: str = redefault(Training, "optimizer", "sgd")
+    method: str = setting("hutchinson", "hutchinson (exact Hessian-vector products, random "
+                          "probes), exact (the full input Hessian; small inputs only) or "
+                          "finite_difference (the papers' estimator)", choices=CURVATURE_METHODS)
+    out: str = setting("results/curvature.csv", "CSV file to write", metavar="FILE")
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first bad setting, including an ``out`` that cannot be
+        written (a folder, or a parent that cannot be created), before anything is trained."""
+        check_settings(self)
+        _check_model_name(self.model)
+        from jaxcurv.report.files import check_writable_file
+
+        check_writable_file("--out", self.out)
 
 
-def apply_overrides(config: Any, overrides: Mapping[str, Any] | Sequence[str]) -> Any:
-    """A copy of the dataclass ``config`` with fields replaced: a mapping, or ``"key=value"``
-    strings (see :func:`parse_overrides`). Each value is checked and converted to its field's
-    declared type (lists → tuples, integers → floats); unknown keys and wrong types raise
-    ValueError. The config itself is not changed."""
-    if not dataclasses.is_dataclass(config) or isinstance(config, type):
-        raise ValueError(f"config must be a dataclass instance, got {type(config).__name__}")
-    if not isinstance(overrides, Mapping):
-        overrides = parse_overrides(overrides)
-    hints = typing.get_type_hints(type(config))
-    fields = {f.name for f in dataclasses.fields(config) if f.init}
-    changes = {}
-    for key, value in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown setting {key!r}; settings of {type(config).__name__}: "
-                             f"{sorted(fields)}")
-        changes[key] = _coerce(key, value, hints[key])
-    return dataclasses.replace(config, **changes)
+def with_preset(config_type: type, overrides: Mapping[str, Any] | None = None) -> Any:
+    """``config_type()`` with the preset named in ``overrides["preset"]`` (if any) applied, then
+    the other ``overrides``: how the command line and ``jaxcurv.audit`` build a config."""
+    overrides = dict(overrides or {})
+    base = config_type()
+    name = overrides.get("preset")
+    if name is not None:
+        if name not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(sorted(PRESETS)) or '(none)'}"
+                              f"; got {name!r}")
+        base = apply_overrides(base, {k: v for k, v in PRESETS[name].items()
+                                      if k != "description"})
+    return apply_overrides(base, overrides)
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """A JSON-decoded ``value`` as the field type ``hint``; ValueError saying what it takes."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(name, value, arg)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(errors[0] if errors else f"{name}: cannot use {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{name} takes a list, e.g. {name}='[1, 2]'; got {value!r}")
-        inner = args[0] if args else Any
-        return tuple(_coerce(name, v, inner) for v in value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
-                value):
-            raise ValueError(f"{name} takes a number, got {value!r}")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} takes an integer, got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} takes true or false, got {value!r}")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise ValueError(f"{name} takes a string, got {value!r}")
-        return value
-    if hint is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{name} takes a JSON object, e.g. {name}='{{\"width\": 8}}'; "
-                             f"got {value!r}")
-        return value
-    return value
+@dataclasses.dataclass(frozen=True)
+class EpsilonConfig:
+    """``jaxcurv epsilon``: ε of Poisson-subsampled Gaussian DP-SGD, or σ for a target ε."""
+
+    noise_multiplier: float | None = setting(
+        None, "noise std / clip norm", metavar="SIGMA", low=0.0, open_low=True, high=1e6,
+        none="none; give this or --target-epsilon")
+    target_epsilon: float | None = setting(
+        None, "calibrate sigma to spend this epsilon instead", metavar="EPS", low=0.0,
+        open_low=True, high=1e6, none="none")
+    sampling_rate: float = setting(
+        0.01, "Poisson sampling rate q = expected batch size / N", metavar="Q", low=0.0,
+        open_low=True, high=1.0, required=True)
+    steps: int = setting(1000, "number of DP-SGD steps", low=1, high=10**9, required=True)
+    delta: float = setting(1e-5, "delta", low=0.0, open_low=True, high=1.0, open_high=True)
+    accountant: str = setting(
+        "rdp", "rdp: Renyi DP, improved conversion; pld: privacy loss distributions (tightest, "
+        "slower); rdp_classic: TF-Privacy's original orders and conversion",
+        choices=ACCOUNTANTS)
+    json: bool = setting(False, "print the result as JSON instead of text")
+
+    def validate(self) -> None:
+        """ConfigError naming the first bad setting; exactly one of σ and the target ε."""
+        check_settings(self)
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigError("give exactly one of --noise-multiplier and --target-epsilon")
