@@ -6,7 +6,6 @@ parameters checkpoint and resume; state and objects that are no model are refuse
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 
@@ -18,40 +17,20 @@ from flax import nnx
 
 from jaxcurv import curvature, data, ensemble, models
 from jaxcurv.errors import ConfigError, MissingDependency
-from jaxcurv.model_interface import Model, as_model, example_input
+from jaxcurv.model_interface import as_model
 from jaxcurv.privacy.dpsgd import dp_gradient
 from jaxcurv.workflow import train_ensemble
 from tests.fixtures import my_models as my
 
 C, HIDDEN, D = 10, 16, 64  # digits: 8 × 8 × 1 inputs
 KEY = jax.random.PRNGKey(0)
-KINDS = ("linen", "nnx", "equinox", "functions")
+KINDS = my.KINDS
 EQUINOX_REASON = "Equinox is the optional extra jaxcurv[equinox] and is not installed"
 
 
 def _needs(kind: str) -> None:
     if kind == "equinox":
         pytest.importorskip("equinox", reason=EQUINOX_REASON)
-
-
-def _user_model(kind: str):
-    """The network as a user passes it."""
-    if kind == "linen":
-        return my.linen_mlp(C, HIDDEN)
-    if kind == "nnx":
-        return functools.partial(my.nnx_mlp, C, HIDDEN, D)
-    if kind == "equinox":
-        return functools.partial(my.equinox_mlp, C, HIDDEN, D)
-    return my.functions_mlp(C, HIDDEN)
-
-
-def _layout(kind: str, model: Model):
-    """(to_kind(canonical weights), from_kind(kind's tree)) for this kind."""
-    if kind == "equinox":
-        like = model.init(KEY, example_input((8, 8, 1)))
-        return (lambda w: my.to_equinox(w, like)), my.from_equinox
-    return {"linen": (my.to_linen, my.from_linen), "nnx": (my.to_nnx, my.from_nnx),
-            "functions": (my.to_functions, my.from_functions)}[kind]
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +53,8 @@ def _numpy_logits(w, x):
 
 def _evaluate(kind: str, w, x, y) -> dict:
     """Everything compared across kinds, computed through ``kind``'s Model."""
-    model = as_model(_user_model(kind))
-    to_kind, from_kind = _layout(kind, model)
+    model = as_model(my.user_model(kind))
+    to_kind, from_kind = my.layout(kind, model)
     variables = to_kind(w)
     loss_fn = models.make_loss_fn(model)
     key = jax.random.PRNGKey(7)
@@ -131,19 +110,11 @@ def digits96():
     return data.load("digits").take(np.arange(96))
 
 
-def _same_init(kind: str) -> Model:
-    """``kind``'s Model whose init copies in the pure functions' initial weights for the same key."""
-    model = as_model(_user_model(kind))
-    to_kind, _ = _layout(kind, model)
-    init = my.functions_mlp(C, HIDDEN)[0]
-    return dataclasses.replace(model, init=lambda key, x: to_kind(init(key, x)))
-
-
 @pytest.fixture(scope="module")
 def trained_reference(digits96):
     masks = data.subset_masks(len(digits96), 2, seed=1)
-    ens = ensemble.train(_same_init("functions"), digits96, masks, KEY, epochs=2, batch_size=16,
-                         learning_rate=0.1, augment=True, record_examples=True)
+    ens = ensemble.train(my.same_init("functions"), digits96, masks, KEY, epochs=2,
+                         batch_size=16, learning_rate=0.1, augment=True, record_examples=True)
     return masks, ens
 
 
@@ -152,9 +123,9 @@ def test_ensemble_training_gives_the_same_members_in_every_kind(kind, digits96,
                                                                 trained_reference):
     _needs(kind)
     masks, reference = trained_reference
-    ens = ensemble.train(_same_init(kind), digits96, masks, KEY, epochs=2, batch_size=16,
+    ens = ensemble.train(my.same_init(kind), digits96, masks, KEY, epochs=2, batch_size=16,
                          learning_rate=0.1, augment=True, record_examples=True)
-    _, from_kind = _layout(kind, ens.model)
+    _, from_kind = my.layout(kind, ens.model)
     got = from_kind(ens.variables)
     for leaf, value in reference.variables.items():
         np.testing.assert_allclose(got[leaf], value, rtol=1e-4, atol=1e-5, err_msg=leaf)
@@ -170,7 +141,7 @@ def test_own_init_trains_checkpoints_and_resumes(kind, digits96, tmp_path):
     _needs(kind)
     masks = data.subset_masks(len(digits96), 2, seed=2)
     kw = dict(epochs=2, batch_size=16, learning_rate=0.1)
-    model = _user_model(kind)
+    model = my.user_model(kind)
     fresh = ensemble.train(model, digits96, masks, KEY, **kw)
     a, b = (jax.tree.leaves(fresh.member(k)) for k in range(2))
     assert not any(np.allclose(u, v) for u, v in zip(a, b))  # members start apart
