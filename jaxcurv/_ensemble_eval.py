@@ -96,7 +96,8 @@ def make_predict(model, *, compute_dtype=None) -> Callable:
     return predict_fn
 
 
-def predict(ensemble: Ensemble, images, *, compute_dtype=None, progress: bool = False) -> np.ndarray:
+def predict(ensemble: Ensemble, images, *, compute_dtype=None,
+            progress: bool = False) -> np.ndarray:
     """Logits (K, N, C) of every member on images (N, H, W, C), in inference mode (compiles its
     kernel; callers that predict repeatedly keep ``make_predict(ensemble.model)``)."""
     return make_predict(ensemble.model, compute_dtype=compute_dtype)(ensemble, images,

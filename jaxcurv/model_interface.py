@@ -10,9 +10,10 @@ Accepted (:func:`as_model`):
 - a flax NNX ``Module`` class or factory ``f(rngs=nnx.Rngs) -> nnx.Module``: each member is
   built with ``nnx.Rngs(member key)`` and split with ``nnx.split``; variables are the
   ``nnx.Param`` state as a plain nested dict (``nnx.to_pure_dict``), so K members stack and vmap.
-- an Equinox module factory ``f(key=key) -> eqx.Module`` (the optional extra ``jaxcurv[equinox]``):
-  variables are the module's floating-point arrays (``eqx.partition``); the module is called on
-  one example (H, W, C), as Equinox layers are, and vmapped over the batch.
+- an Equinox module class or factory ``f(key=key) -> eqx.Module`` (the optional extra
+  ``jaxcurv[equinox]``): variables are the module's floating-point arrays (``eqx.partition``);
+  the module is called on one example (H, W, C), as Equinox layers are, and vmapped over the
+  batch.
 - pure functions ``(init, apply)``: ``init(key, x (1, H, W, C)) -> params`` and
   ``apply(params, x (B, H, W, C), *, train) -> logits (B, C)`` (``train`` passed when accepted).
 
@@ -44,7 +45,7 @@ __all__ = ["Model", "as_model", "MODEL_KINDS", "example_input"]
 MODEL_KINDS = ("linen", "nnx", "equinox", "functions")
 
 _KINDS_TEXT = ("a flax linen Module, a flax NNX Module class or factory f(rngs=...), an Equinox "
-               "module factory f(key=...), or a pair of pure functions (init(key, x), "
+               "module class or factory f(key=...), or a pair of pure functions (init(key, x), "
                "apply(params, x, *, train))")
 
 
@@ -77,7 +78,7 @@ class Model:
     kind: str = "functions"
     split: Callable[[Any], tuple[Any, Any]] = _no_split
     merge: Callable[[Any, Any], Any] = _no_merge
-    apply_stateful: Callable[[Any, jax.Array, jax.Array | None], tuple[jax.Array, Any]] | None = None
+    apply_stateful: Callable[[Any, jax.Array, Any], tuple[jax.Array, Any]] | None = None
     fixed_init: bool = False
 
     def __repr__(self) -> str:
@@ -97,7 +98,8 @@ class Model:
 
 
 def example_input(input_shape: tuple[int, ...]) -> jax.Array:
-    """The ``x`` that ``Model.init`` receives for examples of shape (H, W, C): zeros (1, H, W, C)."""
+    """The ``x`` that ``Model.init`` receives for examples of shape (H, W, C): zeros
+    (1, H, W, C)."""
     return jnp.zeros((1, *input_shape), jnp.float32)
 
 

@@ -58,7 +58,8 @@ a :class:`jaxcurv.privacy.DPPlan` whose run fields (q, T, ε, …) are None."""
 
 def init_state(model: Any, optimizer: optax.GradientTransformation, key: jax.Array,
                input_shape: tuple[int, ...]) -> TrainState:
-    """Initial state of one model (any kind ``as_model`` accepts) for examples of shape (H, W, C)."""
+    """Initial state of one model (any kind ``as_model`` accepts) for examples of shape
+    (H, W, C)."""
     model = as_model(model)
     params, model_state = model.split(model.init(key, example_input(tuple(input_shape))))
     return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32))
