@@ -120,7 +120,8 @@ class Ensemble:
     Leaves: ``variables``, the members' variables stacked on a leading K axis; ``masks`` (K, N)
     bool training subsets; ``member_ids`` (K,) the global ids their keys derive from;
     ``history``: per recorded epoch ("train_loss", "train_accuracy" (E, K), "test_accuracy"
-    (E, K), and when recorded "correct", "loss", "curvature" (E, K, N)). Static metadata:
+    (E, K), and when recorded "correct", "loss", "curvature" (tr(H²)), "curvature_trace" (tr(H))
+    (E, K, N)). Static metadata:
     ``model`` (a :class:`~jaxcurv.model_interface.Model`; any model kind is converted),
     ``config`` (the settings echo) and ``privacy`` (σ, δ, sampling rates and ε spent per member
     for DP runs, else None), both read-only mappings.
@@ -159,7 +160,8 @@ class TrainConfig:
     overrides its rate). ``augment``: True (crop padding 4 for ≥16 px images, else 1; flip for
     RGB) or a dict of jaxcurv.data.augment keywords. ``dp``: a jaxcurv.privacy.DPConfig for DP-SGD.
     ``record_examples``: per-epoch correctness and loss of every member on every training example;
-    ``record_curvature=P``: per-epoch input curvature tr(H) with P probes (costly).
+    ``record_curvature=P``: per-epoch input curvature with P probes (costly): history
+    "curvature" tr(H²) and "curvature_trace" tr(H).
     ``record_every=R``: the per-epoch records (test accuracy, examples, curvature) every R-th
     epoch and at the last one only (history rows = recorded epochs), since on a CPU evaluating
     every example each epoch costs nearly as much as the epoch itself.
@@ -579,7 +581,8 @@ def _make_recorder(plan: TrainingPlan, test: Dataset | None) -> Callable:
             keys = [jax.random.fold_in(key, int(m)) for m in member_ids]
             rows = _stacked(curvature, variables, range(len(member_ids)), keys, dataset.images,
                             dataset.labels, progress=False, desc="")
-            out["curvature"] = np.stack([r.trace for r in rows])
+            out["curvature"] = np.stack([r.trace_sq for r in rows])
+            out["curvature_trace"] = np.stack([r.trace for r in rows])
         return out
 
     return record

@@ -3,9 +3,11 @@
 import argparse
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +159,30 @@ def test_readme_leads_with_the_two_commands_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     for command in commands:
         assert command.strip() in ci
+
+
+def test_ctrl_c_in_an_in_process_command_stops_the_test_run(tmp_path):
+    """The command turns Ctrl-C into exit status 130; inside a test it must still stop pytest
+    (tests/conftest.py), not let the suite run on."""
+    (tmp_path / "test_interrupted.py").write_text(textwrap.dedent("""
+        import os, signal, time
+        import jaxcurv.workflow.commands as commands
+        from jaxcurv.cli import main
+
+        def test_first(monkeypatch):
+            def ctrl_c(**kwargs):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(30)
+            monkeypatch.setattr(commands, "privacy_accounting", ctrl_c)
+            assert main(["epsilon", "--noise-multiplier", "1", "--sampling-rate", "0.1",
+                         "--steps", "10"]) == 130
+
+        def test_second():
+            pass
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p",
+                          "no:cacheprovider", "-q", str(tmp_path / "test_interrupted.py")],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "KeyboardInterrupt" in out.stdout and "passed" not in out.stdout, out.stdout[-2000:]
+    assert out.returncode != 0

@@ -130,7 +130,9 @@ def test_recorded_curvature_equals_member_curvature(small, mlp):
     assert ens.history["curvature"].shape == (2, 2, len(small))
     curv = ensemble.member_curvature(ens, small.images, small.labels, jax.random.fold_in(KEY, 1),
                                      num_probes=2)
-    np.testing.assert_allclose(curv.trace, ens.history["curvature"][-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(curv.trace_sq, ens.history["curvature"][-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(curv.trace, ens.history["curvature_trace"][-1], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_member_curvature_rows_equal_input_curvature(small, mlp):

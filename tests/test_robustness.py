@@ -354,3 +354,80 @@ def test_nan_loss_warns_once_per_held_function():
     bad_params = w.at[0, 0].set(jnp.nan)
     with pytest.warns(RuntimeWarning, match=r"NaN for 5 example\(s\)"):
         curvature.zero_order_curvature(loss, bad_params, x, y, KEY, num_probes=2)
+
+
+def test_out_of_range_label_gives_nan_with_or_without_num_classes_refused():
+    """Without num_classes a label ≥ C makes optax's loss NaN: every output of that example is
+    NaN (before, its tr(H²) was the finite curvature of the log-sum-exp alone); with num_classes
+    the label is refused before any compute."""
+    loss, w, x = _linear_problem()
+    y = np.array([0, 1, 7, 1, 0])
+    with pytest.warns(RuntimeWarning, match=r"loss_fn returned NaN for 1 example\(s\)"):
+        c = curvature.input_curvature(loss, w, x, y, KEY, num_probes=3)
+    for field in c:
+        assert np.isnan(field[2]) and np.isfinite(np.delete(field, 2)).all()
+    clean = curvature.input_curvature(loss, w, x, np.array([0, 1, 2, 1, 0]), KEY, num_probes=3)
+    np.testing.assert_allclose(np.delete(c.trace_sq, 2), np.delete(clean.trace_sq, 2), rtol=1e-6)
+    with pytest.warns(RuntimeWarning):
+        z = curvature.zero_order_curvature(loss, w, x, y, KEY, num_probes=3)
+    assert np.isnan(z[2]) and np.isfinite(np.delete(z, 2)).all()
+    with pytest.raises(ValueError, match="num_classes=3"):
+        curvature.input_curvature(loss, w, x, y, KEY, num_probes=3, num_classes=3)
+
+
+def _mlp_problem(small, mlp):
+    variables = models.init_variables(mlp, jax.random.PRNGKey(0), small.images.shape[1:])
+    return models.make_loss_fn(mlp), variables, small.images[:6], small.labels[:6]
+
+
+def test_a_batched_loss_fn_gets_the_contract_not_a_shape_error(small, mlp):
+    _, variables, x, y = _mlp_problem(small, mlp)
+
+    def batched(params, xb, yb):  # the mean loss of a batch (N, H, W, C): the wrong contract
+        logits = mlp.apply(params, xb.reshape(xb.shape[0], -1), train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    with pytest.raises(ValueError, match="ONE unbatched example") as err:
+        curvature.input_curvature(batched, variables, x, y, KEY, num_probes=2)
+    assert "x of shape (8, 8, 1)" in _one_line(err) and "x[None]" in str(err.value)
+
+
+def test_variables_of_another_model_get_the_contract(small, mlp):
+    loss, _, x, y = _mlp_problem(small, mlp)
+    other = models.init_variables(models.get_model("mlp", 10, hidden=32, depth=1),
+                                  jax.random.PRNGKey(0), small.images.shape[1:])
+    with pytest.raises(ValueError, match="the variables its model was built with") as err:
+        curvature.input_curvature(loss, other, x, y, KEY, num_probes=2)
+    _one_line(err)
+
+
+def test_labels_shaped_n_by_1_name_y(small, mlp):
+    loss, variables, x, y = _mlp_problem(small, mlp)
+    with pytest.raises(ValueError, match=r"y has shape \(N, 1\).*y.reshape\(-1\)") as err:
+        curvature.input_curvature(loss, variables, x, y[:, None], KEY, num_probes=2)
+    _one_line(err)
+    with pytest.raises(ValueError, match="labels y of shape \\(N,\\)"):
+        curvature.input_curvature(loss, variables, x, y[:, None], KEY, num_probes=2,
+                                  num_classes=10)
+
+
+@pytest.mark.parametrize("key", [0, np.int64(3), jnp.zeros(3), jax.random.split(KEY, 4)])
+def test_a_non_key_is_refused_naming_the_contract(key):
+    loss, w, x = _linear_problem()
+    y = np.array([0, 1, 2, 1, 0])
+    with pytest.raises(ValueError, match=r"key must be one JAX PRNG key, e.g. jax.random.key\(0\)"):
+        curvature.input_curvature(loss, w, x, y, key, num_probes=2)
+    for good in (KEY, jax.random.key(0)):
+        curvature.input_curvature(loss, w, x, y, good, num_probes=2)
+
+
+def test_the_loss_fn_check_traces_once_per_signature():
+    loss, w, x = _linear_problem()
+    y = np.array([0, 1, 2, 1, 0])
+    traced = []
+    counting = lambda p, xi, yi: traced.append(xi.shape) or loss(p, xi, yi)
+    fn = curvature.make_input_curvature(counting, num_probes=2)
+    fn(w, x, y, KEY)
+    first = len(traced)
+    fn(w, x + 0.1, y, KEY)  # same shapes: neither the check nor the kernel traces again
+    assert len(traced) == first

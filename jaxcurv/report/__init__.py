@@ -11,7 +11,8 @@ _FIGURES = ("figure_top_ranked", "figure_extreme_images", "figure_top_memorized"
             "figure_label_noise", "figure_privacy_bounds", "figure_mem_vs_epsilon",
             "figure_curve_vs_epsilon", "figure_gain_by_mem", "figure_distributions",
             "figure_frontier")
-_FILES = ("write_csv", "write_json", "write_html", "to_jsonable")
+_FILES = ("write_csv", "write_json", "write_html", "to_jsonable", "write_text_atomic",
+          "output_error", "retire_outputs", "publish_outputs", "STAGING", "PREVIOUS")
 
 __all__ = [*_FIGURES, *_FILES, "figures", "files"]
 

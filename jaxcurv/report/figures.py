@@ -94,7 +94,8 @@ def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)",
     """Curvature of correctly vs incorrectly classified examples: the fraction of each group per
     bin, bins evenly spaced on a log axis (positive values over several decades), a symmetric-log
     axis (signed values with a heavy tail) or a linear one; a group of fewer than ``min_group``
-    examples is drawn as one marker per example, not as a histogram."""
+    examples is drawn as one marker per example, not as a histogram; an empty group is left out
+    (no "n=0" legend entry)."""
     curvature = np.asarray(curvature, float)
     correct = np.asarray(correct) >= 0.5
     ok = np.isfinite(curvature)
@@ -104,13 +105,15 @@ def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)",
     for mask, label, color in [(correct, "correct", "tab:blue"),
                                (~correct, "misclassified", "tab:red")]:
         group = curvature[mask & ok]
+        if not len(group):
+            continue
         if len(group) >= min_group:
             ax.hist(group, bins=edges, weights=np.full(len(group), 1 / len(group)), alpha=0.6,
                     color=color, label=f"{label} (n={len(group)})")
         else:
             ax.plot(group, np.full(len(group), 0.96), "v", ms=6, color=color,
                     transform=ax.get_xaxis_transform(), clip_on=False,
-                    label=f"{label} (n={len(group)}" + (", one ▼ each)" if len(group) else ")"))
+                    label=f"{label} (n={len(group)}, one ▼ each)")
     _set_scale(ax, "x", scale, options, curvature[ok])
     ax.set_xlabel(_axis_label(name, scale, curvature[ok]))
     ax.set_ylabel("fraction of the group per bin")

@@ -7,12 +7,20 @@ more than a moment are cached under ``<out>/cache`` (:class:`~jaxcurv.workflow.c
 keyed on the data actually used and the settings the stage depends on; training is checkpointed
 under ``<out>/checkpoints``. A killed run, started again with the same settings, resumes where it
 stopped. Every random key is ``run_key(config.seed, Stage.<stage>)`` (:mod:`jaxcurv.workflow.keys`).
+
+Each run owns its outputs: at its start the previous run's scores.csv, summary.json, figures/ and
+report.html move to ``<out>/previous`` (so a run that fails or is killed never leaves them looking
+current); its own are written into ``<out>/.staging`` and moved into place together at the end,
+report.html last. A full disk gives one :class:`jaxcurv.errors.OutputError` line, no temporary
+file, and a rerun after freeing space resumes from the cached stages.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +33,7 @@ from jaxcurv import ensemble as ens_lib
 from jaxcurv import memorization, report
 from jaxcurv._numerics import cross_entropy, in_out_means, masked_mean
 from jaxcurv.curvature import Curvature
-from jaxcurv.errors import ConfigError
+from jaxcurv.errors import ConfigError, OutputError
 from jaxcurv.optim import OptimizerConfig
 from jaxcurv.workflow import sections
 from jaxcurv.workflow.attacks import attack_scores
@@ -46,7 +54,7 @@ __all__ = ["audit", "AuditResult", "AuditData", "AuditRun", "run_audit", "load_d
            "member_curvature", "member_zero_order", "curvature_estimator",
            "zero_order_estimator", "zero_order_member_ids",
            "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table",
-           "checkpoint_folders"]
+           "checkpoint_folders", "OUTPUTS"]
 
 # settings that change the trained members (the data enters through its fingerprint)
 _TRAIN_FIELDS = ("model", "model_kwargs", "models", "epochs", "batch_size", "learning_rate",
@@ -283,12 +291,15 @@ def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
     """scores.csv: one row per training example (IN = mean over members holding it, OUT = over
     the others). ``curvature`` is the papers' Curv, the tr(H²) = E‖Hv‖² estimate (≥ 0; ICML 2024
     Figs. 3, 5 and Curvature Clues); ``curvature_trace`` is tr(H) (its appendix variant, Figs.
-    14–16), signed. ``mia_<attack>``: the attack's mean score over the members holding the
-    example, higher = more likely a member."""
+    14–16), signed. ``mem_lower``: the lower end of mem's 95 % Agresti–Caffo interval (the
+    findings count an example as highly memorized when it exceeds 0.5). ``mia_<attack>``: the
+    attack's mean score over the members holding the example, higher = more likely a member."""
     data, masks, curv = run.data, run.data.masks, run.curvature
     logits = run.logits[:, 0]
     correct = logits.argmax(-1) == data.train.labels[None]
     mem, mem_stderr = memorization.feldman_zhang(correct, masks)
+    mem_lower, _ = memorization.memorization_interval(correct, masks,
+                                                      confidence=sections.MEM_CONFIDENCE)
     sq_in, sq_in_se, sq_out = in_out_means(curv.trace_sq, masks)
     tr_in, tr_in_se, tr_out = in_out_means(curv.trace, masks)
     columns: dict[str, Any] = {
@@ -298,7 +309,7 @@ def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
         "curvature_trace_out": tr_out,
         "loss": masked_mean(cross_entropy(logits, data.train.labels[None]), masks),
         "correct": masked_mean(correct.astype(float), masks),
-        "mem": mem, "mem_stderr": mem_stderr,
+        "mem": mem, "mem_stderr": mem_stderr, "mem_lower": mem_lower,
     }
     if run.zero_order is not None:
         z_in, _, z_out = in_out_means(run.zero_order, masks[:len(run.zero_order)])
@@ -380,9 +391,13 @@ def _compute(config: AuditConfig, cache: StageCache, timer: Timer, given: dict) 
     proxy = cache.run("proxies", keys["proxies"],
                       lambda: memorization_proxies(config, ens, data, pred["logits"], curv,
                                                    run_key(config.seed, Stage.PROXIES)))
-    scores = cache.run("attacks", keys["attacks"],
-                       lambda: mia_scores(data, pred["logits"], pred["test_logits"], curv, zero),
-                       require_finite=True)
+    with warnings.catch_warnings():  # the summary's warnings report it, also when cached
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message="zero-order attacks on .* have no IN or no OUT shadow")
+        scores = cache.run("attacks", keys["attacks"],
+                           lambda: mia_scores(data, pred["logits"], pred["test_logits"], curv,
+                                              zero),
+                           require_finite=True)
     ref = nonprivate_reference(config, data, cache, model) if config.private else None
     if config.clean:
         removed = clean_checkpoints(Path(config.out) / "checkpoints",
@@ -511,23 +526,51 @@ def _run_locked(config: AuditConfig, out: Path, writer: bool, given: dict) -> di
         out / "cache", timer=timer, log=_say if config.progress else None)
     if writer:
         cache.clean_temporary()
+        previous = report.retire_outputs(out, OUTPUTS)
+        if previous is not None and config.progress:
+            _say(f"the previous run's outputs are now in {previous}")
     run = _compute(config, cache, timer, given)
     columns = scores_table(run)
-    if writer:
-        report.write_csv(out / "scores.csv", columns)
     summary = sections.summary(run, columns)
-    figures = sections.figures(run, columns, summary, out / "figures") if writer else {}
     summary["command"] = command_line("jaxcurv audit", config)
     summary["environment"] = environment()
     summary["headlines"] = headlines(run, summary)
-    summary["timings_s"] = timer.total()
-    summary["figures"] = {name: str(Path(p).relative_to(out)) for name, p in figures.items()}
     if writer:
-        report.write_json(out / "summary.json", summary)
-        report.write_html(out / "report.html", title=sections.title(run),
-                          sections=sections.report_sections(run, summary, figures))
+        _write_outputs(run, columns, summary, out, timer)
+    else:
+        summary["timings_s"], summary["figures"] = timer.total(), {}
     distributed.barrier("jaxcurv audit: reports written")
     return summary
+
+
+# The audit's outputs in --out, in the order they are published (report.html last: a folder
+# holding it holds the whole set of one run).
+OUTPUTS = ("scores.csv", "summary.json", "figures", "report.html")
+
+
+def _write_outputs(run: AuditRun, columns: dict[str, np.ndarray], summary: dict[str, Any],
+                   out: Path, timer: Timer) -> None:
+    """scores.csv, figures, summary.json and report.html written into <out>/.staging, then moved
+    into ``out`` together (report.files.publish_outputs), so they always belong to this run. A
+    failed write (disk full) raises OutputError; the cached stages stay valid for a rerun."""
+    stage = out / report.STAGING
+    try:
+        if stage.exists():
+            shutil.rmtree(stage)
+        report.write_csv(stage / "scores.csv", columns)
+        figures = sections.figures(run, columns, summary, stage / "figures")
+        summary["timings_s"] = timer.total()
+        summary["figures"] = {name: str(Path(p).relative_to(stage)) for name, p in figures.items()}
+        report.write_json(stage / "summary.json", summary)
+        report.write_html(stage / "report.html", title=sections.title(run),
+                          sections=sections.report_sections(run, summary, figures))
+        report.publish_outputs(stage, out, OUTPUTS)
+    except OSError as err:
+        cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        raise OutputError(f"could not write the report under {out}: {reason}; free space there "
+                          "(or pass another --out) and rerun the same command: the finished "
+                          "stages are cached and are not computed again") from err
 
 
 # ----------------------------------------------------------------------------------------------
