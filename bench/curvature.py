@@ -161,7 +161,7 @@ def _trained_variables(model, variables, *, epochs: int, examples: int, seed: in
     key = jax.random.fold_in(jax.random.PRNGKey(seed), _TRAIN_KEY)
     member, _ = ensemble.fit_one(model, train, key,
                                  epochs=epochs, batch_size=128, learning_rate=0.05,
-                                 augment=True, progress=False)
+                                 augment=True)
     return jax.tree.map(jnp.asarray, member)
 
 

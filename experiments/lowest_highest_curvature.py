@@ -87,7 +87,7 @@ def main(config: ExtremeConfig) -> dict:
         score, what = trace, "tr(H)"
         if "curvature" in ens.history:  # (E, K, N) per-epoch curvature
             columns["curvature_over_training"] = ens.history["curvature"].mean((0, 1))
-            score, what = columns["curvature_over_training"], "tr(H) averaged over training"
+            score, what = columns["curvature_over_training"], "tr(H²) averaged over training"
         d = out / data.slug
         report.write_csv(d / "curvature.csv", columns)
         fig = report.figure_extreme_images(train.images, train.labels, score,

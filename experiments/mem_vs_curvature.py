@@ -109,7 +109,7 @@ def compute(config: MemCurvConfig, data: X.ExperimentData) -> tuple[dict[str, np
 
 def _proxy_panels(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = {"curvature_in": "curvature tr(H²) (in)", "curvature_trace_in": "curvature tr(H) (in)",
-             "curvature_out": "curvature tr(H²) (out)", "curvature_train_in": "tr(H) over training",
+             "curvature_out": "curvature tr(H²) (out)", "curvature_train_in": "tr(H²) over training",
              "confidence": "confidence (out)", "loss": "loss (in)",
              "learning_time": "learning time (epochs)",
              "adversarial_distance": "adversarial distance (L2)"}

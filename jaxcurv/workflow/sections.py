@@ -48,8 +48,8 @@ PROXY_LABELS = {
     "learning_time": "learning time (evaluations, IN)",
     "inverse_learning_time": "1 / learning time (IN)", "curvature_in": "tr(H²) (IN)",
     "curvature_out": "tr(H²) (OUT)", "curvature_trace_in": "tr(H) (IN)",
-    "curvature_trace_out": "tr(H) (OUT)", "curvature_train_in": "tr(H) over training (IN)",
-    "curvature_train_out": "tr(H) over training (OUT)",
+    "curvature_trace_out": "tr(H) (OUT)", "curvature_train_in": "tr(H²) over training (IN)",
+    "curvature_train_out": "tr(H²) over training (OUT)",
     "adversarial_distance": "adversarial distance (IN)"}
 
 

@@ -180,7 +180,10 @@ class ModelChoice:
     """The network every member instantiates."""
 
     model: str = setting("mlp", "mlp | cnn | resnet18 | resnet18_gn | fastnet (mlp: a GELU MLP "
-                         "that fits every training label of the digits)")
+                         "that fits every training label of the digits), or "
+                         "package.module:factory, a function called with num_classes= and the "
+                         "--model-kwargs that returns a flax linen or NNX module, an NNX or "
+                         "Equinox factory, or an (init, apply) pair")
     model_kwargs: dict | None = setting(
         None, "keyword arguments of the model as a JSON object, e.g. '{\"width\": 16, "
         "\"hidden\": 512}' for cnn", metavar="JSON", parse="json",
