@@ -267,7 +267,8 @@ class FastNet(nn.Module):
     the spatial sizes are 31 → 15 → 7 → 3 → 1, exactly airbench's. The stem kernel is meant to be
     set from data by ``init_fastnet_whitening`` and frozen (its bias trained for a few epochs).
     ``pool="avg"`` replaces every max-pool by an average pool: max-pooling is piecewise linear, so
-    it adds kinks along which finite-difference curvature estimates jump (see BUILD_NOTES).
+    it adds kinks along which finite-difference curvature estimates jump (docs/design.md,
+    Curvature).
     """
 
     num_classes: int

@@ -7,7 +7,7 @@ examples and 0 for padding. ``make_epoch_fn`` scans that step over an epoch's in
 The host side (``epoch_plan``, ``poisson_epoch_plan``) draws each member's data order from
 ``(seed, epoch, member)`` alone, which makes runs resumable and chunking-invariant; the DP-SGD
 batches come from the one Poisson planner, ``jaxcurv.privacy.plan.poisson_plan``, and the DP
-settings of a step are a ``jaxcurv.privacy.DPPlan`` (``DPStep`` is the same type).
+settings of a step are a ``jaxcurv.privacy.DPPlan``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from jaxcurv.privacy.plan import DPPlan, poisson_plan
 
 __all__ = [
     "TrainState",
-    "DPStep",
     "init_state",
     "variables_of",
     "make_train_step",
@@ -49,11 +48,6 @@ class TrainState(NamedTuple):
     model_state: Any
     opt_state: Any
     step: jax.Array
-
-
-DPStep = DPPlan
-"""DP-SGD settings of a step: ``DPStep(l2_clip, noise_multiplier, expected_batch_size)`` builds
-a :class:`jaxcurv.privacy.DPPlan` whose run fields (q, T, ε, …) are None."""
 
 
 def init_state(model: Any, optimizer: optax.GradientTransformation, key: jax.Array,
@@ -170,7 +164,8 @@ def make_epoch_fn(step: Callable) -> Callable:
     a lax.scan of :func:`make_step_at` over the S steps of the plan (one compiled call per epoch).
 
     On CPU prefer a host loop over a jitted ``make_step_at`` (dispatched without waiting): XLA:CPU
-    runs convolutions inside loop bodies many times slower (jax#12868; measured in BUILD_NOTES).
+    runs convolutions inside loop bodies many times slower (jax#12868; docs/design.md, Training
+    and ensembles).
     """
     step_at = make_step_at(step)
 

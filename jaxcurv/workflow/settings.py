@@ -60,7 +60,7 @@ __all__ = [
 LEARNING_RATES = {"sgd": 0.05, "adam": 2e-3, "sam": 0.05, "sam-gnr": 0.05}
 # Keyword arguments of models.get_model when model_kwargs is not given: a GELU MLP wide and deep
 # enough to fit every training label of a half of the 8x8 digits within 60 epochs, also with 10 %
-# of the labels flipped (docs/design.md, "The default audit").
+# of the labels flipped (docs/design.md, "The audit").
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mlp": {"hidden": 512, "depth": 2}}
 
 
