@@ -15,7 +15,7 @@ Rows (ratio = the peer's median time / ours: above 1 we are faster):
   vmapped). Checked first with the same probes (ours re-drawn on the host and passed to PyTorch):
   exact HVPs agree to float32 rounding, finite differences to their truncation error.
 - dpsgd: one DP-SGD step (clip C = 1, σ = 1, SGD with momentum, batch N, no Poisson sampling)
-  of ``training.make_train_step(dp=DPStep(...))`` vs Opacus (``GradSampleModule`` +
+  of ``training.make_train_step(dp=DPPlan(...))`` vs Opacus (``GradSampleModule`` +
   ``DPOptimizer``, what ``PrivacyEngine.make_private(poisson_sampling=False)`` builds), and the
   non-private step vs plain PyTorch; plus our DP step over our non-private step (the cost of
   privacy, target ≤ 2). Checked first: with σ = 0, one step from the same weights on the same
@@ -69,7 +69,8 @@ from scipy import stats  # noqa: E402
 from jaxcurv import data, ensemble, mia, models, report  # noqa: E402
 from jaxcurv.curvature import make_curvature_fn, make_input_curvature  # noqa: E402
 from jaxcurv.optim import OptimizerConfig, make_optimizer  # noqa: E402
-from jaxcurv.training import DPStep, init_state, make_train_step  # noqa: E402
+from jaxcurv.privacy import DPPlan  # noqa: E402
+from jaxcurv.training import init_state, make_train_step  # noqa: E402
 from jaxcurv.workflow import (  # noqa: E402
     describe_device,
     environment,
@@ -424,21 +425,21 @@ def section_curvature(inp: _Inputs, peer: _Torch) -> tuple[list[dict], dict]:
     exact = _torch_exact_hvp(peer, net, xt, yt, probes=s.probes, given=given)()
     fd = _torch_finite_difference(peer, net, xt, yt, probes=s.probes, given=given)()
     checks = {
-        "hvp": {"max_rel_diff_trace_sq": float(np.max(np.abs(exact[1] - mine.trace_sq)
+        "hvp": {"max_rel_diff_curvature": float(np.max(np.abs(exact[1] - mine.trace_sq)
                                                       / np.abs(mine.trace_sq))),
-                "max_rel_diff_trace": float(np.max(np.abs(exact[0] - mine.trace))
+                "max_rel_diff_curvature_trace": float(np.max(np.abs(exact[0] - mine.trace))
                                             / np.max(np.abs(mine.trace))),
                 "criterion": "same probes: max relative difference ≤ 1e-3 (float32)"},
-        "fd": {"median_rel_diff_trace_sq": float(np.median(np.abs(fd[1] - mine.trace_sq)
+        "fd": {"median_rel_diff_curvature": float(np.median(np.abs(fd[1] - mine.trace_sq)
                                                            / np.abs(mine.trace_sq))),
-               "spearman_trace_sq": _spearman(fd[1], mine.trace_sq),
+               "spearman_curvature": _spearman(fd[1], mine.trace_sq),
                "criterion": "same probes: median relative difference of tr(H²) ≤ 5 % and "
                             "Spearman ≥ 0.99 (finite differences carry O(h) truncation and "
                             "float32 cancellation error)"}}
-    checks["hvp"]["passed"] = bool(checks["hvp"]["max_rel_diff_trace_sq"] <= 1e-3
-                                   and checks["hvp"]["max_rel_diff_trace"] <= 1e-3)
-    checks["fd"]["passed"] = bool(checks["fd"]["median_rel_diff_trace_sq"] <= 0.05
-                                  and checks["fd"]["spearman_trace_sq"] >= 0.99)
+    checks["hvp"]["passed"] = bool(checks["hvp"]["max_rel_diff_curvature"] <= 1e-3
+                                   and checks["hvp"]["max_rel_diff_curvature_trace"] <= 1e-3)
+    checks["fd"]["passed"] = bool(checks["fd"]["median_rel_diff_curvature"] <= 0.05
+                                  and checks["fd"]["spearman_curvature"] >= 0.99)
     fns = {"ours": ours, "fd": _torch_finite_difference(peer, net, xt, yt, probes=s.probes),
            "hvp": _torch_exact_hvp(peer, net, xt, yt, probes=s.probes)}
     t = time_interleaved(fns, repeats=s.repeats)
@@ -489,7 +490,7 @@ def _our_steps(inp: _Inputs, noise: float) -> tuple[Any, dict[str, Callable]]:
     config, tx = _sgd()
     state = init_state(inp.model, tx, jax.random.PRNGKey(0), (32, 32, 3))
     state = state._replace(params=jax.tree.map(jnp.asarray, inp.variables["params"]))
-    dp = DPStep(l2_clip=_CLIP, noise_multiplier=noise, expected_batch_size=float(len(inp.x)))
+    dp = DPPlan(l2_clip=_CLIP, noise_multiplier=noise, expected_batch_size=float(len(inp.x)))
     return state, {"dp": jax.jit(make_train_step(inp.model, tx, config=config, dp=dp)),
                    "nonprivate": jax.jit(make_train_step(inp.model, tx, config=config))}
 
@@ -518,7 +519,7 @@ def section_dpsgd(inp: _Inputs, peer: _Torch) -> tuple[list[dict], dict]:
     args = (jnp.asarray(inp.x), jnp.asarray(inp.y), jnp.ones(n), inp.key("dp_noise"))
     fns = {name: (lambda f=f: f(state, *args)) for name, f in steps.items()}
     base = {"dp": _row("dpsgd", f"DP-SGD step, {setting}, C = {_CLIP:g}, σ = {_SIGMA:g}",
-                       "make_train_step(dp=DPStep)",
+                       "make_train_step(dp=DPPlan)",
                        "Opacus (GradSampleModule + DPOptimizer, no Poisson sampling)"),
             "nonprivate": _row("dpsgd", f"non-private step, {setting}", "make_train_step",
                                "PyTorch (SGD step)")}
@@ -553,7 +554,7 @@ def section_dpsgd(inp: _Inputs, peer: _Torch) -> tuple[list[dict], dict]:
                                    unit="steps/s", work=1.0))
     overhead = t["dp"].median / t["nonprivate"].median
     rows.append(_row("dpsgd", f"cost of privacy: our DP-SGD step / our non-private step, "
-                     f"{setting}", "make_train_step(dp=DPStep)", "make_train_step",
+                     f"{setting}", "make_train_step(dp=DPPlan)", "make_train_step",
                      status="ok", ours_median_s=t["dp"].median,
                      peer_median_s=t["nonprivate"].median, overhead=overhead,
                      target="≤ 2", check={"passed": True, "criterion": "same process, batch"},

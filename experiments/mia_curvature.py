@@ -143,11 +143,12 @@ def _signals(config: MiaCurvConfig, ens, views, labels) -> dict[str, np.ndarray]
     signals = {"curvature": np.abs(trace_sq)}
     if config.zero_order:
         dtype = jnp.float64 if config.zero_order_dtype == "float64" else None
+        zero_order = ensemble.make_member_zero_order_curvature(
+            ens.model, num_probes=config.num_probes, method="mixed", compute_dtype=dtype)
         signals["zero_order"] = _per_view(
             config, ens, views, labels, "zero_order", X.config_key(config, Stage.ZERO_ORDER),
-            lambda x, key: ensemble.member_zero_order_curvature(
-                ens, x, labels, key, num_probes=config.num_probes, h=config.h, method="mixed",
-                compute_dtype=dtype, progress=config.progress))
+            lambda x, key: zero_order(ens, x, labels, key, h=config.h,
+                                      progress=config.progress))
     if config.reference_score:
         signals["reference"] = _per_view(
             config, ens, views, labels, "reference", X.config_key(config, Stage.REFERENCE_SCORE),

@@ -13,7 +13,7 @@ Estimators (v Rademacher, P probes):
 - ``"finite_difference"``: the papers' estimator Hv ≈ (∇ℓ(x + h v) − ∇ℓ(x)) / h.
 - ``zero_order_curvature``: losses only; ``"central"`` vᵀHv ≈ (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv)) / h²,
   ``"mixed"`` |uᵀHv| ≈ |ℓ(x+hv+hu) − ℓ(x−hv+hu) − ℓ(x+hv−hu) + ℓ(x−hv−hu)| / (4h²).
-- ``reference_score``: the seed code's white-box score (see its docstring).
+- ``reference_score``: the authors' published code's white-box score (see its docstring).
 
 ``make_input_curvature``, ``make_zero_order_curvature`` and ``make_reference_score`` fix the
 configuration and return ``fn(params, x, y, key, *, h=None, progress=False)``, which holds its
@@ -656,7 +656,7 @@ def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                     batch_size: int | None = None, compute_dtype=None,
                     devices: Sequence[jax.Device] | None = None, probe_batch: int | None = None,
                     num_classes: int | None = None, progress: bool = False):
-    """The seed code's white-box score, with its exact semantics; host array (N,).
+    """The authors' published code's white-box score, with its exact semantics; host array (N,).
 
     For each batch X of B real examples (``batch_size``; default: all N in one batch) and each
     probe V = h·(R + 1e-7), R Rademacher: sᵢ = mean_probes ‖∇ₓᵢ[L(X+V) − L(X)]‖₂ with L the

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxcurv.cli import main
+from tests.fixtures.quantities import LabelRecorder, check_columns, check_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--models", "6", "--epochs", "1", "--num-probes", "2", "--bootstrap", "10", "--quiet"]
@@ -25,10 +26,16 @@ def _read_csv(path):
     return rows, list(rows[0])
 
 
+AXIS_LABELS: list[str] = []  # every axis label the module's audit drew
+
+
 @pytest.fixture(scope="module")
 def audit_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("audit")
-    assert main(["audit", *SMALL, "--out", str(out)]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        recorder = LabelRecorder(patch)
+        assert main(["audit", *SMALL, "--out", str(out)]) == 0
+        AXIS_LABELS.extend(recorder.labels)
     return out
 
 
@@ -41,6 +48,13 @@ def test_audit_writes_scores_summary_figures_report(audit_dir):
         assert name in columns, name
     curvature = np.array([float(r["curvature"]) for r in rows if r["curvature"]])
     assert len(curvature) > 1400 and np.isfinite(curvature).all()
+    # `curvature` is tr(H²) = ‖H‖_F² (never negative); tr(H) of a GELU network takes both signs
+    assert (curvature >= 0).all()
+    trace = np.array([float(r["curvature_trace"]) for r in rows if r["curvature_trace"]])
+    assert (trace < 0).any() and (trace > 0).any()
+    check_columns(columns, "scores.csv")
+    check_labels(AXIS_LABELS)
+    assert sum("tr(H²)" in label for label in AXIS_LABELS) >= 4
     summary = json.loads((audit_dir / "summary.json").read_text())
     assert summary["config"]["models"] == 6
     assert 0 < summary["accuracy"]["test_mean"] <= 1

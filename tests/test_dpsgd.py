@@ -498,14 +498,11 @@ def test_every_poisson_entry_point_gives_the_same_batches():
     np.testing.assert_array_equal(a_mask, c_w[0] > 0)
 
 
-def test_dpplan_is_the_training_dp_step():
-    from jaxcurv.training import DPStep
-
-    assert DPStep is DPPlan
-    step = DPStep(1.0, 1.1, 64.0)
+def test_dpplan_of_a_step_alone_has_no_run_fields():
+    step = DPPlan(1.0, 1.1, 64.0)
     assert (step.l2_clip, step.noise_multiplier, step.expected_batch_size) == (1.0, 1.1, 64.0)
     assert step.epsilon is None and step.max_batch_size is None
-    assert hash(step) == hash(DPStep(l2_clip=1.0, noise_multiplier=1.1, expected_batch_size=64.0))
+    assert hash(step) == hash(DPPlan(l2_clip=1.0, noise_multiplier=1.1, expected_batch_size=64.0))
 
 
 # --- dense layers: per-example norms without per-example gradients -----------------------------
@@ -586,7 +583,7 @@ def test_dense_norms_apply_only_where_every_parameter_is_in_a_dense_layer():
 
 def test_training_step_uses_dense_norms_with_the_vmapped_result():
     from jaxcurv.optim import OptimizerConfig, make_optimizer
-    from jaxcurv.training import DPStep, init_state, make_train_step
+    from jaxcurv.training import init_state, make_train_step
 
     model, _, _, _, _ = _flax_mlp()
     config = OptimizerConfig(name="sgd", learning_rate=0.1)
@@ -596,7 +593,7 @@ def test_training_step_uses_dense_norms_with_the_vmapped_result():
     x = jnp.asarray(rng.normal(size=(7, 2, 3, 1)), jnp.float32)
     y = jnp.asarray(rng.integers(0, C, 7), jnp.int32)
     w = jnp.asarray([1, 1, 0, 1, 1, 1, 0], jnp.float32)
-    dp = DPStep(0.5, 1.1, 5.0)
+    dp = DPPlan(0.5, 1.1, 5.0)
     dense = jax.jit(make_train_step(model, tx, config=config, dp=dp))
     vmapped = jax.jit(make_train_step(model, tx, config=config, dp=dp, dp_dense_norms=False))
     (a, ma), (b, mb) = dense(state, x, y, w, KEY_STEP), vmapped(state, x, y, w, KEY_STEP)

@@ -222,7 +222,7 @@ def tiny():
     masks = data.subset_masks(len(ds), 4, seed=1)
     ens = ensemble.train(models.get_model("mlp", 10, hidden=32, depth=1), ds, masks, KEY,
                          epochs=3, batch_size=32, learning_rate=0.1, record_examples=True,
-                         record_curvature=2, progress=False)
+                         record_curvature=2)
     return ens, ds
 
 

@@ -21,7 +21,7 @@ from jaxcurv.data import subset_masks
 TINY = ["--models", "6", "--epochs", "2", "--num-probes", "2", "--bootstrap", "10",
         "--max-examples", "300", "--no-zero-order"]
 FIGURES = {"top_memorized", "lowest_highest_curvature", "curvature_histogram",
-           "mem_vs_curvature", "proxies_vs_mem", "trace_vs_trace_sq", "mia_roc",
+           "mem_vs_curvature", "proxies_vs_mem", "curvature_trace_vs_curvature", "mia_roc",
            "mia_vs_memorization"}
 
 

@@ -18,7 +18,8 @@ import pytest
 from jaxcurv import curvature, data, ensemble, models
 from jaxcurv._checkpoints import fingerprint as checkpoint_fingerprint
 from jaxcurv._tree import stack
-from jaxcurv.workflow import StageCache, fingerprint
+from jaxcurv.workflow import StageCache, fingerprint, train_ensemble
+from jaxcurv.workflow.training import clean_checkpoints
 from jaxcurv.workflow.lock import OutputLocked, exclusive_lock
 
 KEY = jax.random.PRNGKey(0)
@@ -100,7 +101,7 @@ def test_damaged_checkpoints_are_discarded_and_the_result_equals_a_fresh_run(sma
     masks = data.subset_masks(len(small), 3, seed=1)
     kw = dict(epochs=2, batch_size=32, members_per_chunk=1, record_examples=True)
     fresh = ensemble.train(mlp, small, masks, KEY, **kw)
-    ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
+    train_ensemble(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
     # chunk 0: three flipped bits in its parameters (orbax would restore them silently); chunk 1:
     # a truncated array file (tensorstore OUT_OF_RANGE); chunk 2: killed before its checksum was
     # written; run.json truncated
@@ -117,7 +118,7 @@ def test_damaged_checkpoints_are_discarded_and_the_result_equals_a_fresh_run(sma
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path,
+        resumed = train_ensemble(mlp, small, masks, KEY, checkpoint_dir=tmp_path,
                                  callbacks=[lambda e, i: seen.append((i["chunk"], e))], **kw)
         gc.collect()
     assert not unraisable  # orbax never read a damaged file: no stray tracebacks on stderr
@@ -133,7 +134,7 @@ def test_damaged_checkpoints_are_discarded_and_the_result_equals_a_fresh_run(sma
         np.testing.assert_array_equal(resumed.history[name], values)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rewritten checkpoints verify cleanly
-        again = ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
+        again = train_ensemble(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
     np.testing.assert_array_equal(again.history["train_loss"], fresh.history["train_loss"])
 
 
@@ -143,12 +144,12 @@ def test_clean_checkpoints_removes_only_other_checkpoint_folders(tmp_path):
         (tmp_path / name / "run.json").write_text("{}")
     (tmp_path / "notes").mkdir()  # not a checkpoint folder: left alone
     (tmp_path / "file.txt").write_text("x")
-    removed = ensemble.clean_checkpoints(tmp_path, ["in-use"])
+    removed = clean_checkpoints(tmp_path, ["in-use"])
     assert sorted(p.name for p in removed) == ["old-a", "old-b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "in-use", "notes"]
-    assert ensemble.clean_checkpoints(tmp_path / "missing", []) == []
+    assert clean_checkpoints(tmp_path / "missing", []) == []
     with pytest.raises(ValueError, match="folder names"):
-        ensemble.clean_checkpoints(tmp_path, ["a/b"])
+        clean_checkpoints(tmp_path, ["a/b"])
 
 
 # --- divergence is found at the epoch it happens -----------------------------------------------
@@ -158,7 +159,7 @@ def test_learning_rate_1e4_stops_after_the_first_epoch(small, mlp, tmp_path):
     masks = data.subset_masks(len(small), 2, seed=2)
     seen = []
     with pytest.raises(ensemble.TrainingDiverged) as err:
-        ensemble.train(mlp, small, masks, KEY, epochs=3, batch_size=32, learning_rate=1e4,
+        train_ensemble(mlp, small, masks, KEY, epochs=3, batch_size=32, learning_rate=1e4,
                        checkpoint_dir=tmp_path, callbacks=[lambda e, i: seen.append(e)])
     assert _one_line(err) == "training diverged at epoch 1 (member 0): lower --learning-rate"
     assert isinstance(err.value, ValueError) and seen == []
@@ -183,7 +184,7 @@ def test_test_images_of_another_shape_fail_before_training(small, mlp):
     other = data.Dataset(np.zeros((4, 4, 4, 1), np.float32), np.zeros(4, np.int32), 10, "x")
     masks = data.subset_masks(len(small), 2, seed=0)
     with pytest.raises(ValueError, match=r"test images have shape \(4, 4, 1\) but training"):
-        ensemble.train(mlp, small, masks, KEY, epochs=1, test=other, callbacks=[pytest.fail])
+        train_ensemble(mlp, small, masks, KEY, epochs=1, test=other, callbacks=[pytest.fail])
 
 
 # --- one run per output folder -------------------------------------------------------------------

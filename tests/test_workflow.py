@@ -15,8 +15,8 @@ from jaxcurv import workflow
 from jaxcurv.workflow import AuditConfig, StageCache, Timer, apply_overrides, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
-PRIMITIVES = ("curvature", "data", "models", "training", "ensemble", "memorization", "mia",
-              "privacy", "adversarial", "optim")
+PRIMITIVES = ("curvature", "data", "models", "model_interface", "training", "ensemble",
+              "memorization", "mia", "privacy", "adversarial", "optim")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,9 @@ import numpy as np
 from scipy import stats
 
 from jaxcurv import memorization, mia, report
+from jaxcurv._names import quantity_label
 from jaxcurv._numerics import cross_entropy
+from jaxcurv.workflow.proxy_scores import PROXY_NAMES
 from jaxcurv.workflow.attacks import (epsilon_audit, mia_by_memorization,
                                       zero_order_fallback_examples)
 
@@ -41,16 +43,12 @@ FITTED_FLIPPED = 0.9    # below this train-IN accuracy on flipped labels, the me
 _METRICS = ("auroc", "balanced_accuracy", "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
 _TPR_KEYS = ("tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
 
-# What each memorization proxy is, for tables and figure axes (summary.json keeps the keys).
-PROXY_LABELS = {
-    "confidence": "confidence p_y (OUT members)", "confidence_in": "confidence p_y (IN members)",
-    "loss": "loss (IN)", "loss_out": "loss (OUT)",
-    "learning_time": "learning time (evaluations, IN)",
-    "inverse_learning_time": "1 / learning time (IN)", "curvature_in": "tr(H²) (IN)",
-    "curvature_out": "tr(H²) (OUT)", "curvature_trace_in": "tr(H) (IN)",
-    "curvature_trace_out": "tr(H) (OUT)", "curvature_train_in": "tr(H) over training (IN)",
-    "curvature_train_out": "tr(H) over training (OUT)",
-    "adversarial_distance": "adversarial distance (IN)"}
+# What each memorization proxy is, for tables and figure axes (summary.json keeps the keys): its
+# quantity's label, with the members it averages over when its name does not say.
+_PROXY_GROUP = {"confidence": "out", "loss": "in", "learning_time": "in",
+                "inverse_learning_time": "in", "adversarial_distance": "in"}
+PROXY_LABELS = {name: quantity_label(f"{name}_{_PROXY_GROUP[name]}" if name in _PROXY_GROUP
+                                     else name) for name in PROXY_NAMES}
 
 
 def describe(values, what: str) -> dict[str, Any]:
@@ -580,11 +578,12 @@ def summary(run, columns: dict[str, np.ndarray]) -> dict[str, Any]:
         "data": {"dataset": train.name, "train_examples": n, "test_examples": len(run.data.test),
                  "image_shape": list(train.images.shape[1:]), "num_classes": train.num_classes},
         "accuracy": _accuracy(run),
-        "curvature": describe(curv_in, "tr(H²), mean over members holding the example in")
+        "curvature": describe(curv_in, quantity_label("curvature_in"))
         | {"note": CURVATURE_NOTE,
-           "out": describe(columns["curvature_out"], "tr(H²) out")["summary"],
-           "trace": describe(tr_in, "tr(H) in")["summary"],
-           "trace_out": describe(columns["curvature_trace_out"], "tr(H) out")["summary"],
+           "out": describe(columns["curvature_out"], quantity_label("curvature_out"))["summary"],
+           "trace": describe(tr_in, quantity_label("curvature_trace_in"))["summary"],
+           "trace_out": describe(columns["curvature_trace_out"],
+                                  quantity_label("curvature_trace_out"))["summary"],
            "mean_probe_stderr": float(np.nanmean(run.curvature.trace_sq_stderr)),
            "mean_probe_stderr_trace": float(np.nanmean(run.curvature.trace_stderr)),
            "member_medians": member_medians.tolist(),
@@ -631,17 +630,17 @@ def figures(run, columns: dict[str, np.ndarray], summary: dict[str, Any],
             class_names=train.class_names, true_labels=run.data.true_labels if noisy else None),
         "lowest_highest_curvature": report.figure_extreme_images(
             train.images, train.labels, curv_in, d / "lowest_highest_curvature.png",
-            class_names=train.class_names, score_name="curvature tr(H²)", value_label="tr(H²)"),
+            class_names=train.class_names, quantity="curvature_in", value_label="tr(H²)"),
         "curvature_histogram": report.figure_curvature_histogram(
             curv_in, columns["correct"] >= 0.5, d / "curvature_histogram.png",
-            name="curvature tr(H²)"),
+            quantity="curvature_in"),
         "mem_vs_curvature": report.figure_mem_vs_curvature(
-            mem, curv_in, d / "mem_vs_curvature.png", name="curvature tr(H²)",
+            mem, curv_in, d / "mem_vs_curvature.png", quantity="curvature_in",
             rho=summary["correlations"]["spearman_mem_curvature"]),
         "proxies_vs_mem": report.figure_proxies_vs_mem(mem, run.proxies, d / "proxies_vs_mem.png",
                                                        labels=PROXY_LABELS),
-        "trace_vs_trace_sq": report.figure_trace_vs_trace_sq(tr_in, curv_in, mem,
-                                                             d / "trace_vs_trace_sq.png"),
+        "curvature_trace_vs_curvature": report.figure_trace_vs_trace_sq(
+            tr_in, curv_in, mem, d / "curvature_trace_vs_curvature.png"),
         "mia_roc": report.figure_roc(curves, d / "mia_roc.png", aurocs=aurocs),
         "mia_vs_memorization": report.figure_mia_vs_mem({by_mem["attack"]: by_mem["bins"]},
                                                         d / "mia_vs_memorization.png"),
@@ -659,7 +658,8 @@ def figures(run, columns: dict[str, np.ndarray], summary: dict[str, Any],
         p = summary["privacy"]
         figs["privacy_bounds"] = report.figure_privacy_bounds(
             mem, curv_in, p["epsilon_accounted"], d / "privacy_bounds.png",
-            loss_bound=p["loss_bound_L"], num_examples=int(masks.sum(1).mean()))
+            loss_bound=p["loss_bound_L"], num_examples=int(masks.sum(1).mean()),
+            quantity="curvature_in")
     return figs
 
 
@@ -771,7 +771,7 @@ def report_sections(run, summary: dict[str, Any], figs: dict[str, Path]) -> list
                      "rows": [{"proxy": PROXY_LABELS.get(name, name), **vals} for name, vals in
                               summary["correlations"]["proxies"].items()]}],
          "figures": [figs["mem_vs_curvature"], figs["proxies_vs_mem"],
-                     figs["trace_vs_trace_sq"]]},
+                     figs["curvature_trace_vs_curvature"]]},
         {"title": "Membership inference", "text": summary["mia"]["protocol"],
          "tables": [{"caption": "Every attack (95 % bootstrap CIs over examples)",
                      "rows": _mia_rows(summary["mia"]["metrics"])},
