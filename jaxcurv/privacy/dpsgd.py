@@ -421,7 +421,7 @@ def dp_value_and_grad(
 # (Goodfellow 2015, "ghost" norms), and the clipped sum is Σᵢ fᵢ aᵢ δᵢᵀ = Aᵀ diag(f) Δ, one matrix
 # product per layer, fᵢ = min(1, C/‖gᵢ‖). One forward and one backward pass to the layer outputs
 # give every aᵢ and δᵢ: about the cost of a non-private step, where forming n rows of per-example
-# gradients costs n outer products (XLA:CPU: 40–150× slower on the audit's MLP, BUILD_NOTES).
+# gradients costs n outer products (XLA:CPU: 40–150× slower on the audit's MLP).
 
 
 class _DenseCall(NamedTuple):
