@@ -5,10 +5,10 @@ command that produced it, read from the committed result files (never typed by h
     python docs/measurements.py --check  # exit 1 when docs/measurements.md is not up to date
 
 Sources: every ``summary.json`` under results/evidence/ (its ``headlines``, ``command``,
-``environment`` and ``timings_s``; a ``time.txt`` beside it, the output of ``/usr/bin/time -v``,
-adds the run's CPU time and peak memory) and every JSON under bench/results/ (its ``headlines`` or, for
-benchmark tables, its ``rows``). The page is a pure function of those files, so a test
-regenerates it byte for byte.
+``environment`` and ``timings_s``; a ``time.txt`` beside it, the output of
+``/usr/bin/time -v``, adds the run's CPU time and peak memory) and every JSON under
+bench/results/ (its ``headlines`` or, for benchmark tables, its ``rows``). The page is a pure
+function of those files, so a test regenerates it byte for byte.
 """
 
 from __future__ import annotations

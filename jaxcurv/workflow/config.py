@@ -49,7 +49,7 @@ __all__ = ["AuditConfig", "CurvatureConfig", "EpsilonConfig", "PRESETS", "OPTIMI
 
 # Named sets of audit settings; explicit flags override them. Each says what it is for.
 PRESETS: dict[str, dict[str, Any]] = {
-    # Measured on CIFAR-10 (2 shared CPU cores; results/evidence/audit-cifar10-cpu): 1,000
+    # Measured on CIFAR-10 (2 shared CPU cores; results/evidence/audit-cifar10-cpu-preset): 1,000
     # training images, members on halves of 500, augmentation off (random crops are never the
     # images the members are scored on). Adam at 2e-3 with batch 32 fitted 2 members fully in 40
     # epochs (30: 0.93), 16 members to 0.977, hence 50. The GELU CNN with a 512-wide dense layer
