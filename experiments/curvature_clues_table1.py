@@ -272,11 +272,17 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def _table1_row(attack: str, mode: str, per_target: list[dict]) -> dict:
-    """One row of Table 1: mean and sd over the targets of each metric, the published numbers
-    and the differences ours − published (AUROC and balanced accuracy at the EER threshold)."""
+def _table1_row(attack: str, mode: str, per_target: list[dict], config: Table1Config,
+                views: int) -> dict:
+    """One row of Table 1: the probes and views its statistic used (the paper: 10 zero-order
+    probes, 2 views), mean and sd over the targets of each metric, the published numbers and
+    the differences ours − published (AUROC and balanced accuracy at the EER threshold)."""
     paper_name, statistic = ATTACKS[(attack, mode)]
-    row = {"attack": attack, "mode": mode, "paper_name": paper_name, "statistic": statistic}
+    probes = {"zero_order": config.zero_order_probes, "curvature": config.num_probes}.get(
+        attack.rsplit("_", 1)[0])
+    uses_views = attack.split("_")[0] in ("zero", "curvature", "lira", "rmia")
+    row = {"attack": attack, "mode": mode, "paper_name": paper_name, "statistic": statistic,
+           "probes": probes, "views": views if uses_views else 1}
     for metric in _METRICS:
         row[metric], row[f"{metric}_sd"] = _mean_sd([m[metric] for m in per_target])
     published = PAPER.get((attack, mode), {})
@@ -344,7 +350,8 @@ def tables(statistics: Mapping[str, np.ndarray], config: Table1Config) -> dict[s
         metrics = [mia.roc_metrics(s[t], masks[k]) for t, k in enumerate(targets)]
         per_target += [{"attack": attack, "mode": mode, "target_model": int(k),
                         **{m: met[m] for m in _METRICS}} for k, met in zip(targets, metrics)]
-        table1.append(_table1_row(attack, mode, metrics))
+        table1.append(_table1_row(attack, mode, metrics, config,
+                                  statistics["confidence"].shape[-1]))
     table1.sort(key=lambda r: -r["auroc"])
     return {"table1": table1, "per_target": per_target, "members": _members_table(statistics),
             "protocol": _protocol_table(statistics), "signals": _signals_table(statistics)}
