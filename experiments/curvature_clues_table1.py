@@ -127,7 +127,7 @@ CONFIGS = {
     "cpu": Table1Config(name="cpu", **_CIFAR, train_size=10_000, test_size=2_000, models=19,
                         targets=3, model="cnn", model_kwargs={"width": 16, "hidden": 512},
                         epochs=30, batch_size=128, learning_rate=0.05, weight_decay=5e-4,
-                        num_probes=4, zero_order_probes=10),
+                        num_probes=4, zero_order_probes=4),
     "full": Table1Config(name="full", **_CIFAR, models=67, targets=3, model="resnet18",
                          model_kwargs={"activation": "gelu"}, epochs=100, batch_size=128,
                          learning_rate=0.1, weight_decay=5e-4, num_probes=10,
