@@ -21,7 +21,6 @@ import dataclasses
 import numpy as np
 
 from jaxcurv.workflow import experiment as X
-from jaxcurv.workflow.keys import Stage
 from jaxcurv.workflow.settings import setting
 from experiments import mem_vs_curvature as mvc
 

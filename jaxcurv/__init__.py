@@ -1,48 +1,27 @@
 """jaxcurv: input-loss curvature, memorization, membership inference and DP audits in JAX.
 
 Top level: the curvature core (``hvp``, ``input_curvature``, ``zero_order_curvature``,
-``Curvature`` and the ``make_*`` constructors that return held estimators). Primitives:
-``data``, ``models``, ``optim``, ``training``, ``ensemble``, ``memorization``, ``adversarial``,
-``mia``, ``privacy``; ``report`` draws figures; ``workflow`` combines them into the audit and
-the experiments; ``cli`` is the ``jaxcurv`` command (``pipeline`` is kept as an alias of the
-workflow's audit names).
+``Curvature`` and the ``make_*`` constructors that return held estimators) and the library's
+primitive packages: ``data``, ``models``, ``optim``, ``training``, ``ensemble``, ``memorization``,
+``adversarial``, ``mia``, ``privacy``, ``distributed``. ``jaxcurv.workflow`` combines them into the
+audit and the experiments; ``jaxcurv.report`` draws the figures and writes the result files;
+``jaxcurv.cli`` is the ``jaxcurv`` command. Everything loads on first use, so the command's
+``--help`` imports no jax.
 """
 
-import importlib
+from jaxcurv._lazy import lazy_names
+
+__version__ = "0.1.0"
 
 _CURVATURE_NAMES = ("Curvature", "hvp", "input_curvature", "make_curvature_fn",
                     "make_input_curvature", "make_reference_score", "make_zero_order_curvature",
                     "reference_score", "zero_order_curvature", "zero_order_queries")
+_PRIMITIVES = ("curvature", "data", "models", "optim", "training", "ensemble", "memorization",
+               "adversarial", "mia", "privacy", "distributed")
 
-__version__ = "0.1.0"
+__all__ = ["__version__", *_CURVATURE_NAMES, *_PRIMITIVES]
 
-_SUBMODULES = ("curvature", "data", "models", "optim", "training", "ensemble", "memorization",
-               "adversarial", "mia", "privacy", "distributed", "report", "workflow", "pipeline",
-               "cli")
-
-__all__ = [
-    "__version__",
-    "Curvature",
-    "hvp",
-    "input_curvature",
-    "make_curvature_fn",
-    "make_input_curvature",
-    "make_reference_score",
-    "make_zero_order_curvature",
-    "reference_score",
-    "zero_order_curvature",
-    "zero_order_queries",
-    *_SUBMODULES,
-]
-
-
-def __getattr__(name: str):
-    """The curvature core and the submodules load on first use (``jaxcurv.mia`` needs no import
-    of its own; ``jaxcurv --help`` imports no jax)."""
-    if name in _CURVATURE_NAMES:
-        value = getattr(importlib.import_module("jaxcurv.curvature"), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"jaxcurv.{name}")
-    raise AttributeError(f"module 'jaxcurv' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_names(
+    __name__, {**{name: ".curvature" for name in _CURVATURE_NAMES},
+               **{name: "" for name in (*_PRIMITIVES, "workflow", "report", "errors")}},
+    globals())

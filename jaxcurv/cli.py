@@ -87,7 +87,7 @@ def _audit(args) -> int:
 
 
 def _print_summary(summary: dict, out: str) -> None:
-    from jaxcurv.workflow.sections import findings_lines
+    from jaxcurv.workflow.sections import findings_lines, tpr_text
 
     acc = summary["accuracy"]
     corr = summary["correlations"]
@@ -105,7 +105,8 @@ def _print_summary(summary: dict, out: str) -> None:
         "nonprivate_mia", [])}
     for row in summary["mia"]["metrics"]:
         ref = reference.get(row["attack"])
-        print(f"    {row['attack']:<16} {row['auroc']:.3f}  {row['tpr_at_fpr_1pct']:.3f}"
+        tpr = tpr_text(row["tpr_at_fpr_1pct"], note=row.get("tpr_at_fpr_1pct_note"))
+        print(f"    {row['attack']:<16} {row['auroc']:.3f}  {tpr:>8}"
               + ("" if "privacy" not in summary else
                  "   —" if ref is None else f"  {ref:.3f}"))
     if "privacy" in summary:

@@ -20,7 +20,6 @@ Kept for compatibility, loaded on first use from their own modules: ``adversaria
 
 from __future__ import annotations
 
-import importlib
 import math
 import warnings
 from collections.abc import Mapping
@@ -52,27 +51,6 @@ __all__ = [
 
 STDERR_METHODS = ("plugin", "agresti_caffo")
 GAIN_EDGES = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
-
-# Public names that moved to their own modules; still importable from here.
-_MOVED = {
-    "adversarial_distance": "jaxcurv.adversarial",
-    "AdversarialDistance": "jaxcurv.adversarial",
-    "proxies": "jaxcurv.workflow.proxy_scores",
-    "PROXY_NAMES": "jaxcurv.workflow.proxy_scores",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The moved names of ``_MOVED``, imported from their new module on first use."""
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    """Module names including the moved ones, for completion and ``dir``."""
-    return sorted({*globals(), *_MOVED})
-
 
 # ----------------------------------------------------------------------------------------------
 # Feldman–Zhang memorization

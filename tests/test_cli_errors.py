@@ -31,6 +31,12 @@ def _bad_npz(tmp_path, kind: str) -> str:
     (["--num-probes", str(10**12)], "--num-probes"),
     (["--h", "inf"], "--h"),
     (["--model-kwargs", "[1, 2]"], "--model-kwargs"),
+    (["--bootstrap", "1000000000000"], "--bootstrap"),
+    (["--h", "1e12"], "--h must be <= 0.5"),
+    (["--fraction", "0.6"], "--fraction 0.6 with --models 6"),
+    (["--process-id", "0"], "--coordinator"),
+    (["--num-processes", "2"], "--coordinator"),
+    (["--epochs", "1000001"], "--epochs"),
 ])
 def test_bad_flags_exit_2_with_one_line(flags, needle, tmp_path, capsys):
     assert main(["audit", *QUICK, *flags, "--out", str(tmp_path / "out")]) == 2
@@ -53,3 +59,37 @@ def test_damaged_npz_exits_2_without_pickle_advice(kind, tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pickle" not in err.lower(), err
+
+
+def test_no_prefix_matching_of_flags(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["audit", *QUICK, "--num-probe", "3", "--out", str(tmp_path / "out")])
+    assert err.value.code == 2 and "unrecognized arguments: --num-probe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--seed", "-5"], "--seed"),
+    (["--num-probes", "0"], "--num-probes"),
+])
+def test_curvature_command_checks_like_the_audit(flags, needle, tmp_path, capsys):
+    assert main(["curvature", "--epochs", "1", *flags, "--out", str(tmp_path / "c.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_curvature_command_checks_its_output_before_training(tmp_path, capsys, monkeypatch):
+    from jaxcurv import ensemble
+
+    def never(*args, **kwargs):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(ensemble, "fit_one", never)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    assert main(["curvature", "--out", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a folder" in err and len(err.splitlines()) == 1, err
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    assert main(["curvature", "--out", str(blocked / "c.csv")]) == 2
+    assert "--out" in capsys.readouterr().err

@@ -50,8 +50,13 @@ def test_tiny_run_writes_the_table_figure_and_answers(tiny_run):
     assert [r["arm"] for r in table] == names == ["sgd", "sam", "sam-gnr-0.4-0.04",
                                                   "dp-sgd-eps4", "dp-sgd-eps64"]
     assert [r["family"] for r in table] == ["SGD", "SAM", "SAM-GNR", "DP-SGD", "DP-SGD"]
+    # 0.1 % FPR needs ≥ 1000 non-member scores: the tiny run's are NaN (not resolvable), not 0
+    resolves_0_1pct = cfg.models * cfg.train_size // 2 >= 1000
     for r in table:
         for k in ("test_accuracy", "auroc", "tpr_at_fpr_0_1pct", "mean_mem", "mean_curvature"):
+            if k == "tpr_at_fpr_0_1pct" and not resolves_0_1pct:
+                assert np.isnan(_num(r[k])), (r, k)
+                continue
             assert np.isfinite(_num(r[k])) and _num(r[f"{k}_lo"]) <= _num(r[f"{k}_hi"]), (r, k)
     dp = [r for r in table if r["family"] == "DP-SGD"]
     assert all(_num(r["epsilon"]) <= e * 1.0001 for r, e in zip(dp, (4.0, 64.0)))

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from jaxcurv import adversarial, data, ensemble, models
+from jaxcurv import data, ensemble, models
 from jaxcurv import memorization as mz
 from jaxcurv.adversarial import make_adversarial_distance
 from jaxcurv.curvature import Curvature
@@ -365,14 +365,3 @@ def test_masked_mean_and_cross_fitted_memorization_against_naive_loops():
         cross_fitted_memorization(correct[:3], masks[:3])
 
 
-def test_moved_names_stay_importable_from_memorization():
-    from jaxcurv.memorization import AdversarialDistance, adversarial_distance
-    from jaxcurv.memorization import PROXY_NAMES as names
-    from jaxcurv.memorization import proxies as old_proxies
-
-    assert old_proxies is proxies and names is PROXY_NAMES
-    assert adversarial_distance is adversarial.adversarial_distance
-    assert AdversarialDistance is adversarial.AdversarialDistance
-    assert {"proxies", "adversarial_distance"} <= set(dir(mz))
-    with pytest.raises(AttributeError, match="no_such_name"):
-        mz.no_such_name  # noqa: B018

@@ -318,7 +318,18 @@ def test_lira_recovers_neyman_pearson_optimal_auroc():
             assert abs(auroc - wrong_closed) > 0.01
 
 
-def test_lira_falls_back_with_warning_for_examples_without_in_shadows(gauss_data):
+def _pooled_group_variance(shadows, sel):
+    """Σ_i Σ (s − mean_i)² / Σ_i (n_i − 1) over the examples i of a group (sel (K, N)), per aug."""
+    num = shadows.shape[1]
+    ss = sum(((shadows[sel[:, i], i] - shadows[sel[:, i], i].mean(0)) ** 2).sum(0)
+             for i in range(num) if sel[:, i].any())
+    return ss / sum(max(sel[:, i].sum() - 1, 0) for i in range(num))
+
+
+def test_lira_imputes_a_missing_group_with_warning(gauss_data):
+    """An example without IN (OUT) shadows gets the IN (OUT) Gaussian imputed: the other group's
+    centre shifted by the mean IN − OUT difference Δ of the examples with both groups, the
+    group's pooled variance; the same online test as every other example."""
     target, shadows, m = gauss_data
     m2 = m.copy()
     m2[:, :5] = False  # examples 0..4: no IN shadow
@@ -328,15 +339,33 @@ def test_lira_falls_back_with_warning_for_examples_without_in_shadows(gauss_data
     messages = " ".join(str(r.message) for r in record)
     assert "5 of 30 example(s) have no IN" in messages
     assert "1 of 30 example(s) have no OUT" in messages
-    assert np.all(np.isfinite(got))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        offline = mia.lira(target, shadows, m2, online=False)
-    np.testing.assert_allclose(got[:5], offline[:5], **F64_TOL)
+    delta = np.mean([shadows[m2[:, i], i].mean(0) - shadows[~m2[:, i], i].mean(0)
+                     for i in range(6, 30)], axis=0)
+    var_in, var_out = _pooled_group_variance(shadows, m2), _pooled_group_variance(shadows, ~m2)
+    for i in range(5):
+        outs = shadows[:, i]
+        want = (stats.norm.logpdf(target[i], outs.mean(0) + delta, np.sqrt(var_in))
+                - stats.norm.logpdf(target[i], outs.mean(0), outs.std(0))).sum()
+        assert got[i] == pytest.approx(want, rel=1e-10)
     ins = shadows[:, 5]
-    want = stats.norm.logcdf(target[5], ins.mean(0), ins.std(0)).sum()
-    assert got[5] == pytest.approx(want, rel=1e-12)
+    want5 = (stats.norm.logpdf(target[5], ins.mean(0), ins.std(0))
+             - stats.norm.logpdf(target[5], ins.mean(0) - delta, np.sqrt(var_out))).sum()
+    assert got[5] == pytest.approx(want5, rel=1e-10)
     np.testing.assert_allclose(got[6:], mia.lira(target, shadows, m)[6:], **F64_TOL)
+
+
+def test_lira_one_sided_tests_only_where_a_group_is_empty_everywhere(gauss_data):
+    """No IN shadow for any example: online LiRA is offline LiRA for all of them; no OUT shadow
+    for any: the one-sided test against the IN Gaussian, log P[Z ≤ t], for all of them."""
+    target, shadows, m = gauss_data
+    none_in = np.zeros_like(m)
+    with pytest.warns(UserWarning, match="30 of 30 example\\(s\\) have no IN"):
+        got = mia.lira(target, shadows, none_in)
+    np.testing.assert_allclose(got, mia.lira(target, shadows, none_in, online=False), **F64_TOL)
+    with pytest.warns(UserWarning, match="30 of 30 example\\(s\\) have no OUT"):
+        got = mia.lira(target, shadows, ~none_in)
+    want = stats.norm.logcdf(target, shadows.mean(0), shadows.std(0)).sum(1)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_lira_rejects_examples_without_any_shadow(gauss_data):
@@ -635,6 +664,80 @@ def test_roc_metrics_ties_ranked_as_half():
     assert mia.roc_metrics(np.array([2.0, 1.0, 1.0, 1.0]), y)["auroc"] == 0.75
 
 
+def _sklearn_low_fpr(scores, y, level):
+    """scikit-learn's ROC: the largest TPR with FPR ≤ level, and the smallest FPR above 0."""
+    fpr, tpr, _ = skm.roc_curve(y, scores, drop_intermediate=False)
+    return tpr[fpr <= level].max(), fpr[fpr > 0].min()
+
+
+def test_low_fpr_metrics_without_ties_equal_sklearn():
+    rng = np.random.default_rng(16)
+    y = np.arange(6000) < 3000  # 3000 non-members: 0.1 % FPR = 3 false positives
+    scores = rng.normal(size=6000) + 1.5 * y
+    res = mia.roc_metrics(scores, y)
+    for key, level in (("tpr_at_fpr_0_1pct", 1e-3), ("tpr_at_fpr_1pct", 1e-2)):
+        want, smallest = _sklearn_low_fpr(scores, y, level)
+        assert res[key] == pytest.approx(want, abs=1e-12) and want > 0
+        assert res[f"{key}_resolvable"] and res[f"{key}_note"] is None
+    assert res["min_fpr"] == pytest.approx(smallest) == pytest.approx(1 / 3000)
+    assert res["top_nonmember_ties"] == 1
+
+
+def test_low_fpr_metrics_with_ties_at_the_top_are_nan_with_a_note():
+    """RMIA-like scores in [0, 1]: 12 of 5000 non-members (0.24 %) tie at the maximum 1.0, so no
+    threshold has 0 < FPR ≤ 0.1 %; sklearn's curve jumps from FPR 0 to 0.24 %, and "TPR at
+    0.1 % FPR" would be the FPR = 0 point (0 % here: no member scores above 1.0)."""
+    rng = np.random.default_rng(17)
+    y = np.arange(10000) < 5000
+    scores = np.clip(rng.uniform(0.0, 0.99, 10000) + 0.2 * y, 0.0, 0.99)
+    scores[np.flatnonzero(~y)[:12]] = 1.0
+    scores[np.flatnonzero(y)[:40]] = 1.0
+    res = mia.roc_metrics(scores, y, bootstrap=20)
+    at_0_1, smallest = _sklearn_low_fpr(scores, y, 1e-3)
+    assert at_0_1 == 0.0 and smallest == pytest.approx(12 / 5000)  # what was reported before
+    assert math.isnan(res["tpr_at_fpr_0_1pct"]) and not res["tpr_at_fpr_0_1pct_resolvable"]
+    assert all(math.isnan(v) for v in res["tpr_at_fpr_0_1pct_ci"])
+    note = res["tpr_at_fpr_0_1pct_note"]
+    assert note.startswith("not resolvable at 0.1 % FPR") and note.endswith("is 0.24 %")
+    assert "12 of 5000 non-members tie at the top non-member score 1," in note
+    assert res["min_fpr"] == pytest.approx(smallest) and res["top_nonmember_ties"] == 12
+    want_1pct, _ = _sklearn_low_fpr(scores, y, 1e-2)
+    assert res["tpr_at_fpr_1pct_resolvable"]
+    assert res["tpr_at_fpr_1pct"] == pytest.approx(want_1pct, abs=1e-12)
+    assert want_1pct > 40 / 5000
+    lo, hi = res["tpr_at_fpr_1pct_ci"]
+    assert lo <= res["tpr_at_fpr_1pct"] <= hi
+
+
+@pytest.mark.parametrize("num_nonmembers, ties, resolvable", [
+    (900, 1, False), (999, 1, False), (1000, 1, True), (1000, 2, False), (2000, 2, True),
+    (2000, 3, False)])
+def test_low_fpr_resolution_boundaries(num_nonmembers, ties, resolvable):
+    """0.1 % FPR needs ≥ 1000 non-members and at most 0.1 % of them tied at the top."""
+    rng = np.random.default_rng(num_nonmembers + ties)
+    neg = rng.uniform(0.0, 1.0, num_nonmembers)
+    neg[:ties] = 2.0
+    scores = np.concatenate([neg, rng.uniform(0.5, 3.0, 500)])
+    y = np.arange(scores.size) >= num_nonmembers
+    res = mia.roc_metrics(scores, y)
+    info = mia.fpr_resolution(scores, y, 1e-3)
+    assert res["tpr_at_fpr_0_1pct_resolvable"] is info["resolvable"] is resolvable
+    want, smallest = _sklearn_low_fpr(scores, y, 1e-3)
+    assert info["min_fpr"] == pytest.approx(smallest) == pytest.approx(ties / num_nonmembers)
+    if resolvable:
+        assert res["tpr_at_fpr_0_1pct"] == pytest.approx(want, abs=1e-12)
+        assert info["note"] is None
+    else:
+        assert math.isnan(res["tpr_at_fpr_0_1pct"])
+        cause = "needs ≥ 1000 non-member scores" if num_nonmembers < 1000 else "tie at the top"
+        assert cause in info["note"] == res["tpr_at_fpr_0_1pct_note"]
+        if num_nonmembers < 1000:
+            assert f"has {num_nonmembers}" in info["note"]
+    assert info["needs_nonmembers"] == 1000 and info["num_nonmembers"] == num_nonmembers
+    with pytest.raises(ValueError, match="level"):
+        mia.fpr_resolution(scores, y, 0.0)
+
+
 @pytest.mark.parametrize(
     "scores, y, match",
     [
@@ -695,9 +798,12 @@ def test_bootstrap_ci_is_calibrated_covers_truth_and_shrinks():
 def test_bootstrap_keys_and_cluster_option(scored):
     scores, y = scored
     res = mia.roc_metrics(scores[:1000], y[:1000], bootstrap=50, seed=3)
-    for key in ("auroc", "balanced_accuracy", "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct"):
+    for key in ("auroc", "balanced_accuracy", "tpr_at_fpr_1pct"):
         lo, hi = res[f"{key}_ci"]
         assert lo <= hi
+    # about 600 non-members cannot resolve 0.1 % FPR: no value, no interval
+    assert not res["tpr_at_fpr_0_1pct_resolvable"] and res["num_nonmembers"] < 1000
+    assert all(math.isnan(v) for v in res["tpr_at_fpr_0_1pct_ci"])
     assert res == mia.roc_metrics(scores[:1000], y[:1000], bootstrap=50, seed=3)
     cl = np.arange(1000) // 10
     res_c = mia.roc_metrics(scores[:1000], y[:1000], bootstrap=50, cluster=cl)
@@ -755,6 +861,90 @@ def test_leave_one_model_out_balance_removes_the_null_bias():
     fair = mia.roc_metrics(mia.leave_one_model_out(mia.lira, stats_, m), m)
     assert biased["auroc"] < 0.495, biased["auroc"]
     assert abs(fair["auroc"] - 0.5) < 0.004, fair["auroc"]
+
+
+def _naive_lomo_lira(stats_, m, *, fixed):
+    """Leave-one-model-out online LiRA by plain loops over targets and examples: shadows balanced
+    as ``_naive_balancing_mask``; an empty group's Gaussian imputed (centre = the other centre
+    ± Δ, Δ = mean IN − OUT difference over the examples with both groups, else of all IN minus
+    all OUT statistics; variance pooled over examples, else the other group's)."""
+    num_models, num = m.shape
+    out = np.empty((num_models, num))
+    for k in range(num_models):
+        o = [j for j in range(num_models) if j != k]
+        keep = _naive_balancing_mask(m[o], m[k])
+        grp = {g: [[stats_[o[r], i] for r in range(num_models - 1)
+                    if keep[r, i] and m[o[r], i] == (g == "in")] for i in range(num)]
+               for g in ("in", "out")}
+        both = [i for i in range(num) if grp["in"][i] and grp["out"][i]]
+        if both:
+            delta = np.mean([np.mean(grp["in"][i]) - np.mean(grp["out"][i]) for i in both])
+        else:
+            delta = np.mean(sum(grp["in"], [])) - np.mean(sum(grp["out"], []))
+        pooled = {}
+        for g, lists in grp.items():
+            dof = sum(len(x) - 1 for x in lists if x)
+            ss = sum(((np.array(x) - np.mean(x)) ** 2).sum() for x in lists if x)
+            pooled[g] = ss / dof if dof else math.nan
+        for i in range(num):
+            def var(g, i=i):
+                x, other = grp[g][i], "out" if g == "in" else "in"
+                if not x:
+                    return pooled[g] if pooled[g] > 0 else var(other)
+                return pooled[g] if fixed or len(x) < 2 or np.var(x) == 0 else np.var(x)
+
+            ins, outs = grp["in"][i], grp["out"][i]
+            c_in = np.mean(ins) if ins else np.mean(outs) + delta
+            c_out = np.mean(outs) if outs else np.mean(ins) - delta
+            t = stats_[k, i]
+            out[k, i] = (stats.norm.logpdf(t, c_in, math.sqrt(var("in")))
+                         - stats.norm.logpdf(t, c_out, math.sqrt(var("out"))))
+    return out
+
+
+@pytest.mark.parametrize("num_models", [3, 5])
+@pytest.mark.parametrize("fixed", [False, True])
+def test_leave_one_model_out_with_empty_groups_equals_naive_loop(num_models, fixed):
+    """The first K members of a balanced 10-member design: some examples are IN all or none of
+    a target's shadows, so their IN or OUT Gaussian is imputed."""
+    rng = np.random.default_rng(15 + num_models)
+    m = _balanced_masks(10, 40, rng)[:num_models]
+    stats_ = rng.normal(size=40) + 0.8 * m + rng.normal(size=m.shape)
+    assert np.any(m.sum(0) <= 1) and np.any(m.sum(0) >= num_models - 1)  # groups do go empty
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = mia.leave_one_model_out(mia.lira, stats_, m, fixed_variance=fixed)
+    np.testing.assert_allclose(got, _naive_lomo_lira(stats_, m, fixed=fixed), rtol=1e-10,
+                               atol=1e-10)
+
+
+@pytest.mark.parametrize("num_models", [3, 5, 8])
+def test_leave_one_model_out_balanced_is_not_inverted_with_few_models(num_models):
+    """The first K of 16 balanced members (the audit's zero-order rows use K = 8): an example's
+    count of IN members among them carries its membership, and with balancing the examples IN
+    (almost) all of them lack an OUT group, those IN (almost) none an IN group. One-sided
+    fallbacks put the former at scores ≤ 0 and the latter ≥ 0 and ranked members below chance
+    (AUROC 0.37 at K = 3). With the imputed group every score is the same test: above chance,
+    at most the Neyman–Pearson AUROC Φ(Δ/(σ√2)), and not worse than the unbalanced attack."""
+    rng = np.random.default_rng(40 + num_models)
+    num, delta, sigma = 4000, 1.0, 0.7
+    m = _balanced_masks(16, num, rng)[:num_models]
+    stats_ = rng.normal(size=num) + delta * m + sigma * rng.normal(size=m.shape)
+    optimal = stats.norm.cdf(delta / (sigma * math.sqrt(2.0)))
+    for attack, sign, kw in (
+        (mia.lira, 1.0, {"fixed_variance": True}),
+        (mia.lira, 1.0, {"fixed_variance": True, "online": False}),
+        (mia.curvature_lr, -1.0, {"fixed_variance": True, "log_transform": False}),
+        (mia.curvature_nll, -1.0, {"log_transform": False}),
+    ):
+        auroc = {}
+        for balance in (True, False):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scores = mia.leave_one_model_out(attack, sign * stats_, m, balance=balance, **kw)
+            auroc[balance] = skm.roc_auc_score(m.ravel(), scores.ravel())
+        assert 0.65 < auroc[True] < optimal + 0.01, (attack.__name__, kw, auroc, optimal)
+        assert auroc[True] > auroc[False] - 0.02, (attack.__name__, kw, auroc)
 
 
 def test_leave_one_model_out_merges_warnings_and_checks_attack():

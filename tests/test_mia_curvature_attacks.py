@@ -256,21 +256,33 @@ def test_log_transform_difference_is_the_paper_epsilon():
     assert np.isfinite(signed).all()
 
 
-def test_paper_mode_needs_both_groups_corrected_mode_falls_back(curv_data):
+def test_paper_mode_needs_both_groups_corrected_mode_imputes(curv_data):
+    """Examples 0..2 without IN shadows: the paper mode refuses; the corrected tests impute the
+    IN Gaussian (centre = OUT mean + Δ, Δ = mean IN − OUT difference of the other examples, on
+    log curvature) and score them with the same test as the others."""
     target, shadows, m = curv_data
     m2 = m.copy()
     m2[:, :3] = False
+    x, xs = np.log(target), np.log(shadows)
+    delta = np.mean([xs[m2[:, i], i].mean(0) - xs[~m2[:, i], i].mean(0) for i in range(3, 60)],
+                    axis=0)
+    ss_in = sum(((xs[m2[:, i], i] - xs[m2[:, i], i].mean(0)) ** 2).sum(0) for i in range(3, 60))
+    var_in = ss_in / sum(m2[:, i].sum() - 1 for i in range(3, 60))  # pooled IN variance
+    outs = xs[:, :3]  # (K, 3, A): every shadow is OUT for these examples
+    c_in, c_out, v_out = outs.mean(0) + delta, outs.mean(0), outs.var(0)
+    want = {
+        mia.curvature_lr: (stats.norm.logpdf(x[:3], c_in, np.sqrt(var_in))
+                           - stats.norm.logpdf(x[:3], c_out, np.sqrt(v_out))).sum(1),
+        # NLL: one variance per example, here the OUT group's own (ddof = 0)
+        mia.curvature_nll: (((x[:3] - c_out) ** 2 - (x[:3] - c_in) ** 2) / (2 * v_out)).sum(1),
+    }
     for fn in (mia.curvature_lr, mia.curvature_nll):
         with pytest.raises(ValueError, match="at least one IN and one OUT"):
             fn(target, shadows, m2, paper_compatible=True)
         with pytest.warns(UserWarning, match="3 of 60 example\\(s\\) have no IN"):
             got = fn(target, shadows, m2)
-        assert np.all(np.isfinite(got))
-        # fallback = offline one-sided test; lower curvature is more member-like
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            off = mia.lira(np.log(target), np.log(shadows), m2, online=False, alternative="less")
-        np.testing.assert_allclose(got[:3], off[:3], rtol=1e-12)
+        np.testing.assert_allclose(got[:3], want[fn], rtol=1e-10)
+        np.testing.assert_allclose(got[3:], fn(target, shadows, m)[3:], rtol=1e-12)
     with pytest.raises(ValueError, match="fixed_variance"):
         mia.curvature_lr(target, shadows, m, paper_compatible=True, fixed_variance=True)
 

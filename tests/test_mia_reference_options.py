@@ -126,12 +126,16 @@ def test_lira_defaults_are_unchanged(lira_data):
 def test_lira_options_with_masks_and_fallbacks(lira_data):
     check, scores, keep = lira_data
     m2 = keep.copy()
-    m2[:, 0] = False  # example 0: no IN shadow → offline two-sided test against the OUT median
+    m2[:, 0] = False  # example 0: no IN shadow → IN Gaussian imputed around OUT median + Δ
     with pytest.warns(UserWarning, match="no IN shadow"):
         got = mia.lira(check, scores, m2, center="median", offline_test="two_sided",
                        fixed_variance="global")
     sd = np.std(np.concatenate([scores[m2[:, j], j] for j in range(1, check.shape[0])]))
-    want0 = -scipy.stats.norm.logpdf(check[0], np.median(scores[:, 0], 0), sd).sum()
+    delta = np.mean([np.median(scores[m2[:, j], j], 0) - np.median(scores[~m2[:, j], j], 0)
+                     for j in range(1, check.shape[0])], axis=0)
+    med_out = np.median(scores[:, 0], 0)
+    want0 = (scipy.stats.norm.logpdf(check[0], med_out + delta, sd)
+             - scipy.stats.norm.logpdf(check[0], med_out, sd)).sum()
     assert got[0] == pytest.approx(want0, rel=1e-10)
     assert np.all(np.isfinite(got))
 

@@ -88,14 +88,25 @@ def _check_common_findings(run):
     strongest = f["strongest_attack"]
     assert strongest["attack"] == best
     assert strongest["auroc"] == pytest.approx(aurocs[best], abs=1e-9)
-    fpr, tpr, _ = roc_curve(masks.ravel(), scores[best].ravel(), drop_intermediate=False)
-    assert strongest["tpr_at_fpr_0_1pct"] == pytest.approx(tpr[fpr <= 1e-3].max(), abs=1e-12)
+    # TPR at 0.1 % FPR only where resolvable: the smallest FPR above 0 (non-members tied at the
+    # top non-member score, sklearn's first positive FPR) must be ≤ 0.1 %
     low_fpr = {k: roc_curve(masks[:len(v)].ravel(), v.ravel(), drop_intermediate=False)
                for k, v in scores.items()}
-    tpr_low = {k: t[f <= 1e-3].max() for k, (f, t, _) in low_fpr.items()}
-    assert tpr_low[f["strongest_attack_at_low_fpr"]["attack"]] == max(tpr_low.values())
+    tpr_low = {k: t[f <= 1e-3].max() for k, (f, t, _) in low_fpr.items()
+               if f[f > 0].min() <= 1e-3}
+    if best in tpr_low:
+        assert strongest["tpr_at_fpr_0_1pct"] == pytest.approx(tpr_low[best], abs=1e-12)
+        assert len(strongest["tpr_at_fpr_0_1pct_ci"]) == 2
+    else:
+        assert strongest["tpr_at_fpr_0_1pct"] is None  # NaN in JSON, never 0
+        assert strongest["tpr_at_fpr_0_1pct_note"].startswith("not resolvable at 0.1 % FPR")
+    low = f["strongest_attack_at_low_fpr"]
+    if tpr_low:
+        assert tpr_low[low["attack"]] == max(tpr_low.values())
+    else:
+        assert low["attack"] is None and "not resolvable at 0.1 % FPR" in low["note"]
     lo, hi = strongest["auroc_ci"]
-    assert lo <= strongest["auroc"] <= hi and len(strongest["tpr_at_fpr_0_1pct_ci"]) == 2
+    assert lo <= strongest["auroc"] <= hi
     # the page: Findings first, holding those numbers, readable headers, readable figure keys
     assert page.index("<h2>Findings</h2>") < page.index("<h2>Accuracy</h2>")
     block = _section(page, "Findings")
@@ -103,6 +114,27 @@ def _check_common_findings(run):
     assert f"{best}, AUROC {aurocs[best]:.3f}" in block
     assert "top_memorized.png" in block
     assert "<th>tpr_at_fpr_0_1pct</th>" not in page and "<th>TPR at 0.1 % FPR</th>" in page
+    # TPRs in percent with the unit everywhere, or why not resolvable; never a bare 0 %
+    mia_rows = re.findall(r"<tr>(.*?)</tr>", _section(page, "Membership inference"))
+    attack_rows = [re.findall(r"<td[^>]*>(.*?)</td>", r) for r in mia_rows
+                   if re.findall(r"<td[^>]*>(.*?)</td>", r)[:1] in ([a] for a in aurocs)]
+    assert len(attack_rows) == len(aurocs)
+    for cells in attack_rows:
+        for cell in cells[-2:]:  # TPR at 0.1 % and at 1 % FPR
+            assert re.fullmatch(r"\d+\.\d\d %( \[\d+\.\d\d %, \d+\.\d\d %\])?", cell) or (
+                cell.startswith("not resolvable at")), cell
+    for name, tpr in tpr_low.items():
+        assert f"{100 * tpr:.2f} %" in _section(page, "Membership inference")
+    if not tpr_low:
+        assert "No attack is strongest at 0.1 % FPR: not resolvable" in block
+    assert "TPR at 0.1 % FPR 0.00 %" not in block
+    # the command's summary: TPR at 1 % FPR in percent with the unit too
+    printed = re.findall(r"^    (\w+) +(\d\.\d{3})  +(.+?)(?:  +(?:\d\.\d{3}|—))?$",
+                         run["stdout"], flags=re.M)
+    assert {name for name, _, _ in printed} == set(aurocs)
+    for _, _, tpr_1pct in printed:
+        assert re.fullmatch(r"\d+\.\d\d %", tpr_1pct) or tpr_1pct.startswith(
+            "not resolvable at 1 % FPR"), tpr_1pct
     assert FIGURES <= set(s["figures"]) and not {"extreme", "hist"} & set(s["figures"])
     for rel in s["figures"].values():
         assert (run["out"] / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and rel in page
@@ -150,6 +182,10 @@ def test_findings_with_dp_and_label_noise(dp_noise):
     assert "ε = 4" in re.search(r"<title>(.*?)</title>", page).group(1)
     block = _section(page, "Findings")
     assert "AUROC, non-private" in block and f"cost {p['accuracy_cost']:.3f}" in block
+    for row in re.findall(r"<tr>(.*?)</tr>", block)[1:]:  # TPR cells: percent, a reason or —
+        for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)[3:]:
+            assert re.fullmatch(r"\d+\.\d\d %|—", cell) or cell.startswith(
+                "not resolvable at 0.1 % FPR"), cell
     dp_table = _section(page, "Differential privacy")
     assert "ε audited lower bound" in dp_table and "<th>meaning</th>" in dp_table
     # label noise: the best ranker and its precision@k, re-derived from scores.csv
@@ -212,3 +248,43 @@ def test_privacy_bounds_and_top_memorized_figures(tmp_path):
                  report.figure_top_memorized(images, labels, mem, tmp_path / "t.png",
                                              true_labels=(labels + (mem > 0.9)) % 10)):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_roc_figure_draws_ties_as_steps_from_the_smallest_achievable_fpr(tmp_path, monkeypatch):
+    """RMIA-like scores: 12 of 5000 non-members (0.24 %) tie at the top score 1.0 with 40
+    members, so no threshold has 0 < FPR < 0.24 %. The drawn line (read from the Axes) starts
+    at FPR 0.24 %, consists of horizontal and vertical pieces only (no chord through a tie), and
+    each horizontal piece is at the largest TPR of any threshold with FPR ≤ x (scikit-learn)."""
+    from jaxcurv import mia
+    from jaxcurv.report import figures
+
+    drawn = {}
+
+    def keep_figure(fig, path):
+        drawn["fig"] = fig
+        return Path(path)
+
+    monkeypatch.setattr(figures, "_save", keep_figure)
+    rng = np.random.default_rng(0)
+    y = np.arange(10000) < 5000
+    tied = np.clip(rng.uniform(0.0, 0.99, 10000) + 0.2 * y, 0.0, 0.99)
+    tied[np.flatnonzero(~y)[:12]] = 1.0
+    tied[np.flatnonzero(y)[:40]] = 1.0
+    smooth = rng.normal(size=10000) + 1.0 * y
+    curves = {name: mia.roc_curve(s, y) for name, s in (("tied", tied), ("smooth", smooth))}
+    report.figure_roc(curves, tmp_path / "roc.png")
+    lines = {line.get_label(): line for line in drawn["fig"].axes[0].get_lines()}
+    for name, scores in (("tied", tied), ("smooth", smooth)):
+        fpr, tpr, _ = roc_curve(y, scores, drop_intermediate=False)
+        x, ty = lines[name].get_xdata(), lines[name].get_ydata()
+        assert x.min() == pytest.approx(fpr[fpr > 0].min())  # nothing below the smallest FPR
+        assert np.all(np.diff(x) >= 0)
+        for xa, xb, ya, yb in zip(x[:-1], x[1:], ty[:-1], ty[1:]):
+            assert xa == xb or ya == yb  # vertical or horizontal
+            if xb > xa:
+                assert ya == max(1e-5, tpr[fpr <= np.sqrt(xa * xb)].max())
+        res = mia.roc_metrics(scores, y)
+        at_1pct = ty[:-1][(x[:-1] <= 0.01) & (x[1:] > 0.01)]
+        assert at_1pct.size == 1 and at_1pct[0] == pytest.approx(res["tpr_at_fpr_1pct"])
+    assert lines["tied"].get_xdata().min() > 1e-3  # 0.1 % FPR: no point drawn, as in the table
+    assert not mia.roc_metrics(tied, y)["tpr_at_fpr_0_1pct_resolvable"]

@@ -3,6 +3,7 @@ environment echo, the attacks' input checks, and the layering rule that primitiv
 the workflow or the command line."""
 
 import ast
+import re
 import dataclasses
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxcurv import pipeline, workflow
+from jaxcurv import workflow
 from jaxcurv.workflow import AuditConfig, StageCache, Timer, apply_overrides, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,25 @@ def test_fingerprint_is_content_keyed():
     assert fingerprint(a) != fingerprint(a + 1)                     # content matters
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
     assert fingerprint(AuditConfig()) != fingerprint(AuditConfig(seed=1))
+
+
+def test_ensemble_fingerprint_covers_every_parameter():
+    from types import SimpleNamespace
+
+    from jaxcurv.workflow import ensemble_fingerprint
+
+    rng = np.random.default_rng(0)
+    variables = {"params": {f"layer{i}": {"kernel": rng.normal(size=(2, 3, 3))}
+                            for i in range(12)}}  # more than the eight leaves once hashed
+    ens = SimpleNamespace(model="m", masks=np.ones((2, 5), bool), member_ids=np.arange(2),
+                          variables=variables)
+    base = ensemble_fingerprint(ens)
+    middle = {"params": {**variables["params"], "layer6": {
+        "kernel": variables["params"]["layer6"]["kernel"] + 1e-7}}}
+    assert ensemble_fingerprint(SimpleNamespace(**{**vars(ens), "variables": middle})) != base
+    assert ensemble_fingerprint(SimpleNamespace(**{**vars(ens), "member_ids": np.arange(1, 3)})
+                                ) != base
+    assert ensemble_fingerprint(SimpleNamespace(**vars(ens))) == base
 
 
 def test_stage_cache_round_trip_and_resume(tmp_path):
@@ -303,13 +323,6 @@ def test_zero_order_fallback_is_one_warning_with_a_count_matching_a_naive_loop()
     assert scores["zero_order_lr"].shape == (m, n)
 
 
-def test_pipeline_keeps_its_names():
-    for name in pipeline.__all__:
-        assert hasattr(pipeline, name), name
-    assert pipeline.run_audit is workflow.run_audit
-    assert pipeline.attack_scores is workflow.attack_scores
-
-
 # ----------------------------------------------------------------------------------------------
 # layering
 
@@ -321,23 +334,135 @@ def _sources(name: str) -> list[Path]:
     return [base.with_suffix(".py")] if base.with_suffix(".py").is_file() else []
 
 
-def _imported_modules(source: str, module: str) -> set[str]:
-    """Absolute names of every module an import statement in the source of ``module`` (dotted;
-    a package's is its ``__init__``) names, relative imports resolved. (A lazy compatibility
-    re-export through importlib on first attribute access is not an import statement.)"""
-    names = set()
+def _resolve(module: str, is_package: bool, level: int, base: str) -> str:
+    package = module.split(".") if is_package else module.split(".")[:-1]
+    parent = ".".join(package[: len(package) - level + 1])
+    return f"{parent}.{base}" if base else parent
+
+
+def _lazy_targets(call: ast.Call, module: str) -> dict[str, str]:
+    """{attribute: module} of a ``lazy_names(__name__, {...}, globals())`` call in ``module``."""
+    out: dict[str, str] = {}
+
+    def walk(node):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if key is None:
+                    walk(value)
+                elif isinstance(key, ast.Constant) and isinstance(value, ast.Constant):
+                    target = value.value
+                    out[key.value] = (f"{module}.{key.value}" if target == "" else
+                                      module + target if target.startswith(".") else target)
+        elif isinstance(node, ast.DictComp) and isinstance(node.generators[0].iter, ast.Tuple):
+            for element in node.generators[0].iter.elts:
+                if isinstance(node.value, ast.Constant) and isinstance(element, ast.Constant):
+                    target = node.value.value
+                    out[element.value] = (f"{module}.{element.value}" if target == "" else
+                                          module + target if target.startswith(".") else target)
+            # a comprehension over names with a computed target: {name: ".x" for name in ...}
+
+    if len(call.args) >= 2:
+        walk(call.args[1])
+    return out
+
+
+def _imports(source: str, module: str, is_package: bool = False):
+    """(imported, from_names, lazy) of the source of ``module``: absolute names of every module
+    an import names (statements at any depth, relative ones resolved, and imports by string:
+    ``importlib.import_module("…")`` / ``__import__("…")``, and any string that is a dotted
+    jaxcurv module name, as in a table of names to import later); the (package, name) pairs of
+    ``from package import name``; and the package's lazily served names (``lazy_names``)."""
+    imported, from_names, lazy = set(), set(), {}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
+            imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                package = module.split(".")[:-1]  # a module's package; __init__'s own
-                parent = ".".join(package[: len(package) - node.level + 1])
-                base = f"{parent}.{base}" if base else parent
-            names.add(base)
-            names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
+                base = _resolve(module, is_package, node.level, base)
+            imported.add(base)
+            from_names.update((base, alias.name) for alias in node.names)
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and re.fullmatch(r"jaxcurv(\.\w+)+", node.value)):
+            imported.add(node.value)  # a module named by a string (a table of lazy imports)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if (name in ("import_module", "__import__") and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                imported.add(node.args[0].value)
+            elif name == "lazy_names":
+                lazy.update(_lazy_targets(node, module))
+    return imported, from_names, lazy
+
+
+def _imported_modules(source: str, module: str) -> set[str]:
+    """Every module name the source of ``module`` reaches by an import of any form, including
+    ``from package import name`` as ``package.name`` and a package's lazily served modules."""
+    is_package = module.endswith(".__init__")
+    module = module.removesuffix(".__init__")
+    imported, from_names, lazy = _imports(source, module, is_package)
+    return imported | {f"{base}.{name}" for base, name in from_names} | set(lazy.values())
+
+
+def _module_name(path: Path) -> tuple[str, bool]:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    is_package = parts[-1] == "__init__"
+    return ".".join(parts[:-1] if is_package else parts), is_package
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module → the jaxcurv modules its execution imports. ``from package import name`` goes to
+    ``package.name`` when that is a module (or to the module the package serves it from lazily)
+    and to the package's own ``__init__``; a package's lazy names are not edges of the package
+    itself (they load only when asked for)."""
+    sources = {}
+    for path in (ROOT / "jaxcurv").rglob("*.py"):
+        name, is_package = _module_name(path)
+        sources[name] = _imports(path.read_text(), name, is_package)
+    lazy = {name: found[2] for name, found in sources.items()}
+    graph = {}
+    for name, (imported, from_names, _) in sources.items():
+        edges = {m for m in imported if m in sources}
+        for base, attr in from_names:
+            target = f"{base}.{attr}"
+            if target in sources:
+                edges.add(target)
+            elif attr in lazy.get(base, {}):
+                edges.add(lazy[base][attr])
+        graph[name] = edges - {name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
 
 
 def _file_imports(path: Path) -> set[str]:
@@ -350,26 +475,43 @@ def test_primitives_never_import_the_workflow_or_the_cli(name):
     files = _sources(name)
     assert files, f"jaxcurv/{name} is listed as a primitive but has no source"
     for path in files:
-        bad = {m for m in _file_imports(path)
-               if m.startswith(("jaxcurv.workflow", "jaxcurv.cli", "jaxcurv.pipeline"))}
+        bad = {m for m in _file_imports(path) if m.startswith(("jaxcurv.workflow", "jaxcurv.cli"))}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 
 def test_the_layering_check_resolves_every_import_form():
     source = ("import jaxcurv.workflow\nfrom jaxcurv import cli\nfrom ..workflow import audit\n"
-              "from . import signals\nfrom .. import pipeline\n"
-              "def f():\n    from jaxcurv.workflow.cache import StageCache\n")
+              "from . import signals\nimport importlib\n"
+              "def f():\n    from jaxcurv.workflow.cache import StageCache\n"
+              "def g():\n    return importlib.import_module('jaxcurv.workflow.proxy_scores')\n"
+              "h = __import__('jaxcurv.report')\n"
+              "MOVED = {'proxies': 'jaxcurv.workflow.proxy_scores'}\n")
     names = _imported_modules(source, "jaxcurv.mia.metrics")
     assert {"jaxcurv.workflow", "jaxcurv.cli", "jaxcurv.workflow.audit", "jaxcurv.mia.signals",
-            "jaxcurv.pipeline", "jaxcurv.workflow.cache"} <= names
+            "jaxcurv.workflow.cache", "jaxcurv.workflow.proxy_scores", "jaxcurv.report"} <= names
     assert "jaxcurv.mia.signals" in _imported_modules("from . import signals",
                                                       "jaxcurv.mia.__init__")
     assert "jaxcurv.workflow" in _imported_modules("from .. import workflow",
                                                    "jaxcurv.mia.__init__")
+    lazy = ("__getattr__, __dir__ = lazy_names(__name__, {'run': '.audit', "
+            "**{n: '' for n in ('experiment',)}}, globals())")
+    assert {"jaxcurv.workflow.audit", "jaxcurv.workflow.experiment"} <= _imported_modules(
+        lazy, "jaxcurv.workflow.__init__")
 
 
-def test_no_module_under_jaxcurv_imports_the_workflow_except_cli_and_its_shims():
-    allowed = {"cli.py", "pipeline.py", "__main__.py"}
+def test_the_cycle_check_finds_a_lazy_cycle():
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = _import_graph()
+    assert "jaxcurv.privacy.accounting" in graph["jaxcurv.privacy.plan"]  # function-level imports
+    assert _cycles(graph) == []
+
+
+def test_no_module_under_jaxcurv_imports_the_workflow_except_the_command_line():
+    allowed = {"cli.py", "__main__.py", "__init__.py"}
     for path in sorted((ROOT / "jaxcurv").rglob("*.py")):
         rel = path.relative_to(ROOT / "jaxcurv")
         if rel.parts[0] == "workflow" or str(rel) in allowed:

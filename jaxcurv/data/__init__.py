@@ -16,6 +16,10 @@ accepts:
 - ``"npz:<path>"``: keys ``images``/``labels``, ``{split}_images``/``{split}_labels``, or the JPEG
   layout ``{split}_jpeg``/``{split}_offsets``/``{split}_labels`` (decoded once, cached as uint8
   under ``$JAXCURV_CACHE_DIR``, default ``~/.cache/jaxcurv``).
+- ``"hf:<folder>"``: a folder written by Hugging Face ``datasets``' ``save_to_disk`` (an image and a
+  ClassLabel column; a DatasetDict's splits), read offline; needs ``pip install 'jaxcurv[hf]'``.
+
+``DATASET_SPECS`` lists these forms with one-line descriptions (what the command line shows).
 
 Package map:
 
@@ -24,6 +28,7 @@ Package map:
 - ``digits``: the embedded digits data and its fixed split.
 - ``cifar``: ``locate`` and the official CIFAR files, archives and npz copies.
 - ``tfds``: tensorflow-datasets, imported lazily.
+- ``hf``: Hugging Face ``datasets`` folders, imported lazily.
 - ``npz``: the npz layouts, the JPEG layout and its decoded-array cache (``cache_dir``).
 - ``subsets``: ``subset_masks`` and ``add_label_noise``.
 - ``augmentation``: ``random_crop``, ``random_flip``, ``augment``, ``augment_batch`` (pure JAX,
@@ -43,7 +48,7 @@ from jaxcurv.data.augmentation import (
 from jaxcurv.data.cifar import DATA_DIR_ENV, locate
 from jaxcurv.data.dataset import Dataset
 from jaxcurv.data.digits import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION
-from jaxcurv.data.loading import load, train_test
+from jaxcurv.data.loading import DATASET_SPECS, load, train_test
 from jaxcurv.data.npz import cache_dir
 from jaxcurv.data.subsets import add_label_noise, random_subset, subset_masks
 
@@ -51,6 +56,7 @@ __all__ = [
     "Dataset",
     "load",
     "train_test",
+    "DATASET_SPECS",
     "locate",
     "DATA_DIR_ENV",
     "subset_masks",

@@ -1,8 +1,10 @@
 """``load(name, ...)``: one entry point that dispatches a dataset name to its source.
 
-Forms: ``"digits"`` (embedded, no network), ``"cifar10"`` / ``"cifar100"`` (local files found by
-:func:`jaxcurv.data.locate`, else tensorflow-datasets), ``"tfds:<name>"`` (any prepared TFDS
-image-classification dataset), ``"npz:<path>"`` (see :mod:`jaxcurv.data.npz`).
+Forms (``DATASET_SPECS``, the list the command line shows): ``"digits"`` (embedded, no
+network), ``"cifar10"`` / ``"cifar100"`` (local files found by :func:`jaxcurv.data.locate`, else
+tensorflow-datasets), ``"tfds:<name>"`` (any prepared TFDS image-classification dataset),
+``"npz:<path>"`` (see :mod:`jaxcurv.data.npz`), ``"hf:<folder>"`` (a Hugging Face ``datasets``
+``save_to_disk`` folder, see :mod:`jaxcurv.data.hf`).
 """
 
 from __future__ import annotations
@@ -10,22 +12,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from jaxcurv._names import DATASET_SPECS
 from jaxcurv.data.cifar import CIFAR_NAMES, load_cifar
 from jaxcurv.data.dataset import Dataset
 from jaxcurv.data.digits import load_digits
+from jaxcurv.data.hf import load_hf
 from jaxcurv.data.npz import load_npz
 from jaxcurv.data.tfds import load_tfds
 
-__all__ = ["load", "train_test"]
+__all__ = ["DATASET_SPECS", "load", "train_test"]
 
 _SPLITS = ("train", "test", "all")
 
-_VALID_FORMS = (
-    "'digits' (scikit-learn 8x8 digits, no network), 'cifar10', 'cifar100', "
-    "'tfds:<name>' (any prepared image-classification TFDS dataset, e.g. 'tfds:mnist'), "
-    "'npz:<path>' (keys images/labels, {split}_images/{split}_labels, or the JPEG layout "
-    "{split}_jpeg/{split}_offsets/{split}_labels)"
-)
+
+_VALID_FORMS = ", ".join(f"'{spec}' ({what})" for spec, what in DATASET_SPECS)
 
 
 def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None = None,
@@ -33,18 +33,25 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
     """Loads ``name`` (see the module docstring for the forms) as a :class:`Dataset`.
 
     ``split``: "train" | "test" | "all" ("all" = train followed by test); "tfds:<name>" also
-    accepts any TFDS split string ("validation", "train[:10%]", ...). ``data_dir``: where CIFAR
-    files (searched before ``$JAXCURV_DATA_DIR``) or a prepared TFDS dataset live. ``progress``:
-    a progress bar while reading TFDS records or decoding JPEGs. Raises ValueError for an unknown
-    name or split, FileNotFoundError (saying how to get the data) for a missing dataset,
-    ValueError (one line, naming the file) for an npz that is not a readable archive or has other
-    keys, ImportError for "tfds:<name>" without tensorflow-datasets. The whole split is read into
-    memory.
+    accepts any TFDS split string ("validation", "train[:10%]", ...), "hf:<folder>" any split of
+    its DatasetDict. ``data_dir``: where CIFAR files (searched before ``$JAXCURV_DATA_DIR``) or a
+    prepared TFDS dataset live. ``progress``: a progress bar while reading TFDS records or decoding
+    JPEGs. Raises ValueError for an unknown name or split, jaxcurv.errors.DataNotFound (a
+    FileNotFoundError saying how to get the data) for a missing dataset, ValueError (one line,
+    naming the file) for an npz that is not a readable archive or has other keys, ImportError for
+    "tfds:<name>" without tensorflow-datasets, jaxcurv.errors.MissingDependency for "hf:<folder>"
+    without datasets and jaxcurv.errors.DataError (one line) for a folder it cannot read. The whole
+    split is read into memory.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string; valid forms: {_VALID_FORMS}.")
     if not isinstance(split, str) or not split:
         raise ValueError(f"split must be a non-empty string, got {split!r}.")
+    if name.startswith("hf:"):
+        folder = name[len("hf:") :]
+        if not folder:
+            raise ValueError("'hf:' needs a folder after the colon, e.g. 'hf:data/my_dataset'.")
+        return load_hf(Path(folder).expanduser(), split=split, name=name, progress=progress)
     if name.startswith("tfds:"):
         tfds_name = name[len("tfds:") :]
         if not tfds_name:

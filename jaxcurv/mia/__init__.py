@@ -17,7 +17,7 @@ Package map (each module imports only the ones above it)::
     rmia            rmia (population-relative likelihood ratio)
     leave_one_out   each ensemble member in turn as the target:
                     leave_one_model_out, rmia_leave_one_model_out
-    metrics         roc_metrics, roc_curve
+    metrics         roc_metrics, roc_curve, fpr_resolution
 
 Shadow attacks share the signature ``attack(target_stat, shadow_stats, shadow_in, *,
 shadow_mask=None, **kw)``: ``lira`` (Carlini et al. 2022), ``calibrated_loss`` (Watson et al.
@@ -26,12 +26,13 @@ shadow_mask=None, **kw)``: ``lira`` (Carlini et al. 2022), ``calibrated_loss`` (
 ``paper_compatible=True``); ``leave_one_model_out`` runs any of them over an ensemble. Other
 attacks: ``loss_attack`` (Yeom et al. 2018), ``mentr_attack`` (Song & Mittal 2021), ``rmia``
 (Zarifzadeh et al. 2024) and ``rmia_leave_one_model_out``. Metrics: ``roc_metrics`` (AUROC,
-balanced accuracy, TPR at 0.1 % / 1 % FPR, bootstrap CIs) and ``roc_curve``.
+balanced accuracy, TPR at 0.1 % / 1 % FPR — NaN with a note where the scores cannot resolve
+that FPR —, bootstrap CIs), ``roc_curve`` and ``fpr_resolution``.
 """
 
 from jaxcurv.mia.leave_one_out import leave_one_model_out, rmia_leave_one_model_out
 from jaxcurv.mia.likelihood import PAPER_EPS, curvature_lr, curvature_nll, lira
-from jaxcurv.mia.metrics import roc_curve, roc_metrics
+from jaxcurv.mia.metrics import fpr_resolution, roc_curve, roc_metrics
 from jaxcurv.mia.rmia import rmia
 from jaxcurv.mia.signals import (
     cross_entropy,
@@ -58,5 +59,6 @@ __all__ = [
     "rmia_leave_one_model_out",
     "roc_metrics",
     "roc_curve",
+    "fpr_resolution",
     "PAPER_EPS",
 ]

@@ -71,7 +71,13 @@ def leave_one_model_out(
     left out (passed as ``shadow_mask``), so the IN/OUT shadow counts no longer depend on the
     target's membership — otherwise the target's own group is one model smaller, which biases
     plug-in likelihood tests (null AUROC ≈ 0.489 for online LiRA with K = 16, see BUILD_NOTES).
-    Warnings raised for individual targets are merged into one per distinct message.
+    Balanced, an example IN k of the K members keeps k − 1 IN and K − 1 − k OUT shadows whatever
+    the target's membership, so a group is empty exactly when k ≤ 1 or k ≥ K − 1 — for members
+    and non-members alike; the likelihood tests then impute that group (``lira``) instead of
+    switching to a one-sided test, so every pair is scored by the same test on one scale (with
+    few members k carries membership, and one-sided fallbacks ranked members below chance:
+    AUROC 0.37 at K = 3). Warnings raised for individual targets are merged into one per
+    distinct message.
     stats (K, N) | (K, N, A); in_mask bool (K, N).
     """
     s = np.asarray(stats)

@@ -5,8 +5,11 @@ shadow_mask=None, ...)`` with target (N,) | (N, A), shadows (K, N) | (K, N, A), 
 (K, N), and returns scores (N,) in float64, higher = more likely member:
 ``lira`` (Carlini et al. 2022) and the Curvature Clues tests on input-loss curvature
 ``curvature_lr`` and ``curvature_nll`` (Ravikumar et al. 2024; corrected statistics, or the
-published notebooks' with ``paper_compatible=True``). Examples whose IN or OUT group is empty or
-degenerate fall back to pooled variances or one-sided tests, with a warning naming how many.
+published notebooks' with ``paper_compatible=True``). Examples whose IN or OUT group is
+degenerate use pooled variances; an example without IN (or OUT) shadows gets that Gaussian
+imputed from its other group shifted by the mean IN − OUT difference of the other examples, so
+that every example is scored by the same test on the same scale (one-sided tests only where a
+group is empty for every example); each case is warned with a count.
 """
 
 from __future__ import annotations
@@ -173,17 +176,13 @@ def _fallback_scores(
     offline_test: str = "one_sided",
 ) -> None:
     """Fill ``score`` in place for examples lacking IN (offline test vs OUT) or OUT shadows
-    (one-sided test vs IN), with a warning naming how many. ``centers``: Gaussian locations per
-    group (default the means); ``global_var``: one variance per group."""
+    (one-sided test vs IN), with a warning naming how many. Used only where the missing group is
+    empty for *every* example (no IN − OUT shift to impute it from), so all of them get the same
+    test. ``centers``: Gaussian locations per group (default the means); ``global_var``: one
+    variance per group."""
     num = t.shape[0]
     centers = centers or {g: groups[g][1] for g in ("in", "out")}
     global_var = global_var or {}
-    none = (groups["in"][0][:, 0] == 0) & (groups["out"][0][:, 0] == 0)
-    if np.any(none):
-        raise ValueError(
-            f"{caller}: {int(none.sum())} example(s) have no shadow statistics at all (every "
-            "entry masked out); give each example at least one shadow model."
-        )
     if np.any(rows_no_in):
         n_out, _, ss_out = groups["out"]
         var = _resolve_variance(
@@ -218,6 +217,62 @@ def _fallback_scores(
         )
 
 
+def _check_some_shadow(has_in: np.ndarray, has_out: np.ndarray, caller: str) -> None:
+    """ValueError naming how many examples have neither IN nor OUT shadow statistics."""
+    none = ~has_in & ~has_out
+    if np.any(none):
+        raise ValueError(
+            f"{caller}: {int(none.sum())} example(s) have no shadow statistics at all (every "
+            "entry masked out); give each example at least one shadow model."
+        )
+
+
+def _membership_shift(
+    s: np.ndarray, m_in: np.ndarray, m_out: np.ndarray, centers: dict[str, np.ndarray],
+    has_in: np.ndarray, has_out: np.ndarray,
+) -> np.ndarray | None:
+    """Δ (A,), the typical IN − OUT shift of a statistic: the mean of centre_IN − centre_OUT over
+    the examples with both groups; without such examples, the mean of all IN statistics minus
+    the mean of all OUT statistics of s (K, N, A); None when a group is empty for every example."""
+    if not (np.any(has_in) and np.any(has_out)):
+        return None
+    both = has_in & has_out
+    if np.any(both):
+        return np.mean(centers["in"][both] - centers["out"][both], axis=0)
+
+    def overall_mean(m: np.ndarray) -> np.ndarray:
+        return np.where(m, s, 0.0).sum(axis=(0, 1)) / np.broadcast_to(m, s.shape).sum(axis=(0, 1))
+
+    return overall_mean(m_in) - overall_mean(m_out)
+
+
+def _impute_centers(
+    centers: dict[str, np.ndarray], delta: np.ndarray, has_in: np.ndarray, has_out: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Group centres (N, A) with an empty group's centre imputed from the other one:
+    centre_IN = centre_OUT + Δ where IN is empty, centre_OUT = centre_IN − Δ where OUT is."""
+    c_in, c_out = centers["in"], centers["out"]
+    return {
+        "in": np.where(has_in[:, None], c_in, c_out + delta),
+        "out": np.where(has_out[:, None], c_out, c_in - delta),
+    }
+
+
+def _warn_imputed(caller: str, group: str, rows: np.ndarray, stacklevel: int) -> None:
+    """Warn how many examples had the Gaussian of ``group`` imputed (rows bool (N,))."""
+    if not np.any(rows):
+        return
+    g, o = group.upper(), "OUT" if group == "in" else "IN"
+    warnings.warn(
+        f"{caller}: {int(rows.sum())} of {rows.size} example(s) have no {g} shadow statistics; "
+        f"their {g} Gaussian is imputed (centre = their {o} centre {'+' if g == 'IN' else '−'} "
+        f"the mean IN − OUT difference of the other examples), so that they get the same test "
+        f"on the same scale as the others. Use more shadow models so that every example is "
+        f"{g} for some of them.",
+        stacklevel=stacklevel + 1,
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # LiRA and the curvature likelihood tests
 
@@ -243,8 +298,16 @@ def lira(
     μ = mean, σ² = variance with ddof=0 (LiRA's np.std) over the shadows of each group;
     ``fixed_variance=True``: σ² pooled over examples (Σᵢ Σ (s − μᵢ)² / Σᵢ (nᵢ − 1)), per group and
     augmentation — better with few shadows. Examples with < 2 shadows or zero variance in a group
-    use the pooled variance (warned). Online examples without IN (OUT) shadows fall back to the
-    offline test (a one-sided test against the IN Gaussian), with a warning naming how many.
+    use the pooled variance (warned). An example without IN (OUT) shadows gets its IN (OUT)
+    Gaussian imputed: centre = the other group's centre ± Δ, Δ (per augmentation) the mean
+    IN − OUT centre difference of the examples with both groups (of all IN minus all OUT
+    statistics where none has both), variance pooled over examples (the other group's where no
+    example has two of its shadows); it is then scored by the same test on the same scale as
+    every other example (warned with a count). Which group is missing must not pick the test:
+    with leave-one-model-out on few models that choice follows the target's membership, and
+    one-sided fallbacks (≥ 0 offline, ≤ 0 against IN) ranked members below chance. Only where
+    a group is empty for *every* example do they fall back to the offline test (no IN) or
+    Σ_a log P[Z_a ≤ t_a], Z_a ~ N(μ_in,a, σ²_in,a) (no OUT; ≥ for ``alternative="less"``).
     These defaults follow the paper. The published code (carlini/privacy,
     research/mi_lira_2021/plot.py, ``generate_ours`` / ``generate_ours_offline``) differs, and
     each of its choices is an option:
@@ -278,6 +341,7 @@ def _lira(
     groups = {"in": _group_moments(s, m_in), "out": _group_moments(s, m_out)}
     has_in = groups["in"][0][:, 0] > 0
     has_out = groups["out"][0][:, 0] > 0
+    _check_some_shadow(has_in, has_out, caller)
     if center == "median":
         centers = {"in": _masked_median(s, m_in), "out": _masked_median(s, m_out)}
     else:
@@ -291,32 +355,55 @@ def _lira(
         elif np.any(has_out):
             global_var["out"] = _global_variance(s, m_out, group="out", caller=caller)
     fixed = bool(fixed_variance)
+    delta = _membership_shift(s, m_in, m_out, centers, has_in, has_out)
+    # with a shift Δ, an empty group is imputed and every example gets the same test
+    imputed = {"in": ~has_in & online, "out": ~has_out} if delta is not None else {
+        "in": np.zeros_like(has_in), "out": np.zeros_like(has_out)}
+    if delta is not None:
+        centers = _impute_centers(centers, delta, has_in, has_out)
     score = np.full(t.shape[0], np.nan)
 
     def variance(group: str, rows: np.ndarray) -> np.ndarray:
+        """(N, A), valid at rows: the group's own variance, or where the group was imputed its
+        variance pooled over examples (else the other group's)."""
         n, _, ss = groups[group]
-        return _resolve_variance(n, ss, fixed=fixed, group=group, caller=caller, rows=rows,
-                                 global_var=global_var.get(group))
+        own = rows & (n[:, 0] > 0)
+        var = _resolve_variance(n, ss, fixed=fixed, group=group, caller=caller, rows=own,
+                                global_var=global_var.get(group))
+        missing = rows & ~(n[:, 0] > 0)
+        if np.any(missing):
+            pooled = global_var.get(group)
+            pooled = np.broadcast_to(_pooled_variance(n, ss) if pooled is None else pooled,
+                                     t.shape[1:])
+            if np.all(np.isfinite(pooled) & (pooled > 0)):
+                fill = np.broadcast_to(pooled, var.shape)
+            else:
+                fill = variance("out" if group == "in" else "in", missing)
+            var = np.where(missing[:, None], fill, var)
+        return var
 
     if online:
-        both = has_in & has_out
-        if np.any(both):
-            var_in, var_out = variance("in", both), variance("out", both)
-            tb = t[both]
-            llr = _gauss_logpdf(tb, centers["in"][both], var_in[both]) - _gauss_logpdf(
-                tb, centers["out"][both], var_out[both]
+        scored = (has_in | imputed["in"]) & (has_out | imputed["out"])
+        if np.any(scored):
+            var_in, var_out = variance("in", scored), variance("out", scored)
+            tb = t[scored]
+            llr = _gauss_logpdf(tb, centers["in"][scored], var_in[scored]) - _gauss_logpdf(
+                tb, centers["out"][scored], var_out[scored]
             )
-            score[both] = llr.sum(axis=1)
-        rows_no_in, rows_no_out = ~has_in, ~has_out
+            score[scored] = llr.sum(axis=1)
+        rows_no_in = ~has_in & ~imputed["in"]
     else:
-        if np.any(has_out):
-            var_out = variance("out", has_out)
-            score[has_out] = _offline_out(
-                t[has_out], centers["out"][has_out], var_out[has_out], alternative, offline_test
+        scored = has_out | imputed["out"]
+        if np.any(scored):
+            var_out = variance("out", scored)
+            score[scored] = _offline_out(
+                t[scored], centers["out"][scored], var_out[scored], alternative, offline_test
             )
-        rows_no_in, rows_no_out = np.zeros_like(has_in), ~has_out
+        rows_no_in = np.zeros_like(has_in)
+    _warn_imputed(caller, "in", imputed["in"], stacklevel=3)
+    _warn_imputed(caller, "out", imputed["out"], stacklevel=3)
     _fallback_scores(
-        score, t, groups, rows_no_in=rows_no_in, rows_no_out=rows_no_out,
+        score, t, groups, rows_no_in=rows_no_in, rows_no_out=~has_out & ~imputed["out"],
         fixed_variance=fixed, alternative=alternative, caller=caller, centers=centers,
         global_var=global_var, offline_test=offline_test,
     )
@@ -373,8 +460,8 @@ def curvature_lr(
 
     Statistic x = log(curvature) (``log_transform``; the paper fits Gaussians to log curvature).
     Corrected (default): ``lira`` on x — Σ_a log N(x_a; μ_in, σ²_in) − log N(x_a; μ_out, σ²_out),
-    σ² the variance (ddof=0); fallbacks as in ``lira`` with alternative="less" (members have
-    lower curvature). ``paper_compatible=True`` reproduces the published notebook:
+    σ² the variance (ddof=0); an empty IN or OUT group imputed as in ``lira`` (alternative="less"
+    where a group is empty everywhere: members have lower curvature). ``paper_compatible=True`` reproduces the published notebook:
     x = log(c + 1e-22); score = Σ_a φ(x_a; μ_in, v_in + ε) / (Σ_a φ(x_a; μ_out, v_out + ε) + ε),
     ε = 1e-22, φ(x; μ, s) = N(x; μ, s²), i.e. the variance v is used as the standard deviation
     and likelihoods (not log-likelihoods) are summed over augmentations.
@@ -417,7 +504,9 @@ def curvature_nll(
     scale per example and augmentation (the log σ terms cancel), x = log curvature.
     Corrected (default): σ²_a = pooled within-group variance (Σ_in (s − μ_in)² + Σ_out (s − μ_out)²)
     / (n_in + n_out); examples with zero pooled variance use the variance pooled over all examples
-    (warned); examples without IN or OUT shadows fall back as in ``lira`` (alternative="less").
+    (warned); an example without IN or OUT shadows gets that group's mean imputed as in ``lira``
+    (μ_in = μ_out + Δ or μ_out = μ_in − Δ) and its present group's variance; one-sided tests
+    (alternative="less") only where a group is empty for every example.
     ``paper_compatible=True`` reproduces the notebook's get_nll_ratio: σ_a = v_in,a + 1e-32 (the IN
     *variance* used as the standard deviation of both Gaussians) and x = log(c + 1e-22).
     target (N,) | (N, A); shadows (K, N) | (K, N, A); shadow_in (K, N) → (N,); ``shadow_mask``
@@ -435,15 +524,23 @@ def curvature_nll(
     groups = {"in": _group_moments(s, m_in), "out": _group_moments(s, m_out)}
     (n_in, mu_in, ss_in), (n_out, mu_out, ss_out) = groups["in"], groups["out"]
     has_in, has_out = n_in[:, 0] > 0, n_out[:, 0] > 0
-    both = has_in & has_out
+    _check_some_shadow(has_in, has_out, "curvature_nll")
+    centers = {"in": mu_in, "out": mu_out}
+    delta = _membership_shift(s, m_in, m_out, centers, has_in, has_out)
+    if delta is None:
+        scored = has_in & has_out
+    else:  # an empty group is imputed; its example's variance is the other group's
+        centers = _impute_centers(centers, delta, has_in, has_out)
+        scored = np.ones_like(has_in)
     score = np.full(t.shape[0], np.nan)
-    if np.any(both):
+    if np.any(scored):
         n_tot = n_in + n_out
         var = (ss_in + ss_out) / np.maximum(n_tot, 1.0)
-        need = (var <= 0.0) & both[:, None]
+        need = (var <= 0.0) & scored[:, None]
         if np.any(need):
-            dof = np.where(both[:, None], n_tot - 2.0, 0.0).clip(min=0.0).sum(axis=0)
-            pooled = np.where(both[:, None], ss_in + ss_out, 0.0).sum(axis=0) / np.maximum(dof, 1.0)
+            dof = np.maximum(n_in - 1.0, 0.0) + np.maximum(n_out - 1.0, 0.0)
+            dof = np.where(scored[:, None], dof, 0.0).sum(axis=0)
+            pooled = np.where(scored[:, None], ss_in + ss_out, 0.0).sum(axis=0) / np.maximum(dof, 1.0)
             if not np.all(pooled[np.any(need, axis=0)] > 0):
                 raise ValueError(
                     "curvature_nll: all shadow statistics are constant; the test is undefined."
@@ -454,11 +551,16 @@ def curvature_nll(
                 stacklevel=2,
             )
             var = np.where(need, np.broadcast_to(pooled, var.shape), var)
-        tb = t[both]
-        d = ((tb - mu_out[both]) ** 2 - (tb - mu_in[both]) ** 2) / (2.0 * var[both])
-        score[both] = d.sum(axis=1)
+        tb = t[scored]
+        d = ((tb - centers["out"][scored]) ** 2 - (tb - centers["in"][scored]) ** 2) / (
+            2.0 * var[scored]
+        )
+        score[scored] = d.sum(axis=1)
+    if delta is not None:
+        _warn_imputed("curvature_nll", "in", ~has_in, stacklevel=2)
+        _warn_imputed("curvature_nll", "out", ~has_out, stacklevel=2)
     _fallback_scores(
-        score, t, groups, rows_no_in=~has_in, rows_no_out=~has_out, fixed_variance=False,
-        alternative="less", caller="curvature_nll",
+        score, t, groups, rows_no_in=~has_in & ~scored, rows_no_out=~has_out & ~scored,
+        fixed_variance=False, alternative="less", caller="curvature_nll",
     )
     return score

@@ -1,12 +1,13 @@
 """Attack evaluation: ROC curve and metrics of membership scores against the true membership.
 
 Thresholds "member iff score ≥ t" over scores and membership of any common shape (flattened):
-``roc_curve`` (fpr, tpr) and ``roc_metrics`` (AUROC, balanced accuracy, TPR at 0.1 % / 1 % FPR,
-optional stratified or cluster bootstrap intervals).
+``roc_curve`` (fpr, tpr) and ``roc_metrics`` (AUROC, balanced accuracy, TPR at 0.1 % / 1 % FPR
+where the scores can resolve that FPR, optional stratified or cluster bootstrap intervals).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from sklearn import metrics as _skm
 from jaxcurv._validate import as_bool_array, check_int, check_probability
 from jaxcurv.mia._common import _finite
 
-__all__ = ["roc_curve", "roc_metrics"]
+__all__ = ["roc_curve", "roc_metrics", "fpr_resolution"]
 
 _FPR_LEVELS = {"tpr_at_fpr_0_1pct": 1e-3, "tpr_at_fpr_1pct": 1e-2}
 _METRIC_KEYS = ("auroc", "balanced_accuracy", "balanced_accuracy_eer", *_FPR_LEVELS)
@@ -36,6 +37,49 @@ def _metric_inputs(scores: Any, is_member: Any) -> tuple[np.ndarray, np.ndarray]
             f"{y.size}."
         )
     return s, y
+
+
+def _level_text(level: float) -> str:
+    """An FPR level as the report writes it: 1e-3 → "0.1 %"."""
+    return f"{100.0 * level:g} %"
+
+
+def fpr_resolution(scores: Any, is_member: Any, level: float) -> dict[str, Any]:
+    """Whether thresholds on ``scores`` can resolve an FPR of ``level`` (e.g. 1e-3 = 0.1 %).
+
+    The smallest FPR above 0 that any threshold "member iff score ≥ t" reaches is
+    min_fpr = t/n: the t non-members tied at the highest non-member score, of n non-members.
+    The level is resolvable iff min_fpr ≤ level; otherwise the only point with FPR ≤ level is
+    FPR = 0 and a "TPR at ``level`` FPR" would report that point (often 0) instead. Two causes:
+    too few non-members (n < 1/level) or ties at the top (t > level·n).
+    Returns resolvable (bool), min_fpr, top_ties (t), top_score, num_nonmembers (n),
+    needs_nonmembers (⌈1/level⌉) and note (None, or "not resolvable at 0.1 % FPR: …" naming the
+    cause). scores, is_member: same shape (any; flattened).
+    """
+    s, y = _metric_inputs(scores, is_member)
+    level = check_probability("level", level, open_low=True)
+    return _resolution(s, y, level)
+
+
+def _resolution(s: np.ndarray, y: np.ndarray, level: float) -> dict[str, Any]:
+    """``fpr_resolution`` on validated flat scores s and membership y."""
+    neg = s[~y]
+    n, top = neg.size, float(neg.max())
+    ties = int(np.count_nonzero(neg == top))
+    need = math.ceil(1.0 / level - 1e-9)
+    resolvable = ties <= level * n * (1.0 + 1e-9)
+    note = None
+    if not resolvable:
+        lv = _level_text(level)
+        smallest = _level_text(float(f"{ties / n:.3g}"))
+        if n < need:
+            note = (f"not resolvable at {lv} FPR: needs ≥ {need} non-member scores, has {n} "
+                    f"(smallest FPR above 0: {smallest})")
+        else:
+            note = (f"not resolvable at {lv} FPR: {ties} of {n} non-members tie at the top "
+                    f"non-member score {top:.6g}, so the smallest FPR above 0 is {smallest}")
+    return {"resolvable": bool(resolvable), "min_fpr": ties / n, "top_ties": ties,
+            "top_score": top, "num_nonmembers": int(n), "needs_nonmembers": need, "note": note}
 
 
 def roc_curve(scores: Any, is_member: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +132,14 @@ def roc_metrics(
 
     auroc: sklearn roc_auc_score (ties count ½). balanced_accuracy: max over thresholds of
     (TPR + 1 − FPR)/2. tpr_at_fpr_0_1pct / tpr_at_fpr_1pct: the largest TPR over thresholds whose
-    FPR ≤ 0.1 % / 1 % (LiRA's convention without interpolation; LiRA's plot.py uses FPR < level).
+    FPR ≤ 0.1 % / 1 % (LiRA's convention without interpolation; LiRA's plot.py uses FPR < level),
+    **NaN where the scores cannot resolve that FPR** (``fpr_resolution``: fewer than 1/level
+    non-members, or more than level·n non-members tied at the top non-member score, so that no
+    threshold has 0 < FPR ≤ level and the value would be the TPR at FPR = 0, typically 0). For
+    each such key ``<key>_resolvable`` (bool) and ``<key>_note`` (None, or "not resolvable at
+    0.1 % FPR: needs ≥ 1000 non-member scores, has 900 …" / "… 12 of 5000 non-members tie at
+    the top non-member score 1, so the smallest FPR above 0 is 0.24 %"); ``min_fpr``: the smallest FPR above 0 that any
+    threshold reaches; ``top_nonmember_ties``: the non-members tied at the top non-member score.
     balanced_accuracy_eer: (TPR + 1 − FPR)/2 at the threshold where |FPR + TPR − 1| is smallest —
     what the Curvature Clues notebooks report as "balanced accuracy" (sklearn roc_curve with
     drop_intermediate=True, as there). bootstrap > 0: percentile (1 − alpha) intervals as
@@ -110,11 +161,21 @@ def roc_metrics(
     result: dict[str, Any] = {k: float(point[k]) for k in _METRIC_KEYS}
     result["num_members"] = int(y.sum())
     result["num_nonmembers"] = int(y.size - y.sum())
+    unresolved = set()
+    for key, level in _FPR_LEVELS.items():
+        res = _resolution(s, y, level)
+        result[f"{key}_resolvable"] = res["resolvable"]
+        result[f"{key}_note"] = res["note"]
+        if not res["resolvable"]:
+            result[key] = math.nan
+            unresolved.add(key)
+    result["min_fpr"] = res["min_fpr"]  # the same for every level
+    result["top_nonmember_ties"] = res["top_ties"]
     if bootstrap:
         draws = _bootstrap_draws(s, y, c, bootstrap=bootstrap, seed=seed)
         for k in _METRIC_KEYS:
             lo, hi = np.quantile(draws[k], [alpha / 2, 1 - alpha / 2])
-            result[f"{k}_ci"] = (float(lo), float(hi))
+            result[f"{k}_ci"] = (math.nan, math.nan) if k in unresolved else (float(lo), float(hi))
         result["bootstrap"] = int(bootstrap)
         result["ci_level"] = 1.0 - alpha
     return result

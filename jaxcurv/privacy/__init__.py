@@ -1,8 +1,8 @@
 """Differential privacy: the plan of a private run, DP-SGD, accounting, the papers' bounds, audits.
 
-Modules: ``plan`` (DPConfig/DPPlan, padded batch size, Poisson batches; host side), ``dpsgd``
-(per-example clipping and noise; device side), ``accounting`` (ε and σ on dp_accounting, tight
-at fractional RDP orders), ``rdp`` (numerically integrated RDP of the subsampled Gaussian),
+Modules: ``plan`` (DPConfig/DPPlan, padded batch size, Poisson batches, ``PoissonSampler``; host
+side), ``dpsgd`` (per-example clipping and noise, ``dp_value_and_grad``; device side),
+``accounting`` (ε and σ on dp_accounting, tight at fractional RDP orders, ``Accountant``), ``rdp`` (numerically integrated RDP of the subsampled Gaussian),
 ``theory`` (bounds and fits), ``audit`` (empirical ε lower bounds). The names below load their
 module on first use, so ``import jaxcurv.privacy.dpsgd`` or ``jaxcurv.privacy.plan`` does not
 import dp_accounting.
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 _EXPORTS = {
     "accounting": (
         "TF_PRIVACY_LEGACY_ORDERS",
+        "Accountant",
         "EpsilonReport",
         "calibrate_noise_multiplier",
         "dpsgd_event",
@@ -31,6 +32,7 @@ _EXPORTS = {
         "ACCOUNTANTS",
         "DPConfig",
         "DPPlan",
+        "PoissonSampler",
         "ensemble_poisson_batches",
         "max_batch_size",
         "poisson_batches",
@@ -40,6 +42,7 @@ _EXPORTS = {
         "PrivateGradientInfo",
         "clip_per_example",
         "dp_gradient",
+        "dp_value_and_grad",
         "per_example_gradients",
         "private_gradient",
     ),
@@ -74,6 +77,7 @@ __all__ = [name for names in _EXPORTS.values() for name in names]
 if TYPE_CHECKING:  # static analysers see the eager imports; at run time they load lazily
     from jaxcurv.privacy.accounting import (  # noqa: F401
         TF_PRIVACY_LEGACY_ORDERS,
+        Accountant,
         EpsilonReport,
         calibrate_noise_multiplier,
         dpsgd_event,
@@ -95,6 +99,7 @@ if TYPE_CHECKING:  # static analysers see the eager imports; at run time they lo
         PrivateGradientInfo,
         clip_per_example,
         dp_gradient,
+        dp_value_and_grad,
         per_example_gradients,
         private_gradient,
     )
@@ -102,6 +107,7 @@ if TYPE_CHECKING:  # static analysers see the eager imports; at run time they lo
         ACCOUNTANTS,
         DPConfig,
         DPPlan,
+        PoissonSampler,
         ensemble_poisson_batches,
         max_batch_size,
         poisson_batches,

@@ -47,12 +47,13 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant, compute_epsilon
 from scipy import optimize
 
+from jaxcurv._names import ACCOUNTANTS
 from jaxcurv._validate import check_int, check_positive, check_positive_int, check_probability
-from jaxcurv.privacy.plan import ACCOUNTANTS
 from jaxcurv.privacy.rdp import poisson_gaussian_rdp
 
 __all__ = [
     "ACCOUNTANTS",
+    "Accountant",
     "TF_PRIVACY_LEGACY_ORDERS",
     "EpsilonReport",
     "dpsgd_event",
@@ -326,3 +327,52 @@ def steps_for(num_examples: int, batch_size: int, epochs: float) -> int:
         raise ValueError(f"batch_size {b} exceeds num_examples {n}")
     e = check_positive("epochs", epochs)
     return max(1, math.ceil(e * n / b - 1e-9))
+
+
+class Accountant:
+    """ε of a DP-SGD run as it goes: ``step(n)`` records n more steps, ``epsilon()`` is ε at δ.
+
+    Every step is one Poisson-subsampled Gaussian step with the same noise multiplier σ and
+    sampling rate q (e.g. ``PoissonSampler.sampling_rate``). ``epsilon()`` after T steps equals
+    ``epsilon(σ, q, T, δ, accountant=...)`` (T = 0 gives 0.0: nothing released); ``report()``
+    the :class:`EpsilonReport`. ``steps``: steps already taken (to resume a run). The last value
+    is kept, so calling ``epsilon()`` again without a step costs nothing.
+    """
+
+    def __init__(self, noise_multiplier: float, sampling_rate: float, delta: float, *,
+                 accountant: str = "rdp", steps: int = 0):
+        self.noise_multiplier = check_positive("noise_multiplier", noise_multiplier)
+        self.sampling_rate = check_probability("sampling_rate", sampling_rate, open_low=True)
+        self.delta = check_probability("delta", delta, open_low=True, open_high=True)
+        if accountant not in ACCOUNTANTS:
+            raise ValueError(f"unknown accountant {accountant!r}; use one of {ACCOUNTANTS}")
+        self.accountant = accountant
+        self._steps = check_int("steps", steps, minimum=0)
+        self._last: tuple[int, EpsilonReport] | None = None
+
+    @property
+    def steps(self) -> int:
+        """The number of steps recorded so far."""
+        return self._steps
+
+    def step(self, n: int = 1) -> None:
+        """Record ``n`` ≥ 0 more DP-SGD steps."""
+        self._steps += check_int("n", n, minimum=0)
+
+    def report(self) -> EpsilonReport:
+        """:func:`epsilon_report` of the steps so far (ε = 0.0 and no orders before the first)."""
+        if self._steps == 0:
+            return EpsilonReport(0.0, self.delta, self.accountant, None, (), ())
+        if self._last is None or self._last[0] != self._steps:
+            self._last = (self._steps, _epsilon_report(self.noise_multiplier, self.sampling_rate,
+                                                       self._steps, self.delta, self.accountant))
+        return self._last[1]
+
+    def epsilon(self) -> float:
+        """ε spent by the steps so far at δ (a Python float)."""
+        return self.report().epsilon
+
+    def __repr__(self) -> str:
+        return (f"Accountant(noise_multiplier={self.noise_multiplier}, sampling_rate="
+                f"{self.sampling_rate:.6g}, delta={self.delta}, accountant={self.accountant!r}, "
+                f"steps={self._steps})")

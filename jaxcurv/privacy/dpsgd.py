@@ -12,6 +12,10 @@ leak), and the noisy sum is divided by the *expected* batch size B, never by the
 (dividing by the realized size would leak it). The optax update follows. This module imports no
 accounting library (it runs where dp_accounting is not installed).
 
+Entry points: :func:`dp_value_and_grad` (your own loop: any params pytree, a batch tuple),
+:func:`dp_gradient` (``loss_fn(params, x, y)``; the ensemble trainer's step) — both one core,
+``_private_value_and_grad`` — and :func:`private_gradient` (per-example gradients you already have).
+
 Noise layout: one draw ``z = jax.random.normal(key, (P,), dtype)`` with P the total number of
 gradient entries and dtype = float32 promoted with the leaves' dtypes; leaf j of
 ``jax.tree_util.tree_leaves(grads)`` takes the next ``leaf.size`` entries of z (C order), scaled by
@@ -29,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcurv._validate import check_positive_int
+from jaxcurv._tree import leading_size
+from jaxcurv._validate import check_float, check_positive, check_positive_int
 
 # The host-side plan (settings, padded size, Poisson batches) lives in jaxcurv.privacy.plan; its
 # names stay importable from here.
@@ -47,6 +52,7 @@ __all__ = [
     "private_gradient",
     "per_example_gradients",
     "dp_gradient",
+    "dp_value_and_grad",
     "max_batch_size",
 ]
 
@@ -97,17 +103,8 @@ def _check_noise_multiplier(value) -> None:
 # ------------------------------------------------------------------------- device functions ---
 
 
-def _leading_size(tree) -> int:
-    leaves = jax.tree_util.tree_leaves(tree)
-    if not leaves:
-        raise ValueError("per-example gradients are an empty pytree")
-    sizes = {leaf.shape[0] if leaf.ndim else None for leaf in leaves}
-    if len(sizes) != 1 or None in sizes:
-        raise ValueError(
-            "every per-example gradient leaf needs the same leading example axis, got leading "
-            f"sizes {sorted(str(s) for s in sizes)}"
-        )
-    return sizes.pop()
+def _leading_size(grads) -> int:
+    return leading_size(grads, "the per-example gradients")
 
 
 def _per_example_sq_norms(grads) -> jax.Array:
@@ -252,6 +249,91 @@ def _pad_rows(a, rows: int):
     return jnp.pad(a, pad)
 
 
+def _check_params(params) -> None:
+    """Every params leaf must be a floating array (gradients are taken with respect to all)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    if not leaves:
+        raise ValueError("params is an empty pytree; pass the trainable arrays")
+    for path, leaf in leaves:
+        try:
+            dtype = jnp.result_type(leaf)
+        except TypeError:
+            dtype = None
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            where = jax.tree_util.keystr(path) or "params"
+            raise ValueError(
+                f"params leaf {where} is {type(leaf).__name__} of dtype {dtype}; DP-SGD "
+                "differentiates every leaf, so pass only the trainable float arrays (flax NNX: "
+                "nnx.split(model, nnx.Param, ...); Equinox: eqx.partition(model, "
+                "eqx.is_inexact_array))"
+            )
+
+
+def _private_value_and_grad(loss_fn, params, inputs: tuple, mask, key, *, l2_clip,
+                            noise_multiplier, expected_batch_size,
+                            microbatch_size: int | None):
+    """The one DP-SGD core behind :func:`dp_gradient` and :func:`dp_value_and_grad`.
+
+    ``loss_fn(params, *example)`` → scalar loss of ONE example, where ``example`` is ``inputs``
+    with the leading axis n removed. Per-example value_and_grad by vmap (``microbatch_size`` rows
+    at a time under ``lax.scan`` when set), clip, masked sum, one noise draw, divide by B.
+    Returns (gradient pytree like ``params``, :class:`PrivateGradientInfo`).
+    """
+    n = leading_size(inputs, "the batch")
+    _check_mask(mask, n)
+    _check_concrete_positive("l2_clip", l2_clip)
+    _check_noise_multiplier(noise_multiplier)
+    _check_concrete_positive("expected_batch_size", expected_batch_size)
+    _check_params(params)
+    mask = jnp.asarray(mask, bool)
+    value_and_grads = jax.vmap(jax.value_and_grad(loss_fn),
+                               in_axes=(None,) + (0,) * len(inputs))
+
+    def chunk_sum(chunk_inputs, mc):
+        losses, grads = value_and_grads(params, *chunk_inputs)
+        loss_ok = jnp.isfinite(losses)
+        summed, (used, nonfinite, clipped, norm_sum) = _clip_and_sum(grads, mc, l2_clip, loss_ok)
+        use = mc & loss_ok & _row_finite(grads)
+        loss_sum = jnp.sum(jnp.where(use, losses, 0.0)).astype(jnp.float32)
+        return summed, (used, nonfinite, clipped, norm_sum.astype(jnp.float32), loss_sum)
+
+    if microbatch_size is None or microbatch_size >= n:
+        summed, (used, nonfinite, clipped, norm_sum, loss_sum) = chunk_sum(inputs, mask)
+    else:
+        mb = check_positive_int("microbatch_size", microbatch_size)
+        chunks = -(-n // mb)
+        extra = chunks * mb - n
+
+        def split(a):
+            a = _pad_rows(jnp.asarray(a), extra)
+            return a.reshape((chunks, mb) + a.shape[1:])
+
+        xs = jax.tree_util.tree_map(split, inputs)
+        ms = split(mask)
+        zero_sum = jax.tree_util.tree_map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)),
+                                          params)
+        zero_stats = (
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.float32),
+        )
+
+        def body(carry, chunk):
+            acc, acc_stats = carry
+            s, st = chunk_sum(*chunk)
+            acc = jax.tree_util.tree_map(lambda a, b: a + b.astype(a.dtype), acc, s)
+            return (acc, tuple(a + b for a, b in zip(acc_stats, st))), None
+
+        (summed, (used, nonfinite, clipped, norm_sum, loss_sum)), _ = jax.lax.scan(
+            body, (zero_sum, zero_stats), (xs, ms)
+        )
+    grad = _add_noise_and_scale(summed, key, noise_multiplier * l2_clip, expected_batch_size)
+    info = _info((used, nonfinite, clipped, norm_sum), loss_sum)
+    return grad, info
+
+
 def dp_gradient(
     loss_fn: LossFn,
     params,
@@ -271,56 +353,67 @@ def dp_gradient(
     ``mask``: bool (n,). ``microbatch_size``: if set, per-example gradients are formed for that
     many rows at a time (``lax.scan``), bounding memory at microbatch × #params; the result equals
     the one-shot computation up to summation order. Returns (gradient, :class:`PrivateGradientInfo`
-    with the mean loss of used rows); an optax update follows.
+    with the mean loss of used rows); an optax update follows. :func:`dp_value_and_grad` is the
+    same computation for a batch of any number of arrays.
     """
-    n = int(np.shape(x)[0])
-    if np.shape(y)[0] != n:
-        raise ValueError(f"x and y need the same leading size, got {np.shape(x)[0]} and {np.shape(y)[0]}")
-    _check_mask(mask, n)
-    _check_concrete_positive("l2_clip", l2_clip)
-    _check_noise_multiplier(noise_multiplier)
-    _check_concrete_positive("expected_batch_size", expected_batch_size)
-    mask = jnp.asarray(mask, bool)
-    value_and_grads = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, 0, 0))
+    if np.shape(x)[:1] != np.shape(y)[:1]:
+        raise ValueError(f"x and y need the same leading size, got {np.shape(x)[:1]} and "
+                         f"{np.shape(y)[:1]}")
+    return _private_value_and_grad(loss_fn, params, (x, y), mask, key, l2_clip=l2_clip,
+                                   noise_multiplier=noise_multiplier,
+                                   expected_batch_size=expected_batch_size,
+                                   microbatch_size=microbatch_size)
 
-    def chunk_sum(xc, yc, mc):
-        losses, grads = value_and_grads(params, xc, yc)
-        loss_ok = jnp.isfinite(losses)
-        summed, (used, nonfinite, clipped, norm_sum) = _clip_and_sum(grads, mc, l2_clip, loss_ok)
-        use = mc & loss_ok & _row_finite(grads)
-        loss_sum = jnp.sum(jnp.where(use, losses, 0.0)).astype(jnp.float32)
-        return summed, (used, nonfinite, clipped, norm_sum.astype(jnp.float32), loss_sum)
 
-    if microbatch_size is None or microbatch_size >= n:
-        summed, (used, nonfinite, clipped, norm_sum, loss_sum) = chunk_sum(x, y, mask)
-    else:
-        mb = check_positive_int("microbatch_size", microbatch_size)
-        chunks = -(-n // mb)
-        extra = chunks * mb - n
-        xs, ys, ms = (_pad_rows(jnp.asarray(a), extra) for a in (x, y, mask))
+def dp_value_and_grad(
+    loss_fn: Callable[..., jax.Array],
+    *,
+    l2_clip: float,
+    noise_multiplier: float,
+    expected_batch_size: int,
+    microbatch_size: int | None = None,
+    return_info: bool = False,
+) -> Callable:
+    """DP-SGD for your own training loop: ``fn(params, batch, mask, key) -> (loss, private_grad)``.
 
-        def split(a):
-            return a.reshape((chunks, mb) + a.shape[1:])
+    ``loss_fn(params, *example)`` → scalar loss of ONE example (the same ``loss_fn(params, x, y)``
+    that :func:`jaxcurv.input_curvature` takes). ``params``: any pytree of float arrays (flax
+    linen variables, the state of ``nnx.split(model, nnx.Param, ...)``, the arrays of
+    ``eqx.partition(model, eqx.is_inexact_array)``, a dict). ``batch``: a tuple of arrays (or
+    pytrees) with a leading axis n, e.g. ``(x, y)``, padded to a fixed n; ``mask``: bool (n,),
+    False for padding (:class:`jaxcurv.privacy.PoissonSampler` yields both); ``key``: one fresh
+    PRNG key per step. With clip norm C, noise multiplier σ and expected batch size B:
 
-        xs, ys, ms = split(xs), split(ys), split(ms)
-        zero_sum = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, p.dtype), params)
-        zero_stats = (
-            jnp.zeros((), jnp.int32),
-            jnp.zeros((), jnp.int32),
-            jnp.zeros((), jnp.int32),
-            jnp.zeros((), jnp.float32),
-            jnp.zeros((), jnp.float32),
-        )
+        private_grad = (Σ_{i: mask, finite} gᵢ · min(1, C/‖gᵢ‖) + N(0, σ²C² I)) / B,
 
-        def body(carry, chunk):
-            acc, acc_stats = carry
-            s, st = chunk_sum(*chunk)
-            acc = jax.tree_util.tree_map(lambda a, b: a + b.astype(a.dtype), acc, s)
-            return (acc, tuple(a + b for a, b in zip(acc_stats, st))), None
+    gᵢ = ∇_θ loss_fn(θ, exampleᵢ), ‖·‖ the global L2 norm over the pytree. B is the *expected*
+    batch size of Poisson sampling (q·N), never the realized one. Rows whose loss or gradient is
+    not finite are dropped (counted in the info). ``loss`` is the mean loss over the rows used:
+    for monitoring only, it is not privatized. ``return_info=True`` returns
+    ``(loss, private_grad, info)`` with :class:`PrivateGradientInfo`. ``microbatch_size``: form the
+    per-example gradients that many rows at a time (memory ∝ microbatch × #params; same result up
+    to summation order). Pure and jit-compatible: wrap it, or the whole train step, in ``jax.jit``
+    (one compilation per batch shape). Accounting: :class:`jaxcurv.privacy.Accountant`.
+    """
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable (params, *example) -> scalar, got {loss_fn!r}")
+    check_positive("l2_clip", l2_clip)
+    check_float("noise_multiplier", noise_multiplier, minimum=0.0)
+    check_positive("expected_batch_size", expected_batch_size)
+    if microbatch_size is not None:
+        check_positive_int("microbatch_size", microbatch_size)
+    settings = dict(l2_clip=float(l2_clip), noise_multiplier=float(noise_multiplier),
+                    expected_batch_size=float(expected_batch_size),
+                    microbatch_size=microbatch_size)
 
-        (summed, (used, nonfinite, clipped, norm_sum, loss_sum)), _ = jax.lax.scan(
-            body, (zero_sum, zero_stats), (xs, ys, ms)
-        )
-    grad = _add_noise_and_scale(summed, key, noise_multiplier * l2_clip, expected_batch_size)
-    info = _info((used, nonfinite, clipped, norm_sum), loss_sum)
-    return grad, info
+    def value_and_private_grad(params, batch, mask, key):
+        if not isinstance(batch, tuple):
+            raise ValueError(
+                f"batch must be a tuple of arrays with a leading example axis, e.g. (x, y), got "
+                f"{type(batch).__name__}; loss_fn is called as loss_fn(params, *example) (wrap a "
+                "single array or dict as (batch,))"
+            )
+        grad, info = _private_value_and_grad(loss_fn, params, batch, mask, key, **settings)
+        return (info.loss, grad, info) if return_info else (info.loss, grad)
+
+    return value_and_private_grad

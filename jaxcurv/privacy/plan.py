@@ -11,8 +11,9 @@ example of its own subset independently with probability qₖ at every step (bat
 Binomial(nₖ, qₖ), then a uniform subset of that size, sorted), padded to B_max and masked; its
 numpy generator is derived from ``(seed, epoch, member id)`` alone, so plans are reproducible,
 resumable per epoch and the same whether members are planned together or in chunks.
-:func:`poisson_batches`, :func:`ensemble_poisson_batches` and ``training.poisson_epoch_plan`` are
-views of it, so every entry point gives the same batches for the same seed.
+:func:`poisson_batches`, :func:`ensemble_poisson_batches`, :class:`PoissonSampler` (the batches of
+your own training loop) and ``training.poisson_epoch_plan`` are views of it, so every entry point
+gives the same batches for the same seed.
 
 This module imports no accounting library: ``resolve`` loads ``jaxcurv.privacy.accounting``
 when it calibrates σ or computes ε.
@@ -24,9 +25,12 @@ import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
 import numpy as np
 from scipy import stats
 
+from jaxcurv._names import ACCOUNTANTS
+from jaxcurv._tree import leading_size
 from jaxcurv._validate import (
     check_int,
     check_masks,
@@ -43,9 +47,9 @@ __all__ = [
     "poisson_plan",
     "poisson_batches",
     "ensemble_poisson_batches",
+    "PoissonSampler",
 ]
 
-ACCOUNTANTS = ("rdp", "pld", "rdp_classic")
 
 Seed = int | np.random.SeedSequence | np.random.Generator
 
@@ -166,6 +170,9 @@ def max_batch_size(num_examples: int, sampling_rate: float, steps: int, *,
     return max(1, min(b, n))
 
 
+_union_bound_size = max_batch_size  # for signatures whose max_batch_size argument shadows it
+
+
 # --------------------------------------------------------------------------- the planner ---
 
 
@@ -282,3 +289,64 @@ def ensemble_poisson_batches(member_masks, sampling_rate, steps: int, *, max_bat
     return poisson_plan([np.flatnonzero(m) for m in masks], sampling_rate, steps,
                         max_batch_size=max_batch_size, seed=seed, epoch=epoch,
                         member_ids=member_ids)
+
+
+class PoissonSampler:
+    """Poisson-sampled batches of one fixed shape with their masks, for your own DP-SGD loop.
+
+    ``data``: a pytree of arrays with a common leading axis N (e.g. ``(x, y)``); each of ``steps``
+    batches includes every example independently with probability q = B/N (B =
+    ``expected_batch_size``), padded to ``max_batch_size`` rows (default: :func:`max_batch_size`
+    with P[any batch overflows] ≤ ``overflow_probability`` by the union bound over the steps;
+    ``overflow_probability`` is not used when ``max_batch_size`` is given).
+    Iterating yields ``(batch, mask)``: ``batch`` is ``data`` indexed at the step's rows (same
+    structure, leaves (B_max, ...); padded rows repeat example 0), ``mask`` bool (B_max,) is True
+    for the real rows. All ``steps`` index plans are drawn at construction from ``seed`` by
+    :func:`poisson_batches` (the planner the ensemble trainer uses), so a batch that would exceed
+    the padded size raises ValueError here, before any training, never truncating.
+
+    The sampler is one pass over the run: after ``steps`` batches it is exhausted, because a
+    second pass would repeat the same subsamples, which DP accounting of Poisson sampling does not
+    cover. ``start``: resume at that step (same seed ⇒ the same remaining batches). ``position``
+    is the number of batches drawn so far (from ``start``); ``indices`` int32 (T, B_max) and
+    ``masks`` bool (T, B_max) are the whole plan (read-only).
+    """
+
+    def __init__(self, data, *, expected_batch_size: int, steps: int, seed: Seed,
+                 overflow_probability: float = 1e-9, max_batch_size: int | None = None,
+                 start: int = 0):
+        n = leading_size(data, "data")
+        if n == 0:
+            raise ValueError("data has no examples (N = 0)")
+        b = check_positive_int("expected_batch_size", expected_batch_size)
+        if b > n:
+            raise ValueError(f"expected_batch_size {b} exceeds the {n} examples; lower it")
+        t = check_positive_int("steps", steps)
+        self.start = check_int("start", start, minimum=0, maximum=t)
+        self.num_examples, self.expected_batch_size, self.steps = n, b, t
+        self.sampling_rate = b / n
+        if max_batch_size is None:
+            max_batch_size = _union_bound_size(n, self.sampling_rate, t,
+                                               overflow_probability=overflow_probability)
+        self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
+        self.indices, self.masks = poisson_batches(n, self.sampling_rate, t,
+                                                   max_batch_size=self.max_batch_size, seed=seed)
+        for a in (self.indices, self.masks):
+            a.flags.writeable = False
+        self._data = data
+        self.position = self.start
+
+    def __iter__(self) -> "PoissonSampler":
+        return self
+
+    def __next__(self) -> tuple:
+        if self.position >= self.steps:
+            raise StopIteration
+        idx, mask = self.indices[self.position], self.masks[self.position]
+        self.position += 1
+        return jax.tree_util.tree_map(lambda a: a[idx], self._data), mask
+
+    def __repr__(self) -> str:
+        return (f"PoissonSampler(N={self.num_examples}, expected_batch_size="
+                f"{self.expected_batch_size}, q={self.sampling_rate:.6g}, steps={self.steps}, "
+                f"max_batch_size={self.max_batch_size}, position={self.position})")

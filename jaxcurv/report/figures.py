@@ -184,15 +184,39 @@ def figure_trace_vs_trace_sq(trace, trace_sq, mem, path) -> Path:
     return _save(fig, path)
 
 
+def _roc_steps(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (x, y) of the empirical ROC as a step function of FPR > 0, from achievable points
+    (fpr_j, tpr_j) sorted by threshold (``mia.roc_curve``): y(x) = max {tpr_j : fpr_j ≤ x},
+    horizontal from (f_j, t_j) to (f_{j+1}, t_j), then vertical to (f_{j+1}, t_{j+1}); the first
+    vertex is the smallest FPR above 0 (with the largest TPR reached there)."""
+    fpr, tpr = np.asarray(fpr, float), np.asarray(tpr, float)
+    keep = fpr > 0
+    f, t = fpr[keep], np.maximum.accumulate(tpr)[keep]
+    last = np.append(f[1:] != f[:-1], True)  # one point per FPR: the highest TPR at it
+    f, t = f[last], t[last]
+    return np.repeat(f, 2)[1:], np.repeat(t, 2)[:-1]
+
+
 @_styled
 def figure_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path, *,
                aurocs: Mapping[str, float] | None = None, title: str = "Membership inference") -> Path:
-    """ROC curves on log-log axes (the LiRA convention), one line per attack."""
+    """ROC curves on log-log axes (the LiRA convention), one line per attack.
+
+    Each curve is the empirical ROC of thresholds "member iff score ≥ t" drawn as a step
+    function: at FPR x it shows the largest TPR of a threshold whose FPR ≤ x — the tables' "TPR
+    at FPR ≤ x". Scores tied across members and non-members are one achievable point each side
+    of the tie: the curve stays flat until the FPR where the tie is crossed and jumps vertically
+    there (no chord through the tie, which only a randomized threshold would reach). FPR = 0
+    has no place on a log axis: a curve starts at its smallest achievable FPR above 0 (the
+    non-members tied at the top non-member score), so nothing is drawn below the FPR the scores
+    can resolve. TPR = 0 is drawn at 1e-5, below the axis. ``curves``: name → (fpr, tpr) from
+    ``mia.roc_curve``."""
     fig, ax = _subplots(figsize=(4.8, 4.2))
     colors = matplotlib.colormaps["tab20" if len(curves) > 10 else "tab10"].colors
     for i, (name, (fpr, tpr)) in enumerate(curves.items()):
         label = name if aurocs is None else f"{name} (AUC {aurocs[name]:.3f})"
-        ax.plot(np.maximum(fpr, 1e-5), np.maximum(tpr, 1e-5), label=label, lw=1.2,
+        x, y = _roc_steps(fpr, tpr)
+        ax.plot(x, np.maximum(y, 1e-5), label=label, lw=1.2,
                 color=colors[i % len(colors)], ls="-" if i < 10 else "--")
     ax.plot([1e-5, 1], [1e-5, 1], "k--", lw=0.8, label="chance")
     ax.set_xscale("log")

@@ -20,8 +20,7 @@ The jax-free modules load with the package; the names backed by jax (attacks, au
 load on first use, so ``jaxcurv --help`` answers without importing jax.
 """
 
-import importlib
-
+from jaxcurv._lazy import lazy_names
 from jaxcurv.workflow.cache import StageCache, ensemble_fingerprint, fingerprint
 from jaxcurv.workflow.commands import privacy_accounting, run_curvature
 from jaxcurv.workflow.config import (
@@ -35,10 +34,6 @@ from jaxcurv.workflow.config import (
 from jaxcurv.workflow.settings import apply_overrides, parse_overrides
 from jaxcurv.workflow.environment import describe_device, environment
 from jaxcurv.workflow.timing import Timer, Timing, load_average, time_call, time_interleaved
-
-_LAZY = {"MIA_ATTACKS": "attacks", "attack_scores": "attacks", "epsilon_audit": "attacks",
-         "mia_by_memorization": "attacks", "AuditData": "audit", "AuditRun": "audit",
-         "run_audit": "audit", "proxies": "proxy_scores"}
 
 __all__ = [
     "AuditConfig",
@@ -72,14 +67,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    """Names backed by jax load on first use."""
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"jaxcurv.workflow.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'jaxcurv.workflow' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, {
+    "MIA_ATTACKS": ".attacks", "attack_scores": ".attacks", "epsilon_audit": ".attacks",
+    "mia_by_memorization": ".attacks", "AuditData": ".audit", "AuditRun": ".audit",
+    "run_audit": ".audit", "proxies": ".proxy_scores",
+    **{name: "" for name in ("attacks", "audit", "proxy_scores", "sections", "experiment")},
+}, globals())

@@ -76,7 +76,7 @@ def _check_attack_inputs(logits, labels, masks, curvature, zero_order, test_logi
 
 def zero_order_fallback_examples(masks) -> int:
     """Examples that, for at least one target k of ``masks`` (M, N), have no IN or no OUT shadow
-    among the other M − 1 members: the ones whose leave-one-model-out scores use a fallback."""
+    among the other M − 1 members: the ones whose leave-one-model-out scores impute a group."""
     m = as_bool_array("masks", masks, ndim=2).astype(np.int64)
     ins = m.sum(0)[None] - m                     # IN shadows of example i when k is the target
     outs = (m.shape[0] - 1) - ins
@@ -122,9 +122,10 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
         if lacking:
             warnings.warn(
                 f"zero-order attacks on {sub.shape[0]} members: {lacking} of {sub.shape[1]} "
-                "example(s) have no IN or no OUT shadow among them for some target; their "
-                "zero_order_* scores fall back to the offline / one-sided test (another scale). "
-                "Compute zero-order curvature on more members (--zero-order-members).",
+                "example(s) have no IN or no OUT shadow among them for some target; for those "
+                "the missing Gaussian is imputed (the other group's shifted by the mean IN − OUT "
+                "difference), a coarser test than with shadows on both sides. Compute zero-order "
+                "curvature on more members (--zero-order-members).",
                 UserWarning, stacklevel=2)
     probs = mia.true_class_probability(logits[:, 0], labels[None])                 # (K, N)
     population = mia.true_class_probability(test_logits, test_labels[None])        # (K, Z)

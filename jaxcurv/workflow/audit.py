@@ -30,6 +30,8 @@ from jaxcurv.workflow import sections
 from jaxcurv.workflow.attacks import attack_scores
 from jaxcurv.workflow.cache import StageCache, fingerprint
 from jaxcurv.workflow.config import AuditConfig
+from jaxcurv.workflow.environment import environment
+from jaxcurv.workflow.flags import command_line
 from jaxcurv.workflow.keys import Stage, run_key
 from jaxcurv.workflow.lock import exclusive_lock
 from jaxcurv.workflow.proxy_scores import proxies as _proxies
@@ -99,7 +101,8 @@ def load_data(config: AuditConfig) -> AuditData:
                                  train.class_names)
     masks = data_lib.subset_masks(len(train), config.models, fraction=config.fraction,
                                   seed=config.seed)
-    key = fingerprint(train.images, train.labels, test.images, test.labels, masks)
+    key = fingerprint(train.images, train.labels, test.images, test.labels, masks,
+                      train.num_classes)
     return AuditData(train, test, true_labels, flipped, masks, key)
 
 
@@ -375,6 +378,51 @@ class _ReadOnlyCache(StageCache):
         return {str(k): np.asarray(v) for k, v in arrays.items()}
 
 
+def _per_target_auroc(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """AUROC of each target member's scores (K,) over its examples (members = its subset)."""
+    from sklearn.metrics import roc_auc_score
+
+    keep = [np.isfinite(s) for s in scores]
+    return np.array([roc_auc_score(masks[k][keep[k]], scores[k][keep[k]])
+                     for k in range(len(scores))])
+
+
+def headlines(run: AuditRun, summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The audit's headline figures for docs/measurements.md, each with an interval over the
+    trained members (training randomness): test accuracy (min–max over members), each attack's
+    AUROC (min–max over the members attacked in turn), Spearman(mem, curvature), ε when private,
+    and how well each signal ranks flipped labels."""
+    from jaxcurv.workflow.experiment import headline
+
+    acc = summary["accuracy"]
+    per_member = np.asarray(acc["test_per_member"], float)
+    out = {"test_accuracy": headline(acc["test_mean"], "test accuracy, mean over members",
+                                     interval=[per_member.min(), per_member.max()],
+                                     over=f"{len(per_member)} members, min–max"),
+           "train_in_accuracy": headline(acc["train_in_mean"], "accuracy of members on their "
+                                         "own training examples"),
+           "spearman_mem_curvature": headline(
+               summary["correlations"]["spearman_mem_curvature"],
+               "Spearman(memorization, curvature tr(H²)) over training examples")}
+    masks = run.data.masks
+    for row in summary["mia"]["metrics"]:
+        scores = run.scores.get(row["attack"])
+        if scores is None:
+            continue
+        per_target = _per_target_auroc(np.asarray(scores), masks[:len(scores)])
+        out[f"auroc_{row['attack']}"] = headline(
+            row["auroc"], f"AUROC of the {row['attack']} attack, pooled over targets",
+            interval=[per_target.min(), per_target.max()],
+            over=f"{len(per_target)} target members, min–max of per-target AUROC")
+    if "privacy" in summary:
+        out["epsilon"] = headline(summary["privacy"]["epsilon_accounted"],
+                                  f"ε accounted (δ = {summary['privacy']['delta']:g})")
+    for name, value in summary.get("label_noise", {}).get("ranking", {}).items():
+        out[f"flipped_auroc_{name}"] = headline(value["auroc"], f"AUROC of {name} at ranking "
+                                                "the flipped labels first")
+    return out
+
+
 def run_audit(config: AuditConfig) -> dict[str, Any]:
     """Run the whole audit; returns the summary (also written to <out>/summary.json).
 
@@ -415,6 +463,9 @@ def _run_locked(config: AuditConfig, out: Path, writer: bool) -> dict[str, Any]:
         report.write_csv(out / "scores.csv", columns)
     summary = sections.summary(run, columns)
     figures = sections.figures(run, columns, summary, out / "figures") if writer else {}
+    summary["command"] = command_line("jaxcurv audit", config)
+    summary["environment"] = environment()
+    summary["headlines"] = headlines(run, summary)
     summary["timings_s"] = timer.total()
     summary["figures"] = {name: str(Path(p).relative_to(out)) for name, p in figures.items()}
     if writer:

@@ -70,13 +70,14 @@ def fingerprint(*parts: Any) -> str:
 
 
 def ensemble_fingerprint(ensemble) -> str:
-    """A hash of an ensemble's model, masks and parameters (the first and last four leaves of the
-    stacked variables), for the keys of stages computed from it."""
+    """A hash of an ensemble's model, masks, member ids and every leaf of its stacked variables
+    (full bytes, dtype and shape, with the tree structure), for the keys of stages computed from
+    it: any changed parameter changes the key."""
     import jax
 
-    leaves = jax.tree.leaves(ensemble.variables)
-    return fingerprint(repr(ensemble.model), np.asarray(ensemble.masks),
-                       [np.asarray(leaf) for leaf in leaves[:4] + leaves[-4:]])
+    leaves, tree = jax.tree.flatten(ensemble.variables)
+    return fingerprint(repr(ensemble.model), str(tree), np.asarray(ensemble.masks),
+                       np.asarray(ensemble.member_ids), [np.asarray(leaf) for leaf in leaves])
 
 
 def _checksum(arrays: Mapping[str, np.ndarray]) -> str:

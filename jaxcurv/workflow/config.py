@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from jaxcurv._names import ACCOUNTANTS
 from jaxcurv.errors import ConfigError
 from jaxcurv.workflow.settings import (
     CURVATURE_METHODS,
@@ -194,7 +195,7 @@ class EpsilonConfig:
     accountant: str = setting(
         "rdp", "rdp: Renyi DP, improved conversion; pld: privacy loss distributions (tightest, "
         "slower); rdp_classic: TF-Privacy's original orders and conversion",
-        choices=("rdp", "pld", "rdp_classic"))
+        choices=ACCOUNTANTS)
     json: bool = setting(False, "print the result as JSON instead of text")
 
     def validate(self) -> None:

@@ -3,15 +3,17 @@ file (summary.json of the audit and the experiments, the benchmarks' JSON)."""
 
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import os
 import platform
+import subprocess
 import sys
 from typing import Any
 
 from jaxcurv.workflow.timing import load_average
 
-__all__ = ["environment", "describe_device"]
+__all__ = ["environment", "describe_device", "source_commit"]
 
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint", "dp-accounting")
 
@@ -23,8 +25,25 @@ def _version(package: str) -> str | None:
         return None
 
 
+def source_commit() -> str | None:
+    """The git commit of the jaxcurv source in use (``+changes`` when files differ from it), or
+    None outside a git checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def environment() -> dict[str, Any]:
-    """Python and package versions, JAX backend and devices, host cores, XLA flags, load, argv."""
+    """Python and package versions, JAX backend and devices, host cores, XLA flags, load, argv,
+    the UTC date and the source commit."""
     import jax
 
     devices = jax.devices()
@@ -42,6 +61,8 @@ def environment() -> dict[str, Any]:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_avg_1min": load_average(),
         "argv": [_relative(sys.argv[0]), *sys.argv[1:]] if sys.argv else [],
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": source_commit(),
     }
 
 

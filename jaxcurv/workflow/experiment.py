@@ -70,6 +70,7 @@ __all__ = [
     "load_statistics",
     "write_tables",
     "read_table",
+    "headline",
     "finish",
     "named_config",
     "parse_args",
@@ -158,6 +159,8 @@ class ExperimentData:
 def _slug(spec: str) -> str:
     if spec.startswith("npz:"):
         spec = Path(spec[4:]).stem
+    elif spec.startswith("hf:"):
+        spec = Path(spec[3:]).name
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.replace("tfds:", "")).strip("-") or "data"
 
 
@@ -446,14 +449,26 @@ def _sanity_warnings(config: Any, results: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
+def headline(value: float, what: str, *, interval: Sequence[float] | None = None,
+             over: str | None = None, unit: str = "", paper: float | None = None
+             ) -> dict[str, Any]:
+    """One headline figure of a run, as docs/measurements.md shows it: ``value`` (``unit``), what
+    it is, its ``interval`` and what the interval is ``over`` (e.g. "3 seeds, min–max" or "95 %
+    bootstrap over examples"), and the paper's value when it reports one."""
+    return {"value": float(value), "what": what, "unit": unit,
+            "interval": None if interval is None else [float(v) for v in interval],
+            "over": over, "paper": None if paper is None else float(paper)}
+
+
 def finish(out: Path, experiment: str, config: Any, results: Mapping[str, Any], *,
            timer, notes: Sequence[str | None], lines: Sequence[str],
-           warnings: Sequence[str] = (), command: str | None = None) -> dict[str, Any]:
+           warnings: Sequence[str] = (), command: str | None = None,
+           headlines: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """summary.json (experiment, config echo, the command, environment, notes, warnings,
-    results, timings, and the sha256 of statistics.npz when the run saved one) and the printed
-    summary with the total runtime: every script's last step. A "tiny" config says it is a
-    smoke test; test accuracies near chance are warned about, after the script's own
-    ``warnings``. Returns the summary."""
+    results, ``headlines`` (name → :func:`headline`), timings, and the sha256 of statistics.npz
+    when the run saved one) and the printed summary with the total runtime: every script's last
+    step. A "tiny" config says it is a smoke test; test accuracies near chance are warned about,
+    after the script's own ``warnings``. Returns the summary."""
     from jaxcurv import report
     from jaxcurv.workflow.environment import environment
 
@@ -467,7 +482,7 @@ def finish(out: Path, experiment: str, config: Any, results: Mapping[str, Any], 
         "command": command or f"python -m experiments.{experiment} --config "
                               f"{getattr(config, 'name', '?')}",
         "environment": environment(), "notes": notes, "warnings": warnings,
-        "results": results, "timings_s": timings}
+        "headlines": dict(headlines or {}), "results": results, "timings_s": timings}
     if statistics.is_file():
         summary["statistics_sha256"] = hashlib.sha256(statistics.read_bytes()).hexdigest()
     report.write_json(Path(out) / "summary.json", summary)

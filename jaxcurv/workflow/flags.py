@@ -19,7 +19,8 @@ from typing import Any
 
 from jaxcurv.workflow.settings import Setting, flag_name, settings_of
 
-__all__ = ["add_flags", "given_settings", "command_line_defaults", "HelpFormatter"]
+__all__ = ["add_flags", "given_settings", "command_line_defaults", "command_line",
+           "HelpFormatter"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -133,3 +134,41 @@ def command_line_defaults(config: Any) -> dict[str, Any]:
     return {f.name: s.cli_default for f, s in settings_of(config)
             if s.cli_default is not None}
 
+
+
+def command_line(prefix: str, config: Any, *, skip: tuple[str, ...] = ("progress",)) -> str:
+    """The command that builds ``config`` from the command line: ``prefix`` (e.g. "jaxcurv
+    audit") and the flags of the settings whose value differs from the command line's default
+    (shell-quoted), so a summary can say exactly what produced it. Settings in ``skip`` (by
+    default the progress output, which changes no result) are left out."""
+    import shlex
+
+    defaults = type(config)()
+    cli_defaults = command_line_defaults(type(config))
+    words = []
+    for field, spec in settings_of(config):
+        flag = flag_name(field, spec)
+        value = getattr(config, field.name)
+        default = cli_defaults.get(field.name, getattr(defaults, field.name))
+        if flag is None or field.name in skip or value == default:
+            continue
+        if spec.negate or isinstance(value, bool) and spec.parse != "on_off":
+            if spec.negate or value:
+                words.append(flag)
+            else:
+                words.append("--no-" + flag[2:])
+            continue
+        if spec.parse == "int_or_zero_none":
+            words += [flag, str(value or 0)]
+        elif value is None:
+            continue  # a None that differs from the default has no flag (only the default)
+        elif spec.parse == "on_off":
+            words += [flag, "on" if value else "off"]
+        elif isinstance(value, dict):
+            words += [flag, json.dumps(value)]
+        elif isinstance(value, tuple):
+            words += [flag, *(json.dumps(v) if isinstance(v, (tuple, list)) else str(v)
+                              for v in value)]
+        else:
+            words += [flag, str(value)]
+    return " ".join([prefix, *(shlex.quote(w) for w in words)])

@@ -20,7 +20,7 @@ __all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "near_cha
            "curvature_outlier_members", "OUTLIER_FACTOR",
            "report_sections", "title", "describe", "spearman", "noise_rankers",
            "top_memorized_order", "BY_MEMORIZATION_ATTACK", "CURVATURE_NOTE", "HIGH_MEM",
-           "PROXY_LABELS"]
+           "PROXY_LABELS", "tpr_text"]
 
 CURVATURE_NOTE = (
     "curvature = Curv, the papers' per-example input-loss curvature: tr(H²) = ‖H‖_F² = E‖Hv‖² of "
@@ -34,6 +34,7 @@ HIGH_MEM = 0.5          # "highly memorized": Feldman–Zhang mem ≥ 0.5
 TOP_K = 16              # most memorized examples shown and listed in the findings
 FITTED_FLIPPED = 0.9    # below this train-IN accuracy on flipped labels, the members did not fit
 _METRICS = ("auroc", "balanced_accuracy", "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
+_TPR_KEYS = ("tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
 
 # What each memorization proxy is, for tables and figure axes (summary.json keeps the keys).
 PROXY_LABELS = {
@@ -130,7 +131,10 @@ def _attack_metrics(scores: dict[str, np.ndarray], masks, config) -> list[dict[s
         m = mia.roc_metrics(s.ravel(), masks[:k].ravel(), bootstrap=config.bootstrap,
                             seed=config.seed, cluster=cluster[:k].ravel())
         rows.append({"attack": name, **{key: m[key] for key in _METRICS},
-                     **{f"{key}_ci": m[f"{key}_ci"] for key in _METRICS if f"{key}_ci" in m}})
+                     **{f"{key}_ci": m[f"{key}_ci"] for key in _METRICS if f"{key}_ci" in m},
+                     **{f"{key}_{part}": m[f"{key}_{part}"] for key in _TPR_KEYS
+                        for part in ("resolvable", "note")},
+                     "min_fpr": m["min_fpr"], "num_nonmembers": m["num_nonmembers"]})
     return rows
 
 
@@ -213,11 +217,22 @@ def _privacy(run, columns) -> dict[str, Any]:
 
 
 def _strongest_attack(metrics: list[dict[str, Any]], by: str = "auroc") -> dict[str, Any]:
-    """The attack with the highest ``by`` metric, with its AUROC and TPR at 0.1 % FPR and their
-    CIs."""
-    row = max(metrics, key=lambda r: r[by])
-    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_ci")
-    return {"attack": row["attack"], "chosen_by": by, **{k: row[k] for k in keys if k in row}}
+    """The attack with the highest ``by`` metric, with its AUROC and TPR at 0.1 % FPR, their CIs
+    and whether that FPR is resolvable. A TPR metric ranks only the attacks whose scores resolve
+    its FPR (``mia.fpr_resolution``); with none, ``attack`` is None and ``note`` says why (the
+    note of the attack with the most non-member scores)."""
+    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_ci",
+            "tpr_at_fpr_0_1pct_resolvable", "tpr_at_fpr_0_1pct_note")
+    candidates = metrics
+    if by in _TPR_KEYS:
+        candidates = [r for r in metrics if r.get(f"{by}_resolvable", True)]
+        if not candidates:
+            widest = max(metrics, key=lambda r: r.get("num_nonmembers", 0))
+            return {"attack": None, "chosen_by": by, f"{by}_resolvable": False,
+                    "note": widest.get(f"{by}_note")}
+    row = max(candidates, key=lambda r: r[by])
+    return {"attack": row["attack"], "chosen_by": by, **{k: row[k] for k in keys if k in row},
+            **({"resolvable_attacks": len(candidates)} if by in _TPR_KEYS else {})}
 
 
 def _at_chance(row: dict[str, Any]) -> bool:
@@ -227,10 +242,11 @@ def _at_chance(row: dict[str, Any]) -> bool:
 
 
 def _side_by_side(private: list[dict], nonprivate: list[dict]) -> list[dict[str, Any]]:
-    """Each attack's AUROC and TPR at 0.1 % FPR, private vs the non-private reference (None when
-    the reference did not run the attack, e.g. the zero-order ones)."""
+    """Each attack's AUROC and TPR at 0.1 % FPR (with its note where not resolvable), private
+    vs the non-private reference (None when the reference did not run the attack, e.g. the
+    zero-order ones)."""
     ref = {r["attack"]: r for r in nonprivate}
-    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct")
+    keys = ("auroc", "auroc_ci", "tpr_at_fpr_0_1pct", "tpr_at_fpr_0_1pct_note")
     return [{"attack": r["attack"],
              **{f"{k}_private": r.get(k) for k in keys},
              **{f"{k}_nonprivate": ref.get(r["attack"], {}).get(k) for k in keys}}
@@ -321,19 +337,45 @@ def _ci(ci, fmt: str = "{:.3f}") -> str:
     return "" if ci is None else f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
 
 
+def _percent(value: float) -> str:
+    return f"{100.0 * value:.2f} %"
+
+
+def tpr_text(value: float | None, *, ci=None, note: str | None = None) -> str:
+    """A TPR at low FPR as the report and the command print it: "12.34 %", with " [lo %, hi %]"
+    when ``ci`` is given; ``note`` ("not resolvable at 0.1 % FPR: …", from ``mia.roc_metrics``)
+    or a missing value (None/NaN) instead of a number — never 0 % for an FPR the scores cannot
+    resolve."""
+    if note:
+        return note
+    if value is None or not math.isfinite(value):
+        return "—"
+    ok_ci = ci is not None and all(v is not None and math.isfinite(v) for v in ci)
+    return _percent(value) + (f" [{_percent(ci[0])}, {_percent(ci[1])}]" if ok_ci else "")
+
+
 def findings_lines(f: dict[str, Any]) -> list[str]:
     """The findings as sentences (report.html's Findings block and the command's summary)."""
     high, s = f["highly_memorized"], f["strongest_attack"]
+    tpr = tpr_text(s.get("tpr_at_fpr_0_1pct"), ci=s.get("tpr_at_fpr_0_1pct_ci"),
+                   note=s.get("tpr_at_fpr_0_1pct_note"))
     lines = [f"{high['count']} of {high['examples']} training examples ({high['share']:.1%}) "
              f"are highly memorized (mem ≥ {high['threshold']}).",
              f"Strongest attack (by AUROC): {s['attack']}, AUROC {s['auroc']:.3f}"
-             f"{_ci(s.get('auroc_ci'))}, TPR at 0.1 % FPR {s['tpr_at_fpr_0_1pct']:.2%}"
-             f"{_ci(s.get('tpr_at_fpr_0_1pct_ci'), '{:.2%}')} (95 % bootstrap CIs)."]
+             f"{_ci(s.get('auroc_ci'))}"
+             + (f", TPR at 0.1 % FPR {tpr} (95 % bootstrap CIs)."
+                if s.get("tpr_at_fpr_0_1pct_resolvable", True)
+                else f" (95 % bootstrap CI); TPR {tpr}.")]
     low = f["strongest_attack_at_low_fpr"]
-    if low["attack"] != s["attack"]:
-        lines.append(f"Strongest at 0.1 % FPR: {low['attack']}, TPR {low['tpr_at_fpr_0_1pct']:.2%}"
-                     f"{_ci(low.get('tpr_at_fpr_0_1pct_ci'), '{:.2%}')} (AUROC "
-                     f"{low['auroc']:.3f}).")
+    if low["attack"] is None:
+        lines.append(f"No attack is strongest at 0.1 % FPR: {low['note']}.")
+    elif low["attack"] != s["attack"]:
+        among = low.get("resolvable_attacks")
+        lines.append(f"Strongest at 0.1 % FPR"
+                     + (f" (of the {among} attacks whose scores resolve it)" if among else "")
+                     + f": {low['attack']}, TPR "
+                     f"{tpr_text(low['tpr_at_fpr_0_1pct'], ci=low.get('tpr_at_fpr_0_1pct_ci'))}"
+                     f" (AUROC {low['auroc']:.3f}).")
     if "privacy" in f:
         p = f["privacy"]
         lines.append(f"DP-SGD spent ε = {p['epsilon']:.3g} (δ = {p['delta']:.3g}); test accuracy "
@@ -453,8 +495,12 @@ def _findings_section(summary: dict[str, Any], figs: dict[str, Path]) -> dict[st
                                   "(same members, data and settings without DP)",
                        "rows": [{"attack": r["attack"], "AUROC, DP-SGD": r["auroc_private"],
                                  "AUROC, non-private": r["auroc_nonprivate"],
-                                 "TPR at 0.1 % FPR, DP-SGD": r["tpr_at_fpr_0_1pct_private"],
-                                 "TPR at 0.1 % FPR, non-private": r["tpr_at_fpr_0_1pct_nonprivate"]}
+                                 "TPR at 0.1 % FPR, DP-SGD": tpr_text(
+                                     r["tpr_at_fpr_0_1pct_private"],
+                                     note=r["tpr_at_fpr_0_1pct_note_private"]),
+                                 "TPR at 0.1 % FPR, non-private": tpr_text(
+                                     r["tpr_at_fpr_0_1pct_nonprivate"],
+                                     note=r["tpr_at_fpr_0_1pct_note_nonprivate"])}
                                 for r in f["privacy"]["attacks"]]})
     checks = [] if f["warnings"] else [
         "Sanity checks passed: test accuracy well above chance"
@@ -509,9 +555,11 @@ def _privacy_section(summary: dict[str, Any], figs: dict[str, Path]) -> dict[str
 
 
 def _mia_rows(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = ("attack", "auroc", "auroc_ci", "balanced_accuracy", "tpr_at_fpr_0_1pct",
-            "tpr_at_fpr_0_1pct_ci", "tpr_at_fpr_1pct")
-    return [{k: r.get(k) for k in keys} for r in metrics]
+    """Table rows of attack metrics; TPRs in percent with their CI, or why not resolvable."""
+    keys = ("attack", "auroc", "auroc_ci", "balanced_accuracy")
+    return [{**{k: r.get(k) for k in keys},
+             **{key: tpr_text(r.get(key), ci=r.get(f"{key}_ci"), note=r.get(f"{key}_note"))
+                for key in _TPR_KEYS}} for r in metrics]
 
 
 def report_sections(run, summary: dict[str, Any], figs: dict[str, Path]) -> list[dict[str, Any]]:

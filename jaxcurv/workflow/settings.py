@@ -22,7 +22,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from jaxcurv._names import CURVATURE_METHODS, GNR_HVPS, OPTIMIZERS
+from jaxcurv._names import CURVATURE_METHODS, DATASET_SPECS, GNR_HVPS, OPTIMIZERS
 from jaxcurv.errors import ConfigError
 
 __all__ = [
@@ -145,9 +145,7 @@ class DataFolder:
 class DataSource(DataFolder):
     """Which dataset, from where."""
 
-    dataset: str = setting(
-        "digits", "digits (embedded, no network) | cifar10 | cifar100 | tfds:<name> | "
-        "npz:<path>")
+    dataset: str = setting("digits", " | ".join(spec for spec, _ in DATASET_SPECS))
 
 
 @dataclasses.dataclass(frozen=True)
