@@ -518,8 +518,44 @@ def main(config: Table1Config) -> dict:
         figures = _roc_figures(config, stats, out)
     results = _results(config, data, built, figures, cpu)
     lines = _lines(config, results)
-    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines)
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
+             command=_command(config), headlines=_headlines(built))
     return results
+
+
+def _command(config: Table1Config) -> str:
+    """The command line that rebuilds ``config``: its named config and a ``--set`` for every
+    field that differs from it (progress output aside)."""
+    import json
+    import shlex
+
+    base = get_config(config.name)
+    words = ["python", "-m", f"experiments.{EXPERIMENT}", "--config", config.name]
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name != "progress" and value != getattr(base, field.name):
+            words += ["--set", f"{field.name}={json.dumps(value)}"]
+    return shlex.join(words)
+
+
+def _headlines(built: Mapping[str, list[dict]]) -> dict[str, dict]:
+    """docs/measurements.md's figures: each attack's mean AUROC over the targets (interval:
+    min–max over targets) beside the published one, and the models' accuracies."""
+    members = built["members"]
+    out = {}
+    for what in ("train_accuracy", "test_accuracy"):
+        values = [m[what] for m in members]
+        out[what] = X.headline(np.mean(values), f"{what.replace('_', ' ')} of the models "
+                               "(original view)", interval=[min(values), max(values)],
+                               over=f"{len(values)} models, min–max")
+    for row in built["table1"]:
+        per = [r["auroc"] for r in built["per_target"]
+               if (r["attack"], r["mode"]) == (row["attack"], row["mode"])]
+        name = f"auroc_{row['attack']}" + (f"_{row['mode']}" if row["mode"] else "")
+        out[name] = X.headline(row["auroc"], f"AUROC of {row['attack']} ({row['statistic']}), "
+                               "mean over targets", interval=[min(per), max(per)],
+                               over=f"{len(per)} targets, min–max", paper=row["paper_auroc"])
+    return out
 
 
 def _results(config, data, built, figures, cpu) -> dict:
