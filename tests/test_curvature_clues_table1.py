@@ -245,3 +245,18 @@ def test_rerun_is_served_from_the_caches(tiny_run, tmp_path):
         (Path(config.out) / "table1.csv").read_bytes()
     assert again["cpu_seconds"]["curvature (white-box and zero-order)"] < \
         results["cpu_seconds"]["curvature (white-box and zero-order)"]
+
+
+def test_the_recorded_command_rebuilds_the_config():
+    import shlex
+
+    from jaxcurv.workflow import experiment as X
+
+    config = dataclasses.replace(cc.get_config("cpu"), train_size=2000, out="results/a b",
+                                 model_kwargs={"width": 8, "hidden": 64}, flip_view=False,
+                                 progress=True)
+    words = shlex.split(cc._command(config))
+    assert words[:5] == ["python", "-m", "experiments.curvature_clues_table1", "--config", "cpu"]
+    assert X.parse_args(cc.CONFIGS, words[3:]) == config
+    assert cc._command(dataclasses.replace(cc.get_config("cpu"), progress=True)) == \
+        "python -m experiments.curvature_clues_table1 --config cpu"
