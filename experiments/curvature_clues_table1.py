@@ -408,9 +408,11 @@ def _predictions(config, ens, data) -> dict[str, np.ndarray]:
     return X.stage_cache(config).run(f"{EXPERIMENT}-predictions", key, compute)
 
 
-def _per_member(config, ens, data, name: str, key, compute_member) -> np.ndarray:
+def _per_member(config, ens, data, name: str, key, settings: tuple, compute_member
+                ) -> np.ndarray:
     """compute_member(k, images, key) -> (N,) for every model k and view, (K, N, A), cached one
-    model at a time (a killed run resumes at the model it was computing)."""
+    model at a time (a killed run resumes at the model it was computing); ``settings``: the
+    estimator settings the values depend on (part of the cache key)."""
     import jax
 
     from jaxcurv.workflow import ensemble_fingerprint
@@ -422,8 +424,7 @@ def _per_member(config, ens, data, name: str, key, compute_member) -> np.ndarray
                                    for a, x in enumerate(views)], -1)[None]}
 
     cache_key = (ensemble_fingerprint(ens), name, data.train.labels, data.train_index,
-                 X.key_data(key), config.flip_view, config.num_probes, config.zero_order_probes,
-                 config.h, config.zero_order_dtype)
+                 X.key_data(key), config.flip_view, settings)
     return X.stage_cache(config).run_chunked(f"{EXPERIMENT}-{name}", cache_key, ens.num_members,
                                              chunk, require_finite=True)["value"]
 
@@ -447,10 +448,12 @@ def _curvature(config, ens, data) -> dict[str, np.ndarray]:
             ens, x, labels, key, num_probes=config.zero_order_probes, h=config.h,
             method="mixed", compute_dtype=dtype, members=[k])[0]
 
-    return {"curvature": np.abs(_per_member(config, ens, data, "curvature",
-                                            X.config_key(config, Stage.CURVATURE), white_box)),
-            "zero_order": _per_member(config, ens, data, "zero_order",
-                                      X.config_key(config, Stage.ZERO_ORDER), zero_order)}
+    return {"curvature": np.abs(_per_member(
+                config, ens, data, "curvature", X.config_key(config, Stage.CURVATURE),
+                (config.num_probes,), white_box)),
+            "zero_order": _per_member(
+                config, ens, data, "zero_order", X.config_key(config, Stage.ZERO_ORDER),
+                (config.zero_order_probes, config.h, config.zero_order_dtype), zero_order)}
 
 
 def _stored(value: np.ndarray) -> np.ndarray:
