@@ -49,7 +49,7 @@ from jaxcurv.workflow.settings import setting
 EXPERIMENT = "curvature_clues_table1"
 
 __all__ = ["Table1Config", "CONFIGS", "PAPER", "PAPER_SOURCE", "ATTACKS", "get_config",
-           "shadow_target_masks", "attack_scores", "tables", "main"]
+           "shadow_target_masks", "attack_scores", "tables", "markdown_table", "main"]
 
 # The published CIFAR-10 row, in percent: (mean, sd over the 3 target models, np.std ddof 0), AUROC
 # and balanced accuracy at the equal-error-rate threshold. Keys: (attack, mode) of this script.
@@ -468,6 +468,35 @@ def _stored(value: np.ndarray) -> np.ndarray:
     return rounded.view(np.float32)
 
 
+def _percent(value, sd=None) -> str:
+    if value is None or not np.isfinite(value):
+        return "—"
+    return f"{100 * value:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
+
+
+def markdown_table(table1: list[dict]) -> str:
+    """Table 1 as markdown (percent; mean ± sd over the targets; published = the authors'
+    CIFAR-10 row; Δ = ours − published, in points)."""
+    head = ("| attack | mode | statistic | probes × views | AUROC | published | Δ | bal. acc. "
+            "@EER | published | Δ | best bal. acc. | TPR @ 0.1 % FPR | TPR @ 1 % FPR |")
+    lines = [head, "|" + " --- |" * head.count(" | ") + " --- |"]
+    for r in table1:
+        probes = f"{r['probes']} × {r['views']}" if r["probes"] else f"— × {r['views']}"
+        delta = {m: ("—" if r[f"difference_{m}"] is None else f"{100 * r[f'difference_{m}']:+.2f}")
+                 for m in ("auroc", "balanced_accuracy_eer")}
+        lines.append(
+            f"| {r['paper_name']} (`{r['attack']}`) | {r['mode'] or '—'} | {r['statistic']} | "
+            f"{probes} | {_percent(r['auroc'], r['auroc_sd'])} | "
+            f"{_percent(r['paper_auroc'], r['paper_auroc_sd'])} | {delta['auroc']} | "
+            f"{_percent(r['balanced_accuracy_eer'], r['balanced_accuracy_eer_sd'])} | "
+            f"{_percent(r['paper_balanced_accuracy_eer'], r['paper_balanced_accuracy_eer_sd'])} | "
+            f"{delta['balanced_accuracy_eer']} | "
+            f"{_percent(r['balanced_accuracy'], r['balanced_accuracy_sd'])} | "
+            f"{_percent(r['tpr_at_fpr_0_1pct'], r['tpr_at_fpr_0_1pct_sd'])} | "
+            f"{_percent(r['tpr_at_fpr_1pct'], r['tpr_at_fpr_1pct_sd'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def _roc_figures(config, statistics, out) -> list[str]:
     """ROC curves (log-log), pooled over the targets: the authors' statistics and ours."""
     from jaxcurv import mia, report
@@ -517,6 +546,7 @@ def main(config: Table1Config) -> dict:
     with _stage(timer, cpu, "attacks and tables"):
         built = tables(stats, config)
         X.write_tables(out, built)
+    (out / "table1.md").write_text(markdown_table(built["table1"]))
     with _stage(timer, cpu, "figures"):
         figures = _roc_figures(config, stats, out)
     results = _results(config, data, built, figures, cpu)

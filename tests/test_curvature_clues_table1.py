@@ -228,6 +228,8 @@ def test_tiny_run_writes_the_evidence_and_recomputes_exactly(tiny_run):
     assert set(results["cpu_seconds"]) >= {"train", "predict", "total"}
     for name in ("table1", "per_target", "members", "protocol", "signals"):
         assert (out / f"{name}.csv").is_file()
+    markdown = (out / "table1.md").read_text().splitlines()
+    assert markdown[0].startswith("| attack |") and len(markdown) == 2 + len(cc.ATTACKS)
     for rel in results["figures"]:
         assert (out / rel).read_bytes()[:8] == PNG
     stats = np.load(out / "statistics.npz")
