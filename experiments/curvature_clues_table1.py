@@ -57,7 +57,8 @@ PAPER_SOURCE = (
     "Curvature Clues (NeurIPS 2024, arXiv:2407.02747), Table 1, CIFAR-10 row, as printed by the "
     "authors' notebook conditonal_mia_aug_cifar10.ipynb (github.com/DeepakTatachar/"
     "Curvature-Clues, commit 627128f; its README: the notebook reproduces Table 1 for CIFAR10), "
-    "64 ResNet18 shadows and 3 targets on random halves of CIFAR-10")
+    "64 ResNet18 shadows and 3 targets on random halves of CIFAR-10. These are the notebook's "
+    "printed numbers; they were not checked against the typeset table of the paper")
 PAPER = {
     ("zero_order_nll", "paper"): {"auroc": (68.95, 1.31), "balanced_accuracy_eer": (61.96, 0.87)},
     ("zero_order_lr", "paper"): {"auroc": (58.96, 0.46), "balanced_accuracy_eer": (55.04, 0.18)},
