@@ -30,7 +30,6 @@ Without local CIFAR-10 files the suite runs on a synthetic CIFAR-shaped data set
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -39,7 +38,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 if not __package__:  # python bench/suite.py from a bare checkout: the repository root on the path
@@ -52,6 +50,7 @@ from scipy import stats  # noqa: E402
 
 from jaxcurv import data, ensemble, memorization, mia, models, report  # noqa: E402
 from jaxcurv.curvature import make_input_curvature, make_zero_order_curvature  # noqa: E402
+from jaxcurv.errors import ConfigError  # noqa: E402
 from jaxcurv.workflow import (  # noqa: E402
     attack_scores,
     describe_device,
@@ -59,14 +58,14 @@ from jaxcurv.workflow import (  # noqa: E402
     time_call,
     time_interleaved,
 )
+from jaxcurv.workflow import benchmark as B  # noqa: E402
+from jaxcurv.workflow.settings import DataFolder, setting  # noqa: E402
 
 if __package__:  # python -m bench.suite
-    from bench import _common as C
     from bench import curvature as bench_curvature
     from bench import dpsgd as bench_dpsgd
     from bench import ensemble as bench_ensemble
 else:  # python bench/suite.py: this folder is sys.path[0]
-    import _common as C
     import curvature as bench_curvature
     import dpsgd as bench_dpsgd
     import ensemble as bench_ensemble
@@ -189,22 +188,6 @@ def _environment() -> dict:
     return env
 
 
-def _synthetic(n_train: int, n_test: int, seed: int) -> tuple[data.Dataset, data.Dataset]:
-    """CIFAR-shaped stand-in (N, 32, 32, 3): 10 smooth class prototypes + uniform noise; 10 % of
-    the training labels flipped, so some examples can only be memorized."""
-    rng = np.random.default_rng(seed)
-    protos = np.kron(rng.random((10, 4, 4, 3)), np.ones((1, 8, 8, 1)))
-
-    def split(n: int, flip: bool) -> data.Dataset:
-        y = rng.integers(0, 10, n)
-        x = (0.5 * protos[y] + 0.5 * rng.random((n, 32, 32, 3))).astype(np.float32)
-        if flip:
-            y = np.where(rng.random(n) < 0.1, (y + rng.integers(1, 10, n)) % 10, y)
-        return data.Dataset.from_arrays(x, y.astype(np.int32), num_classes=10, name="synthetic")
-
-    return split(n_train, True), split(n_test, False)
-
-
 def _load_data(ctx: _Context, data_dir) -> None:
     """CIFAR-10 from ``data_dir`` / $JAXCURV_DATA_DIR, else the synthetic stand-in."""
     s = ctx.sizes
@@ -213,15 +196,14 @@ def _load_data(ctx: _Context, data_dir) -> None:
         train, test = data.train_test("cifar10", data_dir=data_dir)
         info = {"dataset": "cifar10", "path": str(found), "fallback": False}
     else:
-        train, test = _synthetic(s.train_limit or 50_000, s.test_limit or 10_000, ctx.seed)
+        train, test = B.synthetic_cifar(s.train_limit or 50_000, s.test_limit or 10_000,
+                                        ctx.seed)
         info = {"dataset": "synthetic", "fallback": True,
                 "note": "no CIFAR-10 files found (--data-dir or $JAXCURV_DATA_DIR): synthetic "
                         "32×32×3 stand-in, 10 classes, 10 % flipped training labels; accuracy "
                         "and attack figures are not CIFAR-10 figures"}
-    if s.train_limit:
-        train = C.random_subset(train, s.train_limit, ctx.seed)
-    if s.test_limit:
-        test = C.random_subset(test, s.test_limit, ctx.seed + 1)
+    train = B.subset(train, s.train_limit, seed=ctx.seed)
+    test = B.subset(test, s.test_limit, seed=ctx.seed + 1)
     ctx.train, ctx.test = train, test
     ctx.data_info = {**info, "train_examples": len(train), "test_examples": len(test)}
 
@@ -332,11 +314,11 @@ def _curvature_model(ctx: _Context):
     (a trained net's per-example curvature spreads, which the Spearman criterion needs)."""
     s = ctx.sizes
     model = models.get_model("resnet18", 10, width=s.curv_width)
-    idx = np.random.default_rng(ctx.seed).permutation(len(ctx.test))[:s.curv_batch]
-    x, y = ctx.test.images[idx], ctx.test.labels[idx]
+    batch = B.subset(ctx.test, s.curv_batch, seed=ctx.seed)
+    x, y = batch.images, batch.labels
     n_train = min(len(ctx.train), int(s.curv_train_examples * min(1.0, ctx.scale)))
     start = time.perf_counter()
-    member, history = ensemble.fit_one(model, C.random_subset(ctx.train, n_train, ctx.seed),
+    member, history = ensemble.fit_one(model, B.subset(ctx.train, n_train, seed=ctx.seed),
                                        ctx.key("curvature_train"), epochs=s.curv_train_epochs,
                                        batch_size=128, learning_rate=0.05, augment=True)
     record = {"train_examples": n_train, "epochs": s.curv_train_epochs,
@@ -386,7 +368,7 @@ def part_curvature(ctx: _Context) -> dict:
     _table_csv(ctx.out / "curvature_rows.csv",
                [{k: r[k] for k in ("method", "samples_per_s", "median_s", "first_s")}
                 for r in rows])
-    C.print_table(f"curvature: ResNet18 w={s.curv_width}, N={n}, {s.curv_probes} probes — "
+    B.print_table(f"curvature: ResNet18 w={s.curv_width}, N={n}, {s.curv_probes} probes — "
                   f"{describe_device()}", rows, ["method", "samples_per_s", "median_s", "first_s"])
     return {"model": f"resnet18 width {s.curv_width}", "batch": n, "num_probes": s.curv_probes,
             "input_shape": list(x.shape[1:]), "trained": trained,
@@ -423,8 +405,7 @@ def _fastnet_recipe(ctx: _Context, model, *, epochs: int) -> dict:
     """bench.ensemble's airbench94-like recipe with the whitening stem computed once (it does
     not depend on a member's initial weights) and copied into every member."""
     s = ctx.sizes
-    recipe = bench_ensemble.fastnet_recipe(SimpleNamespace(lr=None, epochs=epochs,
-                                                           batch_size=s.ens_batch, bf16=s.bf16))
+    recipe = bench_ensemble.fastnet_recipe(epochs=epochs, batch_size=s.ens_batch, bf16=s.bf16)
     template = models.init_variables(model, jax.random.PRNGKey(0), ctx.train.image_shape)
     stem = models.init_fastnet_whitening(template, ctx.train.images[:5000])["params"]["whiten"]
 
@@ -489,7 +470,7 @@ def part_ensemble(ctx: _Context) -> dict:
         "members_per_hour": per_hour >= t["members_per_hour"],
         "mean_test_accuracy": result["mean_test_accuracy"] >= t["mean_test_accuracy"],
         "ratio_vs_loop": result["ratio_vs_loop"] >= t["ratio_vs_loop"]}
-    C.print_table(f"ensemble: fastnet w={s.ens_width}, K={k} vmapped vs loop — "
+    B.print_table(f"ensemble: fastnet w={s.ens_width}, K={k} vmapped vs loop — "
                   f"{describe_device()}", [{k2: result[k2] for k2 in (
                       "members", "members_per_hour", "ratio_vs_loop", "mean_test_accuracy",
                       "min_test_accuracy", "compile_s")}])
@@ -630,13 +611,13 @@ def part_evidence(ctx: _Context) -> dict:
     mem, mem_se = memorization.feldman_zhang(correct, masks_all)
     mem = np.round(mem, 12)  # p_in − p_out with other denominators: equal values tie exactly
     loss_fn = ensemble.member_loss_fn(ens)
-    sample = np.sort(np.random.default_rng(ctx.seed + 2).permutation(n)[:s.ev_h_examples])
+    sample = data.random_subset(n, s.ev_h_examples, seed=ctx.seed + 2)
     h_rows, h = _choose_h(loss_fn, ens.member(0), images[sample], labels[sample],
                           probes=s.ev_probes, seed=ctx.seed)
     chunk = min(s.ev_chunk, n)
     wb, zo, rates = _signal_rates(ctx, ens, loss_fn, h, chunk)
     n_eval = _eval_examples(ctx, k, n, rates, chunk)
-    idx = np.sort(np.random.default_rng(ctx.seed).permutation(n)[:n_eval])
+    idx = data.random_subset(n, n_eval, seed=ctx.seed)
     x, y, masks = images[idx], labels[idx], masks_all[:, idx]
     start = time.perf_counter()
     member_keys = [int(m) for m in ens.member_ids]
@@ -652,7 +633,7 @@ def part_evidence(ctx: _Context) -> dict:
     curv_in = memorization.masked_mean(curv, masks)
     zo_in = memorization.masked_mean(zero, masks)
     _evidence_files(ctx, scores, masks, idx, mem, mem_se, curv_in, zo_in, rows, h_rows)
-    C.print_table(f"evidence: {ctx.data_info['dataset']}, K={k} targets × {n_eval} examples "
+    B.print_table(f"evidence: {ctx.data_info['dataset']}, K={k} targets × {n_eval} examples "
                   f"(paper: Curvature Clues CIFAR-10, zero-order NLL)", rows,
                   ["attack", "auroc", "balanced_accuracy", "balanced_accuracy_eer",
                    "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct", "paper_auroc",
@@ -704,20 +685,23 @@ def _run_part(ctx: _Context, name: str, fn) -> dict:
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for suite.json, CSV and PNG files")
-    p.add_argument("--budget-s", type=float, default=DESIGN_TOTAL_S,
-                   help="seconds the whole run may take; sizes scale to fit")
-    p.add_argument("--tiny", action="store_true", help="toy sizes (CPU, about 100 s of CPU time)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with CIFAR-10 files; default $JAXCURV_DATA_DIR")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.budget_s <= 0:
-        p.error("--budget-s must be > 0")
-    return args
+@dataclasses.dataclass(frozen=True)
+class SuiteConfig(DataFolder, B.BenchSettings):
+    """Settings of ``python -m bench.suite``."""
+
+    out: str | None = setting(None, "folder for suite.json, CSV and PNG files", metavar="DIR",
+                              required=True)
+    budget_s: float = setting(DESIGN_TOTAL_S, "seconds the whole run may take; sizes scale to "
+                              "fit", low=0.0, open_low=True, high=1e6)
+    tiny: bool = setting(False, "toy sizes (CPU, about 100 s of CPU time)")
+
+    def check(self) -> None:
+        if not self.out:
+            raise ConfigError("the suite needs an output folder: --out DIR")
+
+
+def parse_args(argv=None) -> SuiteConfig:
+    return B.parse_args(SuiteConfig, argv, description=__doc__.split("\n\n")[0])
 
 
 def main(argv=None) -> int:
@@ -751,4 +735,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with B.one_line_errors("suite"):
+        sys.exit(main())

@@ -264,7 +264,7 @@ def test_reference_score_equals_naive_seed_loop():
         xb, yb = jnp.asarray(x[start:start + batch]), jnp.asarray(y[start:start + batch])
         per_example_keys = [jax.random.split(jax.random.fold_in(KEY, start + j), num_probes)
                             for j in range(len(xb))]
-        for p in range(num_probes):  # a Python loop over probes, like the seed code
+        for p in range(num_probes):  # a Python loop over probes, like the authors' published code
             v = jnp.stack([h * (jax.random.rademacher(ks[p], xb.shape[1:], dtype=jnp.float32)
                                 + 1e-7) for ks in per_example_keys])
             diff = grad_batch(xb + v, yb) - grad_batch(xb, yb)

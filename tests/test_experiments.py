@@ -25,7 +25,9 @@ from jaxcurv.workflow import apply_overrides  # noqa: E402
 from jaxcurv.workflow import experiment as X  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
-SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py") if not p.stem.startswith("_"))
+TOOLS = {"recompute"}  # commands over evidence folders, not experiments
+SCRIPTS = sorted(p.stem for p in (ROOT / "experiments").glob("*.py")
+                 if not p.stem.startswith("_") and p.stem not in TOOLS)
 
 
 def _read_csv(path):

@@ -41,7 +41,6 @@ from jaxcurv.workflow.settings import (
     RunControl,
     SharpnessAware,
     Training,
-    apply_overrides,
     check_settings,
     echo,
     redefault,
@@ -511,24 +510,17 @@ def parse_args(configs: Mapping[str, Any], argv: Sequence[str] | None = None, *,
     """``--config NAME`` (default "small"), one flag per declared setting of the configs' class
     (generated: adding a setting adds its flag), then repeated ``--set KEY=VALUE`` overrides of
     any field. Progress bars are on unless ``--quiet``."""
-    from jaxcurv.workflow.flags import HelpFormatter, add_flags, command_line_defaults, \
-        given_settings
+    from jaxcurv.workflow.flags import HelpFormatter, add_settings, settings_from_args
 
-    config_type = type(next(iter(configs.values())))
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--config", default="small" if "small" in configs else next(iter(configs)),
                         choices=sorted(configs),
                         help="named configuration (e.g. tiny: a smoke test in seconds; small / "
                         "cpu: a CPU in minutes to an hour; full: the papers' protocol, GPU)")
-    add_flags(parser, configs.get("small", next(iter(configs.values()))))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field (JSON value), e.g. --set models=8 "
-                        "--set 'datasets=[\"digits\"]'; repeatable")
+    add_settings(parser, configs.get("small", next(iter(configs.values()))))
     args = parser.parse_args(argv)
-    changes = {**command_line_defaults(config_type), **given_settings(args, config_type)}
-    config = apply_overrides(named_config(configs, args.config), changes)
-    return apply_overrides(config, args.set)
+    return settings_from_args(args, named_config(configs, args.config))
 
 
 def cli(configs: Mapping[str, Any], main: Callable[[Any], Any], *, description: str,
