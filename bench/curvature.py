@@ -3,7 +3,7 @@
 Ours: ``jaxcurv.curvature.make_input_curvature(..., method="hutchinson")`` (the compiled form of
 ``input_curvature``, held across the timed calls) — exact Hessian-vector products (forward over
 reverse), all probes and examples in one compiled call per chunk.
-Baseline ("seed" in the tables): a faithful JAX re-implementation of the algorithm of the
+Baseline ("authors" in the tables): a faithful JAX re-implementation of the algorithm of the
 authors' published code — finite differences with the *batch-mean* loss L(X) = mean_i ℓ(xᵢ), one
 jitted call per probe from a Python loop; each call differentiates L(X + V) − L(X) with
 V = h·(R + 1e-7), R Rademacher (so ∇L(X) is recomputed every probe, as the published code does),
@@ -161,7 +161,7 @@ def _trained_variables(model, variables, *, epochs: int, examples: int, seed: in
     key = jax.random.fold_in(jax.random.PRNGKey(seed), _TRAIN_KEY)
     member, _ = ensemble.fit_one(model, train, key,
                                  epochs=epochs, batch_size=128, learning_rate=0.05,
-                                 augment=True, progress=False)
+                                 augment=True)
     return jax.tree.map(jnp.asarray, member)
 
 
@@ -177,7 +177,7 @@ def _cast_floats(tree, dtype):
 # the published algorithm, re-implemented faithfully in JAX
 
 
-def make_seed_curvature(model, *, h: float = 1e-3, compute_dtype=None, hoist_g0: bool = False):
+def make_authors_curvature(model, *, h: float = 1e-3, compute_dtype=None, hoist_g0: bool = False):
     """The algorithm of the authors' published code: ``fn(variables, x, y, probe_keys) ->
     (trace, trace_sq)`` (N,) with a Python loop over probes.
 
@@ -260,21 +260,21 @@ def measure_main(config, model, variables, x, y) -> dict:
         fns = {"ours": _ours(loss_fn, variables, x, y, key, num_probes=config.num_probes,
                              dtype=dtype, batch_size=config.batch_size,
                              probe_batch=config.probe_batch)}
-        for label, hoist in (("seed", False), ("hoisted", True)):
+        for label, hoist in (("authors", False), ("hoisted", True)):
             if hoist and not config.hoisted_baseline:
                 continue
-            seed_fn = make_seed_curvature(model, compute_dtype=dtype, hoist_g0=hoist)
-            fns[label] = (lambda f=seed_fn: f(variables, x, y, probe_keys))
+            authors_fn = make_authors_curvature(model, compute_dtype=dtype, hoist_g0=hoist)
+            fns[label] = (lambda f=authors_fn: f(variables, x, y, probe_keys))
         # interleaved repeats: a change of machine load hits every method alike
         timings = time_interleaved(fns, repeats=config.repeats)
         for label, t in timings.items():
             rows.append(_row(labels[label], name, n, t))
         outputs[name] = fns["ours"]()
         if name == "fp32":
-            outputs["seed_fp32"] = tuple(np.asarray(a) for a in fns["seed"]())
+            outputs["authors_fp32"] = tuple(np.asarray(a) for a in fns["authors"]())
         ratio = {"dtype": name, "ours_samples_per_s": n / timings["ours"].median,
-                 "seed_samples_per_s": n / timings["seed"].median,
-                 "ratio_vs_seed": timings["seed"].median / timings["ours"].median}
+                 "authors_samples_per_s": n / timings["authors"].median,
+                 "ratio_vs_authors": timings["authors"].median / timings["ours"].median}
         if "hoisted" in timings:
             ratio["ratio_vs_hoisted"] = timings["hoisted"].median / timings["ours"].median
         ratio["load"] = timings["ours"].load
@@ -285,18 +285,18 @@ def measure_main(config, model, variables, x, y) -> dict:
     B.print_table("ratio ours / published algorithm (same process, median of repeats)", ratios)
     agreement = {}
     if "fp32" in outputs and "bf16" in outputs:
-        agreement["spearman_bf16_vs_fp32_trace_sq"] = float(
+        agreement["spearman_bf16_vs_fp32_curvature"] = float(
             stats.spearmanr(outputs["bf16"].trace_sq, outputs["fp32"].trace_sq).statistic)
-        agreement["spearman_bf16_vs_fp32_trace"] = float(
+        agreement["spearman_bf16_vs_fp32_curvature_trace"] = float(
             stats.spearmanr(outputs["bf16"].trace, outputs["fp32"].trace).statistic)
-    if "fp32" in outputs and "seed_fp32" in outputs:
+    if "fp32" in outputs and "authors_fp32" in outputs:
         # different probes: agreement is statistical (both estimate tr(H²) per example)
-        agreement["spearman_seed_vs_ours_trace_sq_fp32"] = float(
-            stats.spearmanr(outputs["seed_fp32"][1], outputs["fp32"].trace_sq).statistic)
-        # ReLU nets: finite differences cross activation boundaries, so the seed's ‖Δg/h‖²
+        agreement["spearman_authors_vs_ours_curvature_fp32"] = float(
+            stats.spearmanr(outputs["authors_fp32"][1], outputs["fp32"].trace_sq).statistic)
+        # ReLU nets: finite differences cross activation boundaries, so the authors' ‖Δg/h‖²
         # grows like 1/h and exceeds the exact tr(H²) by orders of magnitude (see README)
-        agreement["median_trace_sq_seed_over_ours_fp32"] = float(
-            np.median(outputs["seed_fp32"][1]) / np.median(outputs["fp32"].trace_sq))
+        agreement["median_curvature_authors_over_ours_fp32"] = float(
+            np.median(outputs["authors_fp32"][1]) / np.median(outputs["fp32"].trace_sq))
     if agreement:
         B.print_table("agreement on the benchmark batch", [agreement])
     return {"rows": rows, "ratios": ratios, "agreement": agreement}
@@ -345,7 +345,7 @@ def measure_devices_child(config, model, variables, x, y) -> dict:
     results = {label: fn() for label, fn in fns.items()}
     for label, t in timings.items():
         out[label] = {"samples_per_s": n / t.median, **t.as_dict()}
-    out["max_abs_diff_trace_sq"] = float(np.max(np.abs(results["all devices"].trace_sq
+    out["max_abs_diff_curvature"] = float(np.max(np.abs(results["all devices"].trace_sq
                                                        - results["one device"].trace_sq)))
     return out
 
@@ -408,7 +408,7 @@ def measure_devices(config) -> dict:
     row = {"devices": f"8 fake CPU devices vs 1 (on {os.cpu_count()} cores)",
            "samples_per_s_8": alln["samples_per_s"], "samples_per_s_1": one["samples_per_s"],
            "speedup_8_vs_1": alln["samples_per_s"] / one["samples_per_s"],
-           "max_abs_diff_trace_sq": res["max_abs_diff_trace_sq"],
+           "max_abs_diff_curvature": res["max_abs_diff_curvature"],
            "load": alln["load_avg_1min"]}
     B.print_table("scaling over devices (8 fake CPU devices share the same cores: this measures "
                   "sharding overhead, not a speedup)", [row])
@@ -458,7 +458,7 @@ def main(config: CurvatureBench) -> None:
                 checks.append({"dtype": name, "samples_per_s": by[name]["ours_samples_per_s"],
                                "target": GPU_TARGET[name],
                                "met": by[name]["ours_samples_per_s"] >= GPU_TARGET[name],
-                               "ratio_vs_seed": by[name]["ratio_vs_seed"]})
+                               "ratio_vs_authors": by[name]["ratio_vs_authors"]})
         B.print_table("GPU targets (one H100: ≥14,000 bf16, ≥7,500 fp32 samples/s, ≈12× seed)",
                       checks)
     result["wall_s"] = timer.elapsed()

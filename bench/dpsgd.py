@@ -45,6 +45,7 @@ from jaxcurv.privacy.plan import DPPlan  # noqa: E402
 from jaxcurv.training import init_state, make_train_step  # noqa: E402
 from jaxcurv.workflow import Timer, describe_device, load_average, time_interleaved  # noqa: E402
 from jaxcurv.workflow import benchmark as B  # noqa: E402
+from jaxcurv.workflow.training import train_ensemble  # noqa: E402
 from jaxcurv.workflow.settings import (  # noqa: E402
     MODEL_DEFAULTS,
     DataFolder,
@@ -176,7 +177,7 @@ def train_eps8(config) -> dict:
                                 weight_decay=0.0, schedule="cosine", warmup_fraction=0.05)
     masks = np.ones((1, len(train_set)), bool)
     timer = Timer()
-    ens = ensemble.train(model, train_set, masks, jax.random.PRNGKey(config.seed),
+    ens = train_ensemble(model, train_set, masks, jax.random.PRNGKey(config.seed),
                          epochs=config.eps8_epochs, batch_size=config.eps8_batch,
                          optimizer=optimizer,
                          augment={"padding": 4, "flip": True} if config.eps8_augment else False,

@@ -1,6 +1,7 @@
 """Benchmark: members trained per second, vmapped K members vs a loop of single runs.
 
-Layouts, all through ``jaxcurv.ensemble.train`` in the same process, same data, recipe and keys:
+Layouts, all through ``jaxcurv.workflow.train_ensemble`` in the same process, same data, recipe
+and keys:
 
 - ``vmap K + scan``: one call, ``members_per_chunk=K, scan_steps=True`` (the GPU default: K
   members vmapped in one step, an epoch as one lax.scan);
@@ -51,6 +52,7 @@ from jaxcurv.errors import ConfigError  # noqa: E402
 from jaxcurv.optim import OptimizerConfig  # noqa: E402
 from jaxcurv.workflow import Timer, describe_device, load_average  # noqa: E402
 from jaxcurv.workflow import benchmark as B  # noqa: E402
+from jaxcurv.workflow.training import train_ensemble  # noqa: E402
 from jaxcurv.workflow.settings import (  # noqa: E402
     LEARNING_RATES,
     MODEL_DEFAULTS,
@@ -157,8 +159,7 @@ def with_whitening(recipe: dict, images) -> dict:
 def timed_train(model, dataset, masks, key, *, recipe, **kwargs):
     """(ensemble, its EpochClock, wall seconds) of one train() call."""
     clock = B.EpochClock()
-    ens = ensemble.train(model, dataset, masks, key, progress=False, callbacks=[clock],
-                         **recipe, **kwargs)
+    ens = train_ensemble(model, dataset, masks, key, callbacks=[clock], **recipe, **kwargs)
     return ens, clock, clock.elapsed()
 
 

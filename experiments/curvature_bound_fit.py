@@ -84,7 +84,8 @@ def main(config: BoundFitConfig) -> dict:
                                           "examples": [len(g) for g in groups]})
         fig = report.figure_bound_fit(curv, mem, bin_curv, bin_mem, fit.p1, fit.c1,
                                float(bin_msub.mean()), fit.r2, d / "eq15_bound_fit.png",
-                               bin_label=f"{len(groups)} mem bins ({config.bin_curvature} tr(H))")
+                               bin_label=f"{len(groups)} mem bins ({config.bin_curvature} tr(H²))",
+                               quantity="curvature_in")
         results[data.slug] = {
             "data": data.describe(), "ensemble": facts,
             "fit_binned": {"p1": fit.p1, "c1": fit.c1, "r2": fit.r2, "bins": len(groups),

@@ -13,7 +13,7 @@ Estimators (v Rademacher, P probes):
 - ``"finite_difference"``: the papers' estimator Hv ≈ (∇ℓ(x + h v) − ∇ℓ(x)) / h.
 - ``zero_order_curvature``: losses only; ``"central"`` vᵀHv ≈ (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv)) / h²,
   ``"mixed"`` |uᵀHv| ≈ |ℓ(x+hv+hu) − ℓ(x−hv+hu) − ℓ(x+hv−hu) + ℓ(x−hv−hu)| / (4h²).
-- ``reference_score``: the seed code's white-box score (see its docstring).
+- ``reference_score``: the authors' published code's white-box score (see its docstring).
 
 ``make_input_curvature``, ``make_zero_order_curvature`` and ``make_reference_score`` fix the
 configuration and return ``fn(params, x, y, key, *, h=None, progress=False)``, which holds its
@@ -21,9 +21,16 @@ compiled kernel: the caller keeps ``fn`` and calls it again without recompiling 
 input, so a sweep over h reuses it too). ``input_curvature``, ``zero_order_curvature`` and
 ``reference_score`` are one-call conveniences over them.
 
-Checked before any compute: integer class labels must be ≥ 0, and < ``num_classes`` when given;
-``loss_fn`` must return one scalar per example (when the kernel is traced). A call whose losses
-are NaN for some examples warns once per held function ("loss_fn returned NaN for E example(s)").
+Checked before any compute (ConfigError, a ValueError, one line naming the contract): ``key``
+must be one PRNG key; integer class labels must be ≥ 0, and < ``num_classes`` when given (a label
+≥ num_classes is refused); ``loss_fn`` is traced abstractly (``jax.eval_shape``, no FLOPs) on
+one example, once per input signature, and must accept (params, one unbatched x, its y) and
+return a scalar: a batched loss_fn, variables of another model or labels shaped (N, 1) get a
+hint instead of a raw shape error from inside the model. Examples whose loss is not finite get
+NaN in every output, and the call warns once per held function ("loss_fn returned NaN for E
+example(s)"); without ``num_classes`` that is what an out-of-range label gives with optax's
+integer-label cross-entropy (a loss_fn that clamps the index cannot be detected: pass
+``num_classes``).
 """
 
 from __future__ import annotations
@@ -40,11 +47,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcurv._chunks import map_chunks
-from jaxcurv._tree import cast_floats
-from jaxcurv._validate import check_positive, check_positive_int
 from jaxcurv._names import CURVATURE_METHODS as METHODS
 from jaxcurv._names import ZERO_ORDER_METHODS
-
+from jaxcurv._tree import cast_floats
+from jaxcurv._validate import check_positive, check_positive_int
+from jaxcurv.errors import ConfigError
 
 __all__ = [
     "Curvature",
@@ -151,6 +158,55 @@ def _check_data(x, y, num_classes: int | None = None) -> tuple[np.ndarray, np.nd
     return x_host, y_host
 
 
+def _check_key(key) -> None:
+    """One PRNG key: a typed key (jax.random.key) of shape () or a raw uint32 key
+    (jax.random.PRNGKey) of shape (2,) or (4,); per-example keys derive from it by fold_in."""
+    dtype = getattr(key, "dtype", None)
+    shape = tuple(getattr(key, "shape", ()) or ())
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype is not None and not typed and np.dtype(dtype) == np.uint32
+    if (typed and shape == ()) or (raw and shape in ((2,), (4,))):
+        return
+    what = (f"{type(key).__name__} {key!r}" if dtype is None
+            else f"an array of dtype {dtype} and shape {shape}")
+    raise ConfigError(f"key must be one JAX PRNG key, e.g. jax.random.key(0) or "
+                      f"jax.random.PRNGKey(0), got {what}; each example's probes derive from it "
+                      "by fold_in")
+
+
+def _first_line(err: BaseException, most: int = 240) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text[:most]}" if text else type(err).__name__
+
+
+def _check_loss_fn(loss_fn: LossFn, params, x0: np.ndarray, y0: np.ndarray,
+                   compute_dtype) -> None:
+    """Trace ``loss_fn`` abstractly (no FLOPs) on one example x0 with target y0: it must accept
+    them with ``params`` and return a scalar; else one ConfigError naming the contract."""
+    f = _scalar_loss(loss_fn, params, y0, compute_dtype)
+    try:
+        jax.eval_shape(f, x0)
+    except ConfigError:
+        raise
+    except Exception as err:  # any failure inside the user's model: add the contract
+        labels = (f"; y has shape (N, {y0.shape[0]}): pass integer class labels as (N,), e.g. "
+                  "y.reshape(-1)" if y0.ndim == 1 and np.issubdtype(y0.dtype, np.integer)
+                  else "")
+        raise ConfigError(
+            f"loss_fn(params, x, y) failed on one example (x of shape {x0.shape}, y of shape "
+            f"{y0.shape}): {_first_line(err)}. loss_fn must take the variables its model was "
+            "built with and ONE unbatched example (no batch axis) and return its scalar loss; "
+            "for a batched loss pass lambda p, x, y: batched_loss(p, x[None], y[None])"
+            f"{labels}") from err
+
+
+def _signature(params, x: np.ndarray, y: np.ndarray) -> tuple:
+    """What the loss_fn check depends on: per-example shapes and dtypes, the params' tree."""
+    leaves, tree = jax.tree.flatten(params)
+    return (x.shape[1:], x.dtype.str, y.shape[1:], y.dtype.str, tree,
+            tuple((np.shape(leaf), str(getattr(leaf, "dtype", type(leaf)))) for leaf in leaves))
+
+
 def _resolve_devices(devices: Sequence[jax.Device] | None) -> tuple[jax.Device, ...]:
     devs = tuple(jax.local_devices() if devices is None else devices)
     if not devs:
@@ -185,7 +241,7 @@ def _scalar_loss(loss_fn: LossFn, params, y, compute_dtype) -> Callable[[jax.Arr
         xc = x if compute_dtype is None else x.astype(compute_dtype)
         loss = jnp.asarray(loss_fn(params, xc, y))
         if loss.size != 1:  # shapes are static: checked once, when the kernel is traced
-            raise ValueError(f"loss_fn must return the scalar loss of ONE example, got shape "
+            raise ConfigError(f"loss_fn must return the scalar loss of ONE example, got shape "
                              f"{loss.shape} for an input of shape {x.shape}: reduce it, or vmap "
                              "over the batch outside of loss_fn")
         return loss.astype(x.dtype).reshape(())
@@ -334,12 +390,17 @@ def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_f
 
 
 def _warn_nonfinite(results: tuple, checked: int, warned: list) -> tuple:
-    """``results`` without their last entry, isfinite(loss) (N,); warns once per held estimator
-    when a loss or one of the first ``checked`` outputs is NaN/inf (host arrays: no device sync)."""
+    """``results`` without their last entry, isfinite(loss) (N,), with NaN in every output of the
+    examples whose loss is not finite (their curvature would be that of a meaningless loss, e.g.
+    the log-sum-exp alone for a label outside the classes); warns once per held estimator when a
+    loss or one of the first ``checked`` outputs is NaN/inf (host arrays: no device sync)."""
     *results, loss_ok = results
+    bad_loss = ~np.asarray(loss_ok, bool)
+    if bad_loss.any():
+        results = [np.where(bad_loss, np.nan, np.asarray(a)).astype(np.asarray(a).dtype)
+                   for a in results]
     if warned:
         return tuple(results)
-    bad_loss = ~np.asarray(loss_ok, bool)
     bad = bad_loss.copy()
     for a in results[:checked]:
         bad |= ~np.isfinite(a)
@@ -383,9 +444,12 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
         data_sharding = repl = devs[0]
     kernel = jax.jit(kernel)
 
+    checked: set = set()
+
     def estimate(params, x, y, key, *, h: float | None = None,
                  progress: bool = False) -> tuple[np.ndarray, ...]:
         h = default_h if h is None else check_positive("h", h)
+        _check_key(key)
         x_host, y_host = _check_data(x, y, num_classes)
         d = int(np.prod(x_host.shape[1:]))
         step, chunk = _chunk_sizes(x_host.shape[0], batch_size, len(devs),
@@ -394,6 +458,11 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
             if x64:
                 x_host = x_host.astype(np.float64)
                 params = cast_floats(jax.tree.map(np.asarray, params), np.float64)
+            signature = _signature(params, x_host, y_host)
+            if signature not in checked:
+                _check_loss_fn(loss_fn, params, x_host[0], y_host[0],
+                               None if x64 else compute_dtype)
+                checked.add(signature)
             params_d, key_d = jax.device_put(params, repl), jax.device_put(key, repl)
 
             def run(xs, ys, idx, real):
@@ -523,11 +592,15 @@ def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     on CPU (XLA:CPU runs convolutions inside loops slowly), 1 on GPU/TPU (a lax.map over probes).
     One call compiles its kernel; to call repeatedly, hold :func:`make_input_curvature`'s function.
 
-    Checked before any compute: integer class labels y (N,) must be ≥ 0, and < ``num_classes``
-    when it is given (the model's output size C; without it a label ≥ C is not detectable and
-    gives finite, meaningless numbers); ``loss_fn`` must return one scalar per example (a
-    ValueError when the kernel is traced). When the loss is NaN for some examples the call warns
-    once ("loss_fn returned NaN for E example(s)", RuntimeWarning) and returns NaN for them.
+    Checked before any compute (ConfigError, a ValueError): ``key`` is one PRNG key; integer
+    class labels y (N,) are ≥ 0, and < ``num_classes`` when it is given (the model's output size
+    C: a label ≥ C is refused); ``loss_fn`` accepts (params, one unbatched x, its y) and returns a
+    scalar (traced abstractly on one example; a batched loss_fn, mismatched variables or labels
+    shaped (N, 1) get a hint naming this contract). When the loss is not finite for some
+    examples the call warns once ("loss_fn returned NaN for E example(s)", RuntimeWarning) and
+    returns NaN for them in every field: without ``num_classes`` an out-of-range label gives NaN
+    this way with optax's integer-label cross-entropy (a loss that clamps the index gives a
+    finite loss no check can tell from a right one: pass ``num_classes``).
     """
     fn = make_input_curvature(loss_fn, num_probes=num_probes, method=method, h=h,
                               batch_size=batch_size, compute_dtype=compute_dtype, devices=devices,
@@ -570,7 +643,7 @@ def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                     batch_size: int | None = None, compute_dtype=None,
                     devices: Sequence[jax.Device] | None = None, probe_batch: int | None = None,
                     num_classes: int | None = None, progress: bool = False):
-    """The seed code's white-box score, with its exact semantics; host array (N,).
+    """The authors' published code's white-box score, with its exact semantics; host array (N,).
 
     For each batch X of B real examples (``batch_size``; default: all N in one batch) and each
     probe V = h·(R + 1e-7), R Rademacher: sᵢ = mean_probes ‖∇ₓᵢ[L(X+V) − L(X)]‖₂ with L the

@@ -498,11 +498,8 @@ def test_every_poisson_entry_point_gives_the_same_batches():
     np.testing.assert_array_equal(a_mask, c_w[0] > 0)
 
 
-def test_dpplan_is_the_training_dp_step():
-    from jaxcurv.training import DPStep
-
-    assert DPStep is DPPlan
-    step = DPStep(1.0, 1.1, 64.0)
+def test_dpplan_of_a_step_alone_has_no_run_fields():
+    step = DPPlan(1.0, 1.1, 64.0)
     assert (step.l2_clip, step.noise_multiplier, step.expected_batch_size) == (1.0, 1.1, 64.0)
     assert step.epsilon is None and step.max_batch_size is None
-    assert hash(step) == hash(DPStep(l2_clip=1.0, noise_multiplier=1.1, expected_batch_size=64.0))
+    assert hash(step) == hash(DPPlan(l2_clip=1.0, noise_multiplier=1.1, expected_batch_size=64.0))

@@ -71,11 +71,11 @@ def test_tiny_run_fills_every_part_without_accounting_or_tfds(tiny_run):
 def test_tiny_curvature_part_is_consistent(tiny_run):
     c = tiny_run[1]["curvature"]
     rate = c["samples_per_s"]
-    expected = {*OURS, "seed_jax_tf32_default"}
+    expected = {*OURS, "authors_jax_tf32_default"}
     torch_ok = importlib.util.find_spec("torch") is not None
     assert c["torch"]["available"] is torch_ok
     if torch_ok:
-        expected.add("seed_torch")
+        expected.add("authors_torch")
     assert set(rate) == expected and all(v > 0 for v in rate.values())
     for row in c["rows"]:  # samples/s = N / median seconds of the same timing
         assert row["samples_per_s"] == pytest.approx(c["batch"] / row["median_s"])

@@ -36,16 +36,6 @@ import numpy as np
 from jaxcurv._tree import leading_size
 from jaxcurv._validate import check_float, check_positive, check_positive_int
 
-# The host-side plan (settings, padded size, Poisson batches) lives in jaxcurv.privacy.plan; its
-# names stay importable from here.
-from jaxcurv.privacy.plan import (  # noqa: F401
-    DPConfig,
-    DPPlan,
-    ensemble_poisson_batches,
-    max_batch_size,
-    poisson_batches,
-)
-
 __all__ = [
     "PrivateGradientInfo",
     "clip_per_example",
@@ -53,7 +43,6 @@ __all__ = [
     "per_example_gradients",
     "dp_gradient",
     "dp_value_and_grad",
-    "max_batch_size",
 ]
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]

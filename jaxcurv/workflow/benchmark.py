@@ -19,7 +19,8 @@ tables, the JSON of results, their data and the epoch clock of a training run.
   experiments (training split with ``seed``, test split with ``seed + 1``): the same seed gives
   the same examples everywhere; :func:`synthetic_cifar`, a CIFAR-shaped stand-in.
 - Timing: :mod:`jaxcurv.workflow.timing` (``time_call``, ``time_interleaved``, ``Timer``) and
-  :class:`EpochClock`, the ``ensemble.train`` callback that times epochs without compilation.
+  :class:`EpochClock`, the ``workflow.train_ensemble`` callback that times epochs without
+  compilation.
 
 Jax-free at import.
 """
@@ -337,7 +338,7 @@ def synthetic_cifar(n_train: int, n_test: int, seed: int) -> tuple[Any, Any]:
 
 
 class EpochClock:
-    """An ``ensemble.train`` callback that reads the clock after every epoch, per chunk of
+    """A ``workflow.train_ensemble`` callback that reads the clock after every epoch, per chunk of
     members. An epoch's callback runs once its metrics have reached the host, so its device work
     is done; the differences between stamps within a chunk are steady epoch times (compilation,
     initialization and the chunk's first epoch excluded by construction). ``clock``: the time

@@ -52,12 +52,16 @@ PRESETS: dict[str, dict[str, Any]] = {}
 
 
 def _check_model_name(model: str) -> None:
-    """A model of the zoo (models.MODEL_NAMES)."""
+    """A model of the zoo (models.MODEL_NAMES) or a ``package.module:factory`` path (its module
+    imported and the factory looked up here; it is called once the data is known)."""
     from jaxcurv import models
+    from jaxcurv.workflow.model_spec import check_factory_path, is_factory_path
 
-    if model not in models.MODEL_NAMES:
+    if is_factory_path(model):
+        check_factory_path(model)
+    elif model not in models.MODEL_NAMES:
         raise ConfigError(f"--model: unknown model {model!r}; choose one of "
-                          f"{', '.join(models.MODEL_NAMES)}")
+                          f"{', '.join(models.MODEL_NAMES)}, or give package.module:factory")
 
 
 @dataclasses.dataclass(frozen=True)

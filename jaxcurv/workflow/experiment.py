@@ -244,6 +244,7 @@ def train_ensemble(config: ExperimentConfig, data: ExperimentData, masks: np.nda
     run resumes. key: default ``config_key(config, Stage.TRAIN)``."""
     from jaxcurv import ensemble
     from jaxcurv.workflow.cache import fingerprint
+    from jaxcurv.workflow.training import train_ensemble as train
 
     model = model if model is not None else build_model(config, data.train)
     key = key if key is not None else config_key(config, Stage.TRAIN)
@@ -252,13 +253,12 @@ def train_ensemble(config: ExperimentConfig, data: ExperimentData, masks: np.nda
         epochs=epochs or config.epochs, batch_size=batch_size or config.batch_size,
         optimizer=optimizer if optimizer is not None else optimizer_config(config),
         augment=augment, dp=dp, record_examples=record_examples,
-        record_curvature=record_curvature, progress=config.progress)
-    spec = (repr(model), dataclasses.replace(settings, progress=False), key_data(key),
-            data.source, data.train_index, data.test_index, data.train.labels, masks)
-    settings = dataclasses.replace(
-        settings, checkpoint_every=settings.epochs,
-        checkpoint_dir=Path(config.cache_dir) / "ensembles" / f"{tag}-{fingerprint(*spec)[:16]}")
-    return ensemble.train(model, data.train, masks, key, settings, test=data.test)
+        record_curvature=record_curvature)
+    spec = (repr(model), settings, key_data(key), data.source, data.train_index, data.test_index,
+            data.train.labels, masks)
+    folder = Path(config.cache_dir) / "ensembles" / f"{tag}-{fingerprint(*spec)[:16]}"
+    return train(model, data.train, masks, key, settings, test=data.test, checkpoint_dir=folder,
+                 checkpoint_every=settings.epochs, progress=config.progress)
 
 
 def stage_cache(config: ExperimentConfig, timer=None):
