@@ -439,15 +439,16 @@ def _curvature(config, ens, data) -> dict[str, np.ndarray]:
 
     labels = data.train.labels
     dtype = jnp.float64 if config.zero_order_dtype == "float64" else None
+    # one compiled kernel each, reused for every model and view
+    white_box_fn = ensemble.make_member_curvature(ens.model, num_probes=config.num_probes)
+    zero_order_fn = ensemble.make_member_zero_order_curvature(
+        ens.model, num_probes=config.zero_order_probes, method="mixed", compute_dtype=dtype)
 
     def white_box(k, x, key):
-        return ensemble.member_curvature(ens, x, labels, key, num_probes=config.num_probes,
-                                         members=[k]).trace_sq[0]
+        return white_box_fn(ens, x, labels, key, members=[k]).trace_sq[0]
 
     def zero_order(k, x, key):
-        return ensemble.member_zero_order_curvature(
-            ens, x, labels, key, num_probes=config.zero_order_probes, h=config.h,
-            method="mixed", compute_dtype=dtype, members=[k])[0]
+        return zero_order_fn(ens, x, labels, key, h=config.h, members=[k])[0]
 
     return {"curvature": np.abs(_per_member(
                 config, ens, data, "curvature", X.config_key(config, Stage.CURVATURE),
