@@ -93,11 +93,12 @@ DESIGN_BUDGET_S = {"startup": 25, "curvature": 110, "dpsgd": 40, "ensemble": 130
 DESIGN_TOTAL_S = float(sum(DESIGN_BUDGET_S.values()))
 # Ravikumar, Soufleri & Roy, "Curvature Clues: Decoding Deep Learning Privacy with Input Loss
 # Curvature", NeurIPS 2024 (arXiv:2407.02747): the CIFAR-10 zero-order curvature NLL attack
-# (ResNet18 shadows, 64 per target), as this repository records it in experiments/mia_curvature.py
-# (PAPER["cifar10"]; "balanced accuracy" is the notebooks' value at the EER threshold).
+# (ResNet18 shadows, 64 per target), as this repository records it in
+# experiments/curvature_clues_table1.py (PAPER[("zero_order_nll", "paper")]; "balanced accuracy" is
+# the notebooks' value at the EER threshold).
 PAPER_CIFAR10 = {"attack": "zero_order_nll", "auroc": 0.6895, "balanced_accuracy_eer": 0.6196,
                  "source": "Curvature Clues (NeurIPS 2024), CIFAR-10 row, via "
-                           "experiments/mia_curvature.py PAPER"}
+                           "experiments/curvature_clues_table1.py PAPER"}
 H_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3)  # zero-order steps tried, largest first
 H_TOLERANCE = 0.05  # float32 vs float64 median relative difference accepted at the chosen h
 TABLE_ATTACKS = ("lira_online", "lira_offline", "rmia", "curvature_lr", "curvature_nll",

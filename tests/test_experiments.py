@@ -92,7 +92,7 @@ def test_every_script_is_a_module_with_named_configs():
 
 
 def test_script_help_runs_as_a_module():
-    out = subprocess.run([sys.executable, "-m", "experiments.mia_curvature", "--help"],
+    out = subprocess.run([sys.executable, "-m", "experiments.curvature_clues_table1", "--help"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)
     assert "--config" in out.stdout and "Curvature Clues" in out.stdout
 
