@@ -60,10 +60,13 @@ class MIABench(B.Repeats, B.BenchConfig):
     zero_order_timing: bool = setting(False, "also time zero_order_curvature on the digits CNN")
 
 
-def make_statistics(n: int, k: int, a: int, z: int, seed: int) -> dict:
-    """Synthetic shadow statistics with a member effect (float64 host arrays)."""
+def make_statistics(n: int, k: int, a: int, z: int, seed: int,
+                    in_all: np.ndarray | None = None) -> dict:
+    """Synthetic shadow statistics with a member effect (float64 host arrays). ``in_all`` (K+1, N)
+    bool: who holds each example, row 0 the target model (default: balanced random halves)."""
     rng = np.random.default_rng(seed)
-    in_all = subset_masks(n, k + 1, fraction=0.5, seed=seed)  # row 0 is the target model
+    if in_all is None:
+        in_all = subset_masks(n, k + 1, fraction=0.5, seed=seed)  # row 0 is the target model
     target_in, shadow_in = in_all[0], in_all[1:]
     difficulty = rng.normal(0.0, 2.0, (n, 1))
 

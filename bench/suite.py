@@ -1,9 +1,10 @@
 """One prepared GPU run that measures every figure the project promises, in 8 minutes.
 
 ``python -m bench.suite --out DIR [--budget-s 480] [--tiny] [--data-dir D]`` (or
-``python bench/suite.py ...``) runs four parts in turn and rewrites ``DIR/suite.json`` after each
+``python bench/suite.py ...``) runs five parts in turn and rewrites ``DIR/suite.json`` after each
 one, so a run cut short still reports what it finished (top-level keys ``environment``,
-``curvature``, ``ensemble``, ``dpsgd``, ``evidence``, ``suite``); CSV and PNG files go next to it.
+``curvature``, ``ensemble``, ``dpsgd``, ``evidence``, ``peers``, ``suite``); CSV and PNG files go
+next to it.
 
 - curvature: per-sample tr(H) + tr(H²) of a CIFAR ResNet18 (BatchNorm in inference mode), batch
   512, 10 probes: ours (``make_input_curvature``) at fp32 "highest" matmul precision, at the
@@ -23,6 +24,9 @@ one, so a run cut short still reports what it finished (top-level keys ``environ
   intervals, next to Curvature Clues' CIFAR-10 row. The zero-order step h is measured: the
   smallest h of ``H_GRID`` whose float32 estimate agrees with float64 at the same h and probes.
   The number of evaluated examples is sized from one timed chunk and the remaining budget.
+- peers: ``bench.peers`` on this device (files in ``DIR/peers/``): curvature vs the authors'
+  PyTorch algorithm and PyTorch HVPs, DP-SGD vs Opacus, members/hour vs PyTorch loops, LiRA and
+  RMIA vs the published code, XLA FLOPs vs the limit; rows "missing" without PyTorch/Opacus.
 
 Without local CIFAR-10 files the suite runs on a synthetic CIFAR-shaped data set and says so.
 ``--tiny`` runs every part at toy size (CPU, about 100 s of CPU time); the test runs it.
@@ -65,10 +69,12 @@ if __package__:  # python -m bench.suite
     from bench import curvature as bench_curvature
     from bench import dpsgd as bench_dpsgd
     from bench import ensemble as bench_ensemble
+    from bench import peers as bench_peers
 else:  # python bench/suite.py: this folder is sys.path[0]
     import curvature as bench_curvature
     import dpsgd as bench_dpsgd
     import ensemble as bench_ensemble
+    import peers as bench_peers
 
 __all__ = ["TARGETS", "DESIGN_BUDGET_S", "PAPER_CIFAR10", "H_GRID", "Sizes", "FULL", "TINY",
            "main"]
@@ -82,8 +88,8 @@ TARGETS = {
 }
 # Design budget per part, seconds on one H100 (sum = 480 = the default --budget-s). --budget-s
 # scales the training sizes of curvature/ensemble; the evidence part takes what is left.
-DESIGN_BUDGET_S = {"startup": 25, "curvature": 120, "dpsgd": 45, "ensemble": 140,
-                   "evidence": 135, "margin": 15}
+DESIGN_BUDGET_S = {"startup": 25, "curvature": 110, "dpsgd": 40, "ensemble": 130,
+                   "evidence": 120, "peers": 45, "margin": 10}
 DESIGN_TOTAL_S = float(sum(DESIGN_BUDGET_S.values()))
 # Ravikumar, Soufleri & Roy, "Curvature Clues: Decoding Deep Learning Privacy with Input Loss
 # Curvature", NeurIPS 2024 (arXiv:2407.02747): the CIFAR-10 zero-order curvature NLL attack
@@ -392,7 +398,7 @@ def part_dpsgd(ctx: _Context) -> dict:
     ratio = row["ratio_dp_over_nonprivate"]
     t = TARGETS["dpsgd"]
     return {"row": row, "ratio_dp_over_nonprivate": ratio, "noise_multiplier": 1.0,
-            "l2_clip": 1.0, "accounting": "none (fixed σ through training.DPStep)",
+            "l2_clip": 1.0, "accounting": "none (fixed σ through privacy.DPPlan)",
             "targets": t, "target_met": {"ratio_dp_over_nonprivate":
                                          ratio <= t["ratio_dp_over_nonprivate"]}}
 
@@ -663,8 +669,30 @@ def part_evidence(ctx: _Context) -> dict:
 # the run
 
 
+# ----------------------------------------------------------------------------------------------
+# peers: every ratio of bench.peers on this device
+
+
+def part_peers(ctx: _Context) -> dict:
+    """``bench.peers`` on this device (its TINY sizes in the suite's tiny mode): curvature vs the
+    authors' PyTorch algorithm and torch.func HVPs, DP-SGD vs Opacus, members/hour vs PyTorch
+    loops, LiRA/RMIA vs the published code, FLOPs vs the limit. Files in DIR/peers/."""
+    sizes = bench_peers.TINY if ctx.sizes is TINY else bench_peers.FULL
+    result = bench_peers.run(sizes, out=ctx.out / "peers", seed=ctx.seed,
+                             splits=(ctx.train, ctx.test, ctx.data_info),
+                             tiny=ctx.sizes is TINY)
+    rows = [{k: r.get(k) for k in ("section", "name", "ours", "peer", "status", "speedup",
+                                   "ours_rate", "peer_rate", "unit")} for r in result["rows"]]
+    bad = [r["name"] for r in result["rows"] if r["status"] in ("failed", "check failed")]
+    if bad:
+        raise RuntimeError(f"bench.peers rows failed or disagreed: {bad} (see peers/peers.json)")
+    return {"rows": rows, "files": ["peers/peers.json", "peers/peers.md"],
+            "torch": result["environment"].get("torch"),
+            "opacus": result["environment"].get("opacus")}
+
+
 PARTS = (("curvature", part_curvature), ("dpsgd", part_dpsgd), ("ensemble", part_ensemble),
-         ("evidence", part_evidence))
+         ("evidence", part_evidence), ("peers", part_peers))
 
 
 def _run_part(ctx: _Context, name: str, fn) -> dict:

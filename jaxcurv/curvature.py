@@ -72,8 +72,12 @@ __all__ = [
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
-# Default number of examples per compiled call (per device); exact Hessians use fewer.
+# Default number of examples per compiled call (per device); exact Hessians use fewer, and so do
+# estimators that vmap more model evaluations per example than tr(H²) with 10 probes: a chunk holds
+# at most _CHUNK_EVALUATIONS float32 evaluations per device (zero-order "mixed" in float64 with all
+# 10 probes vmapped held 5.7 GB for 256 CIFAR-10 images on a CPU; 1.1 GB for 32).
 _DEFAULT_CHUNK_PER_DEVICE = 256
+_CHUNK_EVALUATIONS = 2560
 _EXACT_CHUNK_FLOATS = 2**26  # Hessian floats held per chunk for method="exact" (256 MiB in f32)
 
 
@@ -371,17 +375,20 @@ def _batched(example_fn: Callable, loss_fn: LossFn, *, check_loss: bool = False,
 
 
 def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_floats: int,
-                 exact_batches: bool) -> tuple[int, int]:
+                 exact_batches: bool, evaluations: int = 1) -> tuple[int, int]:
     """(real examples per chunk, padded chunk length: a multiple of the device count).
 
     With ``exact_batches`` (reference_score) a chunk holds exactly ``batch_size`` real examples
-    (default: all N); otherwise the chunk is rounded up and filled with real examples.
+    (default: all N); otherwise the chunk is rounded up and filled with real examples. The
+    default chunk holds ≤ 256 examples and ≤ _CHUNK_EVALUATIONS vmapped model ``evaluations``
+    (float32 equivalents per example) per device.
     """
     if batch_size is None:
         if exact_batches:
             batch_size = n
         else:
-            batch_size = _DEFAULT_CHUNK_PER_DEVICE * num_devices
+            per_device = max(1, min(_DEFAULT_CHUNK_PER_DEVICE, _CHUNK_EVALUATIONS // evaluations))
+            batch_size = per_device * num_devices
             if per_example_floats:
                 batch_size = max(1, min(batch_size, _EXACT_CHUNK_FLOATS // per_example_floats))
     real = min(batch_size, n)
@@ -417,7 +424,7 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
                     batch_size: int | None, compute_dtype, devices, desc: str,
                     num_classes: int | None = None, checked_outputs: int = 1,
                     exact_batches: bool = False, hessian_memory: bool = False,
-                    **config) -> Callable:
+                    evaluations: int = 1, **config) -> Callable:
     """Host-level ``estimate(params, x, y, key, *, h=None, progress=False) -> tuple of host (N,)
     arrays``.
 
@@ -426,7 +433,8 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
     executable (h is a traced input: a call with another ``h`` reuses it too).
     ``compute_dtype=float64`` runs each call under x64 with float64 data and params. Labels are
     checked against ``num_classes`` on every call; the first call whose first ``checked_outputs``
-    outputs hold NaN/inf warns (once per estimator).
+    outputs hold NaN/inf warns (once per estimator). ``evaluations``: model evaluations vmapped
+    per example (float32 equivalents), which bounds the default chunk.
     """
     num_classes = _check_num_classes(num_classes)
     warned: list = []
@@ -453,7 +461,8 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
         x_host, y_host = _check_data(x, y, num_classes)
         d = int(np.prod(x_host.shape[1:]))
         step, chunk = _chunk_sizes(x_host.shape[0], batch_size, len(devs),
-                                   d * d if hessian_memory else 0, exact_batches)
+                                   d * d if hessian_memory else 0, exact_batches,
+                                   evaluations * (2 if x64 else 1))
         with jax.enable_x64(True) if x64 else contextlib.nullcontext():
             if x64:
                 x_host = x_host.astype(np.float64)
@@ -518,6 +527,7 @@ def make_input_curvature(loss_fn: LossFn, *, num_probes: int = 10, method: str =
                                batch_size=batch_size, devices=devices,
                                compute_dtype=_check_compute_dtype(compute_dtype),
                                desc=f"curvature ({method})", hessian_memory=method == "exact",
+                               evaluations=probe_batch,
                                num_classes=num_classes, checked_outputs=2, method=method,
                                num_probes=int(num_probes), probe_batch=probe_batch)
 
@@ -541,6 +551,7 @@ def make_zero_order_curvature(loss_fn: LossFn, *, num_probes: int = 10, h: float
                                batch_size=batch_size, devices=devices,
                                compute_dtype=_check_compute_dtype(compute_dtype),
                                desc=f"zero-order curvature ({method})",
+                               evaluations=probe_batch * (4 if method == "mixed" else 2),
                                num_classes=num_classes, method=method,
                                num_probes=int(num_probes), probe_batch=probe_batch)
 
@@ -583,8 +594,10 @@ def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     x: (N, ...) float inputs, y: (N, ...) targets; returns :class:`Curvature` of host arrays (N,).
     ``method``: "hutchinson" (exact HVPs, ``num_probes`` Rademacher probes), "exact" (full
     D×D Hessian, D = x[0].size, for small inputs) or "finite_difference" (Hv ≈ (∇ℓ(x+hv)−∇ℓ(x))/h).
-    Examples are processed in chunks of ``batch_size`` (default 256 per device; "exact" uses fewer
-    so a chunk holds ≤ 2²⁶ Hessian entries), the last chunk padded so one compiled function serves
+    Examples are processed in chunks of ``batch_size`` (default 256 per device, fewer when more
+    than 10 probes are vmapped, in float64, or for zero-order estimators, so a chunk holds ≤ 2,560
+    vmapped float32 model evaluations per device; "exact" so a chunk holds ≤ 2²⁶ Hessian
+    entries), the last chunk padded so one compiled function serves
     all; ``devices`` (default all local devices) shard each chunk's example axis.
     ``compute_dtype=jnp.bfloat16`` runs the model in bf16 and accumulates in x's dtype (float32);
     ``compute_dtype=jnp.float64`` runs everything in float64 (enables x64 for the call; CPU).

@@ -25,7 +25,7 @@ from jaxcurv._tree import cast_floats
 from jaxcurv.model_interface import Model, as_model, example_input
 from jaxcurv._validate import check_int, check_positive_int
 from jaxcurv.optim import OptimizerConfig, gnr_gradient, sam_gradient
-from jaxcurv.privacy.dpsgd import dp_gradient
+from jaxcurv.privacy.dpsgd import dense_dp_gradient, dense_norms_apply, dp_gradient
 from jaxcurv.privacy.plan import DPPlan, poisson_plan
 
 __all__ = [
@@ -68,7 +68,8 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation, *,
                     config: OptimizerConfig | None = None, dp: DPPlan | None = None,
                     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
                     label_smoothing: float = 0.0, compute_dtype=None,
-                    dp_microbatch_size: int | None = None) -> Callable:
+                    dp_microbatch_size: int | None = None,
+                    dp_dense_norms: bool | None = None) -> Callable:
     """``step(state, images, labels, weights, key) -> (state, metrics)`` for one model (any kind
     ``as_model`` accepts).
 
@@ -78,9 +79,13 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation, *,
     :func:`make_step_at`) when ``config.name == "sam-gnr"``; a batch with Σw = 0 leaves the
     state unchanged. DP-SGD (``dp``, a DPPlan):
     per-example gradients clipped to C, summed over wᵢ > 0, plus N(0, σ²C²) noise, divided by the
-    expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included;
-    ``dp_microbatch_size`` forms the per-example gradients that many rows at a time (``lax.scan``;
-    the same result up to summation order, see ``dp_gradient``).
+    expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included.
+    Models whose parameters all sit in dense layers (``models.MLP``) get their per-example norms
+    and clipped sum without per-example gradients (``dense_dp_gradient``: one forward and one
+    backward pass, the same result up to float rounding; ``dp_dense_norms=False`` turns it off,
+    None uses it where it applies);
+    otherwise per-example gradients are formed by vmap(grad), ``dp_microbatch_size`` rows at a
+    time if given (``lax.scan``; the same result up to summation order, see ``dp_gradient``).
     ``augment(key, image) -> image`` is applied per example; ``compute_dtype`` (e.g. bfloat16)
     runs the model in that dtype with float32 parameters and gradients.
     """
@@ -96,6 +101,13 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation, *,
                                            cast_floats(x, compute_dtype), y, w)
         return loss, (logits, cast_floats(stats, jnp.float32))
 
+    def batch_apply(params, x):  # DP-SGD: stateless models only
+        return model.apply(model.merge(cast_floats(params, compute_dtype), {}),
+                           cast_floats(x, compute_dtype), train=True)
+
+    def loss_of_logits(logits, y):
+        return models.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
     def per_example_loss(params, x, y):  # DP-SGD: stateless models only
         logits = model.apply(model.merge(cast_floats(params, compute_dtype), {}),
                              cast_floats(x, compute_dtype)[None], train=True)[0]
@@ -110,11 +122,16 @@ def make_train_step(model: Any, optimizer: optax.GradientTransformation, *,
         count = weights.sum()
         metrics = {"count": count}
         if dp is not None:
-            grads, info = dp_gradient(per_example_loss, state.params, images, labels, weights > 0,
-                                      k_noise, l2_clip=dp.l2_clip,
-                                      noise_multiplier=dp.noise_multiplier,
-                                      expected_batch_size=dp.expected_batch_size,
-                                      microbatch_size=dp_microbatch_size)
+            settings = dict(l2_clip=dp.l2_clip, noise_multiplier=dp.noise_multiplier,
+                            expected_batch_size=dp.expected_batch_size)
+            if dp_dense_norms is not False and dense_norms_apply(batch_apply, state.params,
+                                                                 images):
+                grads, info = dense_dp_gradient(batch_apply, loss_of_logits, state.params, images,
+                                                labels, weights > 0, k_noise, **settings)
+            else:
+                grads, info = dp_gradient(per_example_loss, state.params, images, labels,
+                                          weights > 0, k_noise, microbatch_size=dp_microbatch_size,
+                                          **settings)
             model_state = state.model_state
             metrics.update({f"dp_{k}": v for k, v in info._asdict().items()})
         else:

@@ -541,6 +541,41 @@ def test_curvature_outlier_members_matches_a_naive_loop_and_warns():
     assert sections.sanity_warnings({**out, "curvature": {"outlier_members": []}}, 10) == []
 
 
+def test_poor_fit_warning_names_the_settings_that_fix_it():
+    from jaxcurv.workflow import AuditConfig, sections, with_preset
+
+    out = {"accuracy": {"test_mean": 0.4, "test_min": 0.35, "test_per_member": [0.4] * 6,
+                        "train_in_mean": 0.705},
+           "mia": {"metrics": [{"attack": "loss", "auroc": 0.7, "auroc_ci": [0.6, 0.8]}]}}
+    cifar = AuditConfig(dataset="cifar10", model="cnn")  # augmentation on for RGB by default
+    advice = sections.fit_advice(cifar, rgb=True)
+    (warning,) = sections.sanity_warnings(out, 10, advice=advice)
+    assert "0.705" in warning and "--augment off" in warning
+    assert "--preset cifar10-cpu" in warning and "--epochs" in warning
+    preset = with_preset(AuditConfig, {"preset": "cifar10-cpu"})
+    assert "--augment off" not in sections.fit_advice(preset, rgb=True)  # already off
+    assert "--preset" not in sections.fit_advice(preset, rgb=True)
+    digits = sections.fit_advice(AuditConfig(), rgb=False)
+    assert "--augment" not in digits and "--preset" not in digits and "--epochs" in digits
+    fitted = {**out, "accuracy": {**out["accuracy"], "train_in_mean": 0.995}}
+    assert sections.sanity_warnings(fitted, 10, advice=advice) == []
+
+
+def test_cifar10_cpu_preset_is_the_measured_recipe_and_flags_override_it():
+    from jaxcurv.workflow import AuditConfig, PRESETS, with_preset
+
+    preset = PRESETS["cifar10-cpu"]
+    config = with_preset(AuditConfig, {"preset": "cifar10-cpu"})
+    config.validate()
+    for name, value in preset.items():
+        if name != "description":
+            assert getattr(config, name) == value, name
+    assert config.augment is False and config.dataset == "cifar10"
+    assert config.max_examples >= 2 * config.models
+    override = with_preset(AuditConfig, {"preset": "cifar10-cpu", "epochs": 3, "models": 6})
+    assert (override.epochs, override.models, override.batch_size) == (3, 6, preset["batch_size"])
+
+
 def test_memorization_bins_hold_the_values_their_labels_say():
     """Figure 9's table: negative memorization (noise around 0) has a bin of its own, and a bin
     that also holds clipped values is labelled by them, so each bin's mean mem (the point drawn)

@@ -42,6 +42,8 @@ _EXPORTS = {
     "dpsgd": (
         "PrivateGradientInfo",
         "clip_per_example",
+        "dense_dp_gradient",
+        "dense_norms_apply",
         "dp_gradient",
         "dp_value_and_grad",
         "per_example_gradients",
@@ -99,6 +101,8 @@ if TYPE_CHECKING:  # static analysers see the eager imports; at run time they lo
     from jaxcurv.privacy.dpsgd import (  # noqa: F401
         PrivateGradientInfo,
         clip_per_example,
+        dense_dp_gradient,
+        dense_norms_apply,
         dp_gradient,
         dp_value_and_grad,
         per_example_gradients,

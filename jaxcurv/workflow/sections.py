@@ -19,8 +19,8 @@ from jaxcurv.workflow.proxy_scores import PROXY_NAMES
 from jaxcurv.workflow.attacks import (epsilon_audit, mia_by_memorization,
                                       zero_order_fallback_examples)
 
-__all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "near_chance", "figures",
-           "curvature_outlier_members", "OUTLIER_FACTOR",
+__all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "fit_advice",
+           "near_chance", "figures", "curvature_outlier_members", "OUTLIER_FACTOR",
            "report_sections", "title", "describe", "spearman", "noise_rankers",
            "top_memorized_order", "highly_memorized", "BY_MEMORIZATION_ATTACK",
            "CURVATURE_NOTE", "HIGH_MEM", "MEM_CONFIDENCE", "NOISY_MEM_STDERR",
@@ -303,6 +303,20 @@ def _side_by_side(private: list[dict], nonprivate: list[dict]) -> list[dict[str,
             for r in private]
 
 
+def fit_advice(config: Any, rgb: bool) -> str:
+    """The settings that let members fit their training labels, named for a poor-fit warning:
+    augmentation off (members are scored on the images, not on random crops of them), the
+    measured CIFAR-10 CPU recipe, more epochs or a higher rate."""
+    tips = []
+    if rgb and getattr(config, "augment", None) is not False:
+        tips.append("turn augmentation off (--augment off)")
+    if str(getattr(config, "dataset", "")).startswith("cifar") and \
+            getattr(config, "preset", None) != "cifar10-cpu":
+        tips.append("start from --preset cifar10-cpu (measured to fit on a CPU)")
+    tips.append("train longer (--epochs) or at a higher --learning-rate")
+    return "; ".join(tips)
+
+
 def _dp_comparison(out: dict[str, Any]) -> dict[str, Any]:
     """What the DP-vs-reference comparison can say: the reference's best attack AUROC, whether it
     is attackable enough for the comparison to be informative (≥ INFORMATIVE_AUROC), the attacks
@@ -377,13 +391,15 @@ def _zero_order_warnings(out: dict[str, Any]) -> list[str]:
             "sides; compute zero-order curvature on more members (--zero-order-members)"]
 
 
-def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
+def sanity_warnings(out: dict[str, Any], num_classes: int, *,
+                    advice: str = "train longer (--epochs)") -> list[str]:
     """Reasons the numbers of a summary may mean nothing: test accuracy near chance (mean or any
-    member), members that did not fit their training set (non-private runs) or the flipped labels
-    (label noise), too few members to resolve memorization (or a noisy mem), attacks at chance
-    (non-private runs, or a DP run's reference), a DP comparison against a reference too weakly
-    attackable to inform it, DP-SGD members more exposed or memorizing more than the reference,
-    curvature outlier members, and zero-order scores that imputed a missing shadow group."""
+    member), members that did not fit their training set (non-private runs; ``advice`` names the
+    settings that fix it, :func:`fit_advice`) or the flipped labels (label noise), too few members
+    to resolve memorization (or a noisy mem), attacks at chance (non-private runs, or a DP run's
+    reference), a DP comparison against a reference too weakly attackable to inform it, DP-SGD
+    members more exposed or memorizing more than the reference, curvature outlier members, and
+    zero-order scores that imputed a missing shadow group."""
     acc, w = out["accuracy"], []
     chance = 1.0 / num_classes
     if near_chance(acc["test_mean"], num_classes):
@@ -396,7 +412,7 @@ def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
                  f"{chance:.3f}): it failed to train; per-example results mix it in")
     if "privacy" not in out and acc["train_in_mean"] < 0.9:
         w.append(f"the members fit only {acc['train_in_mean']:.3f} of their training labels: "
-                 "memorization needs models that fit their data; train longer (--epochs)")
+                 f"memorization needs models that fit their data: {advice}")
     noise = out.get("label_noise")
     fitted = None if noise is None else noise["flipped_train_in_accuracy"]
     if fitted is not None and fitted < FITTED_FLIPPED:
@@ -460,7 +476,9 @@ def findings(run, columns: dict[str, np.ndarray], out: dict[str, Any]) -> dict[s
         best = noise["ranking"][noise["best_ranker"]]
         result["label_noise"] = {"best_ranker": noise["best_ranker"], **best,
                                  "flipped_train_in_accuracy": noise["flipped_train_in_accuracy"]}
-    result["warnings"] = sanity_warnings(out, run.data.train.num_classes)
+    result["warnings"] = sanity_warnings(
+        out, run.data.train.num_classes,
+        advice=fit_advice(run.config, run.data.train.images.shape[-1] == 3))
     return result
 
 
