@@ -35,6 +35,7 @@ the gathers), not the speed-up of two hosts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,26 +44,36 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-if __package__:  # python -m bench.distributed
-    from bench import _common as C
-else:  # python bench/distributed.py: this folder is sys.path[0]
-    import _common as C
+if not __package__:  # python bench/distributed.py from a checkout: the repository root on the path
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from jaxcurv.workflow import Timer, load_average  # noqa: E402
+from jaxcurv.workflow import benchmark as B  # noqa: E402
+from jaxcurv.workflow.settings import setting  # noqa: E402
 
 _SPLIT = ("train", "curvature", "zero_order")  # stages split over members
 _RUN = ("import json, sys; from jaxcurv.workflow import AuditConfig, run_audit; "
         "run_audit(AuditConfig(**json.loads(sys.argv[1])))")
 
 
-def _settings(quick: bool) -> dict:
+@dataclasses.dataclass(frozen=True)
+class DistributedBench(B.BenchConfig):
+    """Settings of ``python -m bench.distributed``."""
+
+    repeats: int = setting(1, "rounds of the two audits (1 process, then 2 processes); the "
+                           "median wall time is reported", low=1, high=1_000)
+    timeout: int = setting(1800, "seconds per audit run", low=1, high=1_000_000)
+
+
+def _settings(quick: bool, seed: int) -> dict:
     """The audit both runs make (fresh output folders, nothing cached)."""
     if quick:
         return dict(models=6, epochs=2, max_examples=300, num_probes=2, zero_order=False,
-                    bootstrap=0)
+                    bootstrap=0, seed=seed)
     return dict(models=8, epochs=6, max_examples=600, num_probes=4, zero_order=True,
-                zero_order_members=8, bootstrap=0)
+                zero_order_members=8, bootstrap=0, seed=seed)
 
 
 def _free_port() -> int:
@@ -78,7 +89,7 @@ def _audit(settings: dict, out: Path, processes: int, *, timeout: int) -> dict:
                JAX_PLATFORMS="cpu")
     port = _free_port()
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
+    timer = Timer()
     procs = []
     for p in range(processes):
         multi = {} if processes == 1 else dict(coordinator=f"127.0.0.1:{port}",
@@ -97,7 +108,7 @@ def _audit(settings: dict, out: Path, processes: int, *, timeout: int) -> dict:
             _, err = proc.communicate()
         if proc.returncode != 0:
             errors.append(err[-2000:])
-    wall = time.perf_counter() - start
+    wall = timer.elapsed()
     if errors:
         raise SystemExit("the audit failed:\n" + "\n----\n".join(errors))
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -146,24 +157,21 @@ def _projection(one: dict, members: int, total_bytes: int, *,
     return rows
 
 
-def main(argv=None) -> None:
-    parser = C.base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds per audit run")
-    args = parser.parse_args(argv)
-    settings = _settings(args.quick)
-    repeats = args.repeats or 1
+def main(config: DistributedBench) -> None:
+    settings = _settings(config.quick, config.seed)
+    repeats = config.repeats
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):  # interleaved: 1, 2, 1, 2, ...
             for processes in (1, 2):
                 out = Path(tmp) / f"run{r}-{processes}"
-                rows.append(_audit(settings, out, processes, timeout=args.timeout))
-    C.print_table(f"audit {settings}", rows, ["processes", "wall_s", "cpu_s", "train_s",
+                rows.append(_audit(settings, out, processes, timeout=config.timeout))
+    B.print_table(f"audit {settings}", rows, ["processes", "wall_s", "cpu_s", "train_s",
                                               "curvature_s", "total_s"])
     median = {p: sorted(r["wall_s"] for r in rows if r["processes"] == p)[repeats // 2]
               for p in (1, 2)}
     ratio = median[2] / median[1]
-    load = os.getloadavg()[0]
+    load = load_average()
     print(f"\nwall time 2 processes / 1 process: {ratio:.2f} (load average {load:.1f}, "
           f"{os.cpu_count()} CPUs)")
 
@@ -188,14 +196,14 @@ def main(argv=None) -> None:
                                                if settings["zero_order"] else 0))
     one = next(r for r in rows if r["processes"] == 1)
     projection = _projection(one, settings["models"], sum(bench.values()))
-    C.print_table(f"projection from the one-process stage times (K={settings['models']}; "
+    B.print_table(f"projection from the one-process stage times (K={settings['models']}; "
                   "split = train + curvature + zero-order, 10 Gb/s)", projection)
-    C.write_json(f"distributed{args.tag}", {
+    B.write_results(config, "distributed", {
         "settings": settings, "runs": rows, "ratio_2_over_1": ratio, "load_average": load,
         "gathered_bytes_default_audit": sizes, "gathered_bytes_benchmarked": bench,
         "default_params": params,
-        "projection": projection}, out=args.out)
+        "projection": projection})
 
 
 if __name__ == "__main__":
-    main()
+    B.cli(DistributedBench, main, name="distributed", description=__doc__)

@@ -16,20 +16,44 @@ per-epoch records — what decides ``ensemble.train``'s defaults on CPU.
 
 from __future__ import annotations
 
-import time
+import dataclasses
+import sys
+from pathlib import Path
 
-import jax
-import jax.numpy as jnp
+if not __package__:  # python bench/layout.py from a checkout: the repository root on the path
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from jaxcurv import data, ensemble, models
-from jaxcurv.workflow import describe_device, time_call
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
-if __package__:  # python -m bench.layout
-    from bench import _common as C
-else:  # python bench/layout.py: this folder is sys.path[0]
-    import _common as C
+from jaxcurv import data, ensemble, models  # noqa: E402
+from jaxcurv.errors import ConfigError  # noqa: E402
+from jaxcurv.workflow import Timer, describe_device, time_call  # noqa: E402
+from jaxcurv.workflow import benchmark as B  # noqa: E402
+from jaxcurv.workflow.settings import Training, redefault, setting  # noqa: E402
 
 SCAN_STEPS = 12
+
+
+@dataclasses.dataclass(frozen=True)
+class LayoutBench(B.Repeats, B.BenchConfig):
+    """Settings of ``python -m bench.layout``."""
+
+    repeats: int | None = B.remode(B.Repeats, "repeats", 10, 5)
+    batch_size: int = redefault(Training, "batch_size", 64)
+    ks: tuple[int, ...] | None = B.per_mode((2, 4, 8, 32), (2, 4), "steps: CNN member counts",
+                                            metavar="K")
+    mlp_ks: tuple[int, ...] | None = B.per_mode((8, 32), (8,), "steps: MLP member counts",
+                                                metavar="K")
+    models: int | None = B.per_mode(8, 4, "records: members, each on a random half of the "
+                                    "digits", metavar="K", low=1, high=100_000)
+    epochs: int | None = B.per_mode(15, 3, "records: epochs per member", low=1, high=100_000)
+    records: bool = setting(True, "skip the records table", flag="--no-records", negate=True)
+
+    def check(self) -> None:
+        for label, ks in (("--ks", self.ks), ("--mlp-ks", self.mlp_ks)):
+            if not ks or min(ks) < 1:
+                raise ConfigError(f"{label} takes positive member counts, got {list(ks)}")
 
 
 def _sgd_step(model, lr: float = 0.05):
@@ -79,65 +103,47 @@ def _layouts(model, x, y, key, ks, *, loops: bool) -> dict:
     return out
 
 
-def steps(args, train, key) -> list[dict]:
-    x, y = jnp.asarray(train.images[: args.batch]), jnp.asarray(train.labels[: args.batch])
+def steps(config, train, key) -> list[dict]:
+    x = jnp.asarray(train.images[: config.batch_size])
+    y = jnp.asarray(train.labels[: config.batch_size])
     rows = []
-    for name, ks in (("cnn", args.ks), ("mlp", args.mlp_ks)):
+    for name, ks in (("cnn", config.ks), ("mlp", config.mlp_ks)):
         model = models.get_model(name, train.num_classes)
         layouts = _layouts(model, x, y, key, ks, loops=name == "cnn")
         for label, (fn, member_steps) in layouts.items():
-            t = time_call(fn, repeats=args.repeats)
+            t = time_call(fn, repeats=config.repeats)
             rows.append({"model": name, "layout": label,
                          "ms_per_member_step": 1e3 * t.median / member_steps,
                          "compile+first_s": t.first, "load": t.load})
-    C.print_table(f"ms per member-step, digits batch {args.batch} — {describe_device()}", rows)
+    B.print_table(f"ms per member-step, digits batch {config.batch_size} — {describe_device()}",
+                  rows)
     return rows
 
 
-def records(args, train, key) -> list[dict]:
+def records(config, train, key) -> list[dict]:
     model = models.get_model("cnn", train.num_classes)
-    masks = data.subset_masks(len(train), args.members, fraction=0.5, seed=args.seed)
+    masks = data.subset_masks(len(train), config.models, fraction=0.5, seed=config.seed)
     rows = []
     for record in (False, True):
-        start = time.perf_counter()
-        ensemble.train(model, train, masks, key, epochs=args.epochs, batch_size=64,
+        timer = Timer()
+        ensemble.train(model, train, masks, key, epochs=config.epochs, batch_size=64,
                        record_examples=record)
-        rows.append({"members": args.members, "epochs": args.epochs, "record_examples": record,
-                     "wall_s_incl_compile": time.perf_counter() - start})
-    C.print_table(f"ensemble.train, digits CNN — {describe_device()}", rows)
+        rows.append({"members": config.models, "epochs": config.epochs, "record_examples": record,
+                     "wall_s_incl_compile": timer.elapsed()})
+    B.print_table(f"ensemble.train, digits CNN — {describe_device()}", rows)
     return rows
 
 
-def parse_args(argv=None):
-    p = C.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--ks", default=None, help="CNN member counts (quick 2,4; full 2,4,8,32)")
-    p.add_argument("--mlp-ks", default=None, help="MLP member counts (quick 8; full 8,32)")
-    p.add_argument("--members", type=int, default=None, help="records: members (quick 4, full 8)")
-    p.add_argument("--epochs", type=int, default=None, help="records: epochs (quick 3, full 15)")
-    p.add_argument("--no-records", dest="records", action="store_false")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    args.ks = [int(v) for v in (args.ks or ("2,4" if args.quick else "2,4,8,32")).split(",")]
-    args.mlp_ks = [int(v) for v in (args.mlp_ks or ("8" if args.quick else "8,32")).split(",")]
-    args.members = args.members or (4 if args.quick else 8)
-    args.epochs = args.epochs or (3 if args.quick else 15)
-    args.repeats = args.repeats or (5 if args.quick else 10)
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def main(config: LayoutBench) -> None:
     train = data.load("digits", split="train")
-    key = jax.random.PRNGKey(args.seed)
-    start = time.perf_counter()
-    result = {"config": vars(args), "steps": steps(args, train, jax.random.fold_in(key, 0))}
-    if args.records:
-        result["records"] = records(args, train, jax.random.fold_in(key, 1))
-    result["wall_s"] = time.perf_counter() - start
-    C.write_json("layout" + (f"_{args.tag}" if args.tag else ("_quick" if args.quick else "")),
-                 result, out=args.out)
+    key = jax.random.PRNGKey(config.seed)
+    timer = Timer()
+    result = {"steps": steps(config, train, jax.random.fold_in(key, 0))}
+    if config.records:
+        result["records"] = records(config, train, jax.random.fold_in(key, 1))
+    result["wall_s"] = timer.elapsed()
+    B.write_results(config, "layout", result)
 
 
 if __name__ == "__main__":
-    main()
+    B.cli(LayoutBench, main, name="layout", description=__doc__)

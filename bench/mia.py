@@ -1,4 +1,4 @@
-"""Benchmark (issue 6): end-to-end attack time on given statistics, and zero-order query counts.
+"""Benchmark: end-to-end attack time on given statistics, and zero-order query counts.
 
 Score computation only (no model): N targets × K shadow models × A augmentations of random
 statistics with a balanced in/out split (jaxcurv.data.subset_masks, each example IN for half the
@@ -18,31 +18,55 @@ augmentations), and, with ``--zero-order-timing``, zero_order_curvature's throug
 digits CNN.
 
     python -m bench.mia --quick      # 5,000 targets × 16 shadows × 2 augmentations
-    python -m bench.mia              # 50,000 × 64 × 2 (the issue's size; fine on a CPU)
+    python -m bench.mia              # 50,000 × 64 × 2 (CIFAR-10's size; fine on a CPU)
 """
 
 from __future__ import annotations
 
-import time
+import dataclasses
+import sys
 import warnings
+from pathlib import Path
 
-import numpy as np
+if not __package__:  # python bench/mia.py from a checkout: the repository root on the path
+    sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from jaxcurv import mia
-from jaxcurv.curvature import zero_order_queries
-from jaxcurv.data import subset_masks
-from jaxcurv.workflow import describe_device, time_call
+import numpy as np  # noqa: E402
 
-if __package__:  # python -m bench.mia
-    from bench import _common as C
-else:  # python bench/mia.py: this folder is sys.path[0]
-    import _common as C
+from jaxcurv import mia  # noqa: E402
+from jaxcurv.curvature import zero_order_queries  # noqa: E402
+from jaxcurv.data import subset_masks  # noqa: E402
+from jaxcurv.workflow import Timer, describe_device, time_call  # noqa: E402
+from jaxcurv.workflow import benchmark as B  # noqa: E402
+from jaxcurv.workflow.settings import CurvatureProbes, redefault, setting  # noqa: E402
 
 
-def make_statistics(n: int, k: int, a: int, z: int, seed: int) -> dict:
-    """Synthetic shadow statistics with a member effect (float64 host arrays)."""
+@dataclasses.dataclass(frozen=True)
+class MIABench(B.Repeats, B.BenchConfig):
+    """Settings of ``python -m bench.mia``."""
+
+    repeats: int | None = B.remode(B.Repeats, "repeats", 3, 3)
+    targets: int | None = B.per_mode(50_000, 5_000, "target examples N", metavar="N", low=2,
+                                     high=10_000_000)
+    shadows: int | None = B.per_mode(64, 16, "shadow (reference) models K", metavar="K", low=2,
+                                     high=100_000)
+    augmentations: int = setting(2, "augmented views per example A", metavar="A", low=1,
+                                 high=1_000)
+    population: int | None = B.per_mode(10_000, 1_000, "RMIA population Z (10,000 = a CIFAR "
+                                        "test split)", metavar="Z", low=1, high=10_000_000)
+    bootstrap: int | None = B.per_mode(200, 50, "bootstrap resamples of roc_metrics", low=0,
+                                       high=100_000)
+    num_probes: int = redefault(CurvatureProbes, "num_probes", 10)
+    zero_order_timing: bool = setting(False, "also time zero_order_curvature on the digits CNN")
+
+
+def make_statistics(n: int, k: int, a: int, z: int, seed: int,
+                    in_all: np.ndarray | None = None) -> dict:
+    """Synthetic shadow statistics with a member effect (float64 host arrays). ``in_all`` (K+1, N)
+    bool: who holds each example, row 0 the target model (default: balanced random halves)."""
     rng = np.random.default_rng(seed)
-    in_all = subset_masks(n, k + 1, fraction=0.5, seed=seed)  # row 0 is the target model
+    if in_all is None:
+        in_all = subset_masks(n, k + 1, fraction=0.5, seed=seed)  # row 0 is the target model
     target_in, shadow_in = in_all[0], in_all[1:]
     difficulty = rng.normal(0.0, 2.0, (n, 1))
 
@@ -107,7 +131,7 @@ def zero_order_rows(num_probes: int, augmentations: int) -> list[dict]:
     return rows
 
 
-def zero_order_timing(num_probes: int, repeats: int) -> list[dict]:
+def zero_order_timing(num_probes: int, repeats: int, *, seed: int = 0) -> list[dict]:
     """zero_order_curvature on the digits CNN (untrained), float32: examples/s and queries/s
     (the estimator held by make_zero_order_curvature: compiled once, then timed)."""
     import jax
@@ -117,7 +141,7 @@ def zero_order_timing(num_probes: int, repeats: int) -> list[dict]:
 
     ds = data.load("digits", split="train")
     model = models.get_model("cnn", ds.num_classes)
-    key = jax.random.PRNGKey(0)
+    key = jax.random.PRNGKey(seed)
     variables = models.init_variables(model, jax.random.fold_in(key, 0), ds.image_shape)
     loss_fn = models.make_loss_fn(model)
     rows = []
@@ -132,67 +156,47 @@ def zero_order_timing(num_probes: int, repeats: int) -> list[dict]:
     return rows
 
 
-def parse_args(argv=None):
-    p = C.base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--targets", type=int, default=None, help="N (quick 5,000; full 50,000)")
-    p.add_argument("--shadows", type=int, default=None, help="K (quick 16; full 64)")
-    p.add_argument("--augmentations", type=int, default=2)
-    p.add_argument("--population", type=int, default=None,
-                   help="RMIA population Z (quick 1,000; full 10,000 = a CIFAR test split)")
-    p.add_argument("--bootstrap", type=int, default=None, help="roc_metrics bootstrap replicates")
-    p.add_argument("--num-probes", type=int, default=10)
-    p.add_argument("--zero-order-timing", action="store_true",
-                   help="also time zero_order_curvature on the digits CNN")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    args.targets = args.targets or (5_000 if args.quick else 50_000)
-    args.shadows = args.shadows or (16 if args.quick else 64)
-    args.population = args.population or (1_000 if args.quick else 10_000)
-    args.bootstrap = args.bootstrap if args.bootstrap is not None else (50 if args.quick else 200)
-    args.repeats = args.repeats or 3
-    return args
-
-
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    start = time.perf_counter()
-    t0 = time.perf_counter()
-    s = make_statistics(args.targets, args.shadows, args.augmentations, args.population, args.seed)
-    gen_s = time.perf_counter() - t0
-    print(f"{args.targets:,} targets × {args.shadows} shadows × {args.augmentations} augmentations "
-          f"(RMIA population {args.population:,}); statistics generated in {gen_s:.1f} s; "
-          f"{describe_device()}")
+def main(config: MIABench) -> None:
+    timer = Timer()
+    with timer("statistics"):
+        s = make_statistics(config.targets, config.shadows, config.augmentations,
+                            config.population, config.seed)
+    gen_s = timer.seconds["statistics"]
+    print(f"{config.targets:,} targets × {config.shadows} shadows × {config.augmentations} "
+          f"augmentations (RMIA population {config.population:,}); statistics generated in "
+          f"{gen_s:.1f} s; {describe_device()}")
     rows, total = [], 0.0
-    for name, fn in attacks(s, args.bootstrap).items():
+    for name, fn in attacks(s, config.bootstrap).items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t = time_call(fn, repeats=args.repeats)
+            t = time_call(fn, repeats=config.repeats)
             scores = fn()
         row = {"attack": name, "median_s": t.median, "min_s": t.minimum,
-               "targets_per_s": args.targets / t.median, "load": t.load}
-        if isinstance(scores, np.ndarray) and scores.shape == (args.targets,):
+               "targets_per_s": config.targets / t.median, "load": t.load}
+        if isinstance(scores, np.ndarray) and scores.shape == (config.targets,):
             row["auroc"] = float(mia.roc_metrics(scores, s["target_in"])["auroc"])
         elif isinstance(scores, dict):
             row["auroc"] = scores["auroc"]
         rows.append(row)
         total += t.median
         print(row, flush=True)
-    C.print_table(f"attack score time, {args.targets:,} targets × {args.shadows} shadows × "
-                  f"{args.augmentations} augmentations — {describe_device()}", rows,
+    B.print_table(f"attack score time, {config.targets:,} targets × {config.shadows} shadows × "
+                  f"{config.augmentations} augmentations — {describe_device()}", rows,
                   ["attack", "median_s", "min_s", "targets_per_s", "auroc", "load"])
     print(f"all attacks above, one after another: {total:.2f} s")
-    zo = zero_order_rows(args.num_probes, args.augmentations)
-    C.print_table("zero-order curvature signal: model queries per example (Curvature Clues "
-                  f"protocol: {args.num_probes} probes × {args.augmentations} augmentations)", zo)
-    result = {"config": vars(args), "rows": rows, "total_s": total, "zero_order_queries": zo}
-    if args.zero_order_timing:
-        result["zero_order_timing"] = zero_order_timing(args.num_probes, args.repeats)
-        C.print_table("zero_order_curvature throughput (digits CNN, float32)",
+    zo = zero_order_rows(config.num_probes, config.augmentations)
+    B.print_table("zero-order curvature signal: model queries per example (Curvature Clues "
+                  f"protocol: {config.num_probes} probes × {config.augmentations} "
+                  "augmentations)", zo)
+    result = {"rows": rows, "total_s": total, "zero_order_queries": zo}
+    if config.zero_order_timing:
+        result["zero_order_timing"] = zero_order_timing(config.num_probes, config.repeats,
+                                                        seed=config.seed)
+        B.print_table("zero_order_curvature throughput (digits CNN, float32)",
                       result["zero_order_timing"])
-    result["wall_s"] = time.perf_counter() - start
-    C.write_json("mia" + (f"_{args.tag}" if args.tag else ("_quick" if args.quick else "")),
-                 result, out=args.out)
+    result["wall_s"] = timer.elapsed()
+    B.write_results(config, "mia", result)
 
 
 if __name__ == "__main__":
-    main()
+    B.cli(MIABench, main, name="mia", description=__doc__)

@@ -1,15 +1,16 @@
 """One prepared GPU run that measures every figure the project promises, in 8 minutes.
 
 ``python -m bench.suite --out DIR [--budget-s 480] [--tiny] [--data-dir D]`` (or
-``python bench/suite.py ...``) runs four parts in turn and rewrites ``DIR/suite.json`` after each
+``python bench/suite.py ...``) runs five parts in turn and rewrites ``DIR/suite.json`` after each
 one, so a run cut short still reports what it finished (top-level keys ``environment``,
-``curvature``, ``ensemble``, ``dpsgd``, ``evidence``, ``suite``); CSV and PNG files go next to it.
+``curvature``, ``ensemble``, ``dpsgd``, ``evidence``, ``peers``, ``suite``); CSV and PNG files go
+next to it.
 
 - curvature: per-sample tr(H) + tr(H²) of a CIFAR ResNet18 (BatchNorm in inference mode), batch
   512, 10 probes: ours (``make_input_curvature``) at fp32 "highest" matmul precision, at the
-  default precision (TF32 on NVIDIA GPUs) and in bf16; the seed algorithm ported to JAX
-  (``bench.curvature.make_seed_curvature``: finite differences of the batch-mean loss, a Python
-  loop over probes); and, when torch imports, the seed authors' PyTorch algorithm on the same
+  default precision (TF32 on NVIDIA GPUs) and in bf16; the authors' algorithm ported to JAX
+  (``bench.curvature.make_authors_curvature``: finite differences of the batch-mean loss, a Python
+  loop over probes); and, when torch imports, the authors' PyTorch algorithm on the same
   shapes. Samples/s, ratios from the same run, Spearman(bf16, fp32) on a briefly trained model.
 - dpsgd: one DP-SGD step vs one non-private step, resnet18_gn, batch 256 (fixed σ = 1: no
   privacy accounting is imported).
@@ -23,6 +24,9 @@ one, so a run cut short still reports what it finished (top-level keys ``environ
   intervals, next to Curvature Clues' CIFAR-10 row. The zero-order step h is measured: the
   smallest h of ``H_GRID`` whose float32 estimate agrees with float64 at the same h and probes.
   The number of evaluated examples is sized from one timed chunk and the remaining budget.
+- peers: ``bench.peers`` on this device (files in ``DIR/peers/``): curvature vs the authors'
+  PyTorch algorithm and PyTorch HVPs, DP-SGD vs Opacus, members/hour vs PyTorch loops, LiRA and
+  RMIA vs the published code, XLA FLOPs vs the limit; rows "missing" without PyTorch/Opacus.
 
 Without local CIFAR-10 files the suite runs on a synthetic CIFAR-shaped data set and says so.
 ``--tiny`` runs every part at toy size (CPU, about 100 s of CPU time); the test runs it.
@@ -30,7 +34,6 @@ Without local CIFAR-10 files the suite runs on a synthetic CIFAR-shaped data set
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import importlib.util
@@ -39,7 +42,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 if not __package__:  # python bench/suite.py from a bare checkout: the repository root on the path
@@ -52,6 +54,7 @@ from scipy import stats  # noqa: E402
 
 from jaxcurv import data, ensemble, memorization, mia, models, report  # noqa: E402
 from jaxcurv.curvature import make_input_curvature, make_zero_order_curvature  # noqa: E402
+from jaxcurv.errors import ConfigError  # noqa: E402
 from jaxcurv.workflow import (  # noqa: E402
     attack_scores,
     describe_device,
@@ -59,17 +62,19 @@ from jaxcurv.workflow import (  # noqa: E402
     time_call,
     time_interleaved,
 )
+from jaxcurv.workflow import benchmark as B  # noqa: E402
+from jaxcurv.workflow.settings import DataFolder, setting  # noqa: E402
 
 if __package__:  # python -m bench.suite
-    from bench import _common as C
     from bench import curvature as bench_curvature
     from bench import dpsgd as bench_dpsgd
     from bench import ensemble as bench_ensemble
+    from bench import peers as bench_peers
 else:  # python bench/suite.py: this folder is sys.path[0]
-    import _common as C
     import curvature as bench_curvature
     import dpsgd as bench_dpsgd
     import ensemble as bench_ensemble
+    import peers as bench_peers
 
 __all__ = ["TARGETS", "DESIGN_BUDGET_S", "PAPER_CIFAR10", "H_GRID", "Sizes", "FULL", "TINY",
            "main"]
@@ -77,22 +82,23 @@ __all__ = ["TARGETS", "DESIGN_BUDGET_S", "PAPER_CIFAR10", "H_GRID", "Sizes", "FU
 # Targets on one H100/H200 (the issue's figures).
 TARGETS = {
     "curvature": {"tf32_samples_per_s": 7_500.0, "bf16_samples_per_s": 14_000.0,
-                  "ratio_vs_torch_seed": 10.0, "spearman_bf16_vs_fp32": 0.99},
+                  "ratio_vs_authors_torch": 10.0, "spearman_bf16_vs_fp32": 0.99},
     "ensemble": {"members_per_hour": 1_500.0, "mean_test_accuracy": 0.90, "ratio_vs_loop": 3.0},
     "dpsgd": {"ratio_dp_over_nonprivate": 2.0},
 }
 # Design budget per part, seconds on one H100 (sum = 480 = the default --budget-s). --budget-s
 # scales the training sizes of curvature/ensemble; the evidence part takes what is left.
-DESIGN_BUDGET_S = {"startup": 25, "curvature": 120, "dpsgd": 45, "ensemble": 140,
-                   "evidence": 135, "margin": 15}
+DESIGN_BUDGET_S = {"startup": 25, "curvature": 110, "dpsgd": 40, "ensemble": 130,
+                   "evidence": 120, "peers": 45, "margin": 10}
 DESIGN_TOTAL_S = float(sum(DESIGN_BUDGET_S.values()))
 # Ravikumar, Soufleri & Roy, "Curvature Clues: Decoding Deep Learning Privacy with Input Loss
 # Curvature", NeurIPS 2024 (arXiv:2407.02747): the CIFAR-10 zero-order curvature NLL attack
-# (ResNet18 shadows, 64 per target), as this repository records it in experiments/mia_curvature.py
-# (PAPER["cifar10"]; "balanced accuracy" is the notebooks' value at the EER threshold).
+# (ResNet18 shadows, 64 per target), as this repository records it in
+# experiments/curvature_clues_table1.py (PAPER[("zero_order_nll", "paper")]; "balanced accuracy" is
+# the notebooks' value at the EER threshold).
 PAPER_CIFAR10 = {"attack": "zero_order_nll", "auroc": 0.6895, "balanced_accuracy_eer": 0.6196,
                  "source": "Curvature Clues (NeurIPS 2024), CIFAR-10 row, via "
-                           "experiments/mia_curvature.py PAPER"}
+                           "experiments/curvature_clues_table1.py PAPER"}
 H_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3)  # zero-order steps tried, largest first
 H_TOLERANCE = 0.05  # float32 vs float64 median relative difference accepted at the chosen h
 TABLE_ATTACKS = ("lira_online", "lira_offline", "rmia", "curvature_lr", "curvature_nll",
@@ -188,22 +194,6 @@ def _environment() -> dict:
     return env
 
 
-def _synthetic(n_train: int, n_test: int, seed: int) -> tuple[data.Dataset, data.Dataset]:
-    """CIFAR-shaped stand-in (N, 32, 32, 3): 10 smooth class prototypes + uniform noise; 10 % of
-    the training labels flipped, so some examples can only be memorized."""
-    rng = np.random.default_rng(seed)
-    protos = np.kron(rng.random((10, 4, 4, 3)), np.ones((1, 8, 8, 1)))
-
-    def split(n: int, flip: bool) -> data.Dataset:
-        y = rng.integers(0, 10, n)
-        x = (0.5 * protos[y] + 0.5 * rng.random((n, 32, 32, 3))).astype(np.float32)
-        if flip:
-            y = np.where(rng.random(n) < 0.1, (y + rng.integers(1, 10, n)) % 10, y)
-        return data.Dataset.from_arrays(x, y.astype(np.int32), num_classes=10, name="synthetic")
-
-    return split(n_train, True), split(n_test, False)
-
-
 def _load_data(ctx: _Context, data_dir) -> None:
     """CIFAR-10 from ``data_dir`` / $JAXCURV_DATA_DIR, else the synthetic stand-in."""
     s = ctx.sizes
@@ -212,15 +202,14 @@ def _load_data(ctx: _Context, data_dir) -> None:
         train, test = data.train_test("cifar10", data_dir=data_dir)
         info = {"dataset": "cifar10", "path": str(found), "fallback": False}
     else:
-        train, test = _synthetic(s.train_limit or 50_000, s.test_limit or 10_000, ctx.seed)
+        train, test = B.synthetic_cifar(s.train_limit or 50_000, s.test_limit or 10_000,
+                                        ctx.seed)
         info = {"dataset": "synthetic", "fallback": True,
                 "note": "no CIFAR-10 files found (--data-dir or $JAXCURV_DATA_DIR): synthetic "
                         "32×32×3 stand-in, 10 classes, 10 % flipped training labels; accuracy "
                         "and attack figures are not CIFAR-10 figures"}
-    if s.train_limit:
-        train = C.random_subset(train, s.train_limit, ctx.seed)
-    if s.test_limit:
-        test = C.random_subset(test, s.test_limit, ctx.seed + 1)
+    train = B.subset(train, s.train_limit, seed=ctx.seed)
+    test = B.subset(test, s.test_limit, seed=ctx.seed + 1)
     ctx.train, ctx.test = train, test
     ctx.data_info = {**info, "train_examples": len(train), "test_examples": len(test)}
 
@@ -244,7 +233,7 @@ def _spearman(a, b) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# curvature: ours vs the seed algorithm (JAX port and the authors' PyTorch)
+# curvature: ours vs the authors' algorithm (JAX port and the authors' PyTorch)
 
 
 def _torch_resnet18(torch, width: int, num_classes: int = 10):
@@ -277,7 +266,7 @@ def _torch_resnet18(torch, width: int, num_classes: int = 10):
 
 
 def _torch_seed(x: np.ndarray, y: np.ndarray, *, width: int, num_probes: int, h: float = 1e-3):
-    """(fn, info): the seed authors' PyTorch algorithm on (x, y), or (None, info) without torch.
+    """(fn, info): the authors' PyTorch algorithm on (x, y), or (None, info) without torch.
 
     Per probe: v = h·(R + 1e-7) with R Rademacher drawn as randint(0, 2) and its zeros set to −1
     example by example (as the authors' code does); Δg = ∂/∂x [L(x + v) − L(x)] with L the
@@ -331,11 +320,11 @@ def _curvature_model(ctx: _Context):
     (a trained net's per-example curvature spreads, which the Spearman criterion needs)."""
     s = ctx.sizes
     model = models.get_model("resnet18", 10, width=s.curv_width)
-    idx = np.random.default_rng(ctx.seed).permutation(len(ctx.test))[:s.curv_batch]
-    x, y = ctx.test.images[idx], ctx.test.labels[idx]
+    batch = B.subset(ctx.test, s.curv_batch, seed=ctx.seed)
+    x, y = batch.images, batch.labels
     n_train = min(len(ctx.train), int(s.curv_train_examples * min(1.0, ctx.scale)))
     start = time.perf_counter()
-    member, history = ensemble.fit_one(model, C.random_subset(ctx.train, n_train, ctx.seed),
+    member, history = ensemble.fit_one(model, B.subset(ctx.train, n_train, seed=ctx.seed),
                                        ctx.key("curvature_train"), epochs=s.curv_train_epochs,
                                        batch_size=128, learning_rate=0.05, augment=True)
     record = {"train_examples": n_train, "epochs": s.curv_train_epochs,
@@ -354,11 +343,11 @@ def part_curvature(ctx: _Context) -> dict:
             "ours_bf16": (jnp.bfloat16, None)}
     fns = {name: _ours(loss_fn, variables, x, y, key, probes=s.curv_probes, dtype=d, precision=p)
            for name, (d, p) in ours.items()}
-    seed_jax = bench_curvature.make_seed_curvature(model, h=1e-3)
-    fns["seed_jax_tf32_default"] = lambda: seed_jax(variables, x, y, probe_keys)
+    authors_jax = bench_curvature.make_authors_curvature(model, h=1e-3)
+    fns["authors_jax_tf32_default"] = lambda: authors_jax(variables, x, y, probe_keys)
     torch_fn, torch_info = _torch_seed(x, y, width=s.curv_width, num_probes=s.curv_probes)
     if torch_fn is not None:
-        fns["seed_torch"] = torch_fn
+        fns["authors_torch"] = torch_fn
     timings = time_interleaved(fns, repeats=s.repeats)
     n = len(x)
     rate = {name: n / t.median for name, t in timings.items()}
@@ -366,35 +355,35 @@ def part_curvature(ctx: _Context) -> dict:
             for name, t in timings.items()]
     out = {name: fns[name]() for name in ours}
     ratios = {f"{a}_over_{b}": rate[a] / rate[b]
-              for a in ours for b in rate if b.startswith("seed")}
+              for a in ours for b in rate if b.startswith("authors")}
     agreement = {
-        "spearman_bf16_vs_fp32_trace_sq": _spearman(out["ours_bf16"].trace_sq,
+        "spearman_bf16_vs_fp32_curvature": _spearman(out["ours_bf16"].trace_sq,
                                                     out["ours_fp32_highest"].trace_sq),
-        "spearman_tf32_vs_fp32_trace_sq": _spearman(out["ours_tf32_default"].trace_sq,
+        "spearman_tf32_vs_fp32_curvature": _spearman(out["ours_tf32_default"].trace_sq,
                                                     out["ours_fp32_highest"].trace_sq),
-        "spearman_bf16_vs_fp32_trace": _spearman(out["ours_bf16"].trace,
+        "spearman_bf16_vs_fp32_curvature_trace": _spearman(out["ours_bf16"].trace,
                                                  out["ours_fp32_highest"].trace)}
     t = TARGETS["curvature"]
     met = {"tf32_samples_per_s": rate["ours_tf32_default"] >= t["tf32_samples_per_s"],
            "bf16_samples_per_s": rate["ours_bf16"] >= t["bf16_samples_per_s"],
-           "spearman_bf16_vs_fp32": agreement["spearman_bf16_vs_fp32_trace_sq"]
+           "spearman_bf16_vs_fp32": agreement["spearman_bf16_vs_fp32_curvature"]
            >= t["spearman_bf16_vs_fp32"]}
     if torch_fn is not None:
-        met["ratio_vs_torch_seed"] = ratios["ours_tf32_default_over_seed_torch"] >= \
-            t["ratio_vs_torch_seed"]
+        met["ratio_vs_authors_torch"] = ratios["ours_tf32_default_over_authors_torch"] >= \
+            t["ratio_vs_authors_torch"]
     _table_csv(ctx.out / "curvature_rows.csv",
                [{k: r[k] for k in ("method", "samples_per_s", "median_s", "first_s")}
                 for r in rows])
-    C.print_table(f"curvature: ResNet18 w={s.curv_width}, N={n}, {s.curv_probes} probes — "
+    B.print_table(f"curvature: ResNet18 w={s.curv_width}, N={n}, {s.curv_probes} probes — "
                   f"{describe_device()}", rows, ["method", "samples_per_s", "median_s", "first_s"])
     return {"model": f"resnet18 width {s.curv_width}", "batch": n, "num_probes": s.curv_probes,
             "input_shape": list(x.shape[1:]), "trained": trained,
             "samples_per_s": rate, "rows": rows, "ratios": ratios, "agreement": agreement,
             "torch": torch_info, "targets": t, "target_met": met,
             "notes": "ours_* = make_input_curvature(hutchinson, batch_size=N); tf32_default = "
-                     "XLA's default precision (TF32 on NVIDIA GPUs); seed_jax = "
-                     "bench.curvature.make_seed_curvature (one jitted call per probe); "
-                     "seed_torch: random weights, torch's default precision"}
+                     "XLA's default precision (TF32 on NVIDIA GPUs); authors_jax = "
+                     "bench.curvature.make_authors_curvature (one jitted call per probe); "
+                     "authors_torch: random weights, torch's default precision"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,7 +398,7 @@ def part_dpsgd(ctx: _Context) -> dict:
     ratio = row["ratio_dp_over_nonprivate"]
     t = TARGETS["dpsgd"]
     return {"row": row, "ratio_dp_over_nonprivate": ratio, "noise_multiplier": 1.0,
-            "l2_clip": 1.0, "accounting": "none (fixed σ through training.DPStep)",
+            "l2_clip": 1.0, "accounting": "none (fixed σ through privacy.DPPlan)",
             "targets": t, "target_met": {"ratio_dp_over_nonprivate":
                                          ratio <= t["ratio_dp_over_nonprivate"]}}
 
@@ -422,8 +411,7 @@ def _fastnet_recipe(ctx: _Context, model, *, epochs: int) -> dict:
     """bench.ensemble's airbench94-like recipe with the whitening stem computed once (it does
     not depend on a member's initial weights) and copied into every member."""
     s = ctx.sizes
-    recipe = bench_ensemble.fastnet_recipe(SimpleNamespace(lr=None, epochs=epochs,
-                                                           batch_size=s.ens_batch, bf16=s.bf16))
+    recipe = bench_ensemble.fastnet_recipe(epochs=epochs, batch_size=s.ens_batch, bf16=s.bf16)
     template = models.init_variables(model, jax.random.PRNGKey(0), ctx.train.image_shape)
     stem = models.init_fastnet_whitening(template, ctx.train.images[:5000])["params"]["whiten"]
 
@@ -488,7 +476,7 @@ def part_ensemble(ctx: _Context) -> dict:
         "members_per_hour": per_hour >= t["members_per_hour"],
         "mean_test_accuracy": result["mean_test_accuracy"] >= t["mean_test_accuracy"],
         "ratio_vs_loop": result["ratio_vs_loop"] >= t["ratio_vs_loop"]}
-    C.print_table(f"ensemble: fastnet w={s.ens_width}, K={k} vmapped vs loop — "
+    B.print_table(f"ensemble: fastnet w={s.ens_width}, K={k} vmapped vs loop — "
                   f"{describe_device()}", [{k2: result[k2] for k2 in (
                       "members", "members_per_hour", "ratio_vs_loop", "mean_test_accuracy",
                       "min_test_accuracy", "compile_s")}])
@@ -602,7 +590,7 @@ def _evidence_files(ctx, scores, masks, idx, mem, mem_se, curv_in, zo_in, rows, 
     report.figure_roc(curves, ctx.out / "evidence_roc.png", aurocs=aurocs,
                       title=f"{ctx.data_info['dataset']}: K={masks.shape[0]} targets")
     report.figure_mem_vs_curvature(mem[idx], curv_in, ctx.out / "evidence_mem_vs_curvature.png",
-                                   name="tr(H²), mean over IN members")
+                                   quantity="curvature_in")
 
 
 def _members_for_evidence(ctx: _Context):
@@ -629,13 +617,13 @@ def part_evidence(ctx: _Context) -> dict:
     mem, mem_se = memorization.feldman_zhang(correct, masks_all)
     mem = np.round(mem, 12)  # p_in − p_out with other denominators: equal values tie exactly
     loss_fn = ensemble.member_loss_fn(ens)
-    sample = np.sort(np.random.default_rng(ctx.seed + 2).permutation(n)[:s.ev_h_examples])
+    sample = data.random_subset(n, s.ev_h_examples, seed=ctx.seed + 2)
     h_rows, h = _choose_h(loss_fn, ens.member(0), images[sample], labels[sample],
                           probes=s.ev_probes, seed=ctx.seed)
     chunk = min(s.ev_chunk, n)
     wb, zo, rates = _signal_rates(ctx, ens, loss_fn, h, chunk)
     n_eval = _eval_examples(ctx, k, n, rates, chunk)
-    idx = np.sort(np.random.default_rng(ctx.seed).permutation(n)[:n_eval])
+    idx = data.random_subset(n, n_eval, seed=ctx.seed)
     x, y, masks = images[idx], labels[idx], masks_all[:, idx]
     start = time.perf_counter()
     member_keys = [int(m) for m in ens.member_ids]
@@ -651,7 +639,7 @@ def part_evidence(ctx: _Context) -> dict:
     curv_in = memorization.masked_mean(curv, masks)
     zo_in = memorization.masked_mean(zero, masks)
     _evidence_files(ctx, scores, masks, idx, mem, mem_se, curv_in, zo_in, rows, h_rows)
-    C.print_table(f"evidence: {ctx.data_info['dataset']}, K={k} targets × {n_eval} examples "
+    B.print_table(f"evidence: {ctx.data_info['dataset']}, K={k} targets × {n_eval} examples "
                   f"(paper: Curvature Clues CIFAR-10, zero-order NLL)", rows,
                   ["attack", "auroc", "balanced_accuracy", "balanced_accuracy_eer",
                    "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct", "paper_auroc",
@@ -681,8 +669,30 @@ def part_evidence(ctx: _Context) -> dict:
 # the run
 
 
+# ----------------------------------------------------------------------------------------------
+# peers: every ratio of bench.peers on this device
+
+
+def part_peers(ctx: _Context) -> dict:
+    """``bench.peers`` on this device (its TINY sizes in the suite's tiny mode): curvature vs the
+    authors' PyTorch algorithm and torch.func HVPs, DP-SGD vs Opacus, members/hour vs PyTorch
+    loops, LiRA/RMIA vs the published code, FLOPs vs the limit. Files in DIR/peers/."""
+    sizes = bench_peers.TINY if ctx.sizes is TINY else bench_peers.FULL
+    result = bench_peers.run(sizes, out=ctx.out / "peers", seed=ctx.seed,
+                             splits=(ctx.train, ctx.test, ctx.data_info),
+                             tiny=ctx.sizes is TINY)
+    rows = [{k: r.get(k) for k in ("section", "name", "ours", "peer", "status", "speedup",
+                                   "ours_rate", "peer_rate", "unit")} for r in result["rows"]]
+    bad = [r["name"] for r in result["rows"] if r["status"] in ("failed", "check failed")]
+    if bad:
+        raise RuntimeError(f"bench.peers rows failed or disagreed: {bad} (see peers/peers.json)")
+    return {"rows": rows, "files": ["peers/peers.json", "peers/peers.md"],
+            "torch": result["environment"].get("torch"),
+            "opacus": result["environment"].get("opacus")}
+
+
 PARTS = (("curvature", part_curvature), ("dpsgd", part_dpsgd), ("ensemble", part_ensemble),
-         ("evidence", part_evidence))
+         ("evidence", part_evidence), ("peers", part_peers))
 
 
 def _run_part(ctx: _Context, name: str, fn) -> dict:
@@ -703,20 +713,23 @@ def _run_part(ctx: _Context, name: str, fn) -> dict:
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for suite.json, CSV and PNG files")
-    p.add_argument("--budget-s", type=float, default=DESIGN_TOTAL_S,
-                   help="seconds the whole run may take; sizes scale to fit")
-    p.add_argument("--tiny", action="store_true", help="toy sizes (CPU, about 100 s of CPU time)")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with CIFAR-10 files; default $JAXCURV_DATA_DIR")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.budget_s <= 0:
-        p.error("--budget-s must be > 0")
-    return args
+@dataclasses.dataclass(frozen=True)
+class SuiteConfig(DataFolder, B.BenchSettings):
+    """Settings of ``python -m bench.suite``."""
+
+    out: str | None = setting(None, "folder for suite.json, CSV and PNG files", metavar="DIR",
+                              required=True)
+    budget_s: float = setting(DESIGN_TOTAL_S, "seconds the whole run may take; sizes scale to "
+                              "fit", low=0.0, open_low=True, high=1e6)
+    tiny: bool = setting(False, "toy sizes (CPU, about 100 s of CPU time)")
+
+    def check(self) -> None:
+        if not self.out:
+            raise ConfigError("the suite needs an output folder: --out DIR")
+
+
+def parse_args(argv=None) -> SuiteConfig:
+    return B.parse_args(SuiteConfig, argv, description=__doc__.split("\n\n")[0])
 
 
 def main(argv=None) -> int:
@@ -750,4 +763,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with B.one_line_errors("suite"):
+        sys.exit(main())

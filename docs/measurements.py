@@ -5,9 +5,10 @@ command that produced it, read from the committed result files (never typed by h
     python docs/measurements.py --check  # exit 1 when docs/measurements.md is not up to date
 
 Sources: every ``summary.json`` under results/evidence/ (its ``headlines``, ``command``,
-``environment`` and ``timings_s``) and every JSON under bench/results/ (its ``headlines`` or, for
-benchmark tables, its ``rows``). The page is a pure function of those files, so a test
-regenerates it byte for byte.
+``environment`` and ``timings_s``; a ``time.txt`` beside it, the output of
+``/usr/bin/time -v``, adds the run's CPU time and peak memory) and every JSON under
+bench/results/ (its ``headlines`` or, for benchmark tables, its ``rows``). The page is a pure
+function of those files, so a test regenerates it byte for byte.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _device(env: Mapping[str, Any]) -> str:
         what = f"CPU ({env.get('machine', '?')}, {env.get('cpu_count', '?')} cores)"
     else:
         what = f"{backend.upper()} {env.get('device_kind', '')} ×{env.get('device_count', 1)}"
-    load = env.get("load_avg_1min")
+    load = env.get("load_avg_1min_end", env.get("load_avg_1min"))  # benchmarks record both
     extra = [f"jax {env.get('jax', '?')}"]
     if load is not None:
         extra.append(f"load {load:.1f} at the end")
@@ -68,6 +69,45 @@ def _headline_rows(headlines: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return rows
 
 
+_TIME_FIELDS = {"User time (seconds)": "user", "System time (seconds)": "sys",
+                "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall",
+                "Maximum resident set size (kbytes)": "rss_kb"}
+
+
+def _seconds(clock: str) -> float:
+    """``h:mm:ss`` or ``m:ss.ss`` as seconds."""
+    total = 0.0
+    for part in clock.split(":"):
+        total = 60.0 * total + float(part)
+    return total
+
+
+def _time_record(path: Path) -> dict[str, float]:
+    """The wall clock, user and system CPU seconds and peak RSS (kB) of a ``/usr/bin/time -v``
+    record; an empty dict without the file."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.strip().rpartition(": ")
+        if name in _TIME_FIELDS:
+            key = _TIME_FIELDS[name]
+            out[key] = _seconds(value) if key == "wall" else float(value)
+    return out
+
+
+def _time_line(record: Mapping[str, float]) -> list[str]:
+    """``/usr/bin/time -v``: wall, CPU (user + sys) and what it means for 2 idle cores, RSS."""
+    if not {"user", "sys"} <= set(record):
+        return []
+    cpu = record["user"] + record["sys"]
+    wall = f"wall {_number(record['wall'])} s, " if "wall" in record else ""
+    rss = (f", peak RSS {_number(record['rss_kb'] / 1e6)} GB" if "rss_kb" in record else "")
+    return [f"- `/usr/bin/time -v` (time.txt): {wall}CPU time {_number(cpu)} s (user "
+            f"{_number(record['user'])} + sys {_number(record['sys'])}; CPU time / 2 = "
+            f"{_number(cpu / 2)} s is the estimate for 2 idle cores){rss}"]
+
+
 def _evidence(folder: Path) -> list[str]:
     summary = json.loads((folder / "summary.json").read_text())
     env = summary.get("environment", {})
@@ -77,7 +117,8 @@ def _evidence(folder: Path) -> list[str]:
              f"- command: `{summary.get('command') or 'not recorded'}`",
              f"- device: {_device(env)}",
              f"- when: {_when(env)}",
-             f"- wall time: {_number(total)} s" if total is not None else "- wall time: —", ""]
+             f"- wall time: {_number(total)} s" if total is not None else "- wall time: —",
+             *_time_line(_time_record(folder / "time.txt")), ""]
     headlines = summary.get("headlines") or {}
     if headlines:
         lines += _headline_rows(headlines)

@@ -3,11 +3,10 @@
 Paper: Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature Links" (ICML 2024),
 Figure 2 (CIFAR images ranked by input-loss curvature; low curvature = prototypical, high =
 atypical, ambiguous or mislabeled). The small config uses a ReLU CNN like the paper's ReLU
-ResNet18: its tr(H) is the positive semi-definite Gauss–Newton term, so "lowest" means flattest
-(a GELU network also has negative-curvature examples). ``members`` models (seeds) are trained
-on the whole training set; each example's tr(∇²ₓℓ) (exact HVPs, Hutchinson probes; optionally
-also averaged over the training epochs) is averaged over the seeds and the images at both ends
-are shown with labels.
+ResNet18. ``models`` models (seeds) are trained on the whole training set; each example's
+curvature tr(H²) = ‖∇²ₓℓ‖_F², the papers' Curv (exact HVPs, Hutchinson probes; optionally also
+averaged over the training epochs), is averaged over the seeds and the images at both ends are
+shown with labels; tr(H) is written beside it (``curvature_trace``).
 
     python -m experiments.lowest_highest_curvature --config small   # CIFAR-10 subset (or digits)
     python -m experiments.lowest_highest_curvature --config full    # CIFAR-100, CIFAR-10, ResNet18
@@ -23,6 +22,7 @@ import dataclasses
 
 import numpy as np
 
+from jaxcurv._names import quantity_label
 from jaxcurv.workflow import experiment as X
 from jaxcurv.workflow.keys import Stage
 from jaxcurv.workflow.settings import setting
@@ -79,20 +79,20 @@ def main(config: ExtremeConfig) -> dict:
         with timer(f"{spec}: curvature"):
             curv = X.member_curvature(config, ens, train.images, train.labels,
                                       key=X.config_key(config, Stage.CURVATURE))
-        trace = np.asarray(curv.trace).mean(0)
+        per_seed = np.asarray(curv.trace_sq)  # (K, N) tr(H²)
         columns = {"index": np.arange(len(train)), "source_index": data.train_index,
-                   "label": train.labels, "curvature": trace,
-                   "curvature_sq": np.asarray(curv.trace_sq).mean(0),
-                   "curvature_seed_std": np.asarray(curv.trace).std(0)}
-        score, what = trace, "tr(H)"
-        if "curvature" in ens.history:  # (E, K, N) per-epoch curvature
-            columns["curvature_over_training"] = ens.history["curvature"].mean((0, 1))
-            score, what = columns["curvature_over_training"], "tr(H) averaged over training"
+                   "label": train.labels, "curvature": per_seed.mean(0),
+                   "curvature_sd": per_seed.std(0),
+                   "curvature_trace": np.asarray(curv.trace).mean(0)}
+        score, what = columns["curvature"], "curvature"
+        if "curvature" in ens.history:  # (E, K, N) per-epoch tr(H²)
+            columns["curvature_train"] = ens.history["curvature"].mean((0, 1))
+            score, what = columns["curvature_train"], "curvature_train"
         d = out / data.slug
         report.write_csv(d / "curvature.csv", columns)
         fig = report.figure_extreme_images(train.images, train.labels, score,
                                            d / "fig2_lowest_highest_curvature.png", k=config.k,
-                                           class_names=train.class_names, score_name=what)
+                                           class_names=train.class_names, quantity=what)
         order = np.argsort(score)
         k = min(config.k, len(train) // 2)
         ends = {"lowest": order[:k], "highest": order[::-1][:k]}
@@ -101,16 +101,17 @@ def main(config: ExtremeConfig) -> dict:
         results[data.slug] = {
             "data": data.describe(), "test_accuracy_per_seed": test_acc,
             "score": what,
-            "curvature": {"mean": float(trace.mean()), "median": float(np.median(trace)),
-                          "max": float(trace.max()),
-                          "seed_rank_agreement_spearman": _seed_agreement(np.asarray(curv.trace))},
+            "curvature": {"mean": float(columns["curvature"].mean()),
+                          "median": float(np.median(columns["curvature"])),
+                          "max": float(columns["curvature"].max()),
+                          "seed_rank_agreement_spearman": _seed_agreement(per_seed)},
             **{end: {"index": idx, "source_index": data.train_index[idx],
                      "label": [names[int(c)] for c in train.labels[idx]],
                      "curvature": score[idx]} for end, idx in ends.items()},
             "figure": str(fig.relative_to(out)),
         }
         lines += [f"[{data.slug}] {len(train)} images, {config.models} seed(s), test acc "
-                  f"{np.mean(test_acc):.3f}; {what}: median {np.median(score):.3g}, lowest "
+                  f"{np.mean(test_acc):.3f}; {quantity_label(what)}: median {np.median(score):.3g}, lowest "
                   f"{score[ends['lowest'][0]]:.3g}, highest {score[ends['highest'][0]]:.3g}",
                   f"[{data.slug}] lowest-curvature labels: "
                   + ", ".join(names[int(c)] for c in train.labels[ends['lowest']]),
@@ -120,14 +121,14 @@ def main(config: ExtremeConfig) -> dict:
     return results
 
 
-def _seed_agreement(trace: np.ndarray) -> float | None:
+def _seed_agreement(values: np.ndarray) -> float | None:
     """Mean pairwise Spearman correlation of the per-example curvature of different seeds."""
     from scipy import stats
 
-    if trace.shape[0] < 2:
+    if values.shape[0] < 2:
         return None
-    rhos = [stats.spearmanr(trace[i], trace[j]).statistic for i in range(len(trace))
-            for j in range(i + 1, len(trace))]
+    rhos = [stats.spearmanr(values[i], values[j]).statistic for i in range(len(values))
+            for j in range(i + 1, len(values))]
     return float(np.mean(rhos))
 
 

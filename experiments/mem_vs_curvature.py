@@ -111,17 +111,16 @@ def compute(config: MemCurvConfig, data: X.ExperimentData) -> tuple[dict[str, np
 
 
 def _proxy_panels(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = {"curvature_in": "curvature tr(H²) (in)", "curvature_trace_in": "curvature tr(H) (in)",
-             "curvature_out": "curvature tr(H²) (out)", "curvature_all": "curvature tr(H²) (all)",
-             "curvature_train_in": "tr(H) over training",
-             "confidence": "confidence (out)", "loss": "loss (in)",
-             "learning_time": "learning time (epochs)",
-             "adversarial_distance": "adversarial distance (L2)"}
-    return {label: cols[key] for key, label in names.items() if key in cols}
+    """The proxies of Figs. 10–13 that were measured, by their column names (the figure labels
+    them from the names table, with the members each default column averages over)."""
+    keys = ("curvature_in", "curvature_trace_in", "curvature_out", "curvature_all",
+            "curvature_train_in", "confidence", "loss", "learning_time", "adversarial_distance")
+    return {key: cols[key] for key in keys if key in cols}
 
 
 def main(config: MemCurvConfig) -> dict:
     from jaxcurv import memorization, report
+    from jaxcurv.workflow.sections import PROXY_LABELS
     from jaxcurv.workflow import Timer
 
     X.validate(config)
@@ -141,13 +140,13 @@ def main(config: MemCurvConfig) -> dict:
         top = memorization.top_memorized(mem, min(config.top, len(train)))
         figures = [
             report.figure_mem_vs_curvature(mem, curv, d / "fig3_mem_vs_curvature_top.png",
-                                           top=config.top, name="curvature tr(H²)"),
+                                           top=config.top, quantity="curvature_in"),
             report.figure_mem_vs_curvature(mem, curv, d / "mem_vs_curvature_all.png",
-                                           name="curvature tr(H²)"),
+                                           quantity="curvature_in"),
             report.figure_proxies_vs_mem(mem, _proxy_panels(cols),
-                                         d / "fig10-13_proxies_vs_mem.png"),
+                                         d / "fig10-13_proxies_vs_mem.png", labels=PROXY_LABELS),
             report.figure_trace_vs_trace_sq(curv_trace, curv, mem,
-                                            d / "fig14-16_trace_vs_trace_sq.png"),
+                                            d / "fig14-16_curvature_trace_vs_curvature.png"),
         ]
         proxy_cols = {k: v for k, v in cols.items() if k not in ("mem", "mem_stderr")}
         corr_all = memorization.correlations(mem, proxy_cols)

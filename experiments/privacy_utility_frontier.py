@@ -87,7 +87,7 @@ CONFIGS = {
                            epsilons=(4.0, 64.0), edges=(0.0, 0.5, 1.0)),
     "small": FrontierConfig(name="small", models=16, epochs=12, bootstrap=200),
     # 30 epochs at lr 0.1 so that SGD fits its training halves (10 epochs at 0.05 left SGD at
-    # 38 % train accuracy: BUILD_NOTES, issue 15); strengths from 10× weaker than the digits grid,
+    # 38 % train accuracy; CHANGELOG 2026-12-01); strengths from 10× weaker than the digits grid,
     # whose λ ≥ 0.2 took these CIFAR models to chance.
     "cifar10-cpu": FrontierConfig(name="cifar10-cpu", datasets=("cifar10",),
                                   fallback_dataset=None, train_size=2000, test_size=1000,

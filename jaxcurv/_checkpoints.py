@@ -12,10 +12,14 @@ with a one-line ``RuntimeWarning`` and the previous step (or a fresh start) is u
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,10 +28,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxcurv.errors import OutputError
+
 __all__ = ["Checkpoints", "fingerprint", "clean_checkpoints"]
 
 _RUN_FILE = "run.json"
 _CHECKSUM_FILE = "checksum.json"
+_CLEANUP_SECONDS, _CLEANUP_QUIET = 5.0, 0.25  # removing what a failed save left (seconds)
+_SPACE_FACTOR = 0.9  # a checkpoint takes about the bytes of its arrays (OCDBT, uncompressed)
 
 
 def _file_digests(step_dir: Path) -> dict[str, str]:
@@ -56,10 +64,46 @@ def _mismatch(step_dir: Path, expected: Any) -> str | None:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    """Write ``value`` to ``path`` atomically (temporary file renamed into place)."""
+    """Write ``value`` to ``path`` atomically (temporary file renamed into place; removed when the
+    write fails)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _HeldErrors(logging.Filter):
+    """Holds back ERROR records (a failed save's traceback, logged by orbax's writer thread) while
+    a save runs: a failure is reported once, as the OutputError; after a success they are shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.records.append(record)
+        return False
+
+
+def _write_reason(err: BaseException) -> str:
+    """Why a write failed, in one line: the OS error when one is named (tensorstore's messages end
+    with "...: No space left on device [os_error_code='28']"), else the first line."""
+    for cause in (err, err.__cause__, err.__context__):
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+    code = getattr(err, "errno", None)
+    if isinstance(code, int) and code:
+        return os.strerror(code)
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    if len(first) > 160:  # keep the end, where tensorstore names the OS error
+        first = "…" + first[-140:]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
 
 
 def _reason(err: BaseException) -> str:
@@ -179,13 +223,81 @@ class Checkpoints:
             return
         args = self._ocp.args
         manager = self._manager(chunk)
-        manager.save(epoch, args=args.Composite(state=args.StandardSave(state),
-                                                history=args.StandardSave(history)), force=True)
-        manager.wait_until_finished()
         step_dir = self._step_dir(chunk, epoch)
-        _write_json(step_dir / _CHECKSUM_FILE, {"fingerprint": self.fingerprint,
-                                                "step": int(epoch),
-                                                "files": _file_digests(step_dir)})
+        self._check_space(step_dir, (state, history))
+        held = _HeldErrors()
+        logger = logging.getLogger("absl")  # orbax logs a failed write's traceback there
+        logger.addFilter(held)
+        try:
+            manager.save(epoch, args=args.Composite(state=args.StandardSave(state),
+                                                    history=args.StandardSave(history)),
+                         force=True)
+            manager.wait_until_finished()
+            _write_json(step_dir / _CHECKSUM_FILE, {"fingerprint": self.fingerprint,
+                                                    "step": int(epoch),
+                                                    "files": _file_digests(step_dir)})
+        except Exception as err:  # orbax/tensorstore report a full disk as a bare ValueError
+            logger.removeFilter(held)
+            self._remove_partial(chunk, epoch)
+            raise OutputError(f"could not save the training checkpoint {step_dir} "
+                              f"({_write_reason(err)}); free space there (or choose another "
+                              "output folder) and rerun: training resumes from the last "
+                              "complete checkpoint") from err
+        logger.removeFilter(held)
+        for record in held.records:  # the save succeeded: nothing to summarize, show them
+            logger.handle(record)
+
+    def _check_space(self, step_dir: Path, tree) -> None:
+        """Refuse a save the disk cannot hold before orbax starts it: its parallel writers fail
+        one by one on a full disk, which is slow to clean up after."""
+        needed = int(_SPACE_FACTOR * sum(int(getattr(leaf, "nbytes", 0))
+                                         for leaf in jax.tree.leaves(tree)))
+        try:
+            free = shutil.disk_usage(self.directory).free
+        except OSError:
+            return
+        if free < needed:
+            raise OutputError(
+                f"could not save the training checkpoint {step_dir} ({os.strerror(errno.ENOSPC)}: "
+                f"it needs about {needed / 1e6:.3g} MB, {free / 1e6:.3g} MB are free); free space "
+                "there (or choose another output folder) and rerun: training resumes from the "
+                "last complete checkpoint")
+
+    def _remove_partial(self, chunk: int, epoch: int) -> None:
+        """Delete what a failed save of ``epoch`` left (orbax's *.orbax-checkpoint-tmp folders
+        and an unfinished step), so no temporary file stays behind."""
+        self._managers.pop(chunk, None)  # a fresh manager rereads the steps on disk
+        folder = self.directory / f"chunk_{chunk:04d}"
+
+        def leftovers() -> list[Path]:
+            return [p for p in [self._step_dir(chunk, epoch), *folder.glob(f"{epoch}.*tmp*")]
+                    if p.exists()]
+
+        # tensorstore's writer threads may still be failing on other arrays and recreate their
+        # folders for a moment after the error: remove until nothing comes back for a while.
+        # Meanwhile their completion callbacks find orbax's event loop closed and raise
+        # RuntimeErrors nobody can catch ("unraisable"): held back here, the failure is
+        # reported once, as the OutputError.
+        previous_hook = sys.unraisablehook
+
+        def hold_back_closed_loop(unraisable) -> None:
+            if not isinstance(unraisable.exc_value, RuntimeError):
+                previous_hook(unraisable)
+
+        sys.unraisablehook = hold_back_closed_loop
+        try:
+            quiet_since, deadline = time.monotonic(), time.monotonic() + _CLEANUP_SECONDS
+            while time.monotonic() < deadline:
+                found = leftovers()
+                for path in found:
+                    shutil.rmtree(path, ignore_errors=True)
+                if found:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since > _CLEANUP_QUIET:
+                    return
+                time.sleep(0.02)
+        finally:
+            sys.unraisablehook = previous_hook
 
 
 def fingerprint(model, dataset, masks, member_ids, seed, echo: dict) -> str:

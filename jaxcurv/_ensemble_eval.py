@@ -1,6 +1,13 @@
 """Per-member evaluation of an ensemble (private; the public names are re-exported by
 :mod:`jaxcurv.ensemble`): logits, accuracy, the one-example loss, and member × example input
-curvature and black-box curvature, with the compiled estimators held on the Ensemble."""
+curvature and black-box curvature.
+
+``make_predict`` / ``make_member_curvature`` / ``make_member_zero_order_curvature`` take a model
+(any kind ``as_model`` accepts) and return a function that holds its compiled kernel, applied to an
+Ensemble or to stacked variables; callers that evaluate repeatedly keep that function. Member k's
+random key is ``fold_in(key, member_ids[k])``: rows do not depend on which members are computed
+together, nor on how members are split over processes.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,6 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,20 +22,19 @@ from tqdm.auto import tqdm
 
 from jaxcurv import models
 from jaxcurv._chunks import map_chunks
-from jaxcurv._multiprocess import _gather_share, _process_share
 from jaxcurv._tree import cast_floats, unstack
 from jaxcurv.curvature import Curvature, make_input_curvature, make_zero_order_curvature
 from jaxcurv.data import Dataset
+from jaxcurv.model_interface import Model, as_model
 
 Ensemble = Any  # jaxcurv.ensemble.Ensemble (annotation only: this module must not import it)
 _EVAL_CHUNK = 1024
 
-__all__ = ["predict", "accuracy", "member_loss_fn", "member_curvature",
-           "member_zero_order_curvature"]
+__all__ = ["make_predict", "make_member_curvature", "make_member_zero_order_curvature", "predict",
+           "accuracy", "member_loss_fn", "member_curvature", "member_zero_order_curvature"]
 
 
-
-def _make_logits_fn(model: nn.Module, compute_dtype) -> Callable:
+def _make_logits_fn(model: Model, compute_dtype) -> Callable:
     """jit(variables, x (B, H, W, C)) -> float32 logits (B, C), in inference mode."""
 
     def logits(variables, x):
@@ -54,21 +59,49 @@ def _member_logits(fn: Callable, variables, images, *, progress: bool = False) -
     return np.stack(out)
 
 
-def _dtype_name(compute_dtype) -> str | None:
-    return None if compute_dtype is None else jnp.dtype(compute_dtype).name
+def _members(ensemble, member_ids) -> tuple[Any, np.ndarray]:
+    """(stacked variables, member ids (K,)) of an Ensemble or of stacked variables (ids given or
+    0..K−1)."""
+    variables = getattr(ensemble, "variables", ensemble)
+    leaves = jax.tree.leaves(variables)
+    if not leaves or any(np.ndim(a) == 0 for a in leaves):
+        raise ValueError("expected an Ensemble or variables stacked on a leading member axis")
+    k_total = int(leaves[0].shape[0])
+    if member_ids is None:
+        member_ids = getattr(ensemble, "member_ids", None)
+    ids = np.arange(k_total) if member_ids is None else np.asarray(member_ids)
+    if ids.shape != (k_total,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"member_ids must be {k_total} integers, got {member_ids!r}")
+    return variables, ids.astype(np.int64)
 
 
-def predict(ensemble: Ensemble, images, *, compute_dtype=None, progress: bool = False) -> np.ndarray:
-    """Logits (K, N, C) of every member on images (N, H, W, C), in inference mode.
-
-    The compiled forward pass is held on ``ensemble``: later calls with the same image shape
-    (and chunk size) do not recompile."""
+def _check_images(images) -> np.ndarray:
     images = np.asarray(images, np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}")
-    fn = ensemble._kernel(("logits", _dtype_name(compute_dtype)),
-                          lambda: _make_logits_fn(ensemble.model, compute_dtype))
-    return _member_logits(fn, ensemble.variables, images, progress=progress)
+    return images
+
+
+def make_predict(model, *, compute_dtype=None) -> Callable:
+    """``predict(ensemble, images, *, progress=False) -> logits (K, N, C)`` (host, float32) of
+    every member in inference mode; ``ensemble``: an Ensemble or variables stacked on a leading
+    K axis. The forward pass is compiled once and reused by every call of the same image shape."""
+    logits_fn = _make_logits_fn(as_model(model), compute_dtype)
+
+    def predict_fn(ensemble, images, *, progress: bool = False) -> np.ndarray:
+        images = _check_images(images)
+        variables, _ = _members(ensemble, None)
+        return _member_logits(logits_fn, variables, images, progress=progress)
+
+    return predict_fn
+
+
+def predict(ensemble: Ensemble, images, *, compute_dtype=None,
+            progress: bool = False) -> np.ndarray:
+    """Logits (K, N, C) of every member on images (N, H, W, C), in inference mode (compiles its
+    kernel; callers that predict repeatedly keep ``make_predict(ensemble.model)``)."""
+    return make_predict(ensemble.model, compute_dtype=compute_dtype)(ensemble, images,
+                                                                     progress=progress)
 
 
 def accuracy(ensemble: Ensemble, dataset: Dataset) -> np.ndarray:
@@ -77,11 +110,10 @@ def accuracy(ensemble: Ensemble, dataset: Dataset) -> np.ndarray:
     return (logits.argmax(-1) == dataset.labels[None]).mean(axis=1)
 
 
-def member_loss_fn(ensemble: Ensemble) -> Callable:
+def member_loss_fn(ensemble_or_model) -> Callable:
     """``loss_fn(variables, x, y) -> scalar``: cross-entropy of ONE example (H, W, C) under a
-    member's flax variables, BatchNorm in inference mode (models.make_loss_fn of the ensemble's
-    model). The same function object is returned on every call for this ensemble."""
-    return ensemble._kernel("loss_fn", lambda: models.make_loss_fn(ensemble.model))
+    member's variables, inference mode (models.make_loss_fn of the ensemble's model)."""
+    return models.make_loss_fn(getattr(ensemble_or_model, "model", ensemble_or_model))
 
 
 def _select_members(members, k_total: int) -> np.ndarray:
@@ -103,59 +135,93 @@ def _stacked(estimate: Callable, variables, rows, keys, images, labels, *, progr
                                  disable=not progress or len(rows) == 1), keys)]
 
 
-def _held_estimator(ensemble: Ensemble, make: Callable, image_shape: tuple, **config) -> Callable:
-    """``make(member_loss_fn(ensemble), num_classes=C, **config)`` held on ``ensemble`` (built
-    once per configuration; ``h`` is passed per call, so it is not part of the configuration).
-    C, the model's output size, comes from an abstract evaluation: labels are checked against it."""
+def _per_member(model, make: Callable, desc: str, **config) -> Callable:
+    """``fn(ensemble, images, labels, key, *, h, members, member_ids, progress) -> list`` of
+    ``make(loss_fn, num_classes=C, **config)`` applied to each selected member with key
+    fold_in(key, member id). The estimator is built once per image shape (C, the model's output
+    size, from an abstract evaluation: labels are checked against it) and held here."""
+    model = as_model(model)
+    loss_fn = models.make_loss_fn(model)
+    estimators: dict[tuple, Callable] = {}
 
-    def build():
-        x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-        out = jax.eval_shape(ensemble.model.apply, ensemble.member(0), x)
-        return make(member_loss_fn(ensemble), num_classes=int(out.shape[-1]), **config)
+    def estimator(variables, image_shape: tuple) -> Callable:
+        if image_shape not in estimators:
+            x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+            out = jax.eval_shape(model.apply, unstack(variables, 0), x)
+            estimators[image_shape] = make(loss_fn, num_classes=int(out.shape[-1]), **config)
+        return estimators[image_shape]
 
-    name = (make.__name__, tuple(image_shape), *sorted((k, repr(v)) for k, v in config.items()))
-    return ensemble._kernel(name, build)
+    def run(ensemble, images, labels, key, *, h: float, members, member_ids, progress: bool):
+        variables, ids = _members(ensemble, member_ids)
+        rows = _select_members(members, len(ids))
+        estimate = estimator(variables, tuple(np.shape(images)[1:]))
+        keys = [jax.random.fold_in(key, int(ids[r])) for r in rows]
+        return _stacked(functools.partial(estimate, h=h), variables, rows, keys, images, labels,
+                        progress=progress, desc=desc)
+
+    return run
+
+
+def make_member_curvature(model, *, num_probes: int = 10, method: str = "hutchinson",
+                          batch_size: int | None = None, compute_dtype=None) -> Callable:
+    """``fn(ensemble, images, labels, key, *, h=1e-3, members=None, member_ids=None,
+    progress=False) -> Curvature`` of (K', N) fields: the input curvature of the members at
+    indices ``members`` (default all K) on every example.
+
+    Row j equals ``input_curvature(models.make_loss_fn(model), member k's variables, images,
+    labels, fold_in(key, member_ids[k]))`` for k = members[j] (member ids: the Ensemble's, or
+    ``member_ids``, or 0..K−1 for stacked variables). One compiled kernel serves every member
+    and every call of the same image shape."""
+    run = _per_member(model, make_input_curvature, "member curvature", num_probes=num_probes,
+                      method=method, batch_size=batch_size, compute_dtype=compute_dtype)
+
+    def curvature_fn(ensemble, images, labels, key, *, h: float = 1e-3, members=None,
+                     member_ids=None, progress: bool = False) -> Curvature:
+        out = run(ensemble, images, labels, key, h=h, members=members, member_ids=member_ids,
+                  progress=progress)
+        return Curvature(*(np.stack(field) for field in zip(*out)))
+
+    return curvature_fn
+
+
+def make_member_zero_order_curvature(model, *, num_probes: int = 10, method: str = "mixed",
+                                     compute_dtype=None) -> Callable:
+    """``fn(ensemble, images, labels, key, *, h=1e-3, members=None, member_ids=None,
+    progress=False) -> (K', N)``: black-box curvature of the members at indices ``members``
+    (default all K). Row j equals ``zero_order_curvature(models.make_loss_fn(model), member k's
+    variables, images, labels, fold_in(key, member_ids[k]), method=method)`` for k = members[j].
+    ``compute_dtype=jnp.float64`` (CPU) keeps the finite differences' digits (see
+    curvature.zero_order_curvature)."""
+    run = _per_member(model, make_zero_order_curvature, "member zero-order curvature",
+                      num_probes=num_probes, method=method, compute_dtype=compute_dtype)
+
+    def zero_order_fn(ensemble, images, labels, key, *, h: float = 1e-3, members=None,
+                      member_ids=None, progress: bool = False) -> np.ndarray:
+        return np.stack(run(ensemble, images, labels, key, h=h, members=members,
+                            member_ids=member_ids, progress=progress))
+
+    return zero_order_fn
 
 
 def member_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *, num_probes: int = 10,
                      method: str = "hutchinson", h: float = 1e-3, batch_size: int | None = None,
                      compute_dtype=None, members: Sequence[int] | None = None,
                      progress: bool = False) -> Curvature:
-    """Input curvature of the members at indices ``members`` (default all K) on every example:
-    Curvature fields of shape (K', N).
-
-    Row j equals ``input_curvature(member_loss_fn(ensemble), ensemble.member(k), images, labels,
-    fold_in(key, member_ids[k]))`` for k = members[j], so rows do not depend on which members are
-    computed together; the compiled kernel is held on the ensemble and reused by later calls.
-    """
-    rows = _select_members(members, ensemble.num_members)
-    rows, share = _process_share(rows)  # a multi-process job: this process's block of rows
-    estimate = _held_estimator(ensemble, make_input_curvature, np.shape(images)[1:],
-                               num_probes=num_probes, method=method, batch_size=batch_size,
-                               compute_dtype=compute_dtype)
-    keys = [jax.random.fold_in(key, int(ensemble.member_ids[r])) for r in rows]
-    out = _stacked(functools.partial(estimate, h=h), ensemble.variables, rows, keys, images,
-                   labels, progress=progress, desc="member curvature")
-    return _gather_share(Curvature(*(np.stack(field) for field in zip(*out))), share)
+    """Input curvature (Curvature of (K', N) fields) of an Ensemble's members at indices
+    ``members`` (default all): ``make_member_curvature`` for one call (it compiles its kernel;
+    callers that loop keep the function ``make_member_curvature`` returns)."""
+    fn = make_member_curvature(ensemble.model, num_probes=num_probes, method=method,
+                               batch_size=batch_size, compute_dtype=compute_dtype)
+    return fn(ensemble, images, labels, key, h=h, members=members, progress=progress)
 
 
 def member_zero_order_curvature(ensemble: Ensemble, images, labels, key: jax.Array, *,
                                 num_probes: int = 10, h: float = 1e-3, method: str = "mixed",
                                 compute_dtype=None, members: Sequence[int] | None = None,
                                 progress: bool = False) -> np.ndarray:
-    """Black-box curvature (K', N) of the members at indices ``members`` (default all K).
-
-    Row j equals ``zero_order_curvature(member_loss_fn(ensemble), ensemble.member(m), images,
-    labels, fold_in(key, m), method=method)`` for m = members[j] (the member's index in the
-    ensemble); the compiled kernel is held on the ensemble and reused by later calls.
-    ``compute_dtype=jnp.float64`` (CPU) keeps the finite differences' digits (see
-    curvature.zero_order_curvature).
-    """
-    rows = _select_members(members, ensemble.num_members)
-    rows, share = _process_share(rows)  # a multi-process job: this process's block of rows
-    estimate = _held_estimator(ensemble, make_zero_order_curvature, np.shape(images)[1:],
-                               num_probes=num_probes, method=method, compute_dtype=compute_dtype)
-    keys = [jax.random.fold_in(key, int(r)) for r in rows]
-    return _gather_share(np.stack(_stacked(functools.partial(estimate, h=h), ensemble.variables,
-                                           rows, keys, images, labels, progress=progress,
-                                           desc="member zero-order curvature")), share)
+    """Black-box curvature (K', N) of an Ensemble's members at indices ``members`` (default
+    all): ``make_member_zero_order_curvature`` for one call (callers that loop keep the
+    function it returns)."""
+    fn = make_member_zero_order_curvature(ensemble.model, num_probes=num_probes, method=method,
+                                          compute_dtype=compute_dtype)
+    return fn(ensemble, images, labels, key, h=h, members=members, progress=progress)

@@ -13,7 +13,7 @@ Estimators (v Rademacher, P probes):
 - ``"finite_difference"``: the papers' estimator Hv ≈ (∇ℓ(x + h v) − ∇ℓ(x)) / h.
 - ``zero_order_curvature``: losses only; ``"central"`` vᵀHv ≈ (ℓ(x+hv) − 2ℓ(x) + ℓ(x−hv)) / h²,
   ``"mixed"`` |uᵀHv| ≈ |ℓ(x+hv+hu) − ℓ(x−hv+hu) − ℓ(x+hv−hu) + ℓ(x−hv−hu)| / (4h²).
-- ``reference_score``: the seed code's white-box score (see its docstring).
+- ``reference_score``: the authors' published code's white-box score (see its docstring).
 
 ``make_input_curvature``, ``make_zero_order_curvature`` and ``make_reference_score`` fix the
 configuration and return ``fn(params, x, y, key, *, h=None, progress=False)``, which holds its
@@ -21,9 +21,16 @@ compiled kernel: the caller keeps ``fn`` and calls it again without recompiling 
 input, so a sweep over h reuses it too). ``input_curvature``, ``zero_order_curvature`` and
 ``reference_score`` are one-call conveniences over them.
 
-Checked before any compute: integer class labels must be ≥ 0, and < ``num_classes`` when given;
-``loss_fn`` must return one scalar per example (when the kernel is traced). A call whose losses
-are NaN for some examples warns once per held function ("loss_fn returned NaN for E example(s)").
+Checked before any compute (ConfigError, a ValueError, one line naming the contract): ``key``
+must be one PRNG key; integer class labels must be ≥ 0, and < ``num_classes`` when given (a label
+≥ num_classes is refused); ``loss_fn`` is traced abstractly (``jax.eval_shape``, no FLOPs) on
+one example, once per input signature, and must accept (params, one unbatched x, its y) and
+return a scalar: a batched loss_fn, variables of another model or labels shaped (N, 1) get a
+hint instead of a raw shape error from inside the model. Examples whose loss is not finite get
+NaN in every output, and the call warns once per held function ("loss_fn returned NaN for E
+example(s)"); without ``num_classes`` that is what an out-of-range label gives with optax's
+integer-label cross-entropy (a loss_fn that clamps the index cannot be detected: pass
+``num_classes``).
 """
 
 from __future__ import annotations
@@ -40,11 +47,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxcurv._chunks import map_chunks
-from jaxcurv._tree import cast_floats
-from jaxcurv._validate import check_positive, check_positive_int
 from jaxcurv._names import CURVATURE_METHODS as METHODS
 from jaxcurv._names import ZERO_ORDER_METHODS
-
+from jaxcurv._tree import cast_floats
+from jaxcurv._validate import check_positive, check_positive_int
+from jaxcurv.errors import ConfigError
 
 __all__ = [
     "Curvature",
@@ -65,8 +72,12 @@ __all__ = [
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
-# Default number of examples per compiled call (per device); exact Hessians use fewer.
+# Default number of examples per compiled call (per device); exact Hessians use fewer, and so do
+# estimators that vmap more model evaluations per example than tr(H²) with 10 probes: a chunk holds
+# at most _CHUNK_EVALUATIONS float32 evaluations per device (zero-order "mixed" in float64 with all
+# 10 probes vmapped held 5.7 GB for 256 CIFAR-10 images on a CPU; 1.1 GB for 32).
 _DEFAULT_CHUNK_PER_DEVICE = 256
+_CHUNK_EVALUATIONS = 2560
 _EXACT_CHUNK_FLOATS = 2**26  # Hessian floats held per chunk for method="exact" (256 MiB in f32)
 
 
@@ -151,6 +162,55 @@ def _check_data(x, y, num_classes: int | None = None) -> tuple[np.ndarray, np.nd
     return x_host, y_host
 
 
+def _check_key(key) -> None:
+    """One PRNG key: a typed key (jax.random.key) of shape () or a raw uint32 key
+    (jax.random.PRNGKey) of shape (2,) or (4,); per-example keys derive from it by fold_in."""
+    dtype = getattr(key, "dtype", None)
+    shape = tuple(getattr(key, "shape", ()) or ())
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    raw = dtype is not None and not typed and np.dtype(dtype) == np.uint32
+    if (typed and shape == ()) or (raw and shape in ((2,), (4,))):
+        return
+    what = (f"{type(key).__name__} {key!r}" if dtype is None
+            else f"an array of dtype {dtype} and shape {shape}")
+    raise ConfigError(f"key must be one JAX PRNG key, e.g. jax.random.key(0) or "
+                      f"jax.random.PRNGKey(0), got {what}; each example's probes derive from it "
+                      "by fold_in")
+
+
+def _first_line(err: BaseException, most: int = 240) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text[:most]}" if text else type(err).__name__
+
+
+def _check_loss_fn(loss_fn: LossFn, params, x0: np.ndarray, y0: np.ndarray,
+                   compute_dtype) -> None:
+    """Trace ``loss_fn`` abstractly (no FLOPs) on one example x0 with target y0: it must accept
+    them with ``params`` and return a scalar; else one ConfigError naming the contract."""
+    f = _scalar_loss(loss_fn, params, y0, compute_dtype)
+    try:
+        jax.eval_shape(f, x0)
+    except ConfigError:
+        raise
+    except Exception as err:  # any failure inside the user's model: add the contract
+        labels = (f"; y has shape (N, {y0.shape[0]}): pass integer class labels as (N,), e.g. "
+                  "y.reshape(-1)" if y0.ndim == 1 and np.issubdtype(y0.dtype, np.integer)
+                  else "")
+        raise ConfigError(
+            f"loss_fn(params, x, y) failed on one example (x of shape {x0.shape}, y of shape "
+            f"{y0.shape}): {_first_line(err)}. loss_fn must take the variables its model was "
+            "built with and ONE unbatched example (no batch axis) and return its scalar loss; "
+            "for a batched loss pass lambda p, x, y: batched_loss(p, x[None], y[None])"
+            f"{labels}") from err
+
+
+def _signature(params, x: np.ndarray, y: np.ndarray) -> tuple:
+    """What the loss_fn check depends on: per-example shapes and dtypes, the params' tree."""
+    leaves, tree = jax.tree.flatten(params)
+    return (x.shape[1:], x.dtype.str, y.shape[1:], y.dtype.str, tree,
+            tuple((np.shape(leaf), str(getattr(leaf, "dtype", type(leaf)))) for leaf in leaves))
+
+
 def _resolve_devices(devices: Sequence[jax.Device] | None) -> tuple[jax.Device, ...]:
     devs = tuple(jax.local_devices() if devices is None else devices)
     if not devs:
@@ -185,7 +245,7 @@ def _scalar_loss(loss_fn: LossFn, params, y, compute_dtype) -> Callable[[jax.Arr
         xc = x if compute_dtype is None else x.astype(compute_dtype)
         loss = jnp.asarray(loss_fn(params, xc, y))
         if loss.size != 1:  # shapes are static: checked once, when the kernel is traced
-            raise ValueError(f"loss_fn must return the scalar loss of ONE example, got shape "
+            raise ConfigError(f"loss_fn must return the scalar loss of ONE example, got shape "
                              f"{loss.shape} for an input of shape {x.shape}: reduce it, or vmap "
                              "over the batch outside of loss_fn")
         return loss.astype(x.dtype).reshape(())
@@ -315,17 +375,20 @@ def _batched(example_fn: Callable, loss_fn: LossFn, *, check_loss: bool = False,
 
 
 def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_floats: int,
-                 exact_batches: bool) -> tuple[int, int]:
+                 exact_batches: bool, evaluations: int = 1) -> tuple[int, int]:
     """(real examples per chunk, padded chunk length: a multiple of the device count).
 
     With ``exact_batches`` (reference_score) a chunk holds exactly ``batch_size`` real examples
-    (default: all N); otherwise the chunk is rounded up and filled with real examples.
+    (default: all N); otherwise the chunk is rounded up and filled with real examples. The
+    default chunk holds ≤ 256 examples and ≤ _CHUNK_EVALUATIONS vmapped model ``evaluations``
+    (float32 equivalents per example) per device.
     """
     if batch_size is None:
         if exact_batches:
             batch_size = n
         else:
-            batch_size = _DEFAULT_CHUNK_PER_DEVICE * num_devices
+            per_device = max(1, min(_DEFAULT_CHUNK_PER_DEVICE, _CHUNK_EVALUATIONS // evaluations))
+            batch_size = per_device * num_devices
             if per_example_floats:
                 batch_size = max(1, min(batch_size, _EXACT_CHUNK_FLOATS // per_example_floats))
     real = min(batch_size, n)
@@ -334,12 +397,17 @@ def _chunk_sizes(n: int, batch_size: int | None, num_devices: int, per_example_f
 
 
 def _warn_nonfinite(results: tuple, checked: int, warned: list) -> tuple:
-    """``results`` without their last entry, isfinite(loss) (N,); warns once per held estimator
-    when a loss or one of the first ``checked`` outputs is NaN/inf (host arrays: no device sync)."""
+    """``results`` without their last entry, isfinite(loss) (N,), with NaN in every output of the
+    examples whose loss is not finite (their curvature would be that of a meaningless loss, e.g.
+    the log-sum-exp alone for a label outside the classes); warns once per held estimator when a
+    loss or one of the first ``checked`` outputs is NaN/inf (host arrays: no device sync)."""
     *results, loss_ok = results
+    bad_loss = ~np.asarray(loss_ok, bool)
+    if bad_loss.any():
+        results = [np.where(bad_loss, np.nan, np.asarray(a)).astype(np.asarray(a).dtype)
+                   for a in results]
     if warned:
         return tuple(results)
-    bad_loss = ~np.asarray(loss_ok, bool)
     bad = bad_loss.copy()
     for a in results[:checked]:
         bad |= ~np.isfinite(a)
@@ -356,7 +424,7 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
                     batch_size: int | None, compute_dtype, devices, desc: str,
                     num_classes: int | None = None, checked_outputs: int = 1,
                     exact_batches: bool = False, hessian_memory: bool = False,
-                    **config) -> Callable:
+                    evaluations: int = 1, **config) -> Callable:
     """Host-level ``estimate(params, x, y, key, *, h=None, progress=False) -> tuple of host (N,)
     arrays``.
 
@@ -365,7 +433,8 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
     executable (h is a traced input: a call with another ``h`` reuses it too).
     ``compute_dtype=float64`` runs each call under x64 with float64 data and params. Labels are
     checked against ``num_classes`` on every call; the first call whose first ``checked_outputs``
-    outputs hold NaN/inf warns (once per estimator).
+    outputs hold NaN/inf warns (once per estimator). ``evaluations``: model evaluations vmapped
+    per example (float32 equivalents), which bounds the default chunk.
     """
     num_classes = _check_num_classes(num_classes)
     warned: list = []
@@ -383,17 +452,26 @@ def _make_estimator(example_fn: Callable, loss_fn: LossFn, *, default_h: float,
         data_sharding = repl = devs[0]
     kernel = jax.jit(kernel)
 
+    checked: set = set()
+
     def estimate(params, x, y, key, *, h: float | None = None,
                  progress: bool = False) -> tuple[np.ndarray, ...]:
         h = default_h if h is None else check_positive("h", h)
+        _check_key(key)
         x_host, y_host = _check_data(x, y, num_classes)
         d = int(np.prod(x_host.shape[1:]))
         step, chunk = _chunk_sizes(x_host.shape[0], batch_size, len(devs),
-                                   d * d if hessian_memory else 0, exact_batches)
+                                   d * d if hessian_memory else 0, exact_batches,
+                                   evaluations * (2 if x64 else 1))
         with jax.enable_x64(True) if x64 else contextlib.nullcontext():
             if x64:
                 x_host = x_host.astype(np.float64)
                 params = cast_floats(jax.tree.map(np.asarray, params), np.float64)
+            signature = _signature(params, x_host, y_host)
+            if signature not in checked:
+                _check_loss_fn(loss_fn, params, x_host[0], y_host[0],
+                               None if x64 else compute_dtype)
+                checked.add(signature)
             params_d, key_d = jax.device_put(params, repl), jax.device_put(key, repl)
 
             def run(xs, ys, idx, real):
@@ -449,6 +527,7 @@ def make_input_curvature(loss_fn: LossFn, *, num_probes: int = 10, method: str =
                                batch_size=batch_size, devices=devices,
                                compute_dtype=_check_compute_dtype(compute_dtype),
                                desc=f"curvature ({method})", hessian_memory=method == "exact",
+                               evaluations=probe_batch,
                                num_classes=num_classes, checked_outputs=2, method=method,
                                num_probes=int(num_probes), probe_batch=probe_batch)
 
@@ -472,6 +551,7 @@ def make_zero_order_curvature(loss_fn: LossFn, *, num_probes: int = 10, h: float
                                batch_size=batch_size, devices=devices,
                                compute_dtype=_check_compute_dtype(compute_dtype),
                                desc=f"zero-order curvature ({method})",
+                               evaluations=probe_batch * (4 if method == "mixed" else 2),
                                num_classes=num_classes, method=method,
                                num_probes=int(num_probes), probe_batch=probe_batch)
 
@@ -514,8 +594,10 @@ def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     x: (N, ...) float inputs, y: (N, ...) targets; returns :class:`Curvature` of host arrays (N,).
     ``method``: "hutchinson" (exact HVPs, ``num_probes`` Rademacher probes), "exact" (full
     D×D Hessian, D = x[0].size, for small inputs) or "finite_difference" (Hv ≈ (∇ℓ(x+hv)−∇ℓ(x))/h).
-    Examples are processed in chunks of ``batch_size`` (default 256 per device; "exact" uses fewer
-    so a chunk holds ≤ 2²⁶ Hessian entries), the last chunk padded so one compiled function serves
+    Examples are processed in chunks of ``batch_size`` (default 256 per device, fewer when more
+    than 10 probes are vmapped, in float64, or for zero-order estimators, so a chunk holds ≤ 2,560
+    vmapped float32 model evaluations per device; "exact" so a chunk holds ≤ 2²⁶ Hessian
+    entries), the last chunk padded so one compiled function serves
     all; ``devices`` (default all local devices) shard each chunk's example axis.
     ``compute_dtype=jnp.bfloat16`` runs the model in bf16 and accumulates in x's dtype (float32);
     ``compute_dtype=jnp.float64`` runs everything in float64 (enables x64 for the call; CPU).
@@ -523,11 +605,15 @@ def input_curvature(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
     on CPU (XLA:CPU runs convolutions inside loops slowly), 1 on GPU/TPU (a lax.map over probes).
     One call compiles its kernel; to call repeatedly, hold :func:`make_input_curvature`'s function.
 
-    Checked before any compute: integer class labels y (N,) must be ≥ 0, and < ``num_classes``
-    when it is given (the model's output size C; without it a label ≥ C is not detectable and
-    gives finite, meaningless numbers); ``loss_fn`` must return one scalar per example (a
-    ValueError when the kernel is traced). When the loss is NaN for some examples the call warns
-    once ("loss_fn returned NaN for E example(s)", RuntimeWarning) and returns NaN for them.
+    Checked before any compute (ConfigError, a ValueError): ``key`` is one PRNG key; integer
+    class labels y (N,) are ≥ 0, and < ``num_classes`` when it is given (the model's output size
+    C: a label ≥ C is refused); ``loss_fn`` accepts (params, one unbatched x, its y) and returns a
+    scalar (traced abstractly on one example; a batched loss_fn, mismatched variables or labels
+    shaped (N, 1) get a hint naming this contract). When the loss is not finite for some
+    examples the call warns once ("loss_fn returned NaN for E example(s)", RuntimeWarning) and
+    returns NaN for them in every field: without ``num_classes`` an out-of-range label gives NaN
+    this way with optax's integer-label cross-entropy (a loss that clamps the index gives a
+    finite loss no check can tell from a right one: pass ``num_classes``).
     """
     fn = make_input_curvature(loss_fn, num_probes=num_probes, method=method, h=h,
                               batch_size=batch_size, compute_dtype=compute_dtype, devices=devices,
@@ -570,7 +656,7 @@ def reference_score(loss_fn: LossFn, params, x, y, key, *, num_probes: int = 10,
                     batch_size: int | None = None, compute_dtype=None,
                     devices: Sequence[jax.Device] | None = None, probe_batch: int | None = None,
                     num_classes: int | None = None, progress: bool = False):
-    """The seed code's white-box score, with its exact semantics; host array (N,).
+    """The authors' published code's white-box score, with its exact semantics; host array (N,).
 
     For each batch X of B real examples (``batch_size``; default: all N in one batch) and each
     probe V = h·(R + 1e-7), R Rademacher: sᵢ = mean_probes ‖∇ₓᵢ[L(X+V) − L(X)]‖₂ with L the

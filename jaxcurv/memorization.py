@@ -4,6 +4,8 @@ Shapes: K ensemble members, N examples, E epochs, C classes.
 
 - ``feldman_zhang``: mem(i) = P̂[correct on i | i in] − P̂[correct on i | i out] over an ensemble
   trained on random subsets (Feldman & Zhang 2020), with its binomial standard error;
+  ``memorization_interval`` its Agresti–Caffo confidence interval (``agresti_caffo_interval``
+  from the counts), what a claim "example i is memorized" needs with few members;
   ``cross_fitted_memorization`` estimates it from the other half of the members.
 - ``held_out_gain``: the SAM paper's per-example metric, P̂[a correct on i | i out] −
   P̂[b correct on i | i out] of two ensembles trained on the same subsets with the same keys
@@ -30,10 +32,12 @@ from scipy import stats
 from sklearn import metrics as _skm
 
 from jaxcurv._numerics import masked_mean
-from jaxcurv._validate import as_bool_array, as_float_array, check_positive_int
+from jaxcurv._validate import as_bool_array, as_float_array, check_positive_int, check_probability
 
 __all__ = [
     "feldman_zhang",
+    "agresti_caffo_interval",
+    "memorization_interval",
     "cross_fitted_memorization",
     "held_out_gain",
     "gain_by_memorization",
@@ -97,6 +101,43 @@ def feldman_zhang(correct, in_mask, *,
                       f"subset and {int((n_out == 0).sum())} in every model's; their mem and "
                       "stderr are NaN (use more models or balanced subset_masks)", stacklevel=2)
     return mem.astype(np.float64), stderr.astype(np.float64)
+
+
+def agresti_caffo_interval(x_in, n_in, x_out, n_out, *,
+                           confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Agresti–Caffo confidence interval (lo, hi) for p_in − p_out from counts (broadcast arrays):
+    x_in successes of n_in trials and x_out of n_out. With p̃ = (x + 1)/(n + 2) on each side,
+    (p̃_in − p̃_out) ± z·√(p̃_in(1 − p̃_in)/(n_in + 2) + p̃_out(1 − p̃_out)/(n_out + 2)),
+    z = Φ⁻¹(1 − (1 − confidence)/2), clipped to [−1, 1] (Agresti & Caffo 2000). Unlike the
+    plug-in (Wald) interval it never has zero width, so 4 of 4 against 0 of 4 is not "certain".
+    NaN where n_in or n_out is 0."""
+    conf = check_probability("confidence", confidence, open_low=True, open_high=True)
+    x_in, n_in, x_out, n_out = (np.asarray(a, np.float64) for a in (x_in, n_in, x_out, n_out))
+    if np.any(x_in < 0) or np.any(x_out < 0) or np.any(x_in > n_in) or np.any(x_out > n_out):
+        raise ValueError("agresti_caffo_interval needs 0 <= x_in <= n_in and 0 <= x_out <= n_out")
+    z = stats.norm.ppf(0.5 + conf / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q_in, q_out = (x_in + 1) / (n_in + 2), (x_out + 1) / (n_out + 2)
+        center = q_in - q_out
+        half = z * np.sqrt(q_in * (1 - q_in) / (n_in + 2) + q_out * (1 - q_out) / (n_out + 2))
+    bad = (n_in <= 0) | (n_out <= 0)
+    lo = np.where(bad, np.nan, np.clip(center - half, -1.0, 1.0))
+    hi = np.where(bad, np.nan, np.clip(center + half, -1.0, 1.0))
+    return lo, hi
+
+
+def memorization_interval(correct, in_mask, *,
+                          confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence interval (lo, hi), each (N,), of each example's Feldman–Zhang memorization
+    from correct, in_mask bool (K, N): :func:`agresti_caffo_interval` of the IN and OUT counts.
+    An example is memorized at this confidence when lo > 0, highly memorized when lo exceeds the
+    threshold (e.g. 0.5). NaN (no warning) where an example is never in or never out."""
+    c = as_bool_array("correct", correct, ndim=2)
+    m = as_bool_array("in_mask", in_mask, ndim=2)
+    if c.shape != m.shape:
+        raise ValueError(f"correct and in_mask must both be (K, N), got {c.shape} and {m.shape}")
+    return agresti_caffo_interval((c & m).sum(0), m.sum(0), (c & ~m).sum(0), (~m).sum(0),
+                                  confidence=confidence)
 
 
 def cross_fitted_memorization(correct, in_mask) -> np.ndarray:
@@ -166,7 +207,10 @@ def gain_by_memorization(gain, mem, *, bins: int | Any = GAIN_EDGES,
 
     ``bins``: memorization edges (default GAIN_EDGES; mem is clipped into [edges[0], edges[-1]]
     first, so negative estimates join the first bin and none is dropped; bins [lo, hi), the last
-    closed) or a count B of bins (``strategy`` "quantile" | "uniform", as :func:`bin_by`). Pairs
+    closed; an end bin that holds values beyond its edge is labelled by them: ``lower[0]`` is
+    min(edges[0], its smallest mem), ``upper[-1]`` max(edges[-1], its largest), so every bin's
+    mean mem lies within its label) or a count B of bins (``strategy`` "quantile" | "uniform", as
+    :func:`bin_by`). Pairs
     with a non-finite entry are dropped. Take mem from members other than those that measured
     the gain (e.g. :func:`cross_fitted_memorization`): binning an outcome by a score estimated
     from the same members selects on its noise.
@@ -184,7 +228,12 @@ def gain_by_memorization(gain, mem, *, bins: int | Any = GAIN_EDGES,
     if m.size == 0:
         raise ValueError("gain and mem have no finite pair to bin")
     groups = _edge_groups(np.clip(m, edges[0], edges[-1]), edges)
-    return _bin_stats(edges[:-1], edges[1:], groups, m, g)
+    lower, upper = edges[:-1].copy(), edges[1:].copy()
+    if groups[0].size:
+        lower[0] = min(lower[0], float(m[groups[0]].min()))
+    if groups[-1].size:
+        upper[-1] = max(upper[-1], float(m[groups[-1]].max()))
+    return _bin_stats(lower, upper, groups, m, g)
 
 
 def correctness(logits, labels) -> np.ndarray:

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxcurv.model_interface import as_model, example_input
 from jaxcurv._validate import (
     as_float64_array,
     check_float,
@@ -266,7 +267,8 @@ class FastNet(nn.Module):
     the spatial sizes are 31 → 15 → 7 → 3 → 1, exactly airbench's. The stem kernel is meant to be
     set from data by ``init_fastnet_whitening`` and frozen (its bias trained for a few epochs).
     ``pool="avg"`` replaces every max-pool by an average pool: max-pooling is piecewise linear, so
-    it adds kinks along which finite-difference curvature estimates jump (see BUILD_NOTES).
+    it adds kinks along which finite-difference curvature estimates jump (docs/design.md,
+    Curvature).
     """
 
     num_classes: int
@@ -371,28 +373,18 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     return FastNet(num_classes, **kwargs)
 
 
-def init_variables(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Initialize ``model`` for one example's shape (H, W, C): {'params': …[, 'batch_stats': …]}.
+def init_variables(model: Any, key: jax.Array, input_shape: tuple[int, ...]) -> Any:
+    """Initialize ``model`` (any kind jaxcurv.model_interface.as_model accepts) for one example's
+    shape (H, W, C): for the linen models here {'params': …[, 'batch_stats': …]}.
 
-    Compiled (cached per model config and shape); on CPU compiling the random initializers costs
-    ≈0.25 s per parameter tensor (≈4.5 s for a ResNet18), independent of width."""
+    Compiled as one XLA program per call (op by op, compiling the random initializers on a CPU
+    costs ≈0.25 s per parameter tensor); nothing is cached between calls."""
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in shape):
         raise ValueError(
             f"input_shape must be one example's (H, W, C) of positive ints, got {input_shape!r}."
         )
-    x = jnp.zeros((1, *shape), jnp.float32)
-    try:
-        hash(model)
-    except TypeError:  # a custom module with unhashable fields: initialize without the cache
-        return dict(model.init(key, x, train=False))
-    return dict(_jit_init(model, key, x))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _jit_init(model: nn.Module, key: jax.Array, x: jax.Array):
-    """model.init compiled once per (model config, shape): one XLA program instead of one per op."""
-    return model.init(key, x, train=False)
+    return jax.jit(as_model(model).init)(key, example_input(shape))
 
 
 def uses_batch_norm(variables: Variables) -> bool:
@@ -427,54 +419,52 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, label_smoothing: floa
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def make_loss_fn(model: nn.Module, *, label_smoothing: float = 0.0) -> Callable:
+def make_loss_fn(model: Any, *, label_smoothing: float = 0.0) -> Callable:
     """``loss_fn(variables, x, y) -> scalar`` for ONE example x (H, W, C) with integer label y:
-    ℓ = CE(model.apply(variables, x[None])[0], y), in inference mode (BatchNorm running stats, so the
-    loss of one example never depends on other examples), float32."""
+    ℓ = CE(apply(variables, x[None])[0], y), in inference mode (BatchNorm running stats, so the
+    loss of one example never depends on other examples), float32. ``model``: any kind
+    jaxcurv.model_interface.as_model accepts."""
     _check_label_smoothing(label_smoothing)
+    model = as_model(model)
 
     def loss_fn(variables: Variables, x: jax.Array, y: jax.Array) -> jax.Array:
         if x.ndim != 3:
             raise ValueError(
                 f"loss_fn takes ONE example (H, W, C); got shape {tuple(x.shape)}. vmap it over a batch."
             )
-        logits = model.apply(variables, x[None], train=False)[0]
+        logits = model.apply(variables, x[None])[0]
         return cross_entropy(logits, y, label_smoothing=label_smoothing)
 
     return loss_fn
 
 
-def apply_train(
-    model: nn.Module, variables: Variables, x: jax.Array, *, mask: jax.Array | None = None
-) -> tuple[jax.Array, dict[str, Any]]:
-    """Training-mode forward pass: x (B, H, W, C) → (logits (B, C) float32, new batch_stats).
+def apply_train(model: Any, variables: Any, x: jax.Array, *, mask: jax.Array | None = None
+                ) -> tuple[jax.Array, Any]:
+    """Training-mode forward pass: x (B, H, W, C) → (logits (B, C) float32, new state).
 
-    BatchNorm normalizes with the statistics of the examples where ``mask`` (B,) is true (all when
-    None) and returns updated running averages; models without BatchNorm return their (empty or
-    absent) batch_stats unchanged as {}."""
-    if uses_batch_norm(variables):
-        logits, updates = model.apply(variables, x, train=True, mask=mask, mutable=["batch_stats"])
-        return logits, updates["batch_stats"]
-    return model.apply(variables, x, train=True, mask=mask), dict(variables.get("batch_stats", {}))
+    The state is what ``as_model(model).split(variables)[1]`` holds: for linen models the
+    collections besides params ({'batch_stats': …} with BatchNorm, else {}). BatchNorm normalizes
+    with the statistics of the examples where ``mask`` (B,) is true (all when None) and returns
+    updated running averages."""
+    return as_model(model).apply_train(variables, x, mask)
 
 
-def make_batch_loss_fn(model: nn.Module, *, label_smoothing: float = 0.0) -> Callable:
-    """``fn(params, batch_stats, x, y, weights) -> (loss, (logits, new_batch_stats))`` for training.
+def make_batch_loss_fn(model: Any, *, label_smoothing: float = 0.0) -> Callable:
+    """``fn(params, state, x, y, weights) -> (loss, (logits, new_state))`` for training.
 
     loss = Σᵢ wᵢ ℓᵢ / max(Σᵢ wᵢ, 1) over a batch x (B, H, W, C), labels y (B,), weights (B,) ≥ 0
-    (0 for padding; BatchNorm statistics use only examples with wᵢ > 0). Differentiate in ``params``
-    with ``jax.value_and_grad(fn, has_aux=True)``. Pass batch_stats={} for models without BN."""
+    (0 for padding; BatchNorm statistics use only examples with wᵢ > 0). ``params, state`` are
+    ``as_model(model).split(variables)`` (state {} for stateless models). Differentiate in
+    ``params`` with ``jax.value_and_grad(fn, has_aux=True)``."""
     _check_label_smoothing(label_smoothing)
+    model = as_model(model)
 
-    def fn(params, batch_stats, x, y, weights):
-        variables = {"params": params}
-        if batch_stats:
-            variables["batch_stats"] = batch_stats
-        logits, new_stats = apply_train(model, variables, x, mask=weights > 0)
+    def fn(params, state, x, y, weights):
+        logits, new_state = model.apply_train(model.merge(params, state), x, weights > 0)
         losses = cross_entropy(logits, y, label_smoothing=label_smoothing)
         weights = weights.astype(losses.dtype)
         loss = jnp.sum(weights * losses) / jnp.maximum(jnp.sum(weights), 1.0)
-        return loss, (logits, new_stats)
+        return loss, (logits, new_state)
 
     return fn
 

@@ -7,7 +7,7 @@ examples and 0 for padding. ``make_epoch_fn`` scans that step over an epoch's in
 The host side (``epoch_plan``, ``poisson_epoch_plan``) draws each member's data order from
 ``(seed, epoch, member)`` alone, which makes runs resumable and chunking-invariant; the DP-SGD
 batches come from the one Poisson planner, ``jaxcurv.privacy.plan.poisson_plan``, and the DP
-settings of a step are a ``jaxcurv.privacy.DPPlan`` (``DPStep`` is the same type).
+settings of a step are a ``jaxcurv.privacy.DPPlan``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,15 +22,16 @@ import optax
 
 from jaxcurv import models
 from jaxcurv._tree import cast_floats
+from jaxcurv.model_interface import Model, as_model, example_input
 from jaxcurv._validate import check_int, check_positive_int
 from jaxcurv.optim import OptimizerConfig, gnr_gradient, sam_gradient
-from jaxcurv.privacy.dpsgd import dp_gradient
+from jaxcurv.privacy.dpsgd import dense_dp_gradient, dense_norms_apply, dp_gradient
 from jaxcurv.privacy.plan import DPPlan, poisson_plan
 
 __all__ = [
     "TrainState",
-    "DPStep",
     "init_state",
+    "variables_of",
     "make_train_step",
     "make_step_at",
     "make_epoch_fn",
@@ -41,34 +41,37 @@ __all__ = [
 
 
 class TrainState(NamedTuple):
-    """params, batch_stats ({} without BatchNorm), optax state, and the count of updates made."""
+    """params (what the optimizer trains), model_state (mutable state such as linen's
+    {'batch_stats': …}; {} for stateless models), optax state, and the count of updates made."""
 
     params: Any
-    batch_stats: Any
+    model_state: Any
     opt_state: Any
     step: jax.Array
 
 
-DPStep = DPPlan
-"""DP-SGD settings of a step: ``DPStep(l2_clip, noise_multiplier, expected_batch_size)`` builds
-a :class:`jaxcurv.privacy.DPPlan` whose run fields (q, T, ε, …) are None."""
-
-
-def init_state(model: nn.Module, optimizer: optax.GradientTransformation, key: jax.Array,
+def init_state(model: Any, optimizer: optax.GradientTransformation, key: jax.Array,
                input_shape: tuple[int, ...]) -> TrainState:
-    """Initial state of one model for examples of shape (H, W, C)."""
-    variables = models.init_variables(model, key, input_shape)
-    params = variables["params"]
-    batch_stats = variables.get("batch_stats", {})
-    return TrainState(params, batch_stats, optimizer.init(params), jnp.zeros((), jnp.int32))
+    """Initial state of one model (any kind ``as_model`` accepts) for examples of shape
+    (H, W, C)."""
+    model = as_model(model)
+    params, model_state = model.split(model.init(key, example_input(tuple(input_shape))))
+    return TrainState(params, model_state, optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *,
+def variables_of(model: Model, state: TrainState) -> Any:
+    """The model's variables (params merged with its state) held by a TrainState."""
+    return model.merge(state.params, state.model_state)
+
+
+def make_train_step(model: Any, optimizer: optax.GradientTransformation, *,
                     config: OptimizerConfig | None = None, dp: DPPlan | None = None,
                     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
                     label_smoothing: float = 0.0, compute_dtype=None,
-                    dp_microbatch_size: int | None = None) -> Callable:
-    """``step(state, images, labels, weights, key) -> (state, metrics)`` for one model.
+                    dp_microbatch_size: int | None = None,
+                    dp_dense_norms: bool | None = None) -> Callable:
+    """``step(state, images, labels, weights, key) -> (state, metrics)`` for one model (any kind
+    ``as_model`` accepts).
 
     Non-private: loss Σ wᵢℓᵢ / Σ wᵢ (BatchNorm statistics over wᵢ > 0 only), SAM when
     ``config.name == "sam"``, SAM-GNR (jaxcurv.optim.gnr_gradient, its noise key the second
@@ -76,25 +79,37 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
     :func:`make_step_at`) when ``config.name == "sam-gnr"``; a batch with Σw = 0 leaves the
     state unchanged. DP-SGD (``dp``, a DPPlan):
     per-example gradients clipped to C, summed over wᵢ > 0, plus N(0, σ²C²) noise, divided by the
-    expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included;
-    ``dp_microbatch_size`` forms the per-example gradients that many rows at a time (``lax.scan``;
-    the same result up to summation order, see ``dp_gradient``).
+    expected batch size B (jaxcurv.privacy.dpsgd); every step updates, empty batches included.
+    Models whose parameters all sit in dense layers (``models.MLP``) get their per-example norms
+    and clipped sum without per-example gradients (``dense_dp_gradient``: one forward and one
+    backward pass, the same result up to float rounding; ``dp_dense_norms=False`` turns it off,
+    None uses it where it applies);
+    otherwise per-example gradients are formed by vmap(grad), ``dp_microbatch_size`` rows at a
+    time if given (``lax.scan``; the same result up to summation order, see ``dp_gradient``).
     ``augment(key, image) -> image`` is applied per example; ``compute_dtype`` (e.g. bfloat16)
     runs the model in that dtype with float32 parameters and gradients.
     """
+    model = as_model(model)
     batch_loss = models.make_batch_loss_fn(model, label_smoothing=label_smoothing)
     use_sam = config is not None and config.is_sam
     use_gnr = use_sam and config.is_gnr
     if dp is not None and use_sam:
         raise ValueError("DP-SGD with SAM is not supported: choose optimizer 'sgd' or 'adam' with dp")
 
-    def loss_in_dtype(params, batch_stats, x, y, w):
-        loss, (logits, stats) = batch_loss(cast_floats(params, compute_dtype), batch_stats,
+    def loss_in_dtype(params, model_state, x, y, w):
+        loss, (logits, stats) = batch_loss(cast_floats(params, compute_dtype), model_state,
                                            cast_floats(x, compute_dtype), y, w)
         return loss, (logits, cast_floats(stats, jnp.float32))
 
-    def per_example_loss(params, x, y):
-        logits = model.apply({"params": cast_floats(params, compute_dtype)},
+    def batch_apply(params, x):  # DP-SGD: stateless models only
+        return model.apply(model.merge(cast_floats(params, compute_dtype), {}),
+                           cast_floats(x, compute_dtype), train=True)
+
+    def loss_of_logits(logits, y):
+        return models.cross_entropy(logits, y, label_smoothing=label_smoothing)
+
+    def per_example_loss(params, x, y):  # DP-SGD: stateless models only
+        logits = model.apply(model.merge(cast_floats(params, compute_dtype), {}),
                              cast_floats(x, compute_dtype)[None], train=True)[0]
         return models.cross_entropy(logits, y, label_smoothing=label_smoothing)
 
@@ -107,30 +122,35 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, *
         count = weights.sum()
         metrics = {"count": count}
         if dp is not None:
-            grads, info = dp_gradient(per_example_loss, state.params, images, labels, weights > 0,
-                                      k_noise, l2_clip=dp.l2_clip,
-                                      noise_multiplier=dp.noise_multiplier,
-                                      expected_batch_size=dp.expected_batch_size,
-                                      microbatch_size=dp_microbatch_size)
-            batch_stats = state.batch_stats
+            settings = dict(l2_clip=dp.l2_clip, noise_multiplier=dp.noise_multiplier,
+                            expected_batch_size=dp.expected_batch_size)
+            if dp_dense_norms is not False and dense_norms_apply(batch_apply, state.params,
+                                                                 images):
+                grads, info = dense_dp_gradient(batch_apply, loss_of_logits, state.params, images,
+                                                labels, weights > 0, k_noise, **settings)
+            else:
+                grads, info = dp_gradient(per_example_loss, state.params, images, labels,
+                                          weights > 0, k_noise, microbatch_size=dp_microbatch_size,
+                                          **settings)
+            model_state = state.model_state
             metrics.update({f"dp_{k}": v for k, v in info._asdict().items()})
         else:
             grad_fn = lambda p: _swap(jax.value_and_grad(loss_in_dtype, has_aux=True)(
-                p, state.batch_stats, images, labels, weights))
+                p, state.model_state, images, labels, weights))
             if use_gnr:
-                grads, (loss, (logits, batch_stats)), _ = gnr_gradient(
+                grads, (loss, (logits, model_state)), _ = gnr_gradient(
                     grad_fn, state.params, k_noise, rho=config.rho, adaptive=config.adaptive,
                     penalty=config.gnr_penalty, noise=config.gnr_noise, hvp=config.gnr_hvp)
             elif use_sam:
-                grads, (loss, (logits, batch_stats)), _ = sam_gradient(
+                grads, (loss, (logits, model_state)), _ = sam_gradient(
                     grad_fn, state.params, rho=config.rho, adaptive=config.adaptive)
             else:
-                grads, (loss, (logits, batch_stats)) = grad_fn(state.params)
+                grads, (loss, (logits, model_state)) = grad_fn(state.params)
             correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
             metrics.update(loss=loss, accuracy=(weights * correct).sum() / jnp.maximum(count, 1.0))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_state = TrainState(params, batch_stats, opt_state, state.step + 1)
+        new_state = TrainState(params, model_state, opt_state, state.step + 1)
         if dp is None:  # an all-padding batch (a member with fewer examples) is a no-op
             new_state = jax.tree.map(lambda new, old: jnp.where(count > 0, new, old),
                                      new_state, state)
@@ -161,7 +181,8 @@ def make_epoch_fn(step: Callable) -> Callable:
     a lax.scan of :func:`make_step_at` over the S steps of the plan (one compiled call per epoch).
 
     On CPU prefer a host loop over a jitted ``make_step_at`` (dispatched without waiting): XLA:CPU
-    runs convolutions inside loop bodies many times slower (jax#12868; measured in BUILD_NOTES).
+    runs convolutions inside loop bodies many times slower (jax#12868; docs/design.md, Training
+    and ensembles).
     """
     step_at = make_step_at(step)
 

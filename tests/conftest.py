@@ -1,11 +1,49 @@
-"""Shared test helpers."""
+"""Shared test fixtures, and Ctrl-C that stops the suite even inside an in-process CLI call."""
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
+
+# The `jaxcurv` command turns KeyboardInterrupt into exit status 130 (what a user at a terminal
+# wants); a test calling main() in-process would then swallow the Ctrl-C meant for pytest. A SIGINT
+# handler notes the signal before raising KeyboardInterrupt as Python's default handler does, and
+# the phase of the test that was running re-raises it when it ends, so pytest stops.
+_SIGINT_SEEN = []
+
+
+def _note_sigint(signum, frame):
+    _SIGINT_SEEN.append(signum)
+    raise KeyboardInterrupt
+
+
+def pytest_configure(config):
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _note_sigint)
+
+
+def _reraise_interrupt():
+    if _SIGINT_SEEN:
+        raise KeyboardInterrupt("Ctrl-C during an in-process command")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    result = yield
+    _reraise_interrupt()
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    result = yield
+    _reraise_interrupt()
+    return result
 
 
 def _run_on_fake_devices(script: str, *, devices: int = 8, timeout: int = 300) -> str:

@@ -3,15 +3,18 @@
 import argparse
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jaxcurv.cli import main
+from tests.fixtures.quantities import LabelRecorder, check_columns, check_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--models", "6", "--epochs", "1", "--num-probes", "2", "--bootstrap", "10", "--quiet"]
@@ -23,10 +26,16 @@ def _read_csv(path):
     return rows, list(rows[0])
 
 
+AXIS_LABELS: list[str] = []  # every axis label the module's audit drew
+
+
 @pytest.fixture(scope="module")
 def audit_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("audit")
-    assert main(["audit", *SMALL, "--out", str(out)]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        recorder = LabelRecorder(patch)
+        assert main(["audit", *SMALL, "--out", str(out)]) == 0
+        AXIS_LABELS.extend(recorder.labels)
     return out
 
 
@@ -39,6 +48,13 @@ def test_audit_writes_scores_summary_figures_report(audit_dir):
         assert name in columns, name
     curvature = np.array([float(r["curvature"]) for r in rows if r["curvature"]])
     assert len(curvature) > 1400 and np.isfinite(curvature).all()
+    # `curvature` is tr(H²) = ‖H‖_F² (never negative); tr(H) of a GELU network takes both signs
+    assert (curvature >= 0).all()
+    trace = np.array([float(r["curvature_trace"]) for r in rows if r["curvature_trace"]])
+    assert (trace < 0).any() and (trace > 0).any()
+    check_columns(columns, "scores.csv")
+    check_labels(AXIS_LABELS)
+    assert sum("tr(H²)" in label for label in AXIS_LABELS) >= 4
     summary = json.loads((audit_dir / "summary.json").read_text())
     assert summary["config"]["models"] == 6
     assert 0 < summary["accuracy"]["test_mean"] <= 1
@@ -157,3 +173,30 @@ def test_readme_leads_with_the_two_commands_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     for command in commands:
         assert command.strip() in ci
+
+
+def test_ctrl_c_in_an_in_process_command_stops_the_test_run(tmp_path):
+    """The command turns Ctrl-C into exit status 130; inside a test it must still stop pytest
+    (tests/conftest.py), not let the suite run on."""
+    (tmp_path / "test_interrupted.py").write_text(textwrap.dedent("""
+        import os, signal, time
+        import jaxcurv.workflow.commands as commands
+        from jaxcurv.cli import main
+
+        def test_first(monkeypatch):
+            def ctrl_c(**kwargs):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(30)
+            monkeypatch.setattr(commands, "privacy_accounting", ctrl_c)
+            assert main(["epsilon", "--noise-multiplier", "1", "--sampling-rate", "0.1",
+                         "--steps", "10"]) == 130
+
+        def test_second():
+            pass
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p",
+                          "no:cacheprovider", "-q", str(tmp_path / "test_interrupted.py")],
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "KeyboardInterrupt" in out.stdout and "passed" not in out.stdout, out.stdout[-2000:]
+    assert out.returncode != 0

@@ -264,7 +264,7 @@ def test_reference_score_equals_naive_seed_loop():
         xb, yb = jnp.asarray(x[start:start + batch]), jnp.asarray(y[start:start + batch])
         per_example_keys = [jax.random.split(jax.random.fold_in(KEY, start + j), num_probes)
                             for j in range(len(xb))]
-        for p in range(num_probes):  # a Python loop over probes, like the seed code
+        for p in range(num_probes):  # a Python loop over probes, like the authors' published code
             v = jnp.stack([h * (jax.random.rademacher(ks[p], xb.shape[1:], dtype=jnp.float32)
                                 + 1e-7) for ks in per_example_keys])
             diff = grad_batch(xb + v, yb) - grad_batch(xb, yb)
@@ -465,3 +465,24 @@ def test_sharded_equals_single_device(run_on_fake_devices):
         """
     )
     run_on_fake_devices(script)
+
+
+def test_default_chunks_bound_the_vmapped_evaluations_not_the_results():
+    from jaxcurv import curvature as cv
+
+    # 256 examples × 10 HVP probes per device by default; zero-order "mixed" vmaps 4 evaluations
+    # per probe (and float64 counts twice), so its default chunk is smaller
+    assert cv._chunk_sizes(1000, None, 1, 0, False, 10) == (256, 256)
+    assert cv._chunk_sizes(1000, None, 1, 0, False, 40) == (64, 64)
+    assert cv._chunk_sizes(1000, None, 1, 0, False, 80) == (32, 32)
+    assert cv._chunk_sizes(1000, None, 2, 0, False, 80) == (64, 64)  # per device
+    assert cv._chunk_sizes(1000, 100, 1, 0, False, 80) == (100, 100)  # an explicit size wins
+    assert cv._chunk_sizes(10, None, 1, 0, False, 10**6) == (1, 1)
+    loss_fn, a, x, y = _quadratic(dim=5, n=70)
+    params, x = np.asarray(a, np.float32), np.asarray(x, np.float32)
+    key = jax.random.PRNGKey(2)
+    default = cv.make_zero_order_curvature(loss_fn, num_probes=10, method="mixed")
+    one_chunk = cv.make_zero_order_curvature(loss_fn, num_probes=10, method="mixed",
+                                             batch_size=70)
+    np.testing.assert_allclose(default(params, x, y, key), one_chunk(params, x, y, key),
+                               rtol=1e-6)

@@ -265,10 +265,13 @@ def test_npz_jpeg_layout_decodes_and_caches(tmp_path, cache, monkeypatch):
     monkeypatch.setattr(npz_source, "decode_jpegs", real_decode)
     both = load(f"npz:{path}", split="all")
     np.testing.assert_array_equal(both.labels, [0, 1, 2, 0, 1, 2, 2])
-    # a changed source file (new mtime) is a cache miss
+    # the cache is keyed on content: a new mtime alone is a hit, new bytes are a miss
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     monkeypatch.setattr(npz_source, "decode_jpegs", fail)
+    np.testing.assert_array_equal(load(f"npz:{path}").images, train.images)
+    _jpeg_layout(path, {"train": (blobs[:5], [0, 1, 2, 0, 0]), "test": (blobs[5:], [2, 2])},
+                 ["cat", "dog", "eel"])
     with pytest.raises(AssertionError, match="despite"):
         load(f"npz:{path}")
 
@@ -583,10 +586,18 @@ def test_tfds_unprepared_and_unknown_errors(tfds, tmp_path, no_network):
         load("tfds:no_such_dataset_xyz")
 
 
-def test_missing_tfds_install_is_explained(monkeypatch, tmp_path):
+def test_missing_tfds_install_is_explained(monkeypatch, tmp_path, capsys):
+    from jaxcurv.cli import main
+    from jaxcurv.errors import MissingDependency
+
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now raises ImportError
-    with pytest.raises(ImportError, match=r"pip install 'jaxcurv\[tfds\]'"):
+    with pytest.raises(MissingDependency, match=r"pip install 'jaxcurv\[tfds\]'") as err:
         load("tfds:mnist")
+    assert isinstance(err.value, ImportError) and err.value.extra == "tfds"
+    assert main(["audit", "--dataset", "tfds:mnist", "--quiet", "--out",
+                 str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().err.strip()
+    assert len(printed.splitlines()) == 1 and "jaxcurv[tfds]" in printed, printed
     with pytest.raises(FileNotFoundError, match="not installed") as err:
         load("cifar100", data_dir=tmp_path)
     assert "cifar-100-python.tar.gz" in str(err.value)
@@ -802,3 +813,59 @@ def test_channel_stats_and_normalize():
     np.testing.assert_allclose(z.std(0), 1, rtol=1e-5)
     with pytest.raises(ValueError, match="std must be > 0"):
         normalize(x, mean, np.array([1.0, 0.0]))
+
+
+# --- inconsistent data: refused with the fix, before any training --------------------------------
+
+
+def _split_npz(path, train_labels, test_labels):
+    n, m = len(train_labels), len(test_labels)
+    np.savez(path, train_images=np.zeros((n, 4, 4, 1), np.uint8), train_labels=train_labels,
+             test_images=np.zeros((m, 4, 4, 1), np.uint8), test_labels=test_labels)
+
+
+@pytest.mark.parametrize("train_extra, test_extra, missing, stray, where", [
+    ([57], [], "10–56", 57, "in 1 example"),
+    ([], [12], "10–12", 12, "only in the test split"),
+    ([], [10], "10", 10, "only in the test split"),
+])
+def test_a_stray_label_is_refused_instead_of_adding_empty_classes(tmp_path, train_extra,
+                                                                  test_extra, missing, stray,
+                                                                  where):
+    from jaxcurv.errors import DataError
+
+    path = tmp_path / "d.npz"
+    _split_npz(path, np.array([*(np.arange(40) % 10), *train_extra], np.int64),
+               np.array([*range(10), *test_extra], np.int64))
+    for split in ("train", "test", "all"):
+        with pytest.raises(DataError, match=f"classes {missing} without a training example") as e:
+            load(f"npz:{path}", split=split)
+        assert f"label {stray} occurs {where}" in str(e.value) and "num_classes" in str(e.value)
+    # the fix the message names: declare the classes
+    np.savez(path, train_images=np.zeros((41, 4, 4, 1), np.uint8),
+             train_labels=np.r_[np.arange(40) % 10, 57], test_images=np.zeros((2, 4, 4, 1)),
+             test_labels=[0, 1], num_classes=np.int64(58))
+    assert load(f"npz:{path}").num_classes == 58
+
+
+def test_zero_test_examples_is_one_line_before_training(tmp_path, capsys):
+    from jaxcurv.cli import main
+
+    path = tmp_path / "d.npz"
+    _split_npz(path, np.arange(40) % 10, np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="no test examples"):
+        data.train_test(f"npz:{path}")
+    assert main(["audit", "--dataset", f"npz:{path}", "--quiet", "--out",
+                 str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().err.strip()
+    assert len(printed.splitlines()) == 1 and "no test examples" in printed, printed
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_jpeg_progress_bar_counts_every_image(capsys):
+    images = [_jpeg_bytes(np.full((4, 4, 3), 10 * i, np.uint8)) for i in range(5)]
+    buffer = np.frombuffer(b"".join(images), np.uint8)
+    offsets = np.cumsum([0] + [len(b) for b in images])
+    npz_source.decode_jpegs(buffer, offsets, progress=True)
+    bar = capsys.readouterr().err
+    assert "5/5" in bar and "/4" not in bar, bar

@@ -34,7 +34,7 @@ def _job(out: Path, *, num_processes: int = 1, process_id: int = 0, port: int | 
     import jax
 
     from jaxcurv import data, ensemble, models
-    from jaxcurv.workflow import run_audit
+    from jaxcurv.workflow import members_across_processes, run_audit, train_ensemble
 
     multi = {} if num_processes == 1 else dict(coordinator=f"127.0.0.1:{port}",
                                                num_processes=num_processes, process_id=process_id)
@@ -50,14 +50,18 @@ def _job(out: Path, *, num_processes: int = 1, process_id: int = 0, port: int | 
                     checkpoint_dir=out / "checkpoints", members_per_chunk=1)
     if interrupt:
         with contextlib.suppress(_Stopped):  # killed after the first epoch's checkpoint
-            ensemble.train(model, ds, masks, key, callbacks=[_stop], **settings)
+            train_ensemble(model, ds, masks, key, callbacks=[_stop], **settings)
     trained = []
-    ens = ensemble.train(model, ds, masks, key, **settings,
+    ens = train_ensemble(model, ds, masks, key, **settings,
                          callbacks=[lambda epoch, info: trained.append(epoch)])
     x, y = ds.images[:40], ds.labels[:40]
-    curv = ensemble.member_curvature(ens, x, y, key, num_probes=2, members=[2, 0, 1])
-    one = ensemble.member_curvature(ens, x, y, key, num_probes=2, members=[1])
-    zero = ensemble.member_zero_order_curvature(ens, x, y, key, num_probes=2, members=[0, 2])
+    curvature_fn = ensemble.make_member_curvature(ens.model, num_probes=2)
+    zero_fn = ensemble.make_member_zero_order_curvature(ens.model, num_probes=2)
+    # each process computes its block of the members, every process gets all rows
+    curv = members_across_processes(lambda rows: curvature_fn(ens, x, y, key, members=rows),
+                                    [2, 0, 1])
+    one = members_across_processes(lambda rows: curvature_fn(ens, x, y, key, members=rows), [1])
+    zero = members_across_processes(lambda rows: zero_fn(ens, x, y, key, members=rows), [0, 2])
     block = distributed.process_members(3)
     values = {"f64": np.arange(3) / 3.0, "bool": np.arange(3) % 2 == 0,
               "i64": np.arange(3, dtype=np.int64) * 2**40}

@@ -498,11 +498,109 @@ def test_every_poisson_entry_point_gives_the_same_batches():
     np.testing.assert_array_equal(a_mask, c_w[0] > 0)
 
 
-def test_dpplan_is_the_training_dp_step():
-    from jaxcurv.training import DPStep
-
-    assert DPStep is DPPlan
-    step = DPStep(1.0, 1.1, 64.0)
+def test_dpplan_of_a_step_alone_has_no_run_fields():
+    step = DPPlan(1.0, 1.1, 64.0)
     assert (step.l2_clip, step.noise_multiplier, step.expected_batch_size) == (1.0, 1.1, 64.0)
     assert step.epsilon is None and step.max_batch_size is None
-    assert hash(step) == hash(DPStep(l2_clip=1.0, noise_multiplier=1.1, expected_batch_size=64.0))
+    assert hash(step) == hash(DPPlan(l2_clip=1.0, noise_multiplier=1.1, expected_batch_size=64.0))
+
+
+# --- dense layers: per-example norms without per-example gradients -----------------------------
+
+
+def _flax_mlp():
+    from jaxcurv import models
+
+    model = models.get_model("mlp", C, hidden=6, depth=2)
+    params = models.init_variables(model, jax.random.PRNGKey(4), (2, 3, 1))["params"]
+
+    def apply_fn(p, xb):
+        return model.apply({"params": p}, xb, train=True)
+
+    def loss_of_logits(logits, yb):
+        return -jax.nn.log_softmax(logits)[jnp.arange(yb.shape[0]), yb]
+
+    def loss_fn(p, xi, yi):
+        return loss_of_logits(apply_fn(p, xi[None]), yi[None])[0]
+
+    return model, params, apply_fn, loss_of_logits, loss_fn
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.7])
+def test_dense_dp_gradient_equals_the_naive_loop_with_nan_and_padded_rows(sigma):
+    from jaxcurv.privacy import dense_dp_gradient
+
+    _, params, apply_fn, loss_of_logits, loss_fn = _flax_mlp()
+    rng = np.random.default_rng(5)
+    x = (3.0 * rng.normal(size=(9, 2, 3, 1))).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan  # a used row with a NaN input: dropped and counted
+    x[2, 1, 1, 0] = np.inf  # a padded row: ignored
+    y = rng.integers(0, C, 9).astype(np.int32)
+    mask = np.array([True, True, False, True, True, True, True, False, True])
+    key = jax.random.PRNGKey(6)
+    kw = dict(l2_clip=0.8, noise_multiplier=sigma, expected_batch_size=6.0)
+    got, info = jax.jit(dense_dp_gradient, static_argnums=(0, 1))(
+        apply_fn, loss_of_logits, params, x, y, mask, key, **kw)
+    # the naive loop: each used row's gradient, global norm, clipped, summed; the same noise
+    leaves0, treedef = jax.tree_util.tree_flatten(params)
+    total = [np.zeros(leaf.shape) for leaf in leaves0]
+    norms, grad_one = [], jax.jit(jax.grad(loss_fn))
+    for i in np.flatnonzero(mask)[1:]:
+        g = [np.asarray(leaf, np.float64) for leaf in _leaves(grad_one(params, x[i], y[i]))]
+        norm = math.sqrt(sum(float(np.sum(leaf ** 2)) for leaf in g))
+        norms.append(norm)
+        total = [t + min(1.0, 0.8 / norm) * leaf for t, leaf in zip(total, g)]
+    sizes = [leaf.size for leaf in leaves0]
+    z = np.split(np.asarray(_normal(key, sum(sizes)), np.float64), np.cumsum(sizes)[:-1])
+    want = jax.tree_util.tree_unflatten(treedef, [(t + sigma * 0.8 * p.reshape(t.shape)) / 6.0
+                                                  for t, p in zip(total, z)])
+    for a, b in zip(_leaves(got), _leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+    assert int(info.num_examples) == 6 and int(info.num_nonfinite) == 1
+    assert int(info.num_clipped) == sum(n > 0.8 for n in norms)
+    assert float(info.mean_norm) == pytest.approx(np.mean(norms), rel=1e-5)
+
+
+def test_dense_norms_apply_only_where_every_parameter_is_in_a_dense_layer():
+    from jaxcurv import models
+    from jaxcurv.privacy import dense_dp_gradient, dense_norms_apply
+
+    _, params, apply_fn, loss_of_logits, _ = _flax_mlp()
+    x = np.zeros((4, 2, 3, 1), np.float32)
+    assert dense_norms_apply(apply_fn, params, x)
+    cnn = models.get_model("cnn", C, width=2, hidden=4)
+    cnn_params = models.init_variables(cnn, jax.random.PRNGKey(0), (8, 8, 1))["params"]
+    cnn_apply = lambda p, xb: cnn.apply({"params": p}, xb)  # noqa: E731
+    xc = np.zeros((4, 8, 8, 1), np.float32)
+    assert not dense_norms_apply(cnn_apply, cnn_params, xc)  # convolutions
+    with pytest.raises(ValueError, match="use dp_gradient"):
+        dense_dp_gradient(cnn_apply, loss_of_logits, cnn_params, xc, np.zeros(4, np.int32),
+                          np.ones(4, bool), jax.random.PRNGKey(0), l2_clip=1.0,
+                          noise_multiplier=0.0, expected_batch_size=4.0)
+    shared = lambda p, xb: apply_fn(p, xb) + apply_fn(p, xb)  # noqa: E731 - a layer used twice
+    assert not dense_norms_apply(shared, params, x)
+
+
+def test_training_step_uses_dense_norms_with_the_vmapped_result():
+    from jaxcurv.optim import OptimizerConfig, make_optimizer
+    from jaxcurv.training import init_state, make_train_step
+
+    model, _, _, _, _ = _flax_mlp()
+    config = OptimizerConfig(name="sgd", learning_rate=0.1)
+    tx = make_optimizer(config, 10)
+    state = init_state(model, tx, jax.random.PRNGKey(1), (2, 3, 1))
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(7, 2, 3, 1)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, C, 7), jnp.int32)
+    w = jnp.asarray([1, 1, 0, 1, 1, 1, 0], jnp.float32)
+    dp = DPPlan(0.5, 1.1, 5.0)
+    dense = jax.jit(make_train_step(model, tx, config=config, dp=dp))
+    vmapped = jax.jit(make_train_step(model, tx, config=config, dp=dp, dp_dense_norms=False))
+    (a, ma), (b, mb) = dense(state, x, y, w, KEY_STEP), vmapped(state, x, y, w, KEY_STEP)
+    for u, v in zip(_leaves(a.params), _leaves(b.params)):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-7)
+    for name in ("dp_num_examples", "dp_num_clipped", "dp_mean_norm", "dp_loss"):
+        assert float(ma[name]) == pytest.approx(float(mb[name]), rel=1e-5)
+
+
+KEY_STEP = jax.random.PRNGKey(11)

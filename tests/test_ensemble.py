@@ -1,7 +1,11 @@
-"""Vectorized ensembles against independent single-model runs, naive loops and resumed runs."""
+"""Vectorized ensembles against independent single-model runs, naive loops and resumed runs;
+the Ensemble pytree through jit; held kernels; no module-level caches."""
 
+import ast
+import dataclasses
 import logging
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +16,12 @@ import pytest
 from jaxcurv import data, ensemble, models
 from jaxcurv.curvature import make_input_curvature, make_zero_order_curvature
 from jaxcurv.optim import OptimizerConfig, make_optimizer, make_schedule, sam_gradient
+from jaxcurv.errors import ConfigError
 from jaxcurv.training import epoch_plan
+from jaxcurv.workflow import train_ensemble
 
 KEY = jax.random.PRNGKey(0)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +72,7 @@ def test_member_ignores_examples_outside_its_mask(small, mlp):
     labels = small.labels.copy()
     labels[out] = (labels[out] + 1) % 10
     changed = data.Dataset(small.images, labels, 10, "changed")
-    kw = dict(epochs=2, batch_size=16, progress=False, members_per_chunk=2)
+    kw = dict(epochs=2, batch_size=16, members_per_chunk=2)
     a = ensemble.train(mlp, small, masks, KEY, **kw)
     # the same settings as a TrainConfig (keywords override its fields)
     config = ensemble.TrainConfig(**dict(kw, epochs=5))
@@ -77,7 +84,7 @@ def test_member_ignores_examples_outside_its_mask(small, mlp):
 def test_vmapped_members_equal_independent_runs(small, mlp):
     masks = data.subset_masks(len(small), 3, seed=4)
     steps = int(np.ceil(masks.sum(1).max() / 16))
-    kw = dict(epochs=2, batch_size=16, progress=False, optimizer="sgd", learning_rate=0.1,
+    kw = dict(epochs=2, batch_size=16, optimizer="sgd", learning_rate=0.1,
               steps_per_epoch=steps)
     together = ensemble.train(mlp, small, masks, KEY, members_per_chunk=3, **kw)
     for k in range(3):
@@ -87,7 +94,7 @@ def test_vmapped_members_equal_independent_runs(small, mlp):
 
 def test_scan_and_host_loop_give_the_same_result(small, mlp):
     masks = data.subset_masks(len(small), 2, seed=5)
-    kw = dict(epochs=2, batch_size=32, progress=False, members_per_chunk=2, augment=True)
+    kw = dict(epochs=2, batch_size=32, members_per_chunk=2, augment=True)
     a = ensemble.train(mlp, small, masks, KEY, scan_steps=True, **kw)
     b = ensemble.train(mlp, small, masks, KEY, scan_steps=False, **kw)
     _assert_tree_close(a.variables, b.variables, rtol=2e-5, atol=2e-6)
@@ -98,7 +105,7 @@ def test_training_learns_and_records(mlp):
     tr, te = data.train_test("digits")
     masks = data.subset_masks(len(tr), 2, seed=0)
     ens = ensemble.train(mlp, tr, masks, KEY, epochs=4, batch_size=64, learning_rate=0.2,
-                         test=te, record_examples=True, progress=False)
+                         test=te, record_examples=True)
     e, k, n = 4, 2, len(tr)
     assert ens.history["correct"].shape == (e, k, n) and ens.history["correct"].dtype == bool
     assert ens.history["loss"].shape == (e, k, n)
@@ -107,7 +114,7 @@ def test_training_learns_and_records(mlp):
     assert ens.history["train_loss"][-1].max() < ens.history["train_loss"][0].min()
     acc = ensemble.accuracy(ens, te)
     np.testing.assert_allclose(acc, ens.history["test_accuracy"][-1])
-    logits = ensemble.predict(ens, te.images, progress=False)
+    logits = ensemble.predict(ens, te.images)
     assert logits.shape == (2, len(te), 10)
     manual = mlp.apply(ens.member(1), te.images)
     np.testing.assert_allclose(logits[1], manual, rtol=1e-5, atol=1e-5)
@@ -120,27 +127,36 @@ def test_training_learns_and_records(mlp):
 
 def test_recorded_curvature_equals_member_curvature(small, mlp):
     masks = data.subset_masks(len(small), 2, seed=2)
-    ens = ensemble.train(mlp, small, masks, KEY, epochs=2, batch_size=32, record_curvature=2,
-                         progress=False)
+    ens = ensemble.train(mlp, small, masks, KEY, epochs=2, batch_size=32, record_curvature=2)
     assert ens.history["curvature"].shape == (2, 2, len(small))
     curv = ensemble.member_curvature(ens, small.images, small.labels, jax.random.fold_in(KEY, 1),
-                                     num_probes=2, progress=False)
-    np.testing.assert_allclose(curv.trace, ens.history["curvature"][-1], rtol=1e-4, atol=1e-5)
+                                     num_probes=2)
+    np.testing.assert_allclose(curv.trace_sq, ens.history["curvature"][-1], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(curv.trace, ens.history["curvature_trace"][-1], rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_member_curvature_rows_equal_input_curvature(small, mlp):
     masks = data.subset_masks(len(small), 2, seed=6)
-    ens = ensemble.train(mlp, small, masks, KEY, epochs=1, batch_size=32, progress=False,
-                         member_ids=[7, 3])
+    ens = ensemble.train(mlp, small, masks, KEY, epochs=1, batch_size=32, member_ids=[7, 3])
     key = jax.random.PRNGKey(9)
-    curv = ensemble.member_curvature(ens, small.images, small.labels, key, num_probes=3,
-                                     progress=False)
-    assert curv.trace.shape == (2, len(small))
+    curv = ensemble.member_curvature(ens, small.images, small.labels, key, num_probes=3)
+    zero = ensemble.member_zero_order_curvature(ens, small.images[:20], small.labels[:20], key,
+                                                num_probes=2, h=1e-2)
+    assert curv.trace.shape == (2, len(small)) and zero.shape == (2, 20)
     reference = make_input_curvature(models.make_loss_fn(mlp), num_probes=3)
-    for k, member_id in enumerate([7, 3]):
-        ref = reference(ens.member(k), small.images, small.labels,
-                        jax.random.fold_in(key, member_id))
+    zero_reference = make_zero_order_curvature(models.make_loss_fn(mlp), num_probes=2, h=1e-2,
+                                               method="mixed")
+    for k, member_id in enumerate([7, 3]):  # keys derive from the global member id, both ways
+        member_key = jax.random.fold_in(key, member_id)
+        ref = reference(ens.member(k), small.images, small.labels, member_key)
         np.testing.assert_allclose(curv.trace_sq[k], ref.trace_sq, rtol=1e-6)
+        np.testing.assert_array_equal(zero[k], zero_reference(
+            ens.member(k), small.images[:20], small.labels[:20], member_key))
+    # stacked variables with explicit ids give the same rows as the Ensemble
+    fn = ensemble.make_member_curvature(mlp, num_probes=3)
+    again = fn(ens.variables, small.images, small.labels, key, member_ids=[7, 3], members=[1])
+    np.testing.assert_array_equal(again.trace_sq[0], curv.trace_sq[1])
 
 
 def _untrained_ensemble(model, n, k=2):
@@ -154,39 +170,127 @@ def _compiles(caplog, name="jit("):
     return [r for r in caplog.records if f"Compiling {name}" in r.getMessage()]
 
 
-def test_predict_and_member_kernels_compile_once(small, mlp, caplog):
+def test_held_kernels_compile_once(small, mlp, caplog):
+    """make_* functions compile once and are reused across calls and members; the one-call
+    conveniences give the same numbers."""
     ens = _untrained_ensemble(mlp, len(small), k=3)
     images, labels = small.images[:30], small.labels[:30]
     key = jax.random.PRNGKey(4)
-    kw = dict(num_probes=2, h=1e-2, method="mixed")
+    kw = dict(num_probes=2, method="mixed")
+    predict = ensemble.make_predict(ens.model)
+    curvature_fn = ensemble.make_member_curvature(mlp, num_probes=2)
+    zero_fn = ensemble.make_member_zero_order_curvature(mlp, **kw)
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
-        first = ensemble.predict(ens, images)
+        first = predict(ens, images)
         assert _compiles(caplog)
         caplog.clear()
-        np.testing.assert_array_equal(ensemble.predict(ens, images), first)  # held on ens
+        np.testing.assert_array_equal(predict(ens.variables, images), first)  # held
         assert not _compiles(caplog)
-        full = ensemble.member_curvature(ens, images, labels, key, num_probes=2)
+        full = curvature_fn(ens, images, labels, key)
         assert len(_compiles(caplog, "jit(example_kernel")) == 1  # one kernel for K members
         caplog.clear()
-        rows = ensemble.member_zero_order_curvature(ens, images, labels, key, members=[2, 0],
-                                                    **kw)
+        rows = zero_fn(ens, images, labels, key, h=1e-2, members=[2, 0])
         assert len(_compiles(caplog, "jit(example_kernel")) == 1
         caplog.clear()  # one member at a time (a chunked stage): the held kernels are reused
-        one = ensemble.member_curvature(ens, images, labels, key, num_probes=2, members=[1])
-        zero_one = ensemble.member_zero_order_curvature(ens, images, labels, key, members=[0],
-                                                        **kw)
+        one = curvature_fn(ens, images, labels, key, members=[1])
+        zero_one = zero_fn(ens, images, labels, key, h=1e-2, members=[0])
         assert not _compiles(caplog, "jit(example_kernel")
     for field, value in full._asdict().items():  # rows do not depend on the members computed
         np.testing.assert_array_equal(getattr(one, field)[0], value[1])
     np.testing.assert_array_equal(zero_one[0], rows[1])
     assert rows.shape == (2, len(images))
-    assert ensemble.member_loss_fn(ens) is ensemble.member_loss_fn(ens)
-    reference = make_zero_order_curvature(models.make_loss_fn(mlp), **kw)
+    np.testing.assert_array_equal(ensemble.predict(ens, images), first)
+    convenience = ensemble.member_zero_order_curvature(ens, images, labels, key, h=1e-2,
+                                                       members=[2, 0], **kw)
+    np.testing.assert_array_equal(convenience, rows)
+    reference = make_zero_order_curvature(models.make_loss_fn(mlp), h=1e-2, **kw)
     for j, member in enumerate([2, 0]):  # member m's key is fold_in(key, m)
         ref = reference(ens.member(member), images, labels, jax.random.fold_in(key, member))
         np.testing.assert_allclose(rows[j], ref, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="members"):
-        ensemble.member_zero_order_curvature(ens, images, labels, key, members=[3], **kw)
+        zero_fn(ens, images, labels, key, members=[3])
+
+
+# --- the Ensemble is an immutable pytree ---------------------------------------------------------
+
+
+def test_ensemble_is_a_frozen_pytree_that_passes_through_jit(small, mlp, caplog):
+    masks = data.subset_masks(len(small), 2, seed=11)
+    ens = ensemble.train(mlp, small, masks, KEY, epochs=1, batch_size=32, test=small)
+    leaves = jax.tree.leaves(ens)
+    n_var = len(jax.tree.leaves(ens.variables))
+    assert len(leaves) == n_var + 2 + len(ens.history)  # variables, masks, ids, history
+
+    @jax.jit
+    def shift(e):
+        return e.replace(variables=jax.tree.map(lambda a: a + 1.0, e.variables)), e.num_members
+
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        out, k = shift(ens)
+        assert _compiles(caplog, "jit(shift")
+        caplog.clear()
+        shift(ens)
+        assert not _compiles(caplog, "jit(shift")  # static metadata hashes stably
+    assert isinstance(out, ensemble.Ensemble) and int(k) == 2
+    assert out.model is ens.model and out.config == ens.config and out.privacy is None
+    _assert_tree_close(out.variables, jax.tree.map(lambda a: a + 1.0, ens.variables),
+                       rtol=0, atol=0)
+    np.testing.assert_array_equal(out.masks, masks)
+    np.testing.assert_allclose(out.history["test_accuracy"], ens.history["test_accuracy"],
+                               rtol=1e-7)  # float64 history: float32 inside jit
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ens.masks = masks
+    with pytest.raises(ValueError, match="immutable"):
+        ens.config["epochs"] = 3
+    with pytest.raises(ValueError, match="read-only"):
+        ens.masks[0, 0] = not ens.masks[0, 0]
+    assert ens.config["epochs"] == 1 and hash(ens.config)
+
+
+# --- training driven epoch by epoch ---------------------------------------------------------------
+
+
+def test_trainer_driven_epoch_by_epoch_equals_train(small, mlp):
+    masks = data.subset_masks(len(small), 3, seed=12)
+    config = ensemble.TrainConfig(epochs=2, batch_size=32, members_per_chunk=2,
+                                  record_examples=True)
+    reference = ensemble.train(mlp, small, masks, KEY, config)
+    plan = ensemble.plan_training(mlp, small, masks, KEY, config)
+    assert [c.tolist() for c in plan.chunks] == [[0, 1], [2]]
+    trainer = ensemble.make_trainer(plan)
+    parts = []
+    for rows in reversed(plan.chunks):  # any order: members depend only on their ids
+        state = trainer.init(rows)
+        losses = []
+        while state.epoch < config.epochs:
+            state = trainer.epoch(state)
+            losses.append(state.history["train_loss"][-1][:len(rows)])
+        parts.append(trainer.collect(state))
+        np.testing.assert_array_equal(np.stack(losses), reference.history["train_loss"][:, rows])
+    ens = trainer.ensemble(parts[::-1])
+    _assert_tree_close(ens.variables, reference.variables, rtol=0, atol=0)
+    for name, values in reference.history.items():
+        np.testing.assert_array_equal(ens.history[name], values)
+    with pytest.raises(ValueError, match="epochs are done"):
+        trainer.epoch(state)
+
+
+def test_no_module_level_jit_or_function_caches():
+    """Nothing under jaxcurv/ compiles or caches at module level: no @jax.jit / @functools.cache
+    on a module-level function, no module-level ``name = jax.jit(...)``."""
+    def cached(node) -> bool:
+        text = ast.unparse(node)
+        return any(word in text for word in ("jit", "functools.cache", "lru_cache", "cache"))
+
+    found = []
+    for path in sorted((ROOT / "jaxcurv").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                found += [f"{path.name}:{node.name}" for d in node.decorator_list if cached(d)]
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                    and "jit" in ast.unparse(node.value.func):
+                found.append(f"{path.name}:{ast.unparse(node.targets[0])}")
+    assert not found, found
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -198,7 +302,7 @@ class _Killed(Exception):
 
 def test_killed_run_resumes_to_identical_result(small, mlp, tmp_path):
     masks = data.subset_masks(len(small), 2, seed=7)
-    kw = dict(epochs=3, batch_size=32, progress=False, record_examples=True, augment=True,
+    kw = dict(epochs=3, batch_size=32, record_examples=True, augment=True,
               members_per_chunk=1)
     reference = ensemble.train(mlp, small, masks, KEY, **kw)
 
@@ -207,10 +311,10 @@ def test_killed_run_resumes_to_identical_result(small, mlp, tmp_path):
             raise _Killed
 
     with pytest.raises(_Killed):
-        ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path, callbacks=[kill], **kw)
+        train_ensemble(mlp, small, masks, KEY, checkpoint_dir=tmp_path, callbacks=[kill], **kw)
     assert (tmp_path / "chunk_0000").exists() and (tmp_path / "chunk_0001").exists()
     seen = []
-    resumed = ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path,
+    resumed = train_ensemble(mlp, small, masks, KEY, checkpoint_dir=tmp_path,
                              callbacks=[lambda e, i: seen.append((i["chunk"], e))], **kw)
     assert seen == [(1, 2)]  # chunk 0 was complete, chunk 1 resumed after epoch index 1
     _assert_tree_close(resumed.variables, reference.variables, rtol=0, atol=0)
@@ -220,11 +324,9 @@ def test_killed_run_resumes_to_identical_result(small, mlp, tmp_path):
 
 def test_checkpoint_dir_of_another_run_is_refused(small, mlp, tmp_path):
     masks = data.subset_masks(len(small), 2, seed=8)
-    ensemble.train(mlp, small, masks, KEY, epochs=1, batch_size=32, progress=False,
-                   checkpoint_dir=tmp_path)
+    train_ensemble(mlp, small, masks, KEY, epochs=1, batch_size=32, checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="different configuration"):
-        ensemble.train(mlp, small, masks, KEY, epochs=2, batch_size=32, progress=False,
-                       checkpoint_dir=tmp_path)
+        train_ensemble(mlp, small, masks, KEY, epochs=2, batch_size=32, checkpoint_dir=tmp_path)
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -252,6 +354,9 @@ def test_bad_inputs_raise(small, mlp):
         ensemble.TrainConfig(epochs=1, batch_size=0)
     with pytest.raises(ValueError, match="images"):
         ensemble.predict(ensemble.Ensemble(mlp, {}, masks, np.arange(2), {}, {}), small.images[0])
+    for moved in ("checkpoint_dir", "progress", "callbacks"):  # the workflow's, named
+        with pytest.raises(ConfigError, match="jaxcurv.workflow.train_ensemble"):
+            ensemble.train(mlp, small, masks, KEY, epochs=1, **{moved: None})
 
 
 # --- optimizers ----------------------------------------------------------------------------------
@@ -296,7 +401,7 @@ def test_schedules_and_weight_decay():
 
 def test_sam_training_differs_from_sgd(small, mlp):
     masks = data.subset_masks(len(small), 2, seed=9)
-    kw = dict(epochs=1, batch_size=32, progress=False, members_per_chunk=2)
+    kw = dict(epochs=1, batch_size=32, members_per_chunk=2)
     sgd = ensemble.train(mlp, small, masks, KEY, optimizer="sgd", **kw)
     sam = ensemble.train(mlp, small, masks, KEY, optimizer=OptimizerConfig(name="sam", rho=0.1),
                          **kw)
@@ -316,7 +421,7 @@ def test_members_sharded_over_devices_equal_single_device(run_on_fake_devices):
         ds = data.load("digits").take(np.arange(96))
         masks = data.subset_masks(96, 8, seed=0)
         model = models.get_model("mlp", 10, hidden=16, depth=1)
-        kw = dict(epochs=2, batch_size=16, progress=False, members_per_chunk=8, scan_steps=True)
+        kw = dict(epochs=2, batch_size=16, members_per_chunk=8, scan_steps=True)
         a = ensemble.train(model, ds, masks, jax.random.PRNGKey(1), **kw)
         b = ensemble.train(model, ds, masks, jax.random.PRNGKey(1), devices=jax.devices()[:1], **kw)
         for u, v in zip(jax.tree.leaves(a.variables), jax.tree.leaves(b.variables)):
@@ -339,7 +444,7 @@ def test_init_transform_sets_each_members_initial_variables(small, mlp):
         return {**variables, "params": params}
 
     ens = ensemble.train(mlp, small, masks, KEY, epochs=1, batch_size=32, learning_rate=1e-6,
-                         members_per_chunk=2, init_transform=zero_last_bias, progress=False)
+                         members_per_chunk=2, init_transform=zero_last_bias)
     assert len(seen) == 2
     last = sorted(ens.variables["params"])[-1]
     np.testing.assert_allclose(ens.variables["params"][last]["bias"], 3.0, atol=1e-3)
@@ -349,13 +454,17 @@ def test_cpu_chunk_default_vmaps_dense_members_only():
     """On a CPU, dense-only members share a vmapped chunk (up to the memory cap); conv nets and
     DP-SGD train one member at a time."""
     shape = (8, 8, 1)
-    mlp = ensemble._abstract_variables(models.get_model("mlp", 10, hidden=32, depth=2), shape)
-    cnn = ensemble._abstract_variables(models.get_model("cnn", 10), shape)
+
+    def params(model):
+        return jax.eval_shape(lambda k: models.init_variables(model, k, shape), KEY)["params"]
+
+    mlp = params(models.get_model("mlp", 10, hidden=32, depth=2))
+    cnn = params(models.get_model("cnn", 10))
     assert ensemble._cpu_members_per_chunk(mlp, 32, private=False) == 32
     assert ensemble._cpu_members_per_chunk(mlp, 32, private=True) == 1
     assert ensemble._cpu_members_per_chunk(cnn, 32, private=False) == 1
     # ≈ 17 M params: 268 MB a member
-    wide = ensemble._abstract_variables(models.get_model("mlp", 10, hidden=4096, depth=2), shape)
+    wide = params(models.get_model("mlp", 10, hidden=4096, depth=2))
     n = models.count_params(wide)
     assert ensemble._cpu_members_per_chunk(wide, 32, private=False) == (1 << 30) // (16 * n)
 

@@ -134,8 +134,15 @@ def test_gain_by_memorization_equals_a_naive_loop():
     np.testing.assert_allclose(table.value_mean, [r[1] for r in want], rtol=1e-12)
     np.testing.assert_allclose(table.target_mean, [r[2] for r in want], rtol=1e-12)
     np.testing.assert_allclose(table.target_stderr, [r[3] for r in want], rtol=1e-12)
-    np.testing.assert_allclose(table.lower, GAIN_EDGES[:-1])
-    np.testing.assert_allclose(table.upper, GAIN_EDGES[1:])
+    # the end bins are labelled by the values they hold: the first from its smallest (negative)
+    # mem, the last up to its largest, so each bin's mean mem lies within its label
+    finite = np.isfinite(mem) & np.isfinite(gain)
+    np.testing.assert_allclose(table.lower, [mem[finite].min(), *GAIN_EDGES[1:-1]])
+    np.testing.assert_allclose(table.upper, [*GAIN_EDGES[1:-1], mem[finite].max()])
+    assert np.all((table.lower <= table.value_mean) & (table.value_mean <= table.upper))
+    inside = gain_by_memorization(gain, np.clip(mem, 0.0, 1.0))
+    np.testing.assert_allclose(inside.lower, GAIN_EDGES[:-1])
+    np.testing.assert_allclose(inside.upper, GAIN_EDGES[1:])
     # a bin count uses bin_by's equal-count bins on the unclipped values
     q = gain_by_memorization(gain, mem, bins=4)
     ref = bin_by(mem, gain, 4)

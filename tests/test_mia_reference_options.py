@@ -241,3 +241,27 @@ def test_rmia_trim_zero_is_the_plain_estimator(rmia_ref_data):
     got = mia.rmia(target[:80], ref[:, :80], target[80:], ref[:, 80:], reference_in=keep[:, :80],
                    population_reference_in=keep[:, 80:])
     np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_masked_median_equals_nanmedian_including_empty_groups():
+    import warnings
+
+    from jaxcurv.mia._common import _group_moments
+    from jaxcurv.mia.likelihood import _masked_median
+
+    rng = np.random.default_rng(7)
+    for k, n, a in [(9, 40, 3), (8, 25, 1), (1, 6, 2)]:
+        s = rng.normal(size=(k, n, a))
+        m = rng.random((k, n, 1)) < 0.5
+        m[:, 0] = False  # an empty group
+        m[:, 1] = True   # a full one
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            want = np.nanmedian(np.where(m, s, np.nan), axis=0)
+            mean = np.nanmean(np.where(m, s, np.nan), axis=0)
+        np.testing.assert_array_equal(_masked_median(s, m), want)
+        count, got_mean, ss = _group_moments(s, m)
+        np.testing.assert_array_equal(count[:, 0], m[..., 0].sum(0))
+        np.testing.assert_allclose(got_mean, mean, rtol=1e-12, equal_nan=True)
+        want_ss = np.where(m, (s - np.nan_to_num(mean)) ** 2, 0.0).sum(0)
+        np.testing.assert_allclose(ss, want_ss, rtol=1e-12, atol=1e-12)

@@ -78,13 +78,13 @@ def _built(name: str, shape_key: str) -> dict[str, Any]:
         out["train_x"], out["train_stats"] = M.apply_train(model, init_vars, x)
         variables = init_vars
         if M.uses_batch_norm(init_vars):
-            variables = {**init_vars, "batch_stats": out["train_stats"]}
+            variables = {**init_vars, **out["train_stats"]}
         out.update(variables=variables, logits=model.apply(variables, x))
         if name in ("resnet18", "resnet18_gn", "fastnet"):
             out["alone"] = jax.vmap(lambda xi: model.apply(variables, xi[None])[0])(x)
             out["train_other"], _ = M.apply_train(model, init_vars, other)
         if name == "resnet18":
-            out["masked_stats"] = M.apply_train(model, init_vars, x, mask=MASK)[1]
+            out["masked_stats"] = M.apply_train(model, init_vars, x, mask=MASK)[1]["batch_stats"]
         if name in ("mlp", "cnn", "resnet18"):
             out["losses"] = jax.vmap(plain, (None, 0, 0))(variables, x, LABELS)
         if name == "cnn":
@@ -166,7 +166,7 @@ def test_batch_loss_padding_is_ignored():
     model, variables, x = built["model"], built["variables"], built["x"]
     fn = jax.jit(jax.value_and_grad(M.make_batch_loss_fn(model, label_smoothing=0.1), has_aux=True))
     y = jnp.array([1, 2, 3])
-    params, stats = variables["params"], variables["batch_stats"]
+    params, stats = variables["params"], {"batch_stats": variables["batch_stats"]}
     weights = jnp.array([1.0, 1.0, 0.0])
     (loss, (logits, new)), grads = fn(params, stats, x, y, weights)
     garbage = np.random.default_rng(3).uniform(size=x.shape[1:])

@@ -12,7 +12,8 @@ import pytest
 
 from jaxcurv import data, models
 from jaxcurv.optim import OptimizerConfig, gnr_gradient, make_optimizer, sam_gradient
-from jaxcurv.training import DPStep, init_state, make_train_step
+from jaxcurv.privacy import DPPlan
+from jaxcurv.training import init_state, make_train_step
 
 KEY = jax.random.PRNGKey(3)
 RHO, LAM, SIG = 0.1, 0.3, 0.05
@@ -144,7 +145,7 @@ def test_bad_settings_are_refused():
     model = models.get_model("mlp", 3, hidden=4, depth=1)
     with pytest.raises(ValueError, match="DP-SGD with SAM"):
         make_train_step(model, make_optimizer(config, 10), config=config,
-                        dp=DPStep(1.0, 1.0, 8.0))
+                        dp=DPPlan(1.0, 1.0, 8.0))
 
 
 # --- the training step ---------------------------------------------------------------------------

@@ -382,3 +382,25 @@ def test_calibrate_uses_the_tight_epsilon():
     sigma = calibrate_noise_multiplier(target, 0.1, 100, DELTA)
     assert sigma == pytest.approx(0.5, abs=1e-4) and epsilon(sigma, 0.1, 100, DELTA) <= target
     assert _direct(RdpAccountant(), 0.5, 0.1, 100, DELTA) > target + 1.0
+
+
+class _OverflowingPLD(PLDAccountant):
+    """dp_accounting's PLD where it overflows (σ = 1.1, q = 0.1, 10⁵ steps gives ε = inf after
+    ~30 s; simulated here for a fast test)."""
+
+    def get_epsilon(self, target_delta):
+        return math.inf
+
+
+def test_pld_overflow_falls_back_to_rdp_saying_so(monkeypatch):
+    monkeypatch.setattr(accounting, "PLDAccountant", _OverflowingPLD)
+    with pytest.warns(RuntimeWarning, match="pld accountant overflowed.*reporting the rdp ε"):
+        report = epsilon_report(1.1, 0.1, 50, DELTA, accountant="pld")
+    assert math.isfinite(report.epsilon)
+    assert (report.accountant, report.fallback_from) == ("rdp", "pld")
+    assert report.epsilon == epsilon_report(1.1, 0.1, 50, DELTA).epsilon
+    with pytest.warns(RuntimeWarning, match="overflowed"):
+        assert epsilon(1.1, 0.1, 50, DELTA, accountant="pld") == report.epsilon
+    assert epsilon_report(1.1, 0.1, 50, DELTA).fallback_from is None
+    monkeypatch.undo()
+    assert epsilon_report(2.0, 0.1, 20, DELTA, accountant="pld").fallback_from is None

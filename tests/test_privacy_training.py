@@ -35,8 +35,7 @@ def test_dp_ensemble_accounts_and_trains(digits, mlp):
     tr = digits.take(np.arange(800))
     masks = data.subset_masks(len(tr), 2, seed=1)
     ens = ensemble.train(mlp, tr, masks, KEY, epochs=8, batch_size=64, learning_rate=0.5,
-                         dp=DPConfig(target_epsilon=8.0, l2_clip=1.0), record_examples=True,
-                         progress=False)
+                         dp=DPConfig(target_epsilon=8.0, l2_clip=1.0), record_examples=True)
     report = ens.privacy
     sizes = masks.sum(1)
     assert report["steps"] == 8 * int(np.ceil(sizes.max() / 64))
@@ -54,7 +53,7 @@ def test_dp_ensemble_accounts_and_trains(digits, mlp):
 def test_each_member_draws_its_own_noise(digits, mlp):
     tr = digits.take(np.arange(300))
     masks = np.ones((2, len(tr)), bool)  # identical data: only noise and sampling differ
-    kw = dict(epochs=1, batch_size=32, dp=DPConfig(noise_multiplier=1.0), progress=False,
+    kw = dict(epochs=1, batch_size=32, dp=DPConfig(noise_multiplier=1.0),
               members_per_chunk=2)
     ens = ensemble.train(mlp, tr, masks, KEY, **kw)
     a, b = (jax.tree.leaves(ens.member(k)["params"]) for k in range(2))
@@ -69,14 +68,16 @@ def test_dp_microbatches_give_the_whole_batch_result(digits, mlp):
     members as the whole padded batch at once, up to float summation order."""
     tr = digits.take(np.arange(300))
     masks = data.subset_masks(len(tr), 2, seed=2)
-    kw = dict(epochs=2, batch_size=32, dp=DPConfig(noise_multiplier=1.0), progress=False)
+    kw = dict(epochs=2, batch_size=32, dp=DPConfig(noise_multiplier=1.0))
     whole = ensemble.train(mlp, tr, masks, KEY, dp_microbatch_size=10_000, **kw)
     rows = ensemble.train(mlp, tr, masks, KEY, dp_microbatch_size=1, **kw)
     default = ensemble.train(mlp, tr, masks, KEY, **kw)
     for u, v, w in zip(*(jax.tree.leaves(e.variables) for e in (whole, rows, default))):
         np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
         np.testing.assert_array_equal(v, w)  # CPU default for a dense model: one row at a time
-    abstract = lambda model: ensemble._abstract_variables(model, (8, 8, 1))  # noqa: E731
+    def abstract(model):  # the parameters' shapes
+        return jax.eval_shape(lambda k: models.init_variables(model, k, (8, 8, 1)), KEY)["params"]
+
     assert ensemble._cpu_dp_microbatch(abstract(mlp)) == 1
     assert ensemble._cpu_dp_microbatch(abstract(models.get_model("cnn", 10))) is None
 
@@ -92,7 +93,7 @@ def _audit(model, dp, digits, num_canaries=256):
                       np.concatenate([base.labels, canary_y]), 10, "canaries")
     mask = np.concatenate([np.ones(len(base), bool), included])[None]
     ens = ensemble.train(model, ds, mask, KEY, epochs=30, batch_size=64,
-                         learning_rate=0.5 if dp else 0.2, dp=dp, progress=False)
+                         learning_rate=0.5 if dp else 0.2, dp=dp)
     logits = ensemble.predict(ens, canary_x, progress=False)[0]
     loss = np.asarray(models.cross_entropy(logits, canary_y))
     return one_run_audit_scan(-loss, included), ens.privacy

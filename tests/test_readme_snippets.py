@@ -118,8 +118,19 @@ def _check_dp_loop(stdout: str) -> None:
 
 # The README sections (heading text without the #s) whose ```python blocks must run, each with a
 # check of what it printed (or None).
+def _check_own_model(stdout: str) -> None:
+    """The four model kinds give (4, 10) logits and the audit of the NNX one learns the digits
+    (chance is 0.1; 200 training examples per member)."""
+    lines = stdout.strip().splitlines()
+    for kind in ("linen", "nnx", "equinox", "functions"):
+        assert f"{kind} (4, 10)" in lines, stdout
+    found = re.fullmatch(r"test accuracy (\S+); (\S+)", lines[-1])
+    assert found and float(found[1]) > 0.5 and found[2].endswith("report.html"), lines[-1]
+
+
 SECTIONS = {
     "DP-SGD in your own training loop": _check_dp_loop,
+    "Audit your own model": _check_own_model,
 }
 
 

@@ -21,7 +21,7 @@ from jaxcurv.data import subset_masks
 TINY = ["--models", "6", "--epochs", "2", "--num-probes", "2", "--bootstrap", "10",
         "--max-examples", "300", "--no-zero-order"]
 FIGURES = {"top_memorized", "lowest_highest_curvature", "curvature_histogram",
-           "mem_vs_curvature", "proxies_vs_mem", "trace_vs_trace_sq", "mia_roc",
+           "mem_vs_curvature", "proxies_vs_mem", "curvature_trace_vs_curvature", "mia_roc",
            "mia_vs_memorization"}
 
 
@@ -66,11 +66,23 @@ def _check_common_findings(run):
     s, rows, page = run["summary"], run["rows"], run["page"]
     f = s["findings"]
     assert list(s)[0] == "findings"
-    # highly memorized, re-derived from scores.csv
-    mem = _column(rows, "mem")
-    count = int(np.sum(np.nan_to_num(mem, nan=-1) >= 0.5))
-    assert f["highly_memorized"]["count"] == count
-    assert f["highly_memorized"]["share"] == pytest.approx(count / len(rows))
+    # highly memorized, re-derived from scores.csv: only significant examples count; 6 members
+    # (3 IN, 3 OUT per example) cannot call any example highly memorized, and say so
+    mem, lower = _column(rows, "mem"), _column(rows, "mem_lower")
+    high = f["highly_memorized"]
+    count = int(np.sum(np.nan_to_num(lower, nan=-1) > 0.5))
+    points = int(np.sum(np.nan_to_num(mem, nan=-1) >= 0.5))
+    assert high["count"] == count == 0 and high["share"] == pytest.approx(count / len(rows))
+    assert high["count_point_estimate"] == points
+    assert high["count_memorized"] == int(np.sum(np.nan_to_num(lower, nan=-1) > 0))
+    assert s["memorization"]["fraction_at_least_0_5"] == pytest.approx(points / len(rows))
+    assert (high["members_in"], high["members_out"], high["resolvable"]) == (3, 3, False)
+    assert high["resolution"] == pytest.approx(1 / 3) and high["best_lower_bound"] < 0.5
+    assert np.all(np.nan_to_num(lower, nan=-1) <= high["best_lower_bound"] + 1e-6)
+    assert any("too few to call any example memorized" in w for w in f["warnings"])
+    # Figure 9's bins hold the values their labels say (negative mem in a bin of its own)
+    for row in s["mia"]["by_memorization"]["bins"]:
+        assert row["mem_lo"] <= row["mem_center"] <= row["mem_hi"], row
     # the 16 most memorized: mem descending, ties by curvature descending (naive sort)
     curv = _column(rows, "curvature")
     naive = sorted(range(len(rows)), key=lambda i: (-np.nan_to_num(mem[i], nan=-np.inf),
@@ -110,7 +122,8 @@ def _check_common_findings(run):
     # the page: Findings first, holding those numbers, readable headers, readable figure keys
     assert page.index("<h2>Findings</h2>") < page.index("<h2>Accuracy</h2>")
     block = _section(page, "Findings")
-    assert f"{count} of {len(rows)} training examples" in block
+    assert "Too few members to call any example highly memorized" in block
+    assert f"{points} of {len(rows)} training examples have a point estimate" in block
     assert f"{best}, AUROC {aurocs[best]:.3f}" in block
     assert "top_memorized.png" in block
     assert "<th>tpr_at_fpr_0_1pct</th>" not in page and "<th>TPR at 0.1 % FPR</th>" in page
@@ -191,7 +204,12 @@ def test_findings_with_dp_and_label_noise(dp_noise):
     # label noise: the best ranker and its precision@k, re-derived from scores.csv
     noise = s["label_noise"]
     assert {"flipped", "true_label"} <= set(rows[0])
-    flipped = _column(rows, "flipped").astype(bool)
+    assert {r["flipped"] for r in rows} == {"True", "False"}  # booleans, not 0/1
+    flipped = np.array([r["flipped"] == "True" for r in rows])
+    pandas = pytest.importorskip("pandas", reason="pandas reads the booleans back as bool")
+    frame = pandas.read_csv(dp_noise["out"] / "scores.csv")
+    assert frame["flipped"].dtype == bool
+    assert frame.loc[frame.flipped, "index"].tolist() == np.flatnonzero(flipped).tolist()
     assert flipped.sum() == round(0.1 * len(rows)) == noise["flipped"]
     assert f["label_noise"]["best_ranker"] == max(noise["ranking"],
                                                   key=lambda n: noise["ranking"][n]["auroc"])
@@ -204,6 +222,19 @@ def test_findings_with_dp_and_label_noise(dp_noise):
     assert f"precision@{k} {best['precision_at_k']:.3f}" in block
     unfitted = noise["flipped_train_in_accuracy"] < 0.9
     assert any("flipped labels" in w for w in f["warnings"]) == unfitted
+    # the DP comparison: informative only with an attackable reference (re-derived with sklearn)
+    best_reference = max(roc_auc_score(masks.ravel(), v.ravel()) for v in reference.values())
+    assert p["reference_best_auroc"] == pytest.approx(best_reference, abs=1e-9)
+    assert p["informative"] == (best_reference >= 0.6)
+    assert any("DP comparison is uninformative" in w for w in f["warnings"]) != p["informative"]
+    assert ("The DP comparison is uninformative" in block) != p["informative"]
+    stronger = [r["attack"] for r in p["attacks"]
+                if r["auroc_nonprivate"] is not None and r["auroc_private"] > r["auroc_nonprivate"]]
+    assert [r["attack"] for r in p["stronger_under_dp"]] == stronger
+    assert any("stronger on the DP-SGD members" in w for w in f["warnings"]) == bool(stronger)
+    higher = s["privacy"]["mem_mean_private"] > s["privacy"]["mem_mean_nonprivate"]
+    assert any("mean mem is higher under DP-SGD" in w for w in f["warnings"]) == higher
+    assert "Sanity checks passed" not in block
 
 
 def test_resumed_run_says_resuming_instead_of_training(plain):
@@ -288,3 +319,121 @@ def test_roc_figure_draws_ties_as_steps_from_the_smallest_achievable_fpr(tmp_pat
         assert at_1pct.size == 1 and at_1pct[0] == pytest.approx(res["tpr_at_fpr_1pct"])
     assert lines["tied"].get_xdata().min() > 1e-3  # 0.1 % FPR: no point drawn, as in the table
     assert not mia.roc_metrics(tied, y)["tpr_at_fpr_0_1pct_resolvable"]
+
+
+# --- headlines and sanity checks, on synthetic summaries ----------------------------------------
+
+from jaxcurv.workflow import sections  # noqa: E402
+
+
+def _ensemble_memorization(k: int, seed: int = 0):
+    """mem, its lower bound and masks of a synthetic ensemble of k members on 300 examples, 60
+    of them memorized (right IN, mostly wrong OUT)."""
+    from jaxcurv import memorization
+
+    rng = np.random.default_rng(seed)
+    masks = subset_masks(300, k, seed=seed)
+    memorized = np.arange(300) < 60
+    correct = np.where(masks, rng.random((k, 300)) < 0.97,
+                       rng.random((k, 300)) < np.where(memorized, 0.1, 0.9))
+    mem, _ = memorization.feldman_zhang(correct, masks)
+    lower, _ = memorization.memorization_interval(correct, masks)
+    return mem, lower, masks
+
+
+def test_highly_memorized_counts_only_what_the_ensemble_resolves():
+    mem, lower, masks = _ensemble_memorization(32)
+    high = sections.highly_memorized(mem, lower, masks, fraction=0.5)
+    assert high["resolvable"] and high["members_needed"] is None
+    assert (high["members_in"], high["members_out"]) == (16, 16)
+    assert high["resolution"] == pytest.approx(1 / 16)
+    assert high["count"] == int(np.sum(lower > 0.5)) and 40 <= high["count"] <= 60
+    assert high["count_point_estimate"] == int(np.sum(mem >= 0.5)) >= high["count"]
+    line = sections.findings_lines({"highly_memorized": high, **_STRONGEST})[0]
+    assert line.startswith(f"{high['count']} of 300 training examples") and "steps of 0.0625" in line
+
+    mem, lower, masks = _ensemble_memorization(8)
+    small = sections.highly_memorized(mem, lower, masks, fraction=0.5)
+    assert small["count"] == 0 and small["count_point_estimate"] > 40 and not small["resolvable"]
+    assert small["best_lower_bound"] == pytest.approx(0.2449, abs=1e-4)
+    line = sections.findings_lines({"highly_memorized": small, **_STRONGEST})[0]
+    assert line.startswith("Too few members to call any example highly memorized")
+    assert "steps of 0.25" in line and f"--models {small['members_needed']}" in line
+
+
+def test_members_needed_is_the_smallest_ensemble_that_can_resolve_mem():
+    from jaxcurv.memorization import agresti_caffo_interval
+
+    def resolves(k, fraction):
+        k_in = round(fraction * k)
+        return agresti_caffo_interval(k_in, k_in, 0, k - k_in)[0] > 0.5
+
+    for fraction in (0.5, 0.3):
+        needed = sections._members_needed(fraction, 6)
+        assert resolves(needed, fraction) and not any(resolves(k, fraction)
+                                                      for k in range(6, needed))
+    assert sections._members_needed(0.5, 6) == 15  # 8 members IN, 7 OUT
+
+
+_STRONGEST = {"strongest_attack": {"attack": "loss", "auroc": 0.7, "tpr_at_fpr_0_1pct": 0.01},
+              "strongest_attack_at_low_fpr": {"attack": "loss", "auroc": 0.7,
+                                              "tpr_at_fpr_0_1pct": 0.01}}
+
+
+def _synthetic_summary(*, models=32, reference_auroc=0.75, private_auroc=0.55,
+                       mem_private=0.01, zero_order_fallback=0) -> dict:
+    mem, lower, masks = _ensemble_memorization(models)
+    attacks = ("loss", "lira_online")
+    out = {"config": {"models": models}, "data": {"train_examples": 300},
+           "accuracy": {"test_mean": 0.9, "test_min": 0.88, "test_per_member": [0.9] * models,
+                        "train_in_mean": 1.0},
+           "memorization": {"median_stderr": 0.05, "highly_memorized": sections.highly_memorized(
+               mem, lower, masks, fraction=0.5)},
+           "mia": {"metrics": [{"attack": a, "auroc": private_auroc, "auroc_ci": [0.52, 0.58]}
+                               for a in attacks]},
+           "curvature": {"outlier_members": []},
+           "zero_order": {"members": 8, "fallback_examples": zero_order_fallback}}
+    if reference_auroc is not None:
+        out["privacy"] = {"nonprivate_mia": [{"attack": a, "auroc": reference_auroc,
+                                              "auroc_ci": [reference_auroc - 0.02,
+                                                           reference_auroc + 0.02]}
+                                             for a in attacks],
+                          "mem_mean_private": mem_private, "mem_mean_nonprivate": 0.05}
+    return out
+
+
+def test_sanity_checks_judge_what_the_dp_comparison_needs():
+    assert sections.sanity_warnings(_synthetic_summary(), 10) == []
+    weak = sections.sanity_warnings(_synthetic_summary(reference_auroc=0.55), 10)
+    assert len(weak) == 1 and "DP comparison is uninformative" in weak[0] and "--epochs" in weak[0]
+    worse = sections.sanity_warnings(_synthetic_summary(reference_auroc=0.65, private_auroc=0.7,
+                                                        mem_private=0.08), 10)
+    assert any("loss 0.700 vs 0.650, lira_online 0.700 vs 0.650" in w for w in worse)
+    assert any("mean mem is higher under DP-SGD (0.0800) than without DP (0.0500)" in w
+               for w in worse)
+    small = sections.sanity_warnings(_synthetic_summary(models=8), 10)
+    assert len(small) == 1 and "8 members are too few" in small[0] and "--models 15" in small[0]
+    noisy = _synthetic_summary()
+    noisy["memorization"]["median_stderr"] = 0.2
+    assert any("median standard error of mem is 0.20" in w
+               for w in sections.sanity_warnings(noisy, 10))
+
+
+def test_zero_order_fallback_is_a_summary_warning():
+    w = sections.sanity_warnings(_synthetic_summary(reference_auroc=None,
+                                                    zero_order_fallback=7), 10)
+    assert len(w) == 1 and "7 of 300 example(s) have no IN or no OUT shadow" in w[0]
+    assert "--zero-order-members" in w[0]
+
+
+def test_curvature_histogram_legend_has_no_empty_group(tmp_path, monkeypatch):
+    from jaxcurv.report import figures
+
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or Path(path))
+    curvature = np.random.default_rng(0).lognormal(0, 1, 50)
+    for correct in (np.ones(50, bool), np.arange(50) < 45):
+        report.figure_curvature_histogram(curvature, correct, tmp_path / "h.png")
+    legends = [[t.get_text() for t in fig.axes[0].get_legend().get_texts()] for fig in saved]
+    assert legends[0] == ["correct (n=50)"]
+    assert legends[1] == ["correct (n=45)", "misclassified (n=5, one ▼ each)"]

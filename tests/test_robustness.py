@@ -18,7 +18,8 @@ import pytest
 from jaxcurv import curvature, data, ensemble, models
 from jaxcurv._checkpoints import fingerprint as checkpoint_fingerprint
 from jaxcurv._tree import stack
-from jaxcurv.workflow import StageCache, fingerprint
+from jaxcurv.workflow import StageCache, fingerprint, train_ensemble
+from jaxcurv.workflow.training import clean_checkpoints
 from jaxcurv.workflow.lock import OutputLocked, exclusive_lock
 
 KEY = jax.random.PRNGKey(0)
@@ -100,7 +101,7 @@ def test_damaged_checkpoints_are_discarded_and_the_result_equals_a_fresh_run(sma
     masks = data.subset_masks(len(small), 3, seed=1)
     kw = dict(epochs=2, batch_size=32, members_per_chunk=1, record_examples=True)
     fresh = ensemble.train(mlp, small, masks, KEY, **kw)
-    ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
+    train_ensemble(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
     # chunk 0: three flipped bits in its parameters (orbax would restore them silently); chunk 1:
     # a truncated array file (tensorstore OUT_OF_RANGE); chunk 2: killed before its checksum was
     # written; run.json truncated
@@ -117,7 +118,7 @@ def test_damaged_checkpoints_are_discarded_and_the_result_equals_a_fresh_run(sma
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        resumed = ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path,
+        resumed = train_ensemble(mlp, small, masks, KEY, checkpoint_dir=tmp_path,
                                  callbacks=[lambda e, i: seen.append((i["chunk"], e))], **kw)
         gc.collect()
     assert not unraisable  # orbax never read a damaged file: no stray tracebacks on stderr
@@ -133,7 +134,7 @@ def test_damaged_checkpoints_are_discarded_and_the_result_equals_a_fresh_run(sma
         np.testing.assert_array_equal(resumed.history[name], values)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rewritten checkpoints verify cleanly
-        again = ensemble.train(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
+        again = train_ensemble(mlp, small, masks, KEY, checkpoint_dir=tmp_path, **kw)
     np.testing.assert_array_equal(again.history["train_loss"], fresh.history["train_loss"])
 
 
@@ -143,12 +144,12 @@ def test_clean_checkpoints_removes_only_other_checkpoint_folders(tmp_path):
         (tmp_path / name / "run.json").write_text("{}")
     (tmp_path / "notes").mkdir()  # not a checkpoint folder: left alone
     (tmp_path / "file.txt").write_text("x")
-    removed = ensemble.clean_checkpoints(tmp_path, ["in-use"])
+    removed = clean_checkpoints(tmp_path, ["in-use"])
     assert sorted(p.name for p in removed) == ["old-a", "old-b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "in-use", "notes"]
-    assert ensemble.clean_checkpoints(tmp_path / "missing", []) == []
+    assert clean_checkpoints(tmp_path / "missing", []) == []
     with pytest.raises(ValueError, match="folder names"):
-        ensemble.clean_checkpoints(tmp_path, ["a/b"])
+        clean_checkpoints(tmp_path, ["a/b"])
 
 
 # --- divergence is found at the epoch it happens -----------------------------------------------
@@ -158,7 +159,7 @@ def test_learning_rate_1e4_stops_after_the_first_epoch(small, mlp, tmp_path):
     masks = data.subset_masks(len(small), 2, seed=2)
     seen = []
     with pytest.raises(ensemble.TrainingDiverged) as err:
-        ensemble.train(mlp, small, masks, KEY, epochs=3, batch_size=32, learning_rate=1e4,
+        train_ensemble(mlp, small, masks, KEY, epochs=3, batch_size=32, learning_rate=1e4,
                        checkpoint_dir=tmp_path, callbacks=[lambda e, i: seen.append(e)])
     assert _one_line(err) == "training diverged at epoch 1 (member 0): lower --learning-rate"
     assert isinstance(err.value, ValueError) and seen == []
@@ -183,7 +184,7 @@ def test_test_images_of_another_shape_fail_before_training(small, mlp):
     other = data.Dataset(np.zeros((4, 4, 4, 1), np.float32), np.zeros(4, np.int32), 10, "x")
     masks = data.subset_masks(len(small), 2, seed=0)
     with pytest.raises(ValueError, match=r"test images have shape \(4, 4, 1\) but training"):
-        ensemble.train(mlp, small, masks, KEY, epochs=1, test=other, callbacks=[pytest.fail])
+        train_ensemble(mlp, small, masks, KEY, epochs=1, test=other, callbacks=[pytest.fail])
 
 
 # --- one run per output folder -------------------------------------------------------------------
@@ -353,3 +354,80 @@ def test_nan_loss_warns_once_per_held_function():
     bad_params = w.at[0, 0].set(jnp.nan)
     with pytest.warns(RuntimeWarning, match=r"NaN for 5 example\(s\)"):
         curvature.zero_order_curvature(loss, bad_params, x, y, KEY, num_probes=2)
+
+
+def test_out_of_range_label_gives_nan_with_or_without_num_classes_refused():
+    """Without num_classes a label ≥ C makes optax's loss NaN: every output of that example is
+    NaN (before, its tr(H²) was the finite curvature of the log-sum-exp alone); with num_classes
+    the label is refused before any compute."""
+    loss, w, x = _linear_problem()
+    y = np.array([0, 1, 7, 1, 0])
+    with pytest.warns(RuntimeWarning, match=r"loss_fn returned NaN for 1 example\(s\)"):
+        c = curvature.input_curvature(loss, w, x, y, KEY, num_probes=3)
+    for field in c:
+        assert np.isnan(field[2]) and np.isfinite(np.delete(field, 2)).all()
+    clean = curvature.input_curvature(loss, w, x, np.array([0, 1, 2, 1, 0]), KEY, num_probes=3)
+    np.testing.assert_allclose(np.delete(c.trace_sq, 2), np.delete(clean.trace_sq, 2), rtol=1e-6)
+    with pytest.warns(RuntimeWarning):
+        z = curvature.zero_order_curvature(loss, w, x, y, KEY, num_probes=3)
+    assert np.isnan(z[2]) and np.isfinite(np.delete(z, 2)).all()
+    with pytest.raises(ValueError, match="num_classes=3"):
+        curvature.input_curvature(loss, w, x, y, KEY, num_probes=3, num_classes=3)
+
+
+def _mlp_problem(small, mlp):
+    variables = models.init_variables(mlp, jax.random.PRNGKey(0), small.images.shape[1:])
+    return models.make_loss_fn(mlp), variables, small.images[:6], small.labels[:6]
+
+
+def test_a_batched_loss_fn_gets_the_contract_not_a_shape_error(small, mlp):
+    _, variables, x, y = _mlp_problem(small, mlp)
+
+    def batched(params, xb, yb):  # the mean loss of a batch (N, H, W, C): the wrong contract
+        logits = mlp.apply(params, xb.reshape(xb.shape[0], -1), train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    with pytest.raises(ValueError, match="ONE unbatched example") as err:
+        curvature.input_curvature(batched, variables, x, y, KEY, num_probes=2)
+    assert "x of shape (8, 8, 1)" in _one_line(err) and "x[None]" in str(err.value)
+
+
+def test_variables_of_another_model_get_the_contract(small, mlp):
+    loss, _, x, y = _mlp_problem(small, mlp)
+    other = models.init_variables(models.get_model("mlp", 10, hidden=32, depth=1),
+                                  jax.random.PRNGKey(0), small.images.shape[1:])
+    with pytest.raises(ValueError, match="the variables its model was built with") as err:
+        curvature.input_curvature(loss, other, x, y, KEY, num_probes=2)
+    _one_line(err)
+
+
+def test_labels_shaped_n_by_1_name_y(small, mlp):
+    loss, variables, x, y = _mlp_problem(small, mlp)
+    with pytest.raises(ValueError, match=r"y has shape \(N, 1\).*y.reshape\(-1\)") as err:
+        curvature.input_curvature(loss, variables, x, y[:, None], KEY, num_probes=2)
+    _one_line(err)
+    with pytest.raises(ValueError, match="labels y of shape \\(N,\\)"):
+        curvature.input_curvature(loss, variables, x, y[:, None], KEY, num_probes=2,
+                                  num_classes=10)
+
+
+@pytest.mark.parametrize("key", [0, np.int64(3), jnp.zeros(3), jax.random.split(KEY, 4)])
+def test_a_non_key_is_refused_naming_the_contract(key):
+    loss, w, x = _linear_problem()
+    y = np.array([0, 1, 2, 1, 0])
+    with pytest.raises(ValueError, match=r"key must be one JAX PRNG key, e.g. jax.random.key\(0\)"):
+        curvature.input_curvature(loss, w, x, y, key, num_probes=2)
+    for good in (KEY, jax.random.key(0)):
+        curvature.input_curvature(loss, w, x, y, good, num_probes=2)
+
+
+def test_the_loss_fn_check_traces_once_per_signature():
+    loss, w, x = _linear_problem()
+    y = np.array([0, 1, 2, 1, 0])
+    traced = []
+    counting = lambda p, xi, yi: traced.append(xi.shape) or loss(p, xi, yi)
+    fn = curvature.make_input_curvature(counting, num_probes=2)
+    fn(w, x, y, KEY)
+    first = len(traced)
+    fn(w, x + 0.1, y, KEY)  # same shapes: neither the check nor the kernel traces again
+    assert len(traced) == first

@@ -49,8 +49,9 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_run_fills_every_part_without_accounting_or_tfds(tiny_run):
     out, r = tiny_run
-    assert {"environment", "curvature", "ensemble", "dpsgd", "evidence", "suite"} <= set(r)
-    for part in ("curvature", "ensemble", "dpsgd", "evidence"):
+    assert {"environment", "curvature", "ensemble", "dpsgd", "evidence", "peers",
+            "suite"} <= set(r)
+    for part in ("curvature", "ensemble", "dpsgd", "evidence", "peers"):
         assert r[part]["status"] == "ok", r[part].get("traceback")
         assert r[part]["wall_s"] > 0 and r[part]["cpu_s"] > 0 and r[part]["design_budget_s"] > 0
     env = r["environment"]
@@ -71,11 +72,11 @@ def test_tiny_run_fills_every_part_without_accounting_or_tfds(tiny_run):
 def test_tiny_curvature_part_is_consistent(tiny_run):
     c = tiny_run[1]["curvature"]
     rate = c["samples_per_s"]
-    expected = {*OURS, "seed_jax_tf32_default"}
+    expected = {*OURS, "authors_jax_tf32_default"}
     torch_ok = importlib.util.find_spec("torch") is not None
     assert c["torch"]["available"] is torch_ok
     if torch_ok:
-        expected.add("seed_torch")
+        expected.add("authors_torch")
     assert set(rate) == expected and all(v > 0 for v in rate.values())
     for row in c["rows"]:  # samples/s = N / median seconds of the same timing
         assert row["samples_per_s"] == pytest.approx(c["batch"] / row["median_s"])
@@ -103,6 +104,20 @@ def test_tiny_ensemble_and_dpsgd_parts_are_consistent(tiny_run):
     row = d["row"]
     assert d["ratio_dp_over_nonprivate"] == pytest.approx(row["dp_ms"] / row["nonprivate_ms"])
     assert d["noise_multiplier"] == 1.0 and row["batch"] == S.TINY.dp_batch
+
+
+@pytest.mark.slow
+def test_tiny_peers_part_has_every_row_and_its_files(tiny_run):
+    out, r = tiny_run
+    p = r["peers"]
+    full = json.loads((out / "peers" / "peers.json").read_text())
+    assert [row["name"] for row in p["rows"]] == [row["name"] for row in full["rows"]]
+    assert {row["section"] for row in p["rows"]} == {"curvature", "dpsgd", "ensemble", "attacks",
+                                                     "limit"}
+    assert full["tiny"] is True and full["data"]["fallback"] is True
+    for row in p["rows"]:
+        assert row["status"] in ("ok", "missing", "slower than the loop"), row
+    assert (out / "peers" / "peers.md").stat().st_size > 0
 
 
 @pytest.mark.slow

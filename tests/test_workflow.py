@@ -15,8 +15,8 @@ from jaxcurv import workflow
 from jaxcurv.workflow import AuditConfig, StageCache, Timer, apply_overrides, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
-PRIMITIVES = ("curvature", "data", "models", "training", "ensemble", "memorization", "mia",
-              "privacy", "adversarial", "optim")
+PRIMITIVES = ("curvature", "data", "models", "model_interface", "training", "ensemble",
+              "memorization", "mia", "privacy", "adversarial", "optim")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -539,3 +539,67 @@ def test_curvature_outlier_members_matches_a_naive_loop_and_warns():
     warnings = sections.sanity_warnings(out, num_classes=10)
     assert len(warnings) == 1 and "member(s) [4]" in warnings[0] and "tr(H²)" in warnings[0]
     assert sections.sanity_warnings({**out, "curvature": {"outlier_members": []}}, 10) == []
+
+
+def test_poor_fit_warning_names_the_settings_that_fix_it():
+    from jaxcurv.workflow import AuditConfig, sections, with_preset
+
+    out = {"accuracy": {"test_mean": 0.4, "test_min": 0.35, "test_per_member": [0.4] * 6,
+                        "train_in_mean": 0.705},
+           "mia": {"metrics": [{"attack": "loss", "auroc": 0.7, "auroc_ci": [0.6, 0.8]}]}}
+    cifar = AuditConfig(dataset="cifar10", model="cnn")  # augmentation on for RGB by default
+    advice = sections.fit_advice(cifar, rgb=True)
+    (warning,) = sections.sanity_warnings(out, 10, advice=advice)
+    assert "0.705" in warning and "--augment off" in warning
+    assert "--preset cifar10-cpu" in warning and "--epochs" in warning
+    preset = with_preset(AuditConfig, {"preset": "cifar10-cpu"})
+    assert "--augment off" not in sections.fit_advice(preset, rgb=True)  # already off
+    assert "--preset" not in sections.fit_advice(preset, rgb=True)
+    digits = sections.fit_advice(AuditConfig(), rgb=False)
+    assert "--augment" not in digits and "--preset" not in digits and "--epochs" in digits
+    fitted = {**out, "accuracy": {**out["accuracy"], "train_in_mean": 0.995}}
+    assert sections.sanity_warnings(fitted, 10, advice=advice) == []
+
+
+def test_cifar10_cpu_preset_is_the_measured_recipe_and_flags_override_it():
+    from jaxcurv.workflow import AuditConfig, PRESETS, with_preset
+
+    preset = PRESETS["cifar10-cpu"]
+    config = with_preset(AuditConfig, {"preset": "cifar10-cpu"})
+    config.validate()
+    for name, value in preset.items():
+        if name != "description":
+            assert getattr(config, name) == value, name
+    assert config.augment is False and config.dataset == "cifar10"
+    assert config.max_examples >= 2 * config.models
+    override = with_preset(AuditConfig, {"preset": "cifar10-cpu", "epochs": 3, "models": 6})
+    assert (override.epochs, override.models, override.batch_size) == (3, 6, preset["batch_size"])
+
+
+def test_memorization_bins_hold_the_values_their_labels_say():
+    """Figure 9's table: negative memorization (noise around 0) has a bin of its own, and a bin
+    that also holds clipped values is labelled by them, so each bin's mean mem (the point drawn)
+    lies within [mem_lo, mem_hi]; the pairs per bin match a naive loop over cross-fitted mem."""
+    from jaxcurv.data import subset_masks
+    from jaxcurv.memorization import cross_fitted_memorization
+    from jaxcurv.workflow.attacks import MEMORIZATION_EDGES
+
+    rng = np.random.default_rng(3)
+    masks = subset_masks(400, 8, seed=0)
+    hard = rng.random(400) < 0.4                   # examples the OUT members often miss
+    correct = np.where(masks, rng.random((8, 400)) < 0.9,
+                       rng.random((8, 400)) < np.where(hard, 0.3, 0.85))
+    scores = rng.normal(size=(8, 400)) + masks
+    mem = cross_fitted_memorization(correct, masks).ravel()
+    rows = workflow.mia_by_memorization(scores, masks, correct, min_examples=1)
+    assert rows[0]["mem_lo"] == -1.0 and rows[0]["mem_hi"] == 0.0 and np.any(mem < 0)
+    for row in rows:
+        assert row["mem_lo"] <= row["mem_center"] <= row["mem_hi"], row
+        last = row["mem_hi"] == MEMORIZATION_EDGES[-1]
+        sel = (mem >= row["mem_lo"]) & ((mem <= row["mem_hi"]) if last else (mem < row["mem_hi"]))
+        assert row["pairs"] == int(sel.sum())
+    clipped = workflow.mia_by_memorization(scores, masks, correct, min_examples=1,
+                                           edges=(0.0, 0.1, 0.3, 0.5, 0.7, 1.0))
+    first = clipped[0]
+    assert first["mem_lo"] == pytest.approx(np.nanmin(mem)) and first["mem_lo"] < 0
+    assert first["mem_lo"] <= first["mem_center"] <= first["mem_hi"] == 0.1

@@ -172,7 +172,8 @@ def _load_local(name: str, path: Path, split: str, *, progress: bool) -> Dataset
         return _cifar_from_pickles(name, path, split)
     if path.suffix != ".npz":
         return _cifar_from_archive(name, path, split)
-    ds = load_npz(path, split=split, name=name, progress=progress)
+    ds = load_npz(path, split=split, name=name, progress=progress,
+                  num_classes=spec["num_classes"])
     if ds.num_classes != spec["num_classes"]:
         raise ValueError(
             f"{path} has {ds.num_classes} classes, expected {spec['num_classes']} for {name}."

@@ -19,6 +19,7 @@ from jaxcurv.data.digits import load_digits
 from jaxcurv.data.hf import load_hf
 from jaxcurv.data.npz import load_npz
 from jaxcurv.data.tfds import load_tfds
+from jaxcurv.errors import DataError
 
 __all__ = ["DATASET_SPECS", "load", "train_test"]
 
@@ -38,10 +39,10 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
     prepared TFDS dataset live. ``progress``: a progress bar while reading TFDS records or decoding
     JPEGs. Raises ValueError for an unknown name or split, jaxcurv.errors.DataNotFound (a
     FileNotFoundError saying how to get the data) for a missing dataset, ValueError (one line,
-    naming the file) for an npz that is not a readable archive or has other keys, ImportError for
-    "tfds:<name>" without tensorflow-datasets, jaxcurv.errors.MissingDependency for "hf:<folder>"
-    without datasets and jaxcurv.errors.DataError (one line) for a folder it cannot read. The whole
-    split is read into memory.
+    naming the file) for an npz that is not a readable archive or has other keys,
+    jaxcurv.errors.MissingDependency (an ImportError naming the extra) for "tfds:<name>" without
+    tensorflow-datasets or "hf:<folder>" without datasets, and jaxcurv.errors.DataError (one line)
+    for a folder it cannot read. The whole split is read into memory.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"dataset name must be a non-empty string; valid forms: {_VALID_FORMS}.")
@@ -74,10 +75,16 @@ def load(name: str, *, split: str = "train", data_dir: str | os.PathLike | None 
 
 def train_test(name: str, *, data_dir: str | os.PathLike | None = None,
                progress: bool = False) -> tuple[Dataset, Dataset]:
-    """``(load(name, split="train"), load(name, split="test"))``; ValueError (before any training)
-    when the test images have another shape than the training images."""
+    """``(load(name, split="train"), load(name, split="test"))``; DataError (a ValueError, before
+    any training) when a split has no example or the test images have another shape than the
+    training images."""
     train = load(name, split="train", data_dir=data_dir, progress=progress)
     test = load(name, split="test", data_dir=data_dir, progress=progress)
+    for split, ds in (("training", train), ("test", test)):
+        if len(ds) == 0:
+            raise DataError(f"{name} has no {split} examples; an audit needs both splits (an "
+                            "npz: save train_images/train_labels and test_images/test_labels "
+                            "with at least one example each)")
     if test.images.shape[1:] != train.images.shape[1:]:
         raise ValueError(f"{name}: test images have shape {test.images.shape[1:]} but training "
                          f"images {train.images.shape[1:]}; both splits must hold images of one "

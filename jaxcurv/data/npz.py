@@ -5,9 +5,13 @@
 - the JPEG layout ``{split}_jpeg`` (all JPEG files of the split concatenated, uint8) +
   ``{split}_offsets`` (n + 1,) (image i = jpeg[offsets[i]:offsets[i+1]]) + ``{split}_labels``,
   optionally ``classes``. JPEG splits are decoded once with Pillow and the uint8 array
-  (n, H, W, C) is cached under :func:`cache_dir`, keyed on the file's path, size and mtime.
+  (n, H, W, C) is cached under :func:`cache_dir`, keyed on a SHA-256 of the file's content (a
+  file rewritten in place, even with the same size and mtime, is decoded again).
 
-Optional keys: ``num_classes``; ``classes`` or ``class_names``.
+Optional keys: ``num_classes``; ``classes`` or ``class_names``. Without either, the number of
+classes is inferred as max(label) + 1 over both splits, and every class 0..max must then occur
+in the training split: a stray label (57 among 0..9, or a 12 only in the test split) raises a
+DataError (a ValueError) naming it instead of silently adding empty classes.
 
 A file that is not a readable npz archive (empty, truncated, random bytes, a bare ``.npy``), an
 array that cannot be read (damaged archive, object dtype) and an archive with other keys each
@@ -16,6 +20,7 @@ raise a one-line ValueError naming the file; pickled data is never loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -29,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcurv.data.dataset import Dataset
-from jaxcurv.errors import DataNotFound
+from jaxcurv.errors import DataError, DataNotFound
 
 __all__ = ["load_npz", "cache_dir", "decode_jpegs"]
 
@@ -109,8 +114,11 @@ def _npz_class_names(z: Any) -> tuple[str, ...] | None:
     return None
 
 
-def load_npz(path: Path, *, split: str, name: str, progress: bool = False) -> Dataset:
-    """The npz at ``path`` in any of the three layouts (see the module docstring) as a Dataset."""
+def load_npz(path: Path, *, split: str, name: str, progress: bool = False,
+             num_classes: int | None = None) -> Dataset:
+    """The npz at ``path`` in any of the three layouts (see the module docstring) as a Dataset.
+    ``num_classes``: the number of classes when the caller knows it (e.g. 10 for CIFAR-10) and
+    the file does not store it; then it is not inferred from the labels."""
     if not path.is_file():
         raise DataNotFound(f"npz file {path} does not exist.",
                            command_line="--dataset npz:PATH with PATH an existing .npz file.",
@@ -146,11 +154,52 @@ def load_npz(path: Path, *, split: str, name: str, progress: bool = False) -> Da
             num_classes = _num_classes(z["num_classes"], path)
         elif class_names is not None:
             num_classes = len(class_names)
-        else:
-            num_classes = max((int(np.max(l)) for l in all_labels if np.size(l)), default=0) + 1
+        elif num_classes is None:
+            num_classes = _inferred_num_classes(all_labels, path)
     return Dataset.from_arrays(
         images, labels, num_classes=num_classes, name=name, class_names=class_names
     )
+
+
+def _inferred_num_classes(all_labels: list, path: Path) -> int:
+    """max(label) + 1 over the splits (training labels first), refusing a class 0..max that the
+    training split never holds: that is a stray label, not a class."""
+    labels = [np.asarray(l).reshape(-1) for l in all_labels]
+    if not any(l.size for l in labels):
+        return 1
+    if any(l.size and not np.issubdtype(l.dtype, np.integer) for l in labels):
+        return int(max(np.max(l) for l in labels if l.size)) + 1  # from_arrays names the dtype
+    top = max(int(np.max(l)) for l in labels if l.size)
+    train = labels[0]
+    if not train.size:  # no training examples: data.train_test says so
+        return top + 1
+    missing = np.setdiff1d(np.arange(top + 1), train)
+    if missing.size:
+        counts = {int(v): int(np.sum(np.concatenate(labels) == v)) for v in
+                  np.unique(np.concatenate(labels)) if v > int(missing[0])}
+        rare = min(counts, key=counts.get) if counts else top
+        where = ("only in the test split" if rare not in train
+                 else f"in {counts[rare]} example(s)")
+        raise DataError(
+            f"labels of {path} leave classes {_ranges(missing)} without a training example, "
+            f"so max(label) + 1 = {top + 1} classes would include empty ones (label {rare} "
+            f"occurs {where}); fix the stray labels, or store num_classes (and classes) in the "
+            "npz if those classes are meant to be empty")
+    return top + 1
+
+
+def _ranges(values: np.ndarray) -> str:
+    """'10–56' / '10, 11' / '7' for sorted integers, runs collapsed."""
+    runs, start = [], None
+    values = [int(v) for v in values]
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            runs.append(str(start) if start == v else
+                        f"{start}, {v}" if v == start + 1 else f"{start}–{v}")
+            start = None
+    return ", ".join(runs)
 
 
 def _num_classes(value: np.ndarray, path: Path) -> int:
@@ -166,12 +215,20 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "jaxcurv"
 
 
+def _content_hash(path: Path) -> str:
+    """SHA-256 (hex) of the file's bytes (read in 1 MiB blocks; ≈ 0.1 s for CIFAR-10's JPEGs)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _cache_path(source: Path, split: str) -> Path:
-    """Cache file of one split, keyed on the source's resolved path, size and mtime."""
-    real = source.resolve()
-    st = real.stat()
-    digest = hashlib.sha256(f"{real}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "decoded" / f"{real.stem}-{digest}-{split}.npy"
+    """Cache file of one split, keyed on the source's content (never on its size or mtime: a
+    file rewritten in place with other images of the same size must not reuse the old ones)."""
+    digest = _content_hash(source)[:32]
+    return cache_dir() / "decoded" / f"{source.resolve().stem}-{digest}-{split}.npy"
 
 
 def _decoded_jpeg_split(path: Path, z: Any, split: str, *, progress: bool) -> np.ndarray:
@@ -190,13 +247,15 @@ def _decoded_jpeg_split(path: Path, z: Any, split: str, *, progress: bool) -> np
             warnings.warn(f"ignoring cache {cache} with wrong shape {cached.shape}", stacklevel=3)
     images = decode_jpegs(np.asarray(z[f"{split}_jpeg"], dtype=np.uint8), offsets,
                          progress=progress)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             np.save(f, images)
         os.replace(tmp, cache)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         warnings.warn(
             f"could not write the decoded-image cache {cache} ({e}); set JAXCURV_CACHE_DIR to a "
             "writable folder to avoid decoding again next time",
@@ -238,7 +297,8 @@ def decode_jpegs(buffer: np.ndarray, offsets: np.ndarray, *,
     mode = "L" if first.shape[-1] == 1 else "RGB"
     out = np.empty((n, *first.shape), dtype=np.uint8)
     out[0] = first
-    for i in tqdm(range(1, n), desc="decoding JPEGs (cached)", disable=not progress):
+    for i in tqdm(range(1, n), desc="decoding JPEGs (cached)", initial=1, total=n,
+                  disable=not progress):
         a = decode(i, mode)
         if a.shape != first.shape:
             raise ValueError(

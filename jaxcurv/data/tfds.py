@@ -12,20 +12,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxcurv.data.dataset import Dataset
-from jaxcurv.errors import DataNotFound
+from jaxcurv.errors import DataNotFound, MissingDependency
 
 __all__ = ["import_tfds", "load_tfds", "load_tfds_with"]
 
 
 def import_tfds(display_name: str) -> Any:
-    """The tensorflow_datasets module; ImportError saying how to install it when absent."""
+    """The tensorflow_datasets module; :class:`jaxcurv.errors.MissingDependency` (an ImportError
+    naming the ``tfds`` extra) when it is not installed."""
     try:
         import tensorflow_datasets as tfds  # noqa: PLC0415  (optional dependency, lazy)
     except ImportError as e:
-        raise ImportError(
-            f"loading {display_name!r} through TFDS needs tensorflow-datasets: "
-            "pip install 'jaxcurv[tfds]' (or pip install tensorflow-datasets)."
-        ) from e
+        raise MissingDependency("tensorflow-datasets", "tfds",
+                                f"loading {display_name!r} through TFDS") from e
     return tfds
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from jaxcurv._numerics import masked_mean
 from jaxcurv._validate import as_bool_array, as_float64_array
 
 _FINITE_HINT = (
@@ -66,9 +65,12 @@ def _prepare_shadow_inputs(
 
 def _group_moments(s: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-example count n (N, 1), mean (N, A) (NaN where n = 0) and Σ(s − mean)² (N, A) of the
-    statistics s (K, N, A) where the group mask m (K, N, 1) holds."""
-    n = m.sum(axis=0).astype(np.float64)  # (N, 1)
-    mean = masked_mean(s, m)
-    dev = np.where(m, s - np.where(n > 0, mean, 0.0)[None], 0.0)
-    ss = (dev * dev).sum(axis=0)
+    statistics s (K, N, A) where the group mask m (K, N, 1) holds (sums over the K shadows as
+    0/1-weighted einsums: no masked copies of s)."""
+    w = m[..., 0].astype(s.dtype)                                      # (K, N)
+    n = w.sum(axis=0)[:, None]                                         # (N, 1)
+    total = np.einsum("kn,kna->na", w, s, optimize=True)
+    mean = np.divide(total, n, out=np.full(total.shape, np.nan), where=n > 0)
+    dev = s - np.where(n > 0, mean, 0.0)[None]
+    ss = np.einsum("kn,kna,kna->na", w, dev, dev, optimize=True)
     return n, mean, ss

@@ -70,7 +70,8 @@ def leave_one_model_out(
     ``balance=True``: for each example, one shadow of the group the target is *not* in is also
     left out (passed as ``shadow_mask``), so the IN/OUT shadow counts no longer depend on the
     target's membership — otherwise the target's own group is one model smaller, which biases
-    plug-in likelihood tests (null AUROC ≈ 0.489 for online LiRA with K = 16, see BUILD_NOTES).
+    plug-in likelihood tests (null AUROC ≈ 0.489 for online LiRA with K = 16; docs/design.md,
+    "Membership inference").
     Balanced, an example IN k of the K members keeps k − 1 IN and K − 1 − k OUT shadows whatever
     the target's membership, so a group is empty exactly when k ≤ 1 or k ≥ K − 1 — for members
     and non-members alike; the likelihood tests then impute that group (``lira``) instead of

@@ -10,8 +10,9 @@ import dp_accounting.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from jaxcurv._lazy import lazy_names
 
 _EXPORTS = {
     "accounting": (
@@ -41,6 +42,8 @@ _EXPORTS = {
     "dpsgd": (
         "PrivateGradientInfo",
         "clip_per_example",
+        "dense_dp_gradient",
+        "dense_norms_apply",
         "dp_gradient",
         "dp_value_and_grad",
         "per_example_gradients",
@@ -70,7 +73,7 @@ _EXPORTS = {
         "one_run_p_value",
     ),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+_MODULE_OF = {name: f".{module}" for module, names in _EXPORTS.items() for name in names}
 
 __all__ = [name for names in _EXPORTS.values() for name in names]
 
@@ -98,6 +101,8 @@ if TYPE_CHECKING:  # static analysers see the eager imports; at run time they lo
     from jaxcurv.privacy.dpsgd import (  # noqa: F401
         PrivateGradientInfo,
         clip_per_example,
+        dense_dp_gradient,
+        dense_norms_apply,
         dp_gradient,
         dp_value_and_grad,
         per_example_gradients,
@@ -129,15 +134,6 @@ if TYPE_CHECKING:  # static analysers see the eager imports; at run time they lo
     )
 
 
-def __getattr__(name: str):
-    """Load the module that defines ``name`` (a public name or a submodule) on first use."""
-    if name in _EXPORTS:
-        return importlib.import_module(f"{__name__}.{name}")
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_EXPORTS})
+# The names load their module on first use (one helper for every lazy package: jaxcurv._lazy).
+__getattr__, __dir__ = lazy_names(__name__, {**_MODULE_OF, **{module: "" for module in _EXPORTS}},
+                                  globals())

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -75,6 +76,9 @@ _SIGMA_SEARCH_LIMIT = 2**30
 class EpsilonReport(NamedTuple):
     """ε of ``steps`` Poisson-subsampled Gaussian steps and how it was obtained.
 
+    ``accountant``: the accountant that produced ε; ``fallback_from``: the one asked for when it
+    could not give a finite ε ("pld" when dp_accounting's PLD overflows: ε then comes from
+    ``"rdp"``, an upper bound, and a RuntimeWarning says so), else None.
     ``best_order``: the RDP order α attaining ε (None for ``"pld"``).
     ``orders_evaluated_numerically``: the orders whose RDP came from numerical integration
     (tighter than dp_accounting's bound, or where its series failed). ``orders_dropped``: orders
@@ -90,6 +94,7 @@ class EpsilonReport(NamedTuple):
     orders_evaluated_numerically: tuple[float, ...]
     orders_dropped: tuple[float, ...]
     orders_not_converged: tuple[float, ...] = ()
+    fallback_from: str | None = None
 
 
 class _ClassicRdpAccountant(RdpAccountant):
@@ -198,9 +203,15 @@ def _epsilon_report(noise_multiplier: float, sampling_rate: float, steps: int, d
                     accountant: str) -> EpsilonReport:
     """``epsilon_report`` on validated arguments."""
     if accountant == "pld":
-        acc = PLDAccountant().compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
-        return EpsilonReport(float(acc.get_epsilon(float(delta))), float(delta), accountant,
-                             None, (), ())
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            acc = PLDAccountant().compose(dpsgd_event(noise_multiplier, sampling_rate, steps))
+            eps = float(acc.get_epsilon(float(delta)))
+        if math.isfinite(eps):
+            return EpsilonReport(eps, float(delta), accountant, None, (), ())
+        # dp_accounting's PLD overflows for large ε (its discretized loss distribution loses all
+        # mass); RDP is an upper bound on the same guarantee
+        rdp = _epsilon_report(noise_multiplier, sampling_rate, steps, delta, "rdp")
+        return rdp._replace(fallback_from="pld")
     orders, rdp, numeric, not_converged = _tight_rdp(noise_multiplier, sampling_rate, steps,
                                                      accountant)
     finite = np.isfinite(rdp)
@@ -228,15 +239,31 @@ def epsilon_report(
     accountant: str = "rdp",
 ) -> EpsilonReport:
     """ε spent by ``steps`` Poisson-sampled Gaussian steps (rate q, noise multiplier σ) at δ, with
-    the RDP order that attains it and the orders evaluated numerically or excluded.
+    the RDP order that attains it and the orders evaluated numerically or excluded. When the PLD
+    accountant overflows (ε = inf; e.g. σ = 1.1, q = 0.1, 10⁵ steps) the RDP ε is reported instead,
+    with ``accountant="rdp"``, ``fallback_from="pld"`` and a RuntimeWarning: never ε = inf from
+    an overflow.
 
     RDP accountants: RDP(α) from dp_accounting at integer orders and the tighter of dp_accounting's
     bound and numerical integration at fractional ones (module docstring), then the conversion of
     ``accountant`` minimised over α. Never looser than dp_accounting alone.
     """
+    return _reported(noise_multiplier, sampling_rate, steps, delta, accountant, stacklevel=3)
+
+
+def _reported(noise_multiplier, sampling_rate, steps, delta, accountant: str, *,
+              stacklevel: int) -> EpsilonReport:
+    """The validated report, warning (at the caller's caller) when PLD fell back to RDP."""
     _check_common(sampling_rate, steps, delta, accountant)
     check_positive("noise_multiplier", noise_multiplier)
-    return _epsilon_report(noise_multiplier, sampling_rate, steps, delta, accountant)
+    report = _epsilon_report(noise_multiplier, sampling_rate, steps, delta, accountant)
+    if report.fallback_from is not None:
+        warnings.warn(f"the {report.fallback_from} accountant overflowed (dp_accounting returned "
+                      f"ε = inf for σ = {noise_multiplier}, q = {sampling_rate}, {steps} steps, "
+                      f"δ = {delta}); reporting the {report.accountant} ε = "
+                      f"{report.epsilon:.6g} instead, an upper bound", RuntimeWarning,
+                      stacklevel=stacklevel)
+    return report
 
 
 def epsilon(
@@ -252,9 +279,11 @@ def epsilon(
     σ is the noise std divided by the L2 clip norm. ``accountant`` is ``"rdp"`` (default),
     ``"pld"`` or ``"rdp_classic"`` (see the module docstring). Returns a Python float; the
     details (best order, orders evaluated numerically or excluded) are in ``epsilon_report``.
+    Never inf from an overflow: where dp_accounting's PLD overflows, the RDP ε is returned with a
+    RuntimeWarning.
     """
-    return epsilon_report(noise_multiplier, sampling_rate, steps, delta,
-                          accountant=accountant).epsilon
+    return _reported(noise_multiplier, sampling_rate, steps, delta, accountant,
+                     stacklevel=3).epsilon
 
 
 def _smallest_sigma(gap: Callable[[float], float], lo: float, hi: float) -> float:

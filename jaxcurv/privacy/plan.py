@@ -4,7 +4,7 @@ A :class:`DPConfig` holds what the user chooses (clip norm C, σ or a target ε,
 :meth:`DPConfig.resolve` turns it into a :class:`DPPlan` for a run of T steps over N examples at
 expected batch size B: σ (calibrated when a target ε was given), sampling rate q = B/N, the
 padded batch size B_max and the ε spent. The training step reads C, σ and B from the plan
-(``jaxcurv.training.DPStep`` is the same type).
+(``DPPlan(l2_clip, noise_multiplier, expected_batch_size)`` alone, with the run fields None).
 
 Batches: :func:`poisson_plan` is the one Poisson planner. Member k of an ensemble includes each
 example of its own subset independently with probability qₖ at every step (batch size ~

@@ -3,7 +3,7 @@ HTML report). Every name is importable from ``jaxcurv.report``; the figure funct
 matplotlib on first use, so writing JSON/CSV/HTML never imports it.
 """
 
-import importlib
+from jaxcurv._lazy import lazy_names
 
 _FIGURES = ("figure_top_ranked", "figure_extreme_images", "figure_top_memorized",
             "figure_curvature_histogram", "figure_mem_vs_curvature", "figure_proxies_vs_mem",
@@ -11,22 +11,12 @@ _FIGURES = ("figure_top_ranked", "figure_extreme_images", "figure_top_memorized"
             "figure_binned_bound_fits", "figure_label_noise", "figure_privacy_bounds",
             "figure_mem_vs_epsilon", "figure_curve_vs_epsilon", "figure_series_vs_epsilon",
             "figure_gain_by_mem", "figure_distributions", "figure_frontier")
-_FILES = ("write_csv", "write_json", "write_html", "to_jsonable")
+_FILES = ("write_csv", "write_json", "write_html", "to_jsonable", "write_text_atomic",
+          "output_error", "retire_outputs", "publish_outputs", "STAGING", "PREVIOUS")
 
 __all__ = [*_FIGURES, *_FILES, "figures", "files"]
 
 
-def __getattr__(name: str):
-    if name in _FIGURES or name in _FILES:
-        module = importlib.import_module("jaxcurv.report.figures" if name in _FIGURES
-                                         else "jaxcurv.report.files")
-        value = getattr(module, name)
-        globals()[name] = value
-        return value
-    if name in ("figures", "files"):
-        return importlib.import_module(f"jaxcurv.report.{name}")
-    raise AttributeError(f"module 'jaxcurv.report' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, {
+    **{name: ".figures" for name in _FIGURES}, **{name: ".files" for name in _FILES},
+    "figures": "", "files": ""}, globals())

@@ -15,6 +15,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from jaxcurv._names import quantity_label
 from jaxcurv.report._style import (_axis_label, _axis_scale, _bin_edges, _finite, _image_grid,
                                    _save, _set_scale, _show_image, _spearman, _styled, _subplots)
 
@@ -42,9 +43,11 @@ __all__ = [
 
 @_styled
 def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_names=None,
-                          score_name: str = "curvature", value_label: str | None = None) -> Path:
+                          quantity: str = "curvature", value_label: str | None = None) -> Path:
     """Figure 2: the k lowest- and k highest-``score`` images, each titled with its label and its
-    score (``value_label``, default ``score_name``)."""
+    score; ``quantity`` names the score (a column name of :data:`jaxcurv._names.QUANTITIES`, e.g.
+    "curvature_in"), ``value_label`` the short text above each image (default: its label)."""
+    score_name = quantity_label(quantity)
     scores = np.asarray(scores, float)
     order = np.argsort(np.where(np.isfinite(scores), scores, np.nan))
     finite = order[np.isfinite(scores[order])]
@@ -65,7 +68,7 @@ def figure_extreme_images(images, labels, scores, path, *, k: int = 16, class_na
             _show_image(ax, images[i])
             label = class_names[labels[i]] if class_names is not None else labels[i]
             ax.set_title(f"label {label}\n{value_label} {scores[i]:.3g}", fontsize=6.5)
-        axes[g * rows, 0].set_ylabel(f"{name} {score_name}", fontsize=8)
+        axes[g * rows, 0].set_ylabel(f"{score_name}: {name}", fontsize=8)
     fig.suptitle(f"{k} lowest (top) and highest (bottom) {score_name} training examples\n"
                  f"above each image: its label and its {value_label}", fontsize=9)
     return _save(fig, path)
@@ -91,12 +94,15 @@ def figure_top_memorized(images, labels, mem, path, *, order=None, k: int = 16,
 
 
 @_styled
-def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)",
+def figure_curvature_histogram(curvature, correct, path, *, quantity: str = "curvature",
                                min_group: int = 20) -> Path:
     """Curvature of correctly vs incorrectly classified examples: the fraction of each group per
     bin, bins evenly spaced on a log axis (positive values over several decades), a symmetric-log
     axis (signed values with a heavy tail) or a linear one; a group of fewer than ``min_group``
-    examples is drawn as one marker per example, not as a histogram."""
+    examples is drawn as one marker per example, not as a histogram; an empty group is left out
+    (no "n=0" legend entry). ``quantity``: the column name of what ``curvature`` holds (its axis
+    label comes from :data:`jaxcurv._names.QUANTITIES`)."""
+    name = quantity_label(quantity)
     curvature = np.asarray(curvature, float)
     correct = np.asarray(correct) >= 0.5
     ok = np.isfinite(curvature)
@@ -106,13 +112,15 @@ def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)",
     for mask, label, color in [(correct, "correct", "tab:blue"),
                                (~correct, "misclassified", "tab:red")]:
         group = curvature[mask & ok]
+        if not len(group):
+            continue
         if len(group) >= min_group:
             ax.hist(group, bins=edges, weights=np.full(len(group), 1 / len(group)), alpha=0.6,
                     color=color, label=f"{label} (n={len(group)})")
         else:
             ax.plot(group, np.full(len(group), 0.96), "v", ms=6, color=color,
                     transform=ax.get_xaxis_transform(), clip_on=False,
-                    label=f"{label} (n={len(group)}" + (", one ▼ each)" if len(group) else ")"))
+                    label=f"{label} (n={len(group)}, one ▼ each)")
     _set_scale(ax, "x", scale, options, curvature[ok])
     ax.set_xlabel(_axis_label(name, scale, curvature[ok]))
     ax.set_ylabel("fraction of the group per bin")
@@ -123,10 +131,12 @@ def figure_curvature_histogram(curvature, correct, path, *, name: str = "tr(H)",
 
 @_styled
 def figure_mem_vs_curvature(mem, curvature, path, *, top: int | None = None,
-                            name: str = "curvature tr(H)", rho: float | None = None) -> Path:
+                            quantity: str = "curvature", rho: float | None = None) -> Path:
     """Figure 3: Feldman–Zhang memorization against curvature (optionally the ``top`` most
     memorized) with the Spearman correlation: ``rho`` when given (e.g. the summary's, so both
-    agree), else computed over the examples where both are finite."""
+    agree), else computed over the examples where both are finite. ``quantity``: the column name
+    of what ``curvature`` holds ("curvature_in", "curvature_out"…)."""
+    name = quantity_label(quantity)
     mem, curvature = _finite(mem, curvature)
     if top:
         idx = np.argsort(mem)[::-1][:top]
@@ -147,7 +157,8 @@ def figure_mem_vs_curvature(mem, curvature, path, *, top: int | None = None,
 def figure_proxies_vs_mem(mem, proxies: Mapping[str, Any], path, *,
                           labels: Mapping[str, str] | None = None) -> Path:
     """Figures 10–13: each memorization proxy against mem, Spearman ρ per panel; heavy-tailed
-    proxies on a log (or, signed, symmetric-log) x axis. ``labels``: axis labels by proxy name."""
+    proxies on a log (or, signed, symmetric-log) x axis. ``labels``: axis labels by proxy name
+    (default: the quantity's label, :func:`jaxcurv._names.quantity_label`, else the name)."""
     names = [n for n, v in proxies.items() if v is not None and np.isfinite(v).any()]
     labels = dict(labels or {})
     cols = min(3, len(names)) or 1
@@ -158,7 +169,7 @@ def figure_proxies_vs_mem(mem, proxies: Mapping[str, Any], path, *,
         ax.scatter(x, m, s=4, alpha=0.4)
         scale, options = _axis_scale(x)
         _set_scale(ax, "x", scale, options, x)
-        ax.set_xlabel(_axis_label(labels.get(name, name), scale, x))
+        ax.set_xlabel(_axis_label(labels.get(name) or _label_or_name(name), scale, x))
         ax.set_ylabel("memorization score")
         ax.set_title(f"ρ = {_spearman(x, m):.3f}")
     for ax in list(axes.flat)[len(names):]:
@@ -168,22 +179,31 @@ def figure_proxies_vs_mem(mem, proxies: Mapping[str, Any], path, *,
 
 
 @_styled
-def figure_trace_vs_trace_sq(trace, trace_sq, mem, path) -> Path:
+def figure_trace_vs_trace_sq(trace, trace_sq, mem, path, *, group: str = "in") -> Path:
     """Figures 14–16: tr(H) against tr(H²) = ‖H‖_F² per example, coloured by memorization; both
     axes logarithmic when either is heavy-tailed (tr(H) symmetric-log when over 5 % of it is
-    ≤ 0), else both linear."""
+    ≤ 0), else both linear. ``group``: whose mean the values are (a QUALIFIERS key, "" for none)."""
+    suffix = f"_{group}" if group else ""
     trace, trace_sq, mem = _finite(trace, trace_sq, mem)
     fig, ax = _subplots(figsize=(5.4, 3.9))
     order = np.argsort(mem)  # the most memorized drawn last, on top
     sc = ax.scatter(trace[order], trace_sq[order], c=mem[order], s=6, cmap="viridis", alpha=0.8)
     fig.colorbar(sc, ax=ax, label="memorization score")
     heavy = any(_axis_scale(v)[0] != "linear" for v in (trace, trace_sq))
-    for axis, values, name in (("x", trace, "tr(H)"), ("y", trace_sq, "tr(H²)")):
+    for axis, values, name in (("x", trace, quantity_label("curvature_trace" + suffix)),
+                               ("y", trace_sq, quantity_label("curvature" + suffix))):
         scale, options = _axis_scale(values, logarithmic=heavy)
         _set_scale(ax, axis, scale, options, values)
         getattr(ax, f"set_{axis}label")(_axis_label(name, scale, values))
-    ax.set_title(f"tr(H) vs tr(H²): Spearman ρ = {_spearman(trace, trace_sq):.3f}")
+    ax.set_title(f"Spearman ρ = {_spearman(trace, trace_sq):.3f}")
     return _save(fig, path)
+
+
+def _label_or_name(name: str) -> str:
+    try:
+        return quantity_label(name)
+    except KeyError:  # a proxy of the caller's own
+        return name
 
 
 def _roc_steps(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,9 +279,11 @@ def figure_mia_vs_mem(tables, path, *, title: str = "") -> Path:
 
 @_styled
 def figure_bound_fit(curvature, mem, bin_curvature, bin_mem, p1: float, c1: float, m_sub: float,
-                     r2: float, path, *, bin_label: str = "bins") -> Path:
+                     r2: float, path, *, bin_label: str = "bins",
+                     quantity: str = "curvature_in") -> Path:
     """Eq. 15: per-example (curvature, mem), the binned points of the fit, and the fitted line
-    mem = p₁·√m_sub·Curv + c₁ (m_sub: its mean over the bins)."""
+    mem = p₁·√m_sub·Curv + c₁ (m_sub: its mean over the bins). ``quantity``: the column name of
+    what ``curvature`` holds ("curvature_out" for Thm 5.1's S\\i, "curvature_all" for §6.3)."""
     curvature, mem = np.asarray(curvature, float), np.asarray(mem, float)
     ok = np.isfinite(curvature) & np.isfinite(mem)
     fig, ax = _subplots(figsize=(5.0, 3.7))
@@ -270,7 +292,7 @@ def figure_bound_fit(curvature, mem, bin_curvature, bin_mem, p1: float, c1: floa
     x = np.linspace(min(float(curvature[ok].min()), 0.0), float(curvature[ok].max()), 200)
     ax.plot(x, p1 * np.sqrt(m_sub) * x + c1, "r--", zorder=4,
             label=f"p₁√m_sub·Curv + c₁ (p₁={p1:.3g}, c₁={c1:.3g}, R²={r2:.3f})")
-    ax.set_xlabel("curvature tr(H) (mean over members trained on the example)")
+    ax.set_xlabel(quantity_label(quantity))
     ax.set_ylabel("memorization score (FZ)")
     ax.set_title("Eq. 15: memorization vs curvature fit")
     ax.legend(fontsize=7, loc="upper left")
@@ -316,7 +338,7 @@ def figure_top_ranked(images, labels, true_labels, scores, path, *, k: int = 16,
 
 @_styled
 def figure_privacy_bounds(mem, curvature, epsilon: float, path, *, loss_bound: float | None = None,
-                          num_examples: int | None = None) -> Path:
+                          num_examples: int | None = None, quantity: str = "curvature") -> Path:
     """Memorization against its DP bound 1 − e^{−ε} (Thm 5.4) and curvature against Thm 5.3's
     bound L(m+1)(1 − e^{−ε}) on its mean; curvature on a log axis that reaches the bound."""
     fig, axes = _subplots(1, 2, figsize=(9.6, 3.5))
@@ -344,7 +366,7 @@ def figure_privacy_bounds(mem, curvature, epsilon: float, path, *, loss_bound: f
     if cb is not None:
         axes[1].axvline(cb, color="tab:red", label=f"Thm 5.3 bound L(m+1)(1−e^(−ε)) = {cb:.3g}")
     axes[1].legend(fontsize=7)
-    axes[1].set_xlabel("curvature tr(H²)" + (" (log scale)" if positive else ""))
+    axes[1].set_xlabel(quantity_label(quantity) + (" (log scale)" if positive else ""))
     axes[1].set_ylabel("training examples")
     axes[1].set_title("curvature and its bound" if cb is None else
                       f"mean curvature is {mean / cb:.2g} × its bound")

@@ -1,23 +1,41 @@
 """Result files: JSON (NaN/inf as null), CSV (one row per example) and the self-contained HTML
-report. Writes are atomic (a temporary file renamed into place). No matplotlib is imported."""
+report, and the ownership of a run's outputs in a folder.
+
+Every write is atomic: a temporary file beside the target, renamed into place. A write that fails
+(disk full, no permission) removes its temporary file and raises
+:class:`jaxcurv.errors.OutputError` (one line naming the file and the reason).
+
+:func:`retire_outputs` and :func:`publish_outputs` make a folder's outputs (e.g. scores.csv,
+summary.json, figures/, report.html) always belong to one run: a run first moves the previous
+run's complete set into ``previous/`` (an incomplete set, left by a kill, is deleted), writes its
+own set into a fresh staging folder and moves it into place at the end, report.html last. A run
+that fails or is killed therefore never leaves the previous run's files looking current, nor a
+mix of two runs. No matplotlib is imported."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import json
 import math
 import os
 import re
-import contextlib
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["to_jsonable", "write_json", "write_csv", "write_html", "check_writable_file",
-           "atomic_path"]
+from jaxcurv.errors import OutputError
+
+__all__ = ["to_jsonable", "write_json", "write_csv", "write_html", "write_text_atomic",
+           "atomic_path", "check_writable_file", "output_error", "retire_outputs",
+           "publish_outputs", "PREVIOUS", "STAGING"]
+
+PREVIOUS = "previous"   # where retire_outputs keeps the previous run's complete outputs
+STAGING = ".staging"    # where a run writes its outputs before publish_outputs moves them
 
 def to_jsonable(value: Any) -> Any:
     """Convert numpy/jax scalars and arrays (recursively) to JSON types; NaN/inf become None."""
@@ -36,38 +54,74 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
-def write_json(path, data: Mapping[str, Any]) -> Path:
+def output_error(path, err: OSError) -> OutputError:
+    """The one-line OutputError for a failed write of ``path``."""
+    reason = err.strerror or str(err) or type(err).__name__
+    return OutputError(f"could not write {path}: {reason}; free space there (or write "
+                       "elsewhere) and try again")
+
+
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` to write; renamed onto ``path`` when the block ends
+    without an exception, removed otherwise (an OSError, e.g. a full disk, becomes a one-line
+    OutputError naming ``path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(to_jsonable(data), indent=2))
-    os.replace(tmp, path)
-    return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OutputError:
+        _unlink_quietly(tmp)
+        raise
+    except OSError as err:
+        _unlink_quietly(tmp)
+        raise output_error(path, err) from err
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; OutputError when that fails."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path, data: Mapping[str, Any]) -> Path:
+    """``data`` as indented JSON (NaN/inf as null), written atomically."""
+    return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2))
 
 
 def write_csv(path, columns: Mapping[str, Any]) -> Path:
-    """One row per example from equal-length columns; floats with 6 significant digits."""
+    """One row per example from equal-length columns; floats with 6 significant digits,
+    booleans as True/False; written atomically."""
     names = list(columns)
     arrays = [np.asarray(columns[n]) for n in names]
     n = len(arrays[0])
     for name, a in zip(names, arrays):
         if len(a) != n:
             raise ValueError(f"column {name!r} has {len(a)} rows, expected {n}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(names)
         for i in range(n):
             writer.writerow([_cell(a[i]) for a in arrays])
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def _cell(value) -> str:
+    """A CSV cell: booleans as True/False (pandas reads them back as bool), floats with 6
+    significant digits, NaN/inf empty."""
     if isinstance(value, (bool, np.bool_)):
-        return str(int(value))
+        return str(bool(value))
     if isinstance(value, (float, np.floating)):
         return "" if not np.isfinite(value) else f"{float(value):.6g}"
     return str(value)
@@ -169,11 +223,7 @@ def write_html(path, *, title: str, sections: Sequence[Mapping[str, Any]]) -> Pa
             parts.append(f"<img src='{html.escape(rel)}' alt='{html.escape(Path(fig).stem)}'>")
         parts.append("</section>")
     parts.append("</body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(parts))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, "\n".join(parts))
 
 
 def check_writable_file(flag: str, path) -> Path:
@@ -197,16 +247,63 @@ def check_writable_file(flag: str, path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Write to a temporary file next to ``path`` (yielded) and rename it into place when the
-    block ends without an exception; the temporary file is removed otherwise."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+def _is_complete(folder: Path, names: Sequence[str]) -> bool:
+    """A folder's output set is complete when its last output (written last) exists."""
+    return (folder / names[-1]).exists()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def retire_outputs(folder, names: Sequence[str]) -> Path | None:
+    """Before a run writes ``names`` (files or folders, the last one written last, e.g.
+    report.html) into ``folder``: move a complete earlier set into ``folder/previous`` (replacing
+    the one there) and delete an incomplete one (a killed run's partial set), with the staging
+    folder of a killed run. Returns the ``previous`` folder when a set was kept there."""
+    folder = Path(folder)
     try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        for leftover in (STAGING, f".{PREVIOUS}.tmp", f".{PREVIOUS}.old"):
+            if (folder / leftover).exists():
+                _remove(folder / leftover)
+        present = [n for n in names if (folder / n).exists()]
+        if not present:
+            return None
+        if not _is_complete(folder, names):
+            for name in present:
+                _remove(folder / name)
+            return None
+        tmp, previous, old = (folder / f".{PREVIOUS}.tmp", folder / PREVIOUS,
+                              folder / f".{PREVIOUS}.old")
+        tmp.mkdir()
+        for name in present:
+            os.replace(folder / name, tmp / name)
+        if previous.exists():
+            os.replace(previous, old)
+        os.replace(tmp, previous)
+        if old.exists():
+            _remove(old)
+        return previous
+    except OutputError:
+        raise
+    except OSError as err:
+        raise output_error(folder, err) from err
+
+
+def publish_outputs(staging, folder, names: Sequence[str]) -> None:
+    """Move ``names`` from ``staging`` into ``folder`` (which :func:`retire_outputs` emptied of
+    them), the last name last, then remove ``staging``: a reader sees either no report or all of
+    this run's outputs beside it."""
+    staging, folder = Path(staging), Path(folder)
+    try:
+        for name in names:
+            if (folder / name).exists():  # not retired (a caller that skipped retire_outputs)
+                _remove(folder / name)
+            if (staging / name).exists():
+                os.replace(staging / name, folder / name)
+        _remove(staging)
+    except OSError as err:
+        raise output_error(folder, err) from err

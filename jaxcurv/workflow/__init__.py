@@ -13,6 +13,8 @@ adversarial, mia) never import this package; the ``jaxcurv`` command, ``experime
 - ``attacks``: ``attack_scores`` (every MIA, leave-one-model-out), ``mia_by_memorization``,
   ``epsilon_audit``.
 - ``proxy_scores``: ``proxies``, the memorization proxies of an ensemble.
+- ``training``: :func:`train_ensemble`, ensemble training with checkpoints, progress bars,
+  callbacks and multi-process jobs; ``members_across_processes``.
 - ``audit``: :func:`run_audit` and its stages; ``sections``: the summary and report sections.
 - ``commands``: ``run_curvature`` and ``privacy_accounting`` (``jaxcurv curvature`` / ``epsilon``).
 
@@ -59,6 +61,8 @@ __all__ = [
     "mia_by_memorization",
     "epsilon_audit",
     "proxies",
+    "train_ensemble",
+    "members_across_processes",
     "AuditData",
     "AuditRun",
     "run_audit",
@@ -70,6 +74,8 @@ __all__ = [
 __getattr__, __dir__ = lazy_names(__name__, {
     "MIA_ATTACKS": ".attacks", "attack_scores": ".attacks", "epsilon_audit": ".attacks",
     "mia_by_memorization": ".attacks", "AuditData": ".audit", "AuditRun": ".audit",
-    "run_audit": ".audit", "proxies": ".proxy_scores",
-    **{name: "" for name in ("attacks", "audit", "proxy_scores", "sections", "experiment")},
+    "run_audit": ".audit", "proxies": ".proxy_scores", "train_ensemble": ".training",
+    "members_across_processes": ".training",
+    **{name: "" for name in ("attacks", "audit", "proxy_scores", "sections", "experiment",
+                             "training")},
 }, globals())

@@ -25,8 +25,8 @@ from jaxcurv._validate import (
     check_probability,
 )
 
-__all__ = ["MIA_ATTACKS", "attack_scores", "mia_by_memorization", "epsilon_audit",
-           "zero_order_fallback_examples"]
+__all__ = ["MIA_ATTACKS", "MEMORIZATION_EDGES", "attack_scores", "mia_by_memorization",
+           "epsilon_audit", "zero_order_fallback_examples"]
 
 MIA_ATTACKS = ("loss", "mentr", "calibrated_loss", "attack_r", "lira_online", "lira_offline",
                "rmia", "curvature_lr", "curvature_nll", "zero_order_lr", "zero_order_nll")
@@ -133,11 +133,18 @@ def attack_scores(logits, labels, masks, curvature, zero_order, test_logits, tes
     return {name: np.asarray(s, np.float64) for name, s in scores.items()}
 
 
-def mia_by_memorization(scores, masks, correct, *, edges=(0.0, 0.1, 0.3, 0.5, 0.7, 1.0),
+# Figure 9's memorization bins; negative estimates (noise around 0) in a bin of their own
+MEMORIZATION_EDGES = (-1.0, 0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
+
+
+def mia_by_memorization(scores, masks, correct, *, edges=MEMORIZATION_EDGES,
                         min_examples: int = 5) -> list[dict[str, float]]:
     """Figure 9 table: per memorization bin, AUROC and balanced accuracy of an attack on the
     (target member, example) pairs of that bin, and the in-member accuracy of those examples.
-    scores (K, N), masks and correct bool (K, N); bins ``edges`` (mem clipped into their range).
+    scores (K, N), masks and correct bool (K, N); bins ``edges`` [lo, hi), the last closed
+    (default: mem < 0 in its own bin, then 0, 0.1, 0.3, 0.5, 0.7, 1). mem outside the edges is
+    clipped into the end bin, whose ``mem_lo`` / ``mem_hi`` then widen to the values it holds:
+    each row's ``mem_center`` (the mean mem of its pairs) lies within [mem_lo, mem_hi].
 
     Cross-fitted (memorization.cross_fitted_memorization): a target's examples are binned by the
     memorization estimated from the other half of the members. Binning by a score computed from
@@ -164,6 +171,8 @@ def mia_by_memorization(scores, masks, correct, *, edges=(0.0, 0.1, 0.3, 0.5, 0.
         if sel.sum() < min_examples or m[sel].all() or not m[sel].any():
             continue
         metrics = mia.roc_metrics(s[sel], m[sel])
+        lo = min(lo, float(mem[sel].min())) if i == 0 else lo
+        hi = max(hi, float(mem[sel].max())) if last else hi
         rows.append({"mem_lo": lo, "mem_hi": hi,
                      "mem_center": float(np.mean(mem[sel])), "pairs": int(sel.sum()),
                      "auroc": float(metrics["auroc"]),

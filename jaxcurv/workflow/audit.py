@@ -7,12 +7,20 @@ more than a moment are cached under ``<out>/cache`` (:class:`~jaxcurv.workflow.c
 keyed on the data actually used and the settings the stage depends on; training is checkpointed
 under ``<out>/checkpoints``. A killed run, started again with the same settings, resumes where it
 stopped. Every random key is ``run_key(config.seed, Stage.<stage>)`` (:mod:`jaxcurv.workflow.keys`).
+
+Each run owns its outputs: at its start the previous run's scores.csv, summary.json, figures/ and
+report.html move to ``<out>/previous`` (so a run that fails or is killed never leaves them looking
+current); its own are written into ``<out>/.staging`` and moved into place together at the end,
+report.html last. A full disk gives one :class:`jaxcurv.errors.OutputError` line, no temporary
+file, and a rerun after freeing space resumes from the cached stages.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,6 +33,7 @@ from jaxcurv import ensemble as ens_lib
 from jaxcurv import memorization, report
 from jaxcurv._numerics import cross_entropy, in_out_means, masked_mean
 from jaxcurv.curvature import Curvature
+from jaxcurv.errors import ConfigError, OutputError
 from jaxcurv.optim import OptimizerConfig
 from jaxcurv.workflow import sections
 from jaxcurv.workflow.attacks import attack_scores
@@ -34,13 +43,18 @@ from jaxcurv.workflow.environment import environment
 from jaxcurv.workflow.flags import command_line
 from jaxcurv.workflow.keys import Stage, run_key
 from jaxcurv.workflow.lock import exclusive_lock
+from jaxcurv.workflow.model_spec import (PYTHON_PREFIX, build_model, factory_digest,
+                                         is_factory_path, python_label)
 from jaxcurv.workflow.proxy_scores import proxies as _proxies
 from jaxcurv.workflow.timing import Timer
+from jaxcurv.workflow.training import clean_checkpoints, members_across_processes, train_ensemble
 
-__all__ = ["AuditData", "AuditRun", "run_audit", "load_data", "train_members", "predict_views",
-           "member_curvature", "member_zero_order", "zero_order_member_ids",
+__all__ = ["audit", "AuditResult", "AuditData", "AuditRun", "run_audit", "load_data",
+           "train_members", "predict_views",
+           "member_curvature", "member_zero_order", "curvature_estimator",
+           "zero_order_estimator", "zero_order_member_ids",
            "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table",
-           "checkpoint_folders", "audit_run"]
+           "checkpoint_folders", "OUTPUTS", "audit_run"]
 
 # settings that change the trained members (the data enters through its fingerprint)
 _TRAIN_FIELDS = ("model", "model_kwargs", "models", "epochs", "batch_size", "learning_rate",
@@ -83,10 +97,18 @@ class AuditRun(NamedTuple):
 # stages
 
 
-def load_data(config: AuditConfig) -> AuditData:
-    """Both splits (a seeded random subset of each with max_examples), label noise, masks."""
-    train, test = data_lib.train_test(config.dataset, data_dir=config.data_dir,
-                                      progress=config.progress)
+def load_data(config: AuditConfig, *, train: data_lib.Dataset | None = None,
+              test: data_lib.Dataset | None = None) -> AuditData:
+    """Both splits (a seeded random subset of each with max_examples), label noise, masks.
+    ``train`` / ``test``: datasets given from Python instead of ``config.dataset``; without
+    ``test``, a seeded fifth of ``train`` is held out as the test split."""
+    if train is None:
+        train, test = data_lib.train_test(config.dataset, data_dir=config.data_dir,
+                                          progress=config.progress)
+    elif test is None:
+        held = data_lib.random_subset(len(train), max(1, len(train) // 5), seed=config.seed)
+        test = train.take(held)
+        train = train.take(np.setdiff1d(np.arange(len(train)), held))
     if config.max_examples is not None:  # the one sampler: train with seed, test with seed + 1
         train = train.take(data_lib.random_subset(len(train), config.max_examples,
                                                   seed=config.seed))
@@ -109,8 +131,11 @@ def load_data(config: AuditConfig) -> AuditData:
 def _stage_key(config: AuditConfig, data: AuditData, *fields: str, private: bool) -> dict:
     """What a stage's result depends on: the data, the training settings and ``fields``."""
     names = _TRAIN_FIELDS + (_DP_FIELDS if private else ()) + fields
-    return {"data": data.fingerprint, "private": private,
-            **{name: getattr(config, name) for name in names}}
+    key = {"data": data.fingerprint, "private": private,
+           **{name: getattr(config, name) for name in names}}
+    if is_factory_path(config.model):  # an edited factory trains again
+        key["model_source"] = factory_digest(config.model)
+    return key
 
 
 def _optimizer(config: AuditConfig) -> OptimizerConfig:
@@ -122,11 +147,12 @@ def _optimizer(config: AuditConfig) -> OptimizerConfig:
                            weight_decay=config.weight_decay, rho=config.rho, **extra)
 
 
-def _model(config: AuditConfig, data: AuditData):
-    """The flax module every member instantiates."""
-    from jaxcurv import models
-
-    return models.get_model(config.model, data.train.num_classes, **config.model_settings)
+def _model(config: AuditConfig, data: AuditData, model=None):
+    """The model every member instantiates (a jaxcurv.model_interface.Model): ``model`` when
+    given from Python, else the zoo's or the factory's ``config.model``."""
+    if model is not None:
+        return model
+    return build_model(config.model, data.train.num_classes, config.model_settings)
 
 
 def zero_order_member_ids(config: AuditConfig) -> np.ndarray:
@@ -136,9 +162,11 @@ def zero_order_member_ids(config: AuditConfig) -> np.ndarray:
     return np.arange(m)
 
 
-def train_members(config: AuditConfig, data: AuditData, key: jax.Array, *, private: bool):
-    """The K members on their subsets (DP-SGD when ``private``), checkpointed under
-    <out>/checkpoints/<private|nonprivate>-<hash of the settings and data>."""
+def train_members(config: AuditConfig, data: AuditData, key: jax.Array, *, private: bool,
+                  model=None):
+    """The K members of ``model`` (default: ``config.model``) on their subsets (DP-SGD when
+    ``private``), checkpointed under <out>/checkpoints/<private|nonprivate>-<hash of the settings
+    and data>."""
     dp = None
     if private:
         from jaxcurv.privacy import DPConfig
@@ -148,13 +176,11 @@ def train_members(config: AuditConfig, data: AuditData, key: jax.Array, *, priva
     augment = config.augment if config.augment is not None else data.train.images.shape[-1] == 3
     settings = ens_lib.TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, optimizer=_optimizer(config),
-        augment=augment, dp=dp, record_examples=True,
-        record_every=_every(config.epochs), checkpoint_every=_every(config.epochs),
-        checkpoint_dir=Path(config.out) / "checkpoints"
-        / _checkpoint_folder(config, data, private),
-        progress=config.progress)
-    return ens_lib.train(_model(config, data), data.train, data.masks, key, settings,
-                         test=data.test)
+        augment=augment, dp=dp, record_examples=True, record_every=_every(config.epochs))
+    return train_ensemble(_model(config, data, model), data.train, data.masks, key, settings,
+                          test=data.test, checkpoint_every=_every(config.epochs),
+                          checkpoint_dir=Path(config.out) / "checkpoints"
+                          / _checkpoint_folder(config, data, private), progress=config.progress)
 
 
 def _every(epochs: int) -> int:
@@ -172,32 +198,43 @@ def _views(images: np.ndarray) -> np.ndarray:
 
 def predict_views(ens, data: AuditData) -> dict[str, np.ndarray]:
     """logits (K, A, N, C) of the training images over the query views; test_logits (K, Z, C)."""
-    logits = np.stack([ens_lib.predict(ens, v, progress=False) for v in _views(data.train.images)],
-                      axis=1)
-    return {"logits": logits, "test_logits": ens_lib.predict(ens, data.test.images,
-                                                             progress=False)}
+    predict = ens_lib.make_predict(ens.model)
+    logits = np.stack([predict(ens, v) for v in _views(data.train.images)], axis=1)
+    return {"logits": logits, "test_logits": predict(ens, data.test.images)}
 
 
 def member_curvature(config: AuditConfig, ens, data: AuditData, key: jax.Array, *,
-                     members=None) -> Curvature:
+                     members=None, estimate=None) -> Curvature:
     """tr(H), tr(H²) and their probe standard errors of the members ``members`` (default all) on
-    every training example (exact HVPs, Hutchinson probes): Curvature of (K', N) fields."""
-    return ens_lib.member_curvature(ens, data.train.images, data.train.labels, key,
-                                    num_probes=config.num_probes, h=config.h, members=members,
-                                    progress=config.progress)
+    every training example (exact HVPs, Hutchinson probes): Curvature of (K', N) fields.
+    ``estimate``: ``curvature_estimator(config, ens)``, kept by callers that loop."""
+    estimate = estimate or curvature_estimator(config, ens)
+    return estimate(ens, data.train.images, data.train.labels, key, h=config.h, members=members,
+                    progress=config.progress)
+
+
+def curvature_estimator(config: AuditConfig, ens):
+    """The members' curvature kernel (``ensemble.make_member_curvature``) of the audit."""
+    return ens_lib.make_member_curvature(ens.model, num_probes=config.num_probes)
+
+
+def zero_order_estimator(config: AuditConfig, ens):
+    """The members' black-box curvature kernel of the audit: "mixed" estimator, float64 on CPU
+    (float32 loses most digits to cancellation at h = 1e-3)."""
+    dtype = jnp.float64 if jax.default_backend() == "cpu" else None
+    return ens_lib.make_member_zero_order_curvature(ens.model, num_probes=config.num_probes,
+                                                    method="mixed", compute_dtype=dtype)
 
 
 def member_zero_order(config: AuditConfig, ens, data: AuditData, key: jax.Array, *,
-                      members=None) -> np.ndarray:
-    """Black-box curvature |uᵀHv| from losses only ("mixed" estimator) of the members
-    ``members`` (default ``zero_order_member_ids``) on every training example, (M, N); float64 on
-    CPU (float32 loses most digits to cancellation at h = 1e-3)."""
-    dtype = jnp.float64 if jax.default_backend() == "cpu" else None
+                      members=None, estimate=None) -> np.ndarray:
+    """Black-box curvature |uᵀHv| from losses only of the members ``members`` (default
+    ``zero_order_member_ids``) on every training example, (M, N) (``zero_order_estimator``;
+    ``estimate``: that kernel, kept by callers that loop)."""
+    estimate = estimate or zero_order_estimator(config, ens)
     members = zero_order_member_ids(config).tolist() if members is None else members
-    return np.asarray(ens_lib.member_zero_order_curvature(
-        ens, data.train.images, data.train.labels, key, num_probes=config.num_probes,
-        h=config.h, method="mixed", compute_dtype=dtype, members=members,
-        progress=config.progress))
+    return np.asarray(estimate(ens, data.train.images, data.train.labels, key, h=config.h,
+                               members=members, progress=config.progress))
 
 
 def memorization_proxies(config: AuditConfig, ens, data: AuditData, logits: np.ndarray,
@@ -217,8 +254,8 @@ def mia_scores(data: AuditData, logits, test_logits, curvature: Curvature,
                          test_logits, data.test.labels)
 
 
-def nonprivate_reference(config: AuditConfig, data: AuditData,
-                         cache: StageCache) -> dict[str, Any]:
+def nonprivate_reference(config: AuditConfig, data: AuditData, cache: StageCache,
+                         model=None) -> dict[str, Any]:
     """DP runs: the same members trained without DP, for the cost of privacy: their test accuracy
     (K,), Feldman–Zhang memorization (N,), mean IN tr(H²) and tr(H) (N,), and the scores (K, N)
     of every attack but the zero-order ones (``scores``), each stage cached."""
@@ -227,7 +264,8 @@ def nonprivate_reference(config: AuditConfig, data: AuditData,
         _say("non-private reference: the same members trained without DP, to measure what DP "
              "costs and buys")
     with timer("train_nonprivate_reference"):
-        ens = train_members(config, data, run_key(config.seed, Stage.TRAIN), private=False)
+        ens = train_members(config, data, run_key(config.seed, Stage.TRAIN), private=False,
+                            model=model)
     stage_key = _stage_key(config, data, "num_probes", "h", private=False)
 
     def compute():
@@ -256,12 +294,16 @@ def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
     model gives for its own training examples); ``curvature_out`` over OUT members (Thm 5.1
     bounds memorization by the curvature of models trained on S without the example) and
     ``curvature_all`` over all members (§6.3 averages every model); ``curvature_trace*`` the
-    same for tr(H) (the appendix variant, Figs. 14–16), signed. ``mia_<attack>``: the attack's
-    mean score over the members holding the example, higher = more likely a member."""
+    same for tr(H) (the appendix variant, Figs. 14–16), signed. ``mem_lower``: the lower end
+    of mem's 95 % Agresti–Caffo interval (the findings count an example as highly memorized when
+    it exceeds 0.5). ``mia_<attack>``: the attack's mean score over the members holding the
+    example, higher = more likely a member."""
     data, masks, curv = run.data, run.data.masks, run.curvature
     logits = run.logits[:, 0]
     correct = logits.argmax(-1) == data.train.labels[None]
     mem, mem_stderr = memorization.feldman_zhang(correct, masks)
+    mem_lower, _ = memorization.memorization_interval(correct, masks,
+                                                      confidence=sections.MEM_CONFIDENCE)
     sq_in, sq_in_se, sq_out = in_out_means(curv.trace_sq, masks)
     tr_in, tr_in_se, tr_out = in_out_means(curv.trace, masks)
     columns: dict[str, Any] = {
@@ -273,7 +315,7 @@ def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
         "curvature_trace_all": np.mean(np.asarray(curv.trace, np.float64), axis=0),
         "loss": masked_mean(cross_entropy(logits, data.train.labels[None]), masks),
         "correct": masked_mean(correct.astype(float), masks),
-        "mem": mem, "mem_stderr": mem_stderr,
+        "mem": mem, "mem_stderr": mem_stderr, "mem_lower": mem_lower,
     }
     if run.zero_order is not None:
         z_in, _, z_out = in_out_means(run.zero_order, masks[:len(run.zero_order)])
@@ -315,46 +357,57 @@ def _per_member(cache: StageCache, name: str, key: dict, members, compute, finit
     in a multi-process job the members are split over the processes instead."""
     members = [int(m) for m in members]
     if jax.process_count() > 1:
-        return cache.run(name, key, lambda: compute(members), require_finite=finite)
+        return cache.run(name, key, lambda: members_across_processes(
+            lambda rows: compute(rows.tolist()), members), require_finite=finite)
     return cache.run_chunked(name, key, len(members), lambda i: compute([members[i]]),
                              require_finite=finite)
 
 
-def _compute(config: AuditConfig, cache: StageCache, timer: Timer) -> AuditRun:
-    """Every stage up to the attack scores, cached where costly."""
+def _compute(config: AuditConfig, cache: StageCache, timer: Timer, given: dict) -> AuditRun:
+    """Every stage up to the attack scores, cached where costly; ``given``: the model and
+    datasets a Python caller passed (see :func:`run_audit`)."""
     with timer("data"):
-        data = load_data(config)
+        data = load_data(config, train=given.get("train"), test=given.get("test"))
+    model = _model(config, data, given.get("model"))  # a factory is called here, before training
     keys = _stage_keys(config, data)
     resume = cache.describe_resume(keys)
     if resume and config.progress:
         _say(resume)
     with timer("train"):
         ens = train_members(config, data, run_key(config.seed, Stage.TRAIN),
-                            private=config.private)
+                            private=config.private, model=model)
     pred = cache.run("predictions", keys["predictions"], lambda: predict_views(ens, data),
                      require_finite=True)
     quiet = dataclasses.replace(config, progress=False)  # one member at a time: no inner bars
+    curvature_fn = curvature_estimator(config, ens)  # one compiled kernel for every member
     curv = Curvature(**_per_member(
         cache, "curvature", keys["curvature"], range(config.models),
         lambda ms: member_curvature(quiet, ens, data, run_key(config.seed, Stage.CURVATURE),
-                                    members=ms)._asdict(), ("trace", "trace_sq")))
+                                    members=ms, estimate=curvature_fn)._asdict(),
+        ("trace", "trace_sq")))
     zero = None
     if config.zero_order:
+        zero_fn = zero_order_estimator(config, ens)
         zero = _per_member(
             cache, "zero_order", keys["zero_order"], zero_order_member_ids(config),
             lambda ms: {"zero_order": member_zero_order(
-                quiet, ens, data, run_key(config.seed, Stage.ZERO_ORDER), members=ms)},
+                quiet, ens, data, run_key(config.seed, Stage.ZERO_ORDER), members=ms,
+                estimate=zero_fn)},
             True)["zero_order"]
     proxy = cache.run("proxies", keys["proxies"],
                       lambda: memorization_proxies(config, ens, data, pred["logits"], curv,
                                                    run_key(config.seed, Stage.PROXIES)))
-    scores = cache.run("attacks", keys["attacks"],
-                       lambda: mia_scores(data, pred["logits"], pred["test_logits"], curv, zero),
-                       require_finite=True)
-    ref = nonprivate_reference(config, data, cache) if config.private else None
+    with warnings.catch_warnings():  # the summary's warnings report it, also when cached
+        warnings.filterwarnings("ignore", category=UserWarning,
+                                message="zero-order attacks on .* have no IN or no OUT shadow")
+        scores = cache.run("attacks", keys["attacks"],
+                           lambda: mia_scores(data, pred["logits"], pred["test_logits"], curv,
+                                              zero),
+                           require_finite=True)
+    ref = nonprivate_reference(config, data, cache, model) if config.private else None
     if config.clean:
-        removed = ens_lib.clean_checkpoints(Path(config.out) / "checkpoints",
-                                            keep=checkpoint_folders(config, data))
+        removed = clean_checkpoints(Path(config.out) / "checkpoints",
+                                    keep=checkpoint_folders(config, data))
         if removed and config.progress:
             _say(f"removed {len(removed)} checkpoint folder(s) of other configurations")
     return AuditRun(config, data, ens, pred["logits"], pred["test_logits"], curv, zero, proxy,
@@ -428,27 +481,44 @@ def headlines(run: AuditRun, summary: dict[str, Any]) -> dict[str, dict[str, Any
     return out
 
 
-def run_audit(config: AuditConfig) -> dict[str, Any]:
+def run_audit(config: AuditConfig, *, model=None, train: data_lib.Dataset | None = None,
+              test: data_lib.Dataset | None = None) -> dict[str, Any]:
     """Run the whole audit; returns the summary (also written to <out>/summary.json).
 
-    A multi-process job (config.coordinator / num_processes / process_id, JAX_COORDINATOR_ADDRESS
-    etc., or a cluster launcher) runs it in every process: members and their curvature are split
-    over the processes and gathered (jaxcurv.distributed), training checkpoints are saved by all
-    processes together, process 0 alone writes the stage cache and the reports, and every process
-    returns after the reports exist. ``out`` must then be a folder every process sees."""
-    import dataclasses
-
+    ``model``: a model object of any kind jaxcurv.model_interface.as_model accepts, instead of
+    ``config.model`` (the summary then names it "python: <kind> <name> [<source digest>]", which
+    also keys the cache); ``train`` / ``test``: Datasets instead of ``config.dataset`` (see
+    :func:`load_data`). A multi-process job (config.coordinator / num_processes / process_id,
+    JAX_COORDINATOR_ADDRESS etc., or a cluster launcher) runs it in every process: members and
+    their curvature are split over the processes and gathered (jaxcurv.distributed), training
+    checkpoints are saved by all processes together, process 0 alone writes the stage cache and
+    the reports, and every process returns after the reports exist. ``out`` must then be a
+    folder every process sees."""
     from jaxcurv import distributed
+    from jaxcurv.model_interface import as_model
 
     if not isinstance(config, AuditConfig):
         raise ValueError(f"config must be an AuditConfig, got {type(config).__name__}")
     config.validate()
+    given: dict[str, Any] = {}
+    if model is not None:
+        if config.model_kwargs is not None:
+            raise ConfigError("model_kwargs applies to a zoo name or a factory path, not to a "
+                              "model object: build the object with its options")
+        given["model"] = as_model(model)
+        config = dataclasses.replace(config, model=python_label(given["model"], model))
+    if test is not None and train is None:
+        raise ConfigError("test data without train data: give both, or neither (then "
+                          "config.dataset is loaded)")
+    if train is not None:
+        given.update(train=train, test=test)
+        config = dataclasses.replace(config, dataset=PYTHON_PREFIX + train.name)
     distributed.initialize(config.coordinator, config.num_processes, config.process_id)
     writer = distributed.is_writer()
     config = config if writer else dataclasses.replace(config, progress=False)
     out = Path(config.out)
     with exclusive_lock(out) if writer else contextlib.nullcontext():
-        return _run_locked(config, out, writer)
+        return _run_locked(config, out, writer, given)
 
 
 def audit_run(config: AuditConfig) -> AuditRun:
@@ -463,10 +533,10 @@ def audit_run(config: AuditConfig) -> AuditRun:
         out.mkdir(parents=True, exist_ok=True)
         timer = Timer()
         cache = StageCache(out / "cache", timer=timer, log=_say if config.progress else None)
-        return _compute(config, cache, timer)
+        return _compute(config, cache, timer, {})
 
 
-def _run_locked(config: AuditConfig, out: Path, writer: bool) -> dict[str, Any]:
+def _run_locked(config: AuditConfig, out: Path, writer: bool, given: dict) -> dict[str, Any]:
     """The audit, holding the lock on ``out`` (process 0 of a multi-process job)."""
     from jaxcurv import distributed
 
@@ -477,20 +547,114 @@ def _run_locked(config: AuditConfig, out: Path, writer: bool) -> dict[str, Any]:
         out / "cache", timer=timer, log=_say if config.progress else None)
     if writer:
         cache.clean_temporary()
-    run = _compute(config, cache, timer)
+        previous = report.retire_outputs(out, OUTPUTS)
+        if previous is not None and config.progress:
+            _say(f"the previous run's outputs are now in {previous}")
+    run = _compute(config, cache, timer, given)
     columns = scores_table(run)
-    if writer:
-        report.write_csv(out / "scores.csv", columns)
     summary = sections.summary(run, columns)
-    figures = sections.figures(run, columns, summary, out / "figures") if writer else {}
     summary["command"] = command_line("jaxcurv audit", config)
     summary["environment"] = environment()
     summary["headlines"] = headlines(run, summary)
-    summary["timings_s"] = timer.total()
-    summary["figures"] = {name: str(Path(p).relative_to(out)) for name, p in figures.items()}
     if writer:
-        report.write_json(out / "summary.json", summary)
-        report.write_html(out / "report.html", title=sections.title(run),
-                          sections=sections.report_sections(run, summary, figures))
+        _write_outputs(run, columns, summary, out, timer)
+    else:
+        summary["timings_s"], summary["figures"] = timer.total(), {}
     distributed.barrier("jaxcurv audit: reports written")
     return summary
+
+
+# The audit's outputs in --out, in the order they are published (report.html last: a folder
+# holding it holds the whole set of one run).
+OUTPUTS = ("scores.csv", "summary.json", "figures", "report.html")
+
+
+def _write_outputs(run: AuditRun, columns: dict[str, np.ndarray], summary: dict[str, Any],
+                   out: Path, timer: Timer) -> None:
+    """scores.csv, figures, summary.json and report.html written into <out>/.staging, then moved
+    into ``out`` together (report.files.publish_outputs), so they always belong to this run. A
+    failed write (disk full) raises OutputError; the cached stages stay valid for a rerun."""
+    stage = out / report.STAGING
+    try:
+        if stage.exists():
+            shutil.rmtree(stage)
+        report.write_csv(stage / "scores.csv", columns)
+        figures = sections.figures(run, columns, summary, stage / "figures")
+        summary["timings_s"] = timer.total()
+        summary["figures"] = {name: str(Path(p).relative_to(stage)) for name, p in figures.items()}
+        report.write_json(stage / "summary.json", summary)
+        report.write_html(stage / "report.html", title=sections.title(run),
+                          sections=sections.report_sections(run, summary, figures))
+        report.publish_outputs(stage, out, OUTPUTS)
+    except OSError as err:
+        cause = err.__cause__ if isinstance(err.__cause__, OSError) else err
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        raise OutputError(f"could not write the report under {out}: {reason}; free space there "
+                          "(or pass another --out) and rerun the same command: the finished "
+                          "stages are cached and are not computed again") from err
+
+
+# ----------------------------------------------------------------------------------------------
+# from Python
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditResult:
+    """What :func:`audit` returns: ``scores`` (a pandas DataFrame with the columns of
+    scores.csv, one row per training example), ``summary`` (the content of summary.json),
+    ``report_path`` (report.html) and ``out`` (the output folder)."""
+
+    scores: Any
+    summary: dict[str, Any]
+    report_path: Path
+    out: Path
+
+
+def _as_dataset(value: Any, what: str) -> data_lib.Dataset:
+    """A Dataset, or (images, labels) numpy arrays made one (Dataset.from_arrays)."""
+    if isinstance(value, data_lib.Dataset):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return data_lib.Dataset.from_arrays(*value, name=what)
+    raise ConfigError(f"{what} must be a jaxcurv.data.Dataset or a pair (images (N, H, W[, C]), "
+                      f"labels (N,)) of arrays, got {type(value).__name__}")
+
+
+def audit(model, train, test=None, *, out: str | Path | None = None,
+          **settings: Any) -> AuditResult:
+    """Every stage of ``jaxcurv audit`` on your own model and data, with the same cache,
+    checkpoints, resume and report.
+
+    ``model``: a flax linen Module, a flax NNX Module class or factory ``f(rngs=...)``, an Equinox
+    factory ``f(key=...)``, a pair of functions ``(init, apply)`` (jaxcurv.model_interface), or a
+    zoo name / ``package.module:factory`` path as on the command line. ``train`` / ``test``:
+    :class:`jaxcurv.data.Dataset` or (images, labels) numpy arrays (images (N, H, W[, C]) uint8 or
+    float in [0, 1]); without ``test`` a seeded fifth of ``train`` is held out. ``out``: the output
+    folder (default results/audit); ``settings``: any of ``jaxcurv audit``'s settings by field
+    name (``jaxcurv.workflow.AuditConfig``, e.g. ``models=16, epochs=20, dp_epsilon=8``;
+    ``preset=``), validated before anything is computed.
+    """
+    from jaxcurv.workflow.config import with_preset
+
+    for name in ("model", "dataset", "data_dir"):
+        if name in settings:
+            raise ConfigError(f"audit() takes the model and the data as arguments, not as the "
+                              f"setting {name!r}")
+    train = _as_dataset(train, "train")
+    test = None if test is None else _as_dataset(test, "test")
+    if test is not None and test.num_classes != train.num_classes:
+        classes = max(train.num_classes, test.num_classes)
+        train, test = (dataclasses.replace(d, num_classes=classes) for d in (train, test))
+    given = dict(settings, **({} if out is None else {"out": str(out)}))
+    if isinstance(model, str):
+        given["model"] = model
+    config = with_preset(AuditConfig, given)
+    run_audit(config, model=None if isinstance(model, str) else model, train=train, test=test)
+    import json
+
+    import pandas
+
+    folder = Path(config.out)
+    return AuditResult(pandas.read_csv(folder / "scores.csv"),
+                       json.loads((folder / "summary.json").read_text()), folder / "report.html",
+                       folder)

@@ -6,13 +6,15 @@ used, of the ensemble it reads — hashed by :func:`fingerprint`. The file
 the arrays; on read both are verified, and a file that is unreadable, truncated or belongs to
 another key is recomputed (with a one-line notice), never trusted. Writes go to a temporary file
 renamed into place, so a killed run leaves no half-written entry and a rerun resumes from the
-stages already done. :meth:`StageCache.run_chunked` stores a long stage chunk by chunk (e.g. one
-ensemble member per chunk), so a kill loses at most one chunk. With ``require_finite`` a stage
-that produced NaN/inf raises instead of caching them.
+stages already done; a write that fails (disk full) removes its temporary file and raises
+:class:`jaxcurv.errors.OutputError`. :meth:`StageCache.run_chunked` stores a long stage chunk
+by chunk (e.g. one ensemble member per chunk), so a kill loses at most one chunk. With
+``require_finite`` a stage that produced NaN/inf raises instead of caching them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from jaxcurv._validate import check_positive_int
+from jaxcurv.errors import OutputError
 from jaxcurv.workflow.timing import Timer
 
 __all__ = ["fingerprint", "ensemble_fingerprint", "StageCache"]
@@ -178,11 +181,21 @@ class StageCache:
             if k in (_KEY, _CHECKSUM) or v.dtype == object:
                 raise ValueError(f"stage {name!r}: array {k!r} cannot be stored (reserved name or "
                                  "object dtype)")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays, **{_KEY: np.asarray(full_key),
-                                   _CHECKSUM: np.asarray(_checksum(arrays))})
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(tmp, **arrays, **{_KEY: np.asarray(full_key),
+                                       _CHECKSUM: np.asarray(_checksum(arrays))})
+            os.replace(tmp, path)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError) and not isinstance(err, OutputError):
+                raise OutputError(
+                    f"could not write the cache entry {path} ({err.strerror or err}); free space "
+                    f"under {self.directory} (or use another output folder) and rerun: the "
+                    "entries already written are reused") from err
+            raise
         return arrays
 
     def save(self, name: str, key: Any, arrays: Mapping[str, Any]) -> Path:

@@ -21,17 +21,20 @@ def run_curvature(config: CurvatureConfig) -> Path:
     import numpy as np
 
     from jaxcurv import curvature, data, ensemble, models, report
+    from jaxcurv.workflow.model_spec import build_model
+    from jaxcurv.workflow.training import train_ensemble
 
     config.validate()
     train = data.load(config.dataset, split="train", data_dir=config.data_dir,
                       progress=config.progress)
-    model = models.get_model(config.model, train.num_classes, **config.model_settings)
+    model = build_model(config.model, train.num_classes, config.model_settings)
     key = jax.random.PRNGKey(config.seed)
-    variables, _ = ensemble.fit_one(model, train, jax.random.fold_in(key, 0),
-                                    epochs=config.epochs, batch_size=config.batch_size,
-                                    optimizer=config.optimizer,
-                                    learning_rate=config.peak_learning_rate,
-                                    progress=config.progress)
+    ens = train_ensemble(model, train, np.ones((1, len(train)), bool), jax.random.fold_in(key, 0),
+                         ensemble.TrainConfig(epochs=config.epochs, batch_size=config.batch_size,
+                                              optimizer=config.optimizer,
+                                              learning_rate=config.peak_learning_rate),
+                         progress=config.progress)
+    variables = ens.member(0)
     c = curvature.input_curvature(models.make_loss_fn(model), variables, train.images,
                                   train.labels, jax.random.fold_in(key, 1),
                                   num_probes=config.num_probes, method=config.method, h=config.h)

@@ -41,7 +41,6 @@ from jaxcurv.workflow.settings import (
     RunControl,
     SharpnessAware,
     Training,
-    apply_overrides,
     check_settings,
     echo,
     redefault,
@@ -245,6 +244,7 @@ def train_ensemble(config: ExperimentConfig, data: ExperimentData, masks: np.nda
     run resumes. key: default ``config_key(config, Stage.TRAIN)``."""
     from jaxcurv import ensemble
     from jaxcurv.workflow.cache import fingerprint
+    from jaxcurv.workflow.training import train_ensemble as train
 
     model = model if model is not None else build_model(config, data.train)
     key = key if key is not None else config_key(config, Stage.TRAIN)
@@ -253,13 +253,12 @@ def train_ensemble(config: ExperimentConfig, data: ExperimentData, masks: np.nda
         epochs=epochs or config.epochs, batch_size=batch_size or config.batch_size,
         optimizer=optimizer if optimizer is not None else optimizer_config(config),
         augment=augment, dp=dp, record_examples=record_examples,
-        record_curvature=record_curvature, progress=config.progress)
-    spec = (repr(model), dataclasses.replace(settings, progress=False), key_data(key),
-            data.source, data.train_index, data.test_index, data.train.labels, masks)
-    settings = dataclasses.replace(
-        settings, checkpoint_every=settings.epochs,
-        checkpoint_dir=Path(config.cache_dir) / "ensembles" / f"{tag}-{fingerprint(*spec)[:16]}")
-    return ensemble.train(model, data.train, masks, key, settings, test=data.test)
+        record_curvature=record_curvature)
+    spec = (repr(model), settings, key_data(key), data.source, data.train_index, data.test_index,
+            data.train.labels, masks)
+    folder = Path(config.cache_dir) / "ensembles" / f"{tag}-{fingerprint(*spec)[:16]}"
+    return train(model, data.train, masks, key, settings, test=data.test, checkpoint_dir=folder,
+                 checkpoint_every=settings.epochs, progress=config.progress)
 
 
 def stage_cache(config: ExperimentConfig, timer=None):
@@ -522,24 +521,17 @@ def parse_args(configs: Mapping[str, Any], argv: Sequence[str] | None = None, *,
     """``--config NAME`` (default "small"), one flag per declared setting of the configs' class
     (generated: adding a setting adds its flag), then repeated ``--set KEY=VALUE`` overrides of
     any field. Progress bars are on unless ``--quiet``."""
-    from jaxcurv.workflow.flags import HelpFormatter, add_flags, command_line_defaults, \
-        given_settings
+    from jaxcurv.workflow.flags import HelpFormatter, add_settings, settings_from_args
 
-    config_type = type(next(iter(configs.values())))
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("--config", default="small" if "small" in configs else next(iter(configs)),
                         choices=sorted(configs),
                         help="named configuration (e.g. tiny: a smoke test in seconds; small / "
                         "cpu: a CPU in minutes to an hour; full: the papers' protocol, GPU)")
-    add_flags(parser, configs.get("small", next(iter(configs.values()))))
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field (JSON value), e.g. --set models=8 "
-                        "--set 'datasets=[\"digits\"]'; repeatable")
+    add_settings(parser, configs.get("small", next(iter(configs.values()))))
     args = parser.parse_args(argv)
-    changes = {**command_line_defaults(config_type), **given_settings(args, config_type)}
-    config = apply_overrides(named_config(configs, args.config), changes)
-    return apply_overrides(config, args.set)
+    return settings_from_args(args, named_config(configs, args.config))
 
 
 def cli(configs: Mapping[str, Any], main: Callable[[Any], Any], *, description: str,

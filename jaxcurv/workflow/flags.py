@@ -5,7 +5,8 @@ and default text from the setting's declaration in :mod:`jaxcurv.workflow.settin
 :func:`given_settings` returns only the settings the user typed (flags default to
 ``argparse.SUPPRESS``), so a named config or a preset can supply the rest. Adding a field to a
 config adds its flag. Bounds are checked by the config's ``validate``, before any compute.
-Jax-free.
+:func:`add_settings` / :func:`settings_from_args` are the whole command line of a config (its flags
+and ``--set KEY=VALUE``), shared by the experiments and the benchmarks. Jax-free.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from jaxcurv.workflow.settings import Setting, flag_name, settings_of
 
 __all__ = ["add_flags", "given_settings", "command_line_defaults", "command_line",
-           "HelpFormatter"]
+           "add_settings", "settings_from_args", "HelpFormatter"]
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -135,7 +136,6 @@ def command_line_defaults(config: Any) -> dict[str, Any]:
             if s.cli_default is not None}
 
 
-
 def command_line(prefix: str, config: Any, *, skip: tuple[str, ...] = ("progress",)) -> str:
     """The command that builds ``config`` from the command line: ``prefix`` (e.g. "jaxcurv
     audit") and the flags of the settings whose value differs from the command line's default
@@ -172,3 +172,23 @@ def command_line(prefix: str, config: Any, *, skip: tuple[str, ...] = ("progress
         else:
             words += [flag, str(value)]
     return " ".join([prefix, *(shlex.quote(w) for w in words)])
+
+
+def add_settings(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """One flag per declared setting of ``defaults`` (:func:`add_flags`) and the repeated
+    ``--set KEY=VALUE`` override of any field."""
+    add_flags(parser, defaults)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field (JSON value), e.g. --set models=8 "
+                        "--set 'datasets=[\"digits\"]'; repeatable")
+
+
+def settings_from_args(args: argparse.Namespace, base: Any) -> Any:
+    """``base`` (a config instance) with the command-line defaults, the settings given as flags
+    and then the ``--set`` overrides applied, each converted and checked against its declaration
+    (:func:`jaxcurv.workflow.settings.apply_overrides`; ConfigError otherwise)."""
+    from jaxcurv.workflow.settings import apply_overrides
+
+    config_type = type(base)
+    changes = {**command_line_defaults(config_type), **given_settings(args, config_type)}
+    return apply_overrides(apply_overrides(base, changes), getattr(args, "set", []))

@@ -136,7 +136,7 @@ def proxies(ensemble, dataset, key: jax.Array, *, logits=None, curvature=None,
         (K, N) tr(H) array (then only curvature_trace_*) — or, with ``end_curvature``, from
         ensemble.member_curvature(…, key, num_probes=num_probes).
       curvature_train_in/_out: mean over epochs and IN / OUT members of history["curvature"]
-        (present when trained with ``record_curvature``).
+        (tr(H²); present when trained with ``record_curvature``).
       adversarial_distance (with ``adversarial``): mean over IN members of
         :func:`jaxcurv.adversarial.adversarial_distance` (keywords from ``adversarial_options``),
         computed only on each member's IN examples; +inf if any IN member was never flipped

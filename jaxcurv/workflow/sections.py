@@ -13,14 +13,18 @@ import numpy as np
 from scipy import stats
 
 from jaxcurv import memorization, mia, report
+from jaxcurv._names import quantity_label
 from jaxcurv._numerics import cross_entropy
-from jaxcurv.workflow.attacks import epsilon_audit, mia_by_memorization
+from jaxcurv.workflow.proxy_scores import PROXY_NAMES
+from jaxcurv.workflow.attacks import (epsilon_audit, mia_by_memorization,
+                                      zero_order_fallback_examples)
 
-__all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "near_chance", "figures",
-           "curvature_outlier_members", "OUTLIER_FACTOR",
+__all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "fit_advice",
+           "near_chance", "figures", "curvature_outlier_members", "OUTLIER_FACTOR",
            "report_sections", "title", "describe", "spearman", "noise_rankers",
-           "top_memorized_order", "BY_MEMORIZATION_ATTACK", "CURVATURE_NOTE", "HIGH_MEM",
-           "PROXY_LABELS", "tpr_text"]
+           "top_memorized_order", "highly_memorized", "BY_MEMORIZATION_ATTACK",
+           "CURVATURE_NOTE", "HIGH_MEM", "MEM_CONFIDENCE", "NOISY_MEM_STDERR",
+           "INFORMATIVE_AUROC", "PROXY_LABELS", "tpr_text"]
 
 CURVATURE_NOTE = (
     "curvature = Curv, the papers' per-example input-loss curvature: tr(H²) = ‖H‖_F² = E‖Hv‖² of "
@@ -30,22 +34,21 @@ CURVATURE_NOTE = (
     "signed appendix variant (ICML 2024 Figs. 14–16), which goes negative on high-loss examples.")
 
 BY_MEMORIZATION_ATTACK = "lira_online"  # the attack of the per-memorization table and ε audit
-HIGH_MEM = 0.5          # "highly memorized": Feldman–Zhang mem ≥ 0.5
+HIGH_MEM = 0.5          # "highly memorized": mem's 95 % lower confidence bound above 0.5
+MEM_CONFIDENCE = 0.95   # confidence of the per-example memorization intervals (Agresti–Caffo)
+NOISY_MEM_STDERR = 0.1  # a median mem standard error above this makes per-example mem noise
+INFORMATIVE_AUROC = 0.6  # a non-private reference below this best AUROC leaves DP nothing to remove
 TOP_K = 16              # most memorized examples shown and listed in the findings
 FITTED_FLIPPED = 0.9    # below this train-IN accuracy on flipped labels, the members did not fit
 _METRICS = ("auroc", "balanced_accuracy", "tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
 _TPR_KEYS = ("tpr_at_fpr_0_1pct", "tpr_at_fpr_1pct")
 
-# What each memorization proxy is, for tables and figure axes (summary.json keeps the keys).
-PROXY_LABELS = {
-    "confidence": "confidence p_y (OUT members)", "confidence_in": "confidence p_y (IN members)",
-    "loss": "loss (IN)", "loss_out": "loss (OUT)",
-    "learning_time": "learning time (evaluations, IN)",
-    "inverse_learning_time": "1 / learning time (IN)", "curvature_in": "tr(H²) (IN)",
-    "curvature_out": "tr(H²) (OUT)", "curvature_trace_in": "tr(H) (IN)",
-    "curvature_trace_out": "tr(H) (OUT)", "curvature_train_in": "tr(H) over training (IN)",
-    "curvature_train_out": "tr(H) over training (OUT)",
-    "adversarial_distance": "adversarial distance (IN)"}
+# What each memorization proxy is, for tables and figure axes (summary.json keeps the keys): its
+# quantity's label, with the members it averages over when its name does not say.
+_PROXY_GROUP = {"confidence": "out", "loss": "in", "learning_time": "in",
+                "inverse_learning_time": "in", "adversarial_distance": "in"}
+PROXY_LABELS = {name: quantity_label(f"{name}_{_PROXY_GROUP[name]}" if name in _PROXY_GROUP
+                                     else name) for name in PROXY_NAMES}
 
 
 def describe(values, what: str) -> dict[str, Any]:
@@ -105,6 +108,53 @@ def top_memorized_order(mem, curvature, k: int = TOP_K) -> np.ndarray:
     m = np.round(np.nan_to_num(np.asarray(mem, float), nan=-np.inf), 9)
     c = np.nan_to_num(np.asarray(curvature, float), nan=-np.inf)
     return np.lexsort((-c, -m))[:k]
+
+
+def _members_needed(fraction: float, start: int, threshold: float = HIGH_MEM,
+                    most: int = 4096) -> int | None:
+    """The smallest ensemble size K ≥ ``start`` whose best case (an example right in all of its
+    round(fraction·K) IN members, wrong in all OUT ones) has a lower confidence bound above
+    ``threshold``; None when none up to ``most`` does."""
+    for k in range(max(start, 2), most + 1):
+        k_in = min(max(round(fraction * k), 1), k - 1)
+        best, _ = memorization.agresti_caffo_interval(k_in, k_in, 0, k - k_in,
+                                                      confidence=MEM_CONFIDENCE)
+        if best > threshold:
+            return k
+    return None
+
+
+def highly_memorized(mem, mem_lower, masks, *, fraction: float,
+                     threshold: float = HIGH_MEM) -> dict[str, Any]:
+    """How many examples are highly memorized, counting only what the ensemble can resolve.
+
+    mem, mem_lower (N,): Feldman–Zhang memorization and the lower end of its 95 % Agresti–Caffo
+    interval (memorization.memorization_interval); masks bool (K, N). ``count``: examples with
+    mem_lower > threshold; ``count_point_estimate``: mem ≥ threshold (noise included);
+    ``count_memorized``: mem_lower > 0. With K_in members holding an example and K_out not, mem
+    moves in steps of ``resolution`` = 1/lcm(K_in, K_out) (1/K_in for halves) and no lower bound
+    exceeds ``best_lower_bound`` (right in all IN, wrong in all OUT): when that is ≤ threshold
+    the ensemble cannot call any example highly memorized (``resolvable`` False) and
+    ``members_needed`` is the smallest --models that can (same ``fraction``)."""
+    mem = np.nan_to_num(np.asarray(mem, float), nan=-np.inf)
+    lower = np.nan_to_num(np.asarray(mem_lower, float), nan=-np.inf)
+    masks = np.asarray(masks, bool)
+    k_in = int(np.median(masks.sum(0)))
+    k_out = masks.shape[0] - k_in
+    best, _ = memorization.agresti_caffo_interval(k_in, k_in, 0, k_out, confidence=MEM_CONFIDENCE)
+    resolvable = bool(best > threshold)
+    count = int(np.sum(lower > threshold))
+    return {"threshold": threshold, "confidence": MEM_CONFIDENCE,
+            "criterion": f"lower end of mem's {_confidence(MEM_CONFIDENCE)} Agresti–Caffo "
+                         f"interval above {threshold:g}",
+            "count": count, "share": count / len(mem), "examples": int(len(mem)),
+            "count_point_estimate": int(np.sum(mem >= threshold)),
+            "count_memorized": int(np.sum(lower > 0)),
+            "members_in": k_in, "members_out": k_out,
+            "resolution": 1.0 / math.lcm(max(k_in, 1), max(k_out, 1)),
+            "best_lower_bound": float(best), "resolvable": resolvable,
+            "members_needed": None if resolvable else _members_needed(fraction, masks.shape[0],
+                                                                       threshold)}
 
 
 def _correct(run) -> np.ndarray:
@@ -253,10 +303,103 @@ def _side_by_side(private: list[dict], nonprivate: list[dict]) -> list[dict[str,
             for r in private]
 
 
-def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
+def fit_advice(config: Any, rgb: bool) -> str:
+    """The settings that let members fit their training labels, named for a poor-fit warning:
+    augmentation off (members are scored on the images, not on random crops of them), the
+    measured CIFAR-10 CPU recipe, more epochs or a higher rate."""
+    tips = []
+    if rgb and getattr(config, "augment", None) is not False:
+        tips.append("turn augmentation off (--augment off)")
+    if str(getattr(config, "dataset", "")).startswith("cifar") and \
+            getattr(config, "preset", None) != "cifar10-cpu":
+        tips.append("start from --preset cifar10-cpu (measured to fit on a CPU)")
+    tips.append("train longer (--epochs) or at a higher --learning-rate")
+    return "; ".join(tips)
+
+
+def _dp_comparison(out: dict[str, Any]) -> dict[str, Any]:
+    """What the DP-vs-reference comparison can say: the reference's best attack AUROC, whether it
+    is attackable enough for the comparison to be informative (≥ INFORMATIVE_AUROC), the attacks
+    that are stronger on the DP-SGD members than on the reference, and whether mean mem is higher
+    under DP."""
+    p = out["privacy"]
+    reference = {r["attack"]: r["auroc"] for r in p["nonprivate_mia"]}
+    best = max(reference.values())
+    stronger = [{"attack": r["attack"], "auroc_private": r["auroc"],
+                 "auroc_nonprivate": reference[r["attack"]]}
+                for r in out["mia"]["metrics"]
+                if r["attack"] in reference and r["auroc"] > reference[r["attack"]]]
+    return {"reference_best_auroc": float(best), "informative": bool(best >= INFORMATIVE_AUROC),
+            "stronger_under_dp": stronger,
+            "mem_higher_under_dp": bool(p["mem_mean_private"] > p["mem_mean_nonprivate"])}
+
+
+def _memorization_warnings(out: dict[str, Any]) -> list[str]:
+    """An ensemble too small to resolve memorization, or per-example mem that is mostly noise."""
+    m = out.get("memorization", {})
+    high, se = m.get("highly_memorized"), m.get("median_stderr", math.nan)
+    if high is None:  # a summary without per-example memorization
+        return []
+    if not high["resolvable"]:
+        need = ("more members (--models)" if high["members_needed"] is None
+                else f"--models {high['members_needed']} or more")
+        return [f"{out['config']['models']} members are too few to call any example memorized: "
+                f"with {high['members_in']} holding each example and {high['members_out']} not, "
+                f"mem moves in steps of {high['resolution']:.3g} (median standard error "
+                f"{se:.2f}) and even mem = 1 has a {_confidence(high['confidence'])} lower bound "
+                f"of only {high['best_lower_bound']:.2f}; the mem counts and rankings are mostly "
+                f"noise: use {need}"]
+    if np.isfinite(se) and se > NOISY_MEM_STDERR:
+        return [f"the median standard error of mem is {se:.2f} (> {NOISY_MEM_STDERR}): "
+                f"differences in mem below about {2 * se:.2f} are noise; more members (--models) "
+                "shrink it as 1/√K"]
+    return []
+
+
+def _privacy_warnings(out: dict[str, Any]) -> list[str]:
+    """A DP comparison against a reference with nothing to protect, and DP-SGD members that are
+    more exposed or memorize more than the reference."""
+    c, p = _dp_comparison(out), out["privacy"]
+    w = []
+    if not c["informative"]:
+        w.append(f"the DP comparison is uninformative: the non-private reference is barely "
+                 f"attackable (best attack AUROC {c['reference_best_auroc']:.3f} < "
+                 f"{INFORMATIVE_AUROC}), so there is little exposure for DP-SGD to remove; train "
+                 "the members until they fit their training data (raise --epochs) so the "
+                 "reference memorizes")
+    if c["stronger_under_dp"]:
+        listed = ", ".join(f"{r['attack']} {r['auroc_private']:.3f} vs {r['auroc_nonprivate']:.3f}"
+                           for r in c["stronger_under_dp"])
+        w.append(f"attacks are stronger on the DP-SGD members than on the non-private reference "
+                 f"(AUROC, DP vs non-private): {listed}; DP should not add exposure: unless the "
+                 "95 % CIs separate them (more --models narrow them) this is noise")
+    if c["mem_higher_under_dp"]:
+        w.append(f"mean mem is higher under DP-SGD ({p['mem_mean_private']:.4f}) than without "
+                 f"DP ({p['mem_mean_nonprivate']:.4f}); DP bounds memorization, so with this "
+                 "ensemble the difference is estimation noise (more --models)")
+    return w
+
+
+def _zero_order_warnings(out: dict[str, Any]) -> list[str]:
+    z = out.get("zero_order")
+    if not z or not z["fallback_examples"]:
+        return []
+    return [f"zero-order attacks on {z['members']} members: {z['fallback_examples']} of "
+            f"{out['data']['train_examples']} example(s) have no IN or no OUT shadow among them "
+            "for some target; for those the missing Gaussian is imputed (the other group's "
+            "shifted by the mean IN − OUT difference), a coarser test than with shadows on both "
+            "sides; compute zero-order curvature on more members (--zero-order-members)"]
+
+
+def sanity_warnings(out: dict[str, Any], num_classes: int, *,
+                    advice: str = "train longer (--epochs)") -> list[str]:
     """Reasons the numbers of a summary may mean nothing: test accuracy near chance (mean or any
-    member), members that did not fit their training set (non-private runs) or the flipped labels
-    (label noise), and attacks at chance (non-private runs, or a DP run's reference)."""
+    member), members that did not fit their training set (non-private runs; ``advice`` names the
+    settings that fix it, :func:`fit_advice`) or the flipped labels (label noise), too few members
+    to resolve memorization (or a noisy mem), attacks at chance (non-private runs, or a DP run's
+    reference), a DP comparison against a reference too weakly attackable to inform it, DP-SGD
+    members more exposed or memorizing more than the reference, curvature outlier members, and
+    zero-order scores that imputed a missing shadow group."""
     acc, w = out["accuracy"], []
     chance = 1.0 / num_classes
     if near_chance(acc["test_mean"], num_classes):
@@ -269,17 +412,22 @@ def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
                  f"{chance:.3f}): it failed to train; per-example results mix it in")
     if "privacy" not in out and acc["train_in_mean"] < 0.9:
         w.append(f"the members fit only {acc['train_in_mean']:.3f} of their training labels: "
-                 "memorization needs models that fit their data; train longer (--epochs)")
+                 f"memorization needs models that fit their data: {advice}")
     noise = out.get("label_noise")
     fitted = None if noise is None else noise["flipped_train_in_accuracy"]
     if fitted is not None and fitted < FITTED_FLIPPED:
         w.append(f"the members fitted only {fitted:.3f} of the flipped labels they trained on "
                  f"(< {FITTED_FLIPPED}): mem and curvature cannot single out labels the models "
                  "never learned; train longer (--epochs) or use a larger model")
+    w += _memorization_warnings(out)
     dp = "privacy" in out
     metrics = out["privacy"]["nonprivate_mia"] if dp else out["mia"]["metrics"]
     at_chance = [r["attack"] for r in metrics if _at_chance(r)]
     where = " on the non-private reference" if dp else ""
+    if dp:
+        w += _privacy_warnings(out)
+        if not _dp_comparison(out)["informative"]:
+            at_chance = []  # said above: the reference is barely attackable
     if at_chance and len(at_chance) == len(metrics):
         w.append(f"every attack{where} is at chance (AUROC 95 % CI holds 0.5): these members "
                  "are not measurably exposed; more members (--models) narrow the intervals")
@@ -291,7 +439,7 @@ def sanity_warnings(out: dict[str, Any], num_classes: int) -> list[str]:
                  "members' median: they dominate every per-example curvature mean (and the "
                  "curvature attacks' statistics); retrain them (another --seed) or use more "
                  "members (--models)")
-    return w
+    return w + _zero_order_warnings(out)
 
 
 def findings(run, columns: dict[str, np.ndarray], out: dict[str, Any]) -> dict[str, Any]:
@@ -300,7 +448,6 @@ def findings(run, columns: dict[str, np.ndarray], out: dict[str, Any]) -> dict[s
     the best ranker, and sanity warnings."""
     mem, curv = columns["mem"], columns["curvature"]
     labels = run.data.train.labels
-    high = np.nan_to_num(mem, nan=-np.inf) >= HIGH_MEM
     order = top_memorized_order(mem, curv)
     noisy = run.config.label_noise > 0
     top = [{"index": int(i), "label": int(labels[i]), "mem": float(mem[i]),
@@ -308,8 +455,7 @@ def findings(run, columns: dict[str, np.ndarray], out: dict[str, Any]) -> dict[s
             **({"true_label": int(run.data.true_labels[i]),
                 "flipped": bool(run.data.flipped[i])} if noisy else {})} for i in order]
     result: dict[str, Any] = {
-        "highly_memorized": {"threshold": HIGH_MEM, "count": int(high.sum()),
-                             "share": float(high.mean()), "examples": int(len(mem))},
+        "highly_memorized": out["memorization"]["highly_memorized"],
         "top_memorized": {"k": len(top), "ranked_by": "mem descending, ties by curvature",
                           "figure": "top_memorized", "examples": top},
         "strongest_attack": _strongest_attack(out["mia"]["metrics"]),
@@ -323,18 +469,46 @@ def findings(run, columns: dict[str, np.ndarray], out: dict[str, Any]) -> dict[s
             "test_accuracy_private": p["test_accuracy_private"],
             "test_accuracy_nonprivate": p["test_accuracy_nonprivate"],
             "accuracy_cost": p["accuracy_cost"],
-            "attacks": _side_by_side(out["mia"]["metrics"], p["nonprivate_mia"])}
+            "attacks": _side_by_side(out["mia"]["metrics"], p["nonprivate_mia"]),
+            **_dp_comparison(out)}
     if "label_noise" in out:
         noise = out["label_noise"]
         best = noise["ranking"][noise["best_ranker"]]
         result["label_noise"] = {"best_ranker": noise["best_ranker"], **best,
                                  "flipped_train_in_accuracy": noise["flipped_train_in_accuracy"]}
-    result["warnings"] = sanity_warnings(out, run.data.train.num_classes)
+    result["warnings"] = sanity_warnings(
+        out, run.data.train.num_classes,
+        advice=fit_advice(run.config, run.data.train.images.shape[-1] == 3))
     return result
 
 
 def _ci(ci, fmt: str = "{:.3f}") -> str:
     return "" if ci is None else f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def _confidence(fraction: float) -> str:
+    """A confidence level as text: 0.95 → "95 %"."""
+    return f"{100 * fraction:g} %"
+
+
+def _highly_memorized_line(high: dict[str, Any]) -> str:
+    """The memorization headline: the significant count, or plainly that the ensemble is too
+    small, with the resolution of mem and the counts a point estimate would give."""
+    conf = _confidence(high["confidence"])
+    step = (f"mem moves in steps of {high['resolution']:.3g} ({high['members_in']} members hold "
+            f"each example, {high['members_out']} do not)")
+    points = (f"{high['count_point_estimate']} of {high['examples']} training examples have a "
+              f"point estimate mem ≥ {high['threshold']:g} (noise included) and "
+              f"{high['count_memorized']} are memorized at all ({conf} lower bound above 0)")
+    if not high["resolvable"]:
+        need = ("" if high["members_needed"] is None
+                else f"; use --models {high['members_needed']} or more")
+        return (f"Too few members to call any example highly memorized: {step}, and even mem = 1 "
+                f"has a {conf} lower bound of only {high['best_lower_bound']:.2f} "
+                f"(≤ {high['threshold']:g}){need}. {points[0].upper()}{points[1:]}.")
+    return (f"{high['count']} of {high['examples']} training examples ({high['share']:.1%}) are "
+            f"highly memorized: the lower end of mem's {conf} Agresti–Caffo interval is above "
+            f"{high['threshold']:g}; {points}; {step}.")
 
 
 def _percent(value: float) -> str:
@@ -356,11 +530,10 @@ def tpr_text(value: float | None, *, ci=None, note: str | None = None) -> str:
 
 def findings_lines(f: dict[str, Any]) -> list[str]:
     """The findings as sentences (report.html's Findings block and the command's summary)."""
-    high, s = f["highly_memorized"], f["strongest_attack"]
+    s = f["strongest_attack"]
     tpr = tpr_text(s.get("tpr_at_fpr_0_1pct"), ci=s.get("tpr_at_fpr_0_1pct_ci"),
                    note=s.get("tpr_at_fpr_0_1pct_note"))
-    lines = [f"{high['count']} of {high['examples']} training examples ({high['share']:.1%}) "
-             f"are highly memorized (mem ≥ {high['threshold']}).",
+    lines = [_highly_memorized_line(f["highly_memorized"]),
              f"Strongest attack (by AUROC): {s['attack']}, AUROC {s['auroc']:.3f}"
              f"{_ci(s.get('auroc_ci'))}"
              + (f", TPR at 0.1 % FPR {tpr} (95 % bootstrap CIs)."
@@ -381,6 +554,10 @@ def findings_lines(f: dict[str, Any]) -> list[str]:
         lines.append(f"DP-SGD spent ε = {p['epsilon']:.3g} (δ = {p['delta']:.3g}); test accuracy "
                      f"{p['test_accuracy_private']:.3f} vs {p['test_accuracy_nonprivate']:.3f} "
                      f"without DP: accuracy cost {p['accuracy_cost']:.3f}.")
+        if not p["informative"]:
+            lines.append(f"The DP comparison is uninformative: the non-private reference is "
+                         f"barely attackable (best AUROC {p['reference_best_auroc']:.3f} < "
+                         f"{INFORMATIVE_AUROC}), so DP-SGD had little exposure to remove.")
     if "label_noise" in f:
         n = f["label_noise"]
         lines.append(f"Best finder of the flipped labels: {n['best_ranker']}, precision@{n['k']} "
@@ -401,23 +578,33 @@ def summary(run, columns: dict[str, np.ndarray]) -> dict[str, Any]:
         "data": {"dataset": train.name, "train_examples": n, "test_examples": len(run.data.test),
                  "image_shape": list(train.images.shape[1:]), "num_classes": train.num_classes},
         "accuracy": _accuracy(run),
-        "curvature": describe(curv_in, "tr(H²), mean over members holding the example in")
+        "curvature": describe(curv_in, quantity_label("curvature_in"))
         | {"note": CURVATURE_NOTE,
-           "out": describe(columns["curvature_out"], "tr(H²) out")["summary"],
-           "trace": describe(tr_in, "tr(H) in")["summary"],
-           "trace_out": describe(columns["curvature_trace_out"], "tr(H) out")["summary"],
+           "out": describe(columns["curvature_out"], quantity_label("curvature_out"))["summary"],
+           "trace": describe(tr_in, quantity_label("curvature_trace_in"))["summary"],
+           "trace_out": describe(columns["curvature_trace_out"],
+                                  quantity_label("curvature_trace_out"))["summary"],
            "mean_probe_stderr": float(np.nanmean(run.curvature.trace_sq_stderr)),
            "mean_probe_stderr_trace": float(np.nanmean(run.curvature.trace_stderr)),
            "member_medians": member_medians.tolist(),
            "outlier_members": _outliers(member_medians)},
         "memorization": {"mean": float(np.nanmean(mem)),
                          "top_1pct_mean": float(np.mean(finite_mem[:max(1, n // 100)])),
-                         "fraction_above_0_5": float(np.nanmean(mem > 0.5))},
+                         "fraction_at_least_0_5": float(np.mean(
+                             np.nan_to_num(mem, nan=-np.inf) >= HIGH_MEM)),
+                         "median_stderr": float(np.nanmedian(columns["mem_stderr"])),
+                         "highly_memorized": highly_memorized(
+                             mem, columns["mem_lower"], run.data.masks,
+                             fraction=run.config.fraction)},
         "correlations": {"spearman_mem_curvature": spearman(mem, curv_in),
                          "spearman_mem_curvature_trace": spearman(mem, tr_in),
                          "proxies": memorization.correlations(mem, run.proxies)},
         "mia": _mia(run),
     }
+    if run.zero_order is not None:
+        members = len(run.zero_order)
+        out["zero_order"] = {"members": members, "fallback_examples":
+                             zero_order_fallback_examples(run.data.masks[:members])}
     if run.config.label_noise > 0:
         out["label_noise"] = _label_noise(run, columns)
     if run.reference is not None:
@@ -443,17 +630,17 @@ def figures(run, columns: dict[str, np.ndarray], summary: dict[str, Any],
             class_names=train.class_names, true_labels=run.data.true_labels if noisy else None),
         "lowest_highest_curvature": report.figure_extreme_images(
             train.images, train.labels, curv_in, d / "lowest_highest_curvature.png",
-            class_names=train.class_names, score_name="curvature tr(H²)", value_label="tr(H²)"),
+            class_names=train.class_names, quantity="curvature_in", value_label="tr(H²)"),
         "curvature_histogram": report.figure_curvature_histogram(
             curv_in, columns["correct"] >= 0.5, d / "curvature_histogram.png",
-            name="curvature tr(H²)"),
+            quantity="curvature_in"),
         "mem_vs_curvature": report.figure_mem_vs_curvature(
-            mem, curv_in, d / "mem_vs_curvature.png", name="curvature tr(H²)",
+            mem, curv_in, d / "mem_vs_curvature.png", quantity="curvature_in",
             rho=summary["correlations"]["spearman_mem_curvature"]),
         "proxies_vs_mem": report.figure_proxies_vs_mem(mem, run.proxies, d / "proxies_vs_mem.png",
                                                        labels=PROXY_LABELS),
-        "trace_vs_trace_sq": report.figure_trace_vs_trace_sq(tr_in, curv_in, mem,
-                                                             d / "trace_vs_trace_sq.png"),
+        "curvature_trace_vs_curvature": report.figure_trace_vs_trace_sq(
+            tr_in, curv_in, mem, d / "curvature_trace_vs_curvature.png"),
         "mia_roc": report.figure_roc(curves, d / "mia_roc.png", aurocs=aurocs),
         "mia_vs_memorization": report.figure_mia_vs_mem({by_mem["attack"]: by_mem["bins"]},
                                                         d / "mia_vs_memorization.png"),
@@ -471,7 +658,8 @@ def figures(run, columns: dict[str, np.ndarray], summary: dict[str, Any],
         p = summary["privacy"]
         figs["privacy_bounds"] = report.figure_privacy_bounds(
             mem, curv_in, p["epsilon_accounted"], d / "privacy_bounds.png",
-            loss_bound=p["loss_bound_L"], num_examples=int(masks.sum(1).mean()))
+            loss_bound=p["loss_bound_L"], num_examples=int(masks.sum(1).mean()),
+            quantity="curvature_in")
     return figs
 
 
@@ -505,6 +693,9 @@ def _findings_section(summary: dict[str, Any], figs: dict[str, Path]) -> dict[st
     checks = [] if f["warnings"] else [
         "Sanity checks passed: test accuracy well above chance"
         + ("" if "privacy" in f else ", members fit their training data")
+        + ", enough members to resolve memorization"
+        + (", a non-private reference attackable enough to compare with" if "privacy" in f
+           else "")
         + (", flipped labels fitted" if "label_noise" in f else "")
         + (", the non-private reference's attacks above chance." if "privacy" in f
            else ", attacks above chance.")]
@@ -580,7 +771,7 @@ def report_sections(run, summary: dict[str, Any], figs: dict[str, Path]) -> list
                      "rows": [{"proxy": PROXY_LABELS.get(name, name), **vals} for name, vals in
                               summary["correlations"]["proxies"].items()]}],
          "figures": [figs["mem_vs_curvature"], figs["proxies_vs_mem"],
-                     figs["trace_vs_trace_sq"]]},
+                     figs["curvature_trace_vs_curvature"]]},
         {"title": "Membership inference", "text": summary["mia"]["protocol"],
          "tables": [{"caption": "Every attack (95 % bootstrap CIs over examples)",
                      "rows": _mia_rows(summary["mia"]["metrics"])},

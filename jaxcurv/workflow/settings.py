@@ -60,7 +60,7 @@ __all__ = [
 LEARNING_RATES = {"sgd": 0.05, "adam": 2e-3, "rmsprop": 1e-3, "sam": 0.05, "sam-gnr": 0.05}
 # Keyword arguments of models.get_model when model_kwargs is not given: a GELU MLP wide and deep
 # enough to fit every training label of a half of the 8x8 digits within 60 epochs, also with 10 %
-# of the labels flipped (docs/design.md, "The default audit").
+# of the labels flipped (docs/design.md, "The audit").
 MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"mlp": {"hidden": 512, "depth": 2}}
 
 
@@ -180,7 +180,10 @@ class ModelChoice:
     """The network every member instantiates."""
 
     model: str = setting("mlp", "mlp | cnn | resnet18 | resnet18_gn | fastnet (mlp: a GELU MLP "
-                         "that fits every training label of the digits)")
+                         "that fits every training label of the digits), or "
+                         "package.module:factory, a function called with num_classes= and the "
+                         "--model-kwargs that returns a flax linen or NNX module, an NNX or "
+                         "Equinox factory, or an (init, apply) pair")
     model_kwargs: dict | None = setting(
         None, "keyword arguments of the model as a JSON object, e.g. '{\"width\": 16, "
         "\"hidden\": 512}' for cnn", metavar="JSON", parse="json",
