@@ -2,7 +2,7 @@
 
 ``python -m bench.peers --out DIR [--tiny] [--sections a,b] [--data-dir D]`` writes
 ``DIR/peers.json`` (every row, its check and timings, the environment and load average) and
-``DIR/peers.md`` (the table). ``python -m bench.peers --render README.md --from DIR/peers.json``
+``DIR/peers.md`` (the table). ``python -m bench.peers --render README.md --source DIR/peers.json``
 rewrites README's "Performance" table from a committed run.
 
 Rows (ratio = the peer's median time / ours: above 1 we are faster):
@@ -45,7 +45,6 @@ CIFAR-shaped set and say so. ``--tiny`` runs every row at toy size (tests/test_p
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import os
@@ -77,7 +76,9 @@ from jaxcurv.workflow import (  # noqa: E402
     load_average,
     time_interleaved,
 )
+from jaxcurv.errors import ConfigError  # noqa: E402
 from jaxcurv.workflow import benchmark as B  # noqa: E402
+from jaxcurv.workflow.settings import DataFolder, setting  # noqa: E402
 from jaxcurv.workflow.experiment import headline  # noqa: E402
 
 if __package__:  # python -m bench.peers
@@ -1005,7 +1006,7 @@ def run(sizes: Sizes, *, out: str | os.PathLike, seed: int = 0, data_dir=None,
     result["headlines"] = _headlines(result["rows"])
     result["wall_s"] = time.perf_counter() - start
     report.write_json(out / "peers.json", result)
-    _write_text(out / "peers.md", render_markdown(result))
+    report.write_text_atomic(out / "peers.md", render_markdown(result))
     print(f"\nwrote {out / 'peers.json'} and {out / 'peers.md'} in {result['wall_s']:.0f} s",
           flush=True)
     return result
@@ -1038,12 +1039,6 @@ def _headlines(rows: list[dict]) -> dict[str, dict]:
                 over=f"{len(paired)} interleaved repeats, min–max" if paired else
                 "median steady epoch times", unit="×")
     return out
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -1122,47 +1117,39 @@ def render_readme(readme: str | os.PathLike, peers_json: str | os.PathLike) -> P
     if not pattern.search(text):
         raise SystemExit(f"{readme} has no '{README_BEGIN}' … '{README_END}' block to replace")
     block = (f"{README_BEGIN}\n{render_markdown(result)}\nRegenerate from `{peers_json}` with "
-             f"`python -m bench.peers --render {readme.name} --from {peers_json}`.\n{README_END}")
-    _write_text(readme, pattern.sub(lambda _: block, text))
+             f"`python -m bench.peers --render {readme.name} --source {peers_json}`.\n{README_END}")
+    report.write_text_atomic(readme, pattern.sub(lambda _: block, text))
     return readme
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", help="folder for peers.json and peers.md")
-    p.add_argument("--tiny", action="store_true", help="toy sizes (the test; CPU, under a minute)")
-    p.add_argument("--sections", default=",".join(SECTIONS),
-                   help=f"comma list of {', '.join(SECTIONS)}")
-    p.add_argument("--data-dir", default=None,
-                   help="folder with CIFAR-10 files; default $JAXCURV_DATA_DIR")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--render", metavar="README", default=None,
-                   help="rewrite README's performance table from --from and exit")
-    p.add_argument("--from", dest="source", metavar="PEERS_JSON", default=None,
-                   help="the peers.json that --render reads")
-    args = p.parse_args(argv)
-    sections = [s for s in args.sections.split(",") if s]
-    unknown = sorted(set(sections) - set(SECTIONS))
-    if unknown:
-        p.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    args.sections = tuple(sections)
-    if args.render and not args.source:
-        p.error("--render needs --from PEERS_JSON")
-    if not args.render and not args.out:
-        p.error("--out DIR is required (or --render README --from PEERS_JSON)")
-    return args
+@dataclasses.dataclass(frozen=True)
+class PeersBench(DataFolder, B.BenchSettings):
+    """What to compare and where the results go; ``--render`` only rewrites a README's table."""
+
+    out: str | None = setting(None, "folder for peers.json and peers.md", metavar="DIR",
+                              none="required, unless --render")
+    tiny: bool = setting(False, "toy sizes (the test; a CPU run of about a minute)")
+    sections: tuple[str, ...] = setting(SECTIONS, "the comparisons to run")
+    render: str | None = setting(None, "rewrite this README's performance table from --source "
+                                 "and exit", metavar="README")
+    source: str | None = setting(None, "the peers.json that --render reads", metavar="PEERS_JSON")
+
+    def check(self) -> None:
+        B.check_choices("sections", self.sections, SECTIONS)
+        if self.render and not self.source:
+            raise ConfigError("--render needs --source PEERS_JSON")
+        if not self.render and not self.out:
+            raise ConfigError("--out DIR is required (or --render README --source PEERS_JSON)")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        print(f"rewrote {render_readme(args.render, args.source)}")
+def main(config: PeersBench) -> int:
+    if config.render:
+        print(f"rewrote {render_readme(config.render, config.source)}")
         return 0
-    result = run(TINY if args.tiny else FULL, out=args.out, seed=args.seed,
-                 data_dir=args.data_dir, sections=args.sections, tiny=args.tiny)
+    result = run(TINY if config.tiny else FULL, out=config.out, seed=config.seed,
+                 data_dir=config.data_dir, sections=config.sections, tiny=config.tiny)
     return 1 if any(r.get("status") in ("failed", "check failed") for r in result["rows"]) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    B.cli(PeersBench, main, name="peers", description=__doc__.split("\n\n")[0])
