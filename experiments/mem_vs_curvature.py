@@ -4,7 +4,8 @@ Paper: Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature L
 An ensemble of ``members`` models is trained on random 50 % subsets (balanced masks);
 Feldman–Zhang memorization from its correctness; per-example tr(∇²ₓℓ) and tr((∇²ₓℓ)²) by exact
 HVPs and Hutchinson probes on every member, averaged over the members that trained on the
-example (IN); the other proxies from jaxcurv.workflow.proxy_scores. Correlations (Spearman,
+example (IN, the headline), over the others (OUT) and over all members (ALL); the other proxies
+from jaxcurv.workflow.proxy_scores. Correlations (Spearman,
 Pearson) → JSON.
 
     python -m experiments.mem_vs_curvature --config small     # digits, CPU, ~1 min
@@ -104,14 +105,16 @@ def compute(config: MemCurvConfig, data: X.ExperimentData) -> tuple[dict[str, np
              "train_accuracy_in": float(correct[masks].mean()),
              "heldout_accuracy_out": float(correct[~masks].mean()),
              "members": config.models, "subset_size_mean": float(masks.sum(1).mean())}
-    return {"mem": mem, "mem_stderr": mem_stderr, **proxy}, facts
+    everyone = {"curvature_all": np.asarray(curvature.trace_sq, np.float64).mean(0),
+                "curvature_trace_all": np.asarray(curvature.trace, np.float64).mean(0)}
+    return {"mem": mem, "mem_stderr": mem_stderr, **proxy, **everyone}, facts
 
 
 def _proxy_panels(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The proxies of Figs. 10–13 that were measured, by their column names (the figure labels
     them from the names table, with the members each default column averages over)."""
-    keys = ("curvature_in", "curvature_trace_in", "curvature_out", "curvature_train_in",
-            "confidence", "loss", "learning_time", "adversarial_distance")
+    keys = ("curvature_in", "curvature_trace_in", "curvature_out", "curvature_all",
+            "curvature_train_in", "confidence", "loss", "learning_time", "adversarial_distance")
     return {key: cols[key] for key in keys if key in cols}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 __all__ = ["OPTIMIZERS", "GNR_HVPS", "CURVATURE_METHODS", "ZERO_ORDER_METHODS", "ACCOUNTANTS",
            "DATASET_SPECS", "QUANTITIES", "QUALIFIERS", "STATISTICS", "quantity_label"]
 
-OPTIMIZERS = ("sgd", "adam", "sam", "sam-gnr")
+OPTIMIZERS = ("sgd", "adam", "rmsprop", "sam", "sam-gnr")
 GNR_HVPS = ("exact", "finite_difference")
 CURVATURE_METHODS = ("hutchinson", "exact", "finite_difference")
 ZERO_ORDER_METHODS = ("central", "mixed")
@@ -42,7 +42,8 @@ label (right) of every output. tr(H²) = ‖H‖_F² of the input-loss Hessian, 
 
 QUALIFIERS: dict[str, str] = {
     "in": "IN members", "out": "OUT members", "all": "all members",
-    "train": "over training", "stderr": "standard error", "lower": "lower 95 % bound",
+    "train": "over training", "test": "test images", "stderr": "standard error",
+    "lower": "lower 95 % bound",
     "mean": "mean", "median": "median", "sd": "sd", "max": "maximum",
     "lo": "95 % interval, lower end", "hi": "95 % interval, upper end",
 }

@@ -1,4 +1,9 @@
-"""Optimizers on optax: SGD (momentum, weight decay, schedules), Adam, SAM, and SAM-GNR.
+"""Optimizers on optax: SGD (momentum, weight decay, schedules), Adam, RMSprop, SAM, and SAM-GNR.
+
+RMSprop is PyTorch's default ``torch.optim.RMSprop`` (α = 0.99, ε = 1e-8 added after the square
+root, no momentum, not centred): v ← αv + (1 − α)g², θ ← θ − η·g/(√v + ε). Schedules: cosine,
+linear, one-cycle, constant, and "step" (PyTorch's MultiStepLR: the rate is multiplied by
+``step_factor`` at each fraction of the run in ``step_fractions``).
 
 SAM (Foret et al., 2021) minimizes max_{‖ε‖≤ρ} L(θ + ε): each step takes the gradient at
 θ + ε̂ with ε̂ = ρ·g/‖g‖ (g = ∇L(θ)); adaptive SAM (Kwon et al., 2021) uses
@@ -38,16 +43,20 @@ __all__ = [
     "GNR_HVPS",
 ]
 
-SCHEDULES = ("cosine", "constant", "linear", "onecycle")
+SCHEDULES = ("cosine", "constant", "linear", "onecycle", "step")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """What to optimize with. ``name``: "sgd" | "adam" | "sam" (SGD base + SAM perturbation) |
-    "sam-gnr" (SAM + gradient-norm penalty + gradient noise, :func:`gnr_gradient`).
+    """What to optimize with. ``name``: "sgd" | "adam" | "rmsprop" (PyTorch's defaults, see the
+    module docstring) | "sam" (SGD base + SAM perturbation) | "sam-gnr" (SAM + gradient-norm
+    penalty + gradient noise, :func:`gnr_gradient`).
 
     ``learning_rate`` is the peak rate; ``schedule``: "cosine" (to 0), "linear" (to 0),
-    "onecycle" (linear warm-up over ``warmup_fraction`` then linear decay to 0) or "constant";
+    "onecycle" (linear warm-up over ``warmup_fraction`` then linear decay to 0), "constant" or
+    "step" (the rate times ``step_factor`` from step round(f·total_steps) on, for each f in
+    ``step_fractions``: (0.6, 0.8) with 0.1 over 20 epochs is PyTorch's MultiStepLR with
+    milestones at epochs 12 and 16, gamma 0.1);
     ``weight_decay`` is L2 on kernels only (not biases or norm scales); ``rho`` is SAM's radius.
 
     SAM-GNR only (ignored by the others): ``gnr_penalty`` λ ≥ 0 weighs the penalty λ‖∇L(θ)‖₂;
@@ -75,6 +84,8 @@ class OptimizerConfig:
     weight_decay: float = 5e-4
     schedule: str = "cosine"
     warmup_fraction: float = 0.0
+    step_fractions: tuple[float, ...] = (0.6, 0.8)
+    step_factor: float = 0.1
     rho: float = 0.05
     adaptive: bool = False
     gnr_penalty: float = 0.1
@@ -91,6 +102,13 @@ class OptimizerConfig:
         check_float("weight_decay", self.weight_decay, minimum=0.0)
         check_float("warmup_fraction", self.warmup_fraction, minimum=0.0, maximum=1.0,
                     allow_maximum=False)
+        fractions = tuple(self.step_fractions)
+        if (not fractions or any(not 0.0 < f < 1.0 for f in fractions)
+                or any(b <= a for a, b in zip(fractions, fractions[1:]))):
+            raise ValueError(f"step_fractions must be increasing fractions of the run in (0, 1), "
+                             f"e.g. (0.6, 0.8); got {self.step_fractions!r}")
+        check_float("step_factor", self.step_factor, minimum=0.0, maximum=1.0,
+                    allow_minimum=False)
         check_positive("rho", self.rho)
         check_float("gnr_penalty", self.gnr_penalty, minimum=0.0)
         check_float("gnr_noise", self.gnr_noise, minimum=0.0)
@@ -117,7 +135,13 @@ def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
     check_positive_int("total_steps", total_steps)
     lr = config.learning_rate
     warmup = int(round(config.warmup_fraction * total_steps))
-    if config.schedule == "constant":
+    if config.schedule == "step":
+        boundaries: dict[int, float] = {}
+        for f in config.step_fractions:  # steps counted from the end of the warm-up
+            at = max(1, int(round(f * total_steps)) - warmup)
+            boundaries[at] = boundaries.get(at, 1.0) * config.step_factor
+        decay = optax.piecewise_constant_schedule(lr, boundaries)
+    elif config.schedule == "constant":
         decay = optax.constant_schedule(lr)
     elif config.schedule == "cosine":
         decay = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
@@ -144,6 +168,8 @@ def make_optimizer(config: OptimizerConfig, total_steps: int) -> optax.GradientT
         parts.append(optax.masked(optax.add_decayed_weights(config.weight_decay), _kernel_mask))
     if config.name == "adam":
         parts.append(optax.adam(schedule))
+    elif config.name == "rmsprop":  # torch.optim.RMSprop's defaults: eps after the square root
+        parts.append(optax.rmsprop(schedule, decay=0.99, eps=1e-8, eps_in_sqrt=False))
     else:
         parts.append(optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov))
     return optax.chain(*parts)

@@ -43,7 +43,8 @@ def _fake_run(trace, trace_sq, masks, labels):
 
 def test_curvature_column_is_the_in_member_mean_of_trace_sq():
     """scores.csv `curvature` = mean over IN members of the Hutchinson tr(H²) estimate (≥ 0),
-    `curvature_out` over OUT members, `curvature_trace` the signed tr(H) — by a naive loop."""
+    `curvature_out` over OUT members, `curvature_all` over all, `curvature_trace*` the same for
+    the signed tr(H) — by a naive loop."""
     model = models.get_model("mlp", 3, hidden=8, depth=1)
     loss_fn = models.make_loss_fn(model)
     rng = np.random.default_rng(0)
@@ -63,5 +64,9 @@ def test_curvature_column_is_the_in_member_mean_of_trace_sq():
         assert cols["curvature"][i] == pytest.approx(np.mean([trace_sq[j, i] for j in ins]))
         assert cols["curvature_out"][i] == pytest.approx(np.mean([trace_sq[j, i] for j in outs]))
         assert cols["curvature_trace"][i] == pytest.approx(np.mean([trace[j, i] for j in ins]))
+        assert cols["curvature_all"][i] == pytest.approx(np.mean(trace_sq[:, i]))
+        assert cols["curvature_trace_all"][i] == pytest.approx(np.mean(trace[:, i]))
+        assert cols["curvature_trace_out"][i] == pytest.approx(
+            np.mean([trace[j, i] for j in outs]))
     assert (cols["curvature"] >= 0).all()
     assert "curvature_sq" not in cols

@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxcurv import data, ensemble, models
@@ -466,3 +467,36 @@ def test_cpu_chunk_default_vmaps_dense_members_only():
     wide = params(models.get_model("mlp", 10, hidden=4096, depth=2))
     n = models.count_params(wide)
     assert ensemble._cpu_members_per_chunk(wide, 32, private=False) == (1 << 30) // (16 * n)
+
+
+def test_step_schedule_is_multistep_lr():
+    # PyTorch MultiStepLR(milestones=[12, 16], gamma=0.1) over 20 epochs of 5 steps
+    step = make_schedule(OptimizerConfig(learning_rate=1e-3, schedule="step"), 100)
+    expected = [1e-3 * 0.1 ** ((s >= 60) + (s >= 80)) for s in range(101)]
+    np.testing.assert_allclose([float(step(s)) for s in range(101)], expected, rtol=1e-6)
+    three = make_schedule(OptimizerConfig(learning_rate=1.0, schedule="step",
+                                          step_fractions=(0.5,), step_factor=0.5), 10)
+    assert [float(three(s)) for s in (4, 5, 9)] == [1.0, 0.5, 0.5]
+    for bad in [(), (0.8, 0.6), (0.0, 0.5), (0.5, 1.0)]:
+        with pytest.raises(ValueError, match="step_fractions"):
+            OptimizerConfig(schedule="step", step_fractions=bad)
+    with pytest.raises(ValueError, match="step_factor"):
+        OptimizerConfig(schedule="step", step_factor=0.0)
+
+
+def test_rmsprop_matches_pytorch_update_rule():
+    # torch.optim.RMSprop defaults: v <- 0.99 v + 0.01 g², θ <- θ − lr g / (√v + 1e-8)
+    config = OptimizerConfig(name="rmsprop", learning_rate=1e-3, weight_decay=0.0,
+                             schedule="constant")
+    tx = make_optimizer(config, 10)
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    state = tx.init(params)
+    theta, v = np.array([1.0, -2.0, 0.5]), np.zeros(3)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        g = rng.normal(size=3) * np.array([1.0, 1e-3, 10.0])
+        updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, params)
+        params = optax.apply_updates(params, updates)
+        v = 0.99 * v + 0.01 * g ** 2
+        theta = theta - 1e-3 * g / (np.sqrt(v) + 1e-8)
+    np.testing.assert_allclose(params["w"], theta, rtol=1e-5)

@@ -74,7 +74,7 @@ def test_audit_config_validation_messages():
     for changes, message in [({"models": 5}, "--models must be >= 6"),
                              ({"epochs": 0}, "--epochs must be an integer >= 1"),
                              ({"fraction": 1.0}, "--fraction"),
-                             ({"optimizer": "rmsprop"}, "--optimizer"),
+                             ({"optimizer": "adagrad"}, "--optimizer"),
                              ({"dp_epsilon": 1.0, "model": "resnet18"}, "resnet18_gn"),
                              ({"max_examples": 10}, "--max-examples must be >= 2")]:
         with pytest.raises(ValueError, match=message):

@@ -30,10 +30,12 @@ __all__ = [
     "figure_roc",
     "figure_mia_vs_mem",
     "figure_bound_fit",
+    "figure_binned_bound_fits",
     "figure_label_noise",
     "figure_privacy_bounds",
     "figure_mem_vs_epsilon",
     "figure_curve_vs_epsilon",
+    "figure_series_vs_epsilon",
     "figure_gain_by_mem",
     "figure_distributions",
     "figure_frontier",
@@ -496,4 +498,67 @@ def figure_frontier(points: Sequence[Mapping[str, Any]], path, *,
         ax.set_ylabel(label)
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+@_styled
+def figure_series_vs_epsilon(epsilons, series: Mapping[str, Any], path, *,
+                             fits: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                             references: Mapping[str, Any] | None = None, ylabel: str,
+                             title: str = "", logy: bool = False) -> Path:
+    """Figures 4–6 with training randomness shown: each named series (E, seeds) against ε (log
+    x), every seed as a dot and the mean over seeds as a line; ``fits``: label → (grid, values)
+    dashed; ``references``: label → a value or (seeds,) values drawn as horizontal bands (mean
+    ± range), e.g. the untrained and the non-private networks."""
+    eps = np.asarray(epsilons, float)
+    fig, ax = _subplots(figsize=(5.2, 3.7))
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, values) in enumerate(series.items()):
+        v = np.atleast_2d(np.asarray(values, float).T).T
+        color = colors[i % len(colors)]
+        for j in range(v.shape[1]):
+            ax.plot(eps, v[:, j], "o", ms=3, alpha=0.45, color=color)
+        ax.plot(eps, np.nanmean(v, axis=1), "-", color=color, label=f"{label} (mean of "
+                f"{v.shape[1]} seeds)")
+    for i, (label, (grid, values)) in enumerate((fits or {}).items()):
+        ax.plot(grid, values, "--", color=colors[i % len(colors)], lw=1.2, label=label)
+    for i, (label, value) in enumerate((references or {}).items()):
+        v = np.atleast_1d(np.asarray(value, float))
+        color = ("k", "tab:gray", "tab:brown")[i % 3]
+        ax.axhline(float(np.nanmean(v)), color=color, ls=":", lw=1.2, label=label)
+        if v.size > 1:
+            ax.axhspan(float(np.nanmin(v)), float(np.nanmax(v)), color=color, alpha=0.08)
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("privacy budget ε")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or f"{ylabel} vs privacy")
+    ax.legend(fontsize=6.5)
+    return _save(fig, path)
+
+
+@_styled
+def figure_binned_bound_fits(panels: Mapping[str, Mapping[str, Any]], path, *,
+                             xlabel: str = "curvature tr(H²)") -> Path:
+    """Figure 3 as the paper computes it, one panel per curvature source: every example
+    (curvature, mem) in grey, each memorization bin's maximum curvature against its mean mem,
+    and the eq. 15 fit p₁·√m_sub·Curv + c₁ at the bins (m_sub per bin). ``panels``: title →
+    {"curvature", "mem" (N,), "bin_curvature", "bin_mem", "fitted" (B,), "r2", "p1", "c1"}."""
+    fig, axes = _subplots(1, len(panels), figsize=(4.3 * len(panels), 3.7), squeeze=False)
+    for ax, (title, p) in zip(axes[0], panels.items()):
+        curv, mem = np.asarray(p["curvature"], float), np.asarray(p["mem"], float)
+        ok = np.isfinite(curv) & np.isfinite(mem) & (curv > 0)
+        ax.scatter(curv[ok], mem[ok], s=3, alpha=0.15, color="tab:gray", label="examples")
+        order = np.argsort(p["bin_curvature"])
+        bx = np.asarray(p["bin_curvature"], float)[order]
+        ax.scatter(bx, np.asarray(p["bin_mem"], float)[order], s=16, color="tab:blue",
+                   zorder=3, label="bins: max curvature, mean mem")
+        ax.plot(bx, np.asarray(p["fitted"], float)[order], "r.--", ms=4, lw=1, zorder=4,
+                label=f"eq. 15 fit (p₁={p['p1']:.3g}, c₁={p['c1']:.3g}, R²={p['r2']:.3f})")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("memorization score (FZ)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6, loc="upper left")
     return _save(fig, path)

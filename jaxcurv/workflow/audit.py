@@ -54,7 +54,7 @@ __all__ = ["audit", "AuditResult", "AuditData", "AuditRun", "run_audit", "load_d
            "member_curvature", "member_zero_order", "curvature_estimator",
            "zero_order_estimator", "zero_order_member_ids",
            "memorization_proxies", "mia_scores", "nonprivate_reference", "scores_table",
-           "checkpoint_folders", "OUTPUTS"]
+           "checkpoint_folders", "OUTPUTS", "audit_run"]
 
 # settings that change the trained members (the data enters through its fingerprint)
 _TRAIN_FIELDS = ("model", "model_kwargs", "models", "epochs", "batch_size", "learning_rate",
@@ -289,11 +289,15 @@ def nonprivate_reference(config: AuditConfig, data: AuditData, cache: StageCache
 
 def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
     """scores.csv: one row per training example (IN = mean over members holding it, OUT = over
-    the others). ``curvature`` is the papers' Curv, the tr(H²) = E‖Hv‖² estimate (≥ 0; ICML 2024
-    Figs. 3, 5 and Curvature Clues); ``curvature_trace`` is tr(H) (its appendix variant, Figs.
-    14–16), signed. ``mem_lower``: the lower end of mem's 95 % Agresti–Caffo interval (the
-    findings count an example as highly memorized when it exceeds 0.5). ``mia_<attack>``: the
-    attack's mean score over the members holding the example, higher = more likely a member."""
+    the others, ALL = over every member). ``curvature`` is the papers' Curv, the tr(H²) = E‖Hv‖²
+    estimate (≥ 0; ICML 2024 Figs. 3, 5 and Curvature Clues) over IN members (what one trained
+    model gives for its own training examples); ``curvature_out`` over OUT members (Thm 5.1
+    bounds memorization by the curvature of models trained on S without the example) and
+    ``curvature_all`` over all members (§6.3 averages every model); ``curvature_trace*`` the
+    same for tr(H) (the appendix variant, Figs. 14–16), signed. ``mem_lower``: the lower end
+    of mem's 95 % Agresti–Caffo interval (the findings count an example as highly memorized when
+    it exceeds 0.5). ``mia_<attack>``: the attack's mean score over the members holding the
+    example, higher = more likely a member."""
     data, masks, curv = run.data, run.data.masks, run.curvature
     logits = run.logits[:, 0]
     correct = logits.argmax(-1) == data.train.labels[None]
@@ -305,8 +309,10 @@ def scores_table(run: AuditRun) -> dict[str, np.ndarray]:
     columns: dict[str, Any] = {
         "index": np.arange(len(data.train)), "label": data.train.labels,
         "curvature": sq_in, "curvature_stderr": sq_in_se, "curvature_out": sq_out,
+        "curvature_all": np.mean(np.asarray(curv.trace_sq, np.float64), axis=0),
         "curvature_trace": tr_in, "curvature_trace_stderr": tr_in_se,
         "curvature_trace_out": tr_out,
+        "curvature_trace_all": np.mean(np.asarray(curv.trace, np.float64), axis=0),
         "loss": masked_mean(cross_entropy(logits, data.train.labels[None]), masks),
         "correct": masked_mean(correct.astype(float), masks),
         "mem": mem, "mem_stderr": mem_stderr, "mem_lower": mem_lower,
@@ -513,6 +519,21 @@ def run_audit(config: AuditConfig, *, model=None, train: data_lib.Dataset | None
     out = Path(config.out)
     with exclusive_lock(out) if writer else contextlib.nullcontext():
         return _run_locked(config, out, writer, given)
+
+
+def audit_run(config: AuditConfig) -> AuditRun:
+    """The audit's stages up to the attack scores, from the same cache and checkpoints as
+    :func:`run_audit` with the same config (after it, nothing is recomputed), without writing
+    reports: for experiments that need the per-member arrays (single process only)."""
+    if not isinstance(config, AuditConfig):
+        raise ValueError(f"config must be an AuditConfig, got {type(config).__name__}")
+    config.validate()
+    out = Path(config.out)
+    with exclusive_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        timer = Timer()
+        cache = StageCache(out / "cache", timer=timer, log=_say if config.progress else None)
+        return _compute(config, cache, timer, {})
 
 
 def _run_locked(config: AuditConfig, out: Path, writer: bool, given: dict) -> dict[str, Any]:

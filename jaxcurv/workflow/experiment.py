@@ -459,6 +459,18 @@ def headline(value: float, what: str, *, interval: Sequence[float] | None = None
             "over": over, "paper": None if paper is None else float(paper)}
 
 
+def _command(experiment: str, config: Any) -> str:
+    """The command that ran: this process's own flags when it is the experiment's script (so
+    ``--set`` overrides are part of it), else ``--config <name>``."""
+    import shlex
+    import sys
+
+    head = f"python -m experiments.{experiment}"
+    if Path(sys.argv[0]).name == f"{experiment}.py":
+        return " ".join([head, *map(shlex.quote, sys.argv[1:])])
+    return f"{head} --config {getattr(config, 'name', '?')}"
+
+
 def finish(out: Path, experiment: str, config: Any, results: Mapping[str, Any], *,
            timer, notes: Sequence[str | None], lines: Sequence[str],
            warnings: Sequence[str] = (), command: str | None = None,
@@ -478,8 +490,7 @@ def finish(out: Path, experiment: str, config: Any, results: Mapping[str, Any], 
     statistics = Path(out) / STATISTICS_FILE
     summary = {
         "experiment": experiment, "config": echo(config),
-        "command": command or f"python -m experiments.{experiment} --config "
-                              f"{getattr(config, 'name', '?')}",
+        "command": command or _command(experiment, config),
         "environment": environment(), "notes": notes, "warnings": warnings,
         "headlines": dict(headlines or {}), "results": results, "timings_s": timings}
     if statistics.is_file():

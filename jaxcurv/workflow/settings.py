@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 # Peak learning rates when learning_rate is not given.
-LEARNING_RATES = {"sgd": 0.05, "adam": 2e-3, "sam": 0.05, "sam-gnr": 0.05}
+LEARNING_RATES = {"sgd": 0.05, "adam": 2e-3, "rmsprop": 1e-3, "sam": 0.05, "sam-gnr": 0.05}
 # Keyword arguments of models.get_model when model_kwargs is not given: a GELU MLP wide and deep
 # enough to fit every training label of a half of the 8x8 digits within 60 epochs, also with 10 %
 # of the labels flipped (docs/design.md, "The audit").
@@ -205,12 +205,12 @@ class Training:
     batch_size: int = setting(64, "(expected) batch size", low=1, high=1 << 20)
     learning_rate: float | None = setting(
         None, "peak learning rate, cosine schedule", low=0.0, open_low=True, high=1e3,
-        none="2e-3 for adam, 0.05 for sgd, sam and sam-gnr")
+        none="2e-3 for adam, 1e-3 for rmsprop, 0.05 for sgd, sam and sam-gnr")
     weight_decay: float = setting(
         0.0, "L2 on kernels (0: members must fit their training labels for memorization to "
         "show)", low=0.0, high=1e3)
     optimizer: str = setting(
-        "adam", "sgd (momentum 0.9), adam, sam (SGD + sharpness-aware minimization) or sam-gnr "
+        "adam", "sgd (momentum 0.9), adam, rmsprop, sam (SGD + sharpness-aware minimization) or sam-gnr "
         "(SAM + gradient-norm penalty + noise, the SAM paper's mitigation)", choices=OPTIMIZERS)
 
     @property
