@@ -603,3 +603,46 @@ def test_memorization_bins_hold_the_values_their_labels_say():
     first = clipped[0]
     assert first["mem_lo"] == pytest.approx(np.nanmin(mem)) and first["mem_lo"] < 0
     assert first["mem_lo"] <= first["mem_center"] <= first["mem_hi"] == 0.1
+
+
+def _environment_module_at(root):
+    """environment.py copied to ``root/jaxcurv/workflow/`` and imported from there."""
+    import importlib.util
+    import shutil
+
+    target = root / "jaxcurv" / "workflow" / "environment.py"
+    target.parent.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / "jaxcurv" / "workflow" / "environment.py",
+                target)
+    (root / "jaxcurv" / "__init__.py").write_text("")
+    spec = importlib.util.spec_from_file_location(f"env_copy_{abs(hash(root))}", target)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd,
+                   check=True, capture_output=True)
+
+
+def test_source_commit_names_only_a_checkout_of_jaxcurv(tmp_path):
+    """An installed copy inside another git repository (a pyenv clone holding site-packages)
+    has no jaxcurv commit; a checkout that tracks the package has one."""
+    other = tmp_path / "pyenv"
+    other.mkdir()
+    (other / "README").write_text("another project")
+    _git(other, "init", "-q")
+    _git(other, "add", "README")
+    _git(other, "commit", "-q", "-m", "x")
+    installed = _environment_module_at(other / "site-packages")
+    assert installed.source_commit() is None
+    checkout = tmp_path / "checkout"
+    module = _environment_module_at(checkout)
+    _git(checkout, "init", "-q")
+    _git(checkout, "add", ".")
+    _git(checkout, "commit", "-q", "-m", "x")
+    commit = module.source_commit()
+    assert commit is not None and len(commit) == 12 and "+" not in commit

@@ -27,9 +27,15 @@ def _version(package: str) -> str | None:
 
 def source_commit() -> str | None:
     """The git commit of the jaxcurv source in use (``+changes`` when files differ from it), or
-    None outside a git checkout."""
+    None outside a checkout of jaxcurv (an installed copy inside some other git repository, e.g.
+    a pyenv clone, is not one: the repository must track this package)."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
+        tracked = subprocess.run(["git", "-C", root, "ls-files", "--error-unmatch",
+                                  os.path.join("jaxcurv", "__init__.py")],
+                                 capture_output=True, text=True, timeout=10)
+        if tracked.returncode != 0:
+            return None
         head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
                               capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
