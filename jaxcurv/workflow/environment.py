@@ -82,10 +82,10 @@ def describe_device(env: dict[str, Any] | None = None) -> str:
 
 
 def _relative(path: str) -> str:
-    """A script path relative to the working directory when it lies below it (no machine paths
-    in result files)."""
+    """A script path relative to the working directory when it lies below it, else its file name
+    (an installed console script): no machine paths in result files."""
     try:
         rel = os.path.relpath(path)
     except ValueError:
-        return path
-    return path if rel.startswith("..") else rel
+        return os.path.basename(path)
+    return os.path.basename(path) if rel.startswith("..") else rel
