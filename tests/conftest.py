@@ -1,13 +1,27 @@
 """Shared test fixtures, and Ctrl-C that stops the suite even inside an in-process CLI call."""
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 
 import numpy as np
 import pytest
+
+# One XLA compilation cache for the whole test run, shared by this process, pytest-xdist workers
+# and every subprocess a test starts (they inherit the environment): the many tests that build the
+# same kernel for the same tiny model compile it once. It is created empty for each run (a run's
+# time never depends on an earlier run) and removed at exit by the process that created it. XLA
+# keys each entry on the program and the compiler, so a hit returns the same executable.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _XLA_CACHE = tempfile.mkdtemp(prefix="jaxcurv-tests-xla-")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # The `jaxcurv` command turns KeyboardInterrupt into exit status 130 (what a user at a terminal
 # wants); a test calling main() in-process would then swallow the Ctrl-C meant for pytest. A SIGINT

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -198,6 +199,9 @@ def test_ctrl_c_in_an_in_process_command_stops_the_test_run(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "conftest", "-p",
                           "no:cacheprovider", "-q", str(tmp_path / "test_interrupted.py")],
-                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         # a suite started in the background inherits SIGINT ignored; a user's
+                         # terminal delivers it
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert "KeyboardInterrupt" in out.stdout and "passed" not in out.stdout, out.stdout[-2000:]
     assert out.returncode != 0

@@ -226,6 +226,16 @@ def test_run_chunked_equals_the_whole_stage_and_resumes_after_a_kill(tmp_path):
         cache.run_chunked("bad", key, 2, lambda i: {"x": np.zeros(1)} if i else {"y": np.zeros(1)})
 
 
+def test_run_chunked_shows_a_progress_bar_only_when_asked(tmp_path, capsys):
+    chunk = lambda i: {"v": np.array([float(i)])}
+    StageCache(tmp_path / "quiet").run_chunked("curv", "k", 3, chunk)
+    assert "curv" not in capsys.readouterr().err
+    result = StageCache(tmp_path / "bar", progress=True).run_chunked("curv", "k", 3, chunk)
+    err = capsys.readouterr().err
+    assert "curv:" in err and "/3 " in err
+    np.testing.assert_array_equal(result["v"], [0.0, 1.0, 2.0])
+
+
 def test_non_finite_results_are_refused_and_not_cached(tmp_path):
     cache = StageCache(tmp_path)
     nan = {"trace": np.array([1.0, np.nan, np.inf]), "stderr": np.array([np.nan, 0.0, 0.0])}

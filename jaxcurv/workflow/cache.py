@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxcurv._validate import check_positive_int
 from jaxcurv.errors import OutputError
@@ -124,15 +125,16 @@ class StageCache:
     same chunk by chunk.
 
     timer: records each stage's seconds, or "cached"; log: called with a line per stage (e.g.
-    ``print``), None for silence. Notices about damaged files go to ``log``, or without one to
+    ``print``), None for silence; progress: a progress bar over the chunks of ``run_chunked``. Notices about damaged files go to ``log``, or without one to
     ``warnings.warn`` (RuntimeWarning).
     """
 
     def __init__(self, directory: str | os.PathLike, *, timer: Timer | None = None,
-                 log: Callable[[str], Any] | None = None) -> None:
+                 log: Callable[[str], Any] | None = None, progress: bool = False) -> None:
         self.directory = Path(directory)
         self.timer = timer
         self.log = log
+        self.progress = progress
 
     def path(self, name: str, key: Any) -> Path:
         """Where the entry of (name, key) lives."""
@@ -241,13 +243,16 @@ class StageCache:
         self._say(f"{name}: resuming from {done} of {num_chunks} cached chunks" if done
                   else f"{name} …")
         timer = self.timer if self.timer is not None else Timer()
-        with timer(name):
+        bar = tqdm(total=num_chunks, initial=done, desc=name, unit="chunk", leave=False,
+                   disable=not self.progress or done == num_chunks)
+        with timer(name), bar:
             for i, part in enumerate(parts):
                 if part is None:
                     part = {str(k): np.asarray(v) for k, v in compute_chunk(i).items()}
                     _nonfinite(f"{name} (chunk {i})", part, require_finite)
                     parts[i] = self._write(paths[i], chunk_keys[i], name, part)
                     self._say(f"{name}: chunk {i + 1} of {num_chunks} done")
+                    bar.update()
             result = _concatenate(name, parts)
         self.save(name, key, result)
         for path in paths:

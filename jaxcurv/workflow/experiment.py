@@ -262,10 +262,12 @@ def train_ensemble(config: ExperimentConfig, data: ExperimentData, masks: np.nda
 
 
 def stage_cache(config: ExperimentConfig, timer=None):
-    """The stage cache shared by all experiments: ``<cache_dir>/stages``."""
+    """The stage cache shared by all experiments: ``<cache_dir>/stages`` (a progress bar over
+    chunked stages unless ``--quiet``)."""
     from jaxcurv.workflow.cache import StageCache
 
-    return StageCache(Path(config.cache_dir) / "stages", timer=timer)
+    return StageCache(Path(config.cache_dir) / "stages", timer=timer,
+                      progress=bool(getattr(config, "progress", False)))
 
 
 def member_curvature(config: ExperimentConfig, ens, images: np.ndarray, labels: np.ndarray, *,
