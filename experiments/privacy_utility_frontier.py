@@ -215,7 +215,8 @@ def _run_arm(config: FrontierConfig, data, masks, arm: Arm, timer, spec: str
 def _arm_statistics(statistics: dict[str, np.ndarray], arm: str) -> dict[str, Any]:
     """One arm's measurements from the saved ``statistics`` (keys ``<arm>/<name>``), and what
     follows from them: FZ memorization ``mem`` (N,), the IN-member mean tr(H²) ``curvature``
-    (N,), ``train_in_accuracy``; ``epsilon`` / ``noise_multiplier`` None for a non-DP arm."""
+    (N,), ``train_in_accuracy``; ``epsilon`` / ``noise_multiplier`` NaN for a non-DP arm (an
+    empty CSV cell; a number column stays numbers)."""
     from jaxcurv import memorization
 
     masks = statistics["masks"]
@@ -223,7 +224,7 @@ def _arm_statistics(statistics: dict[str, np.ndarray], arm: str) -> dict[str, An
     correct = get("correct")
     with np.errstate(invalid="ignore", divide="ignore"):
         mem = memorization.feldman_zhang(correct, masks)[0]
-    scalar = lambda v: None if v is None else float(v)  # noqa: E731
+    scalar = lambda v: math.nan if v is None else float(v)  # noqa: E731
     return {"correct": correct, "test_correct": get("test_correct"),
             "score": get("score").astype(np.float64),
             "member_curvature": get("curvature").astype(np.float64),
@@ -425,8 +426,8 @@ def _table(all_arms: list[Arm], runs: dict, point: dict, draws: dict, alpha: flo
         gnr = arm.family == "SAM-GNR"
         row = {"arm": arm.name, "family": arm.family, "label": arm.label,
                "optimizer": arm.optimizer.name,
-               "gnr_penalty": arm.optimizer.gnr_penalty if gnr else None,
-               "gnr_noise": arm.optimizer.gnr_noise if gnr else None,
+               "gnr_penalty": arm.optimizer.gnr_penalty if gnr else math.nan,
+               "gnr_noise": arm.optimizer.gnr_noise if gnr else math.nan,
                "epsilon": run["epsilon"], "noise_multiplier": run["noise_multiplier"],
                "train_in_accuracy": run["train_in_accuracy"]}
         for k in ("test_accuracy", *_METRICS, "mean_mem", "mean_curvature",
