@@ -546,12 +546,13 @@ def _headlines(tabs: dict, config: FrontierConfig) -> dict[str, Any]:
     mitigation against SAM, with their bootstrap intervals (from the tables)."""
     over, out = f"{1 - config.alpha:.0%} bootstrap over examples", {}
     for r in tabs["frontier"]:
+        arm = r["family"] if r["label"] == r["family"] else f"{r['family']} {r['label']}"
         out[f"test_accuracy_{r['arm']}"] = X.headline(
-            r["test_accuracy"], f"{r['family']} {r['label']}: test accuracy, mean over members",
+            r["test_accuracy"], f"{arm}: test accuracy, mean over members",
             interval=_interval(r, "test_accuracy"), over=over.replace("examples", "test examples"))
         out[f"auroc_{r['arm']}"] = X.headline(
-            r["auroc"], f"{r['family']} {r['label']}: {config.attack} AUROC "
-            "(leave-one-model-out)", interval=_interval(r, "auroc"), over=over)
+            r["auroc"], f"{arm}: {config.attack} AUROC (leave-one-model-out)",
+            interval=_interval(r, "auroc"), over=over)
     s = tabs["sam_vs_sgd"][0]
     out["auroc_sam_minus_sgd"] = X.headline(s["auroc_difference"], "SAM − SGD attack AUROC",
                                             interval=_interval(s, "auroc_difference"), over=over)
