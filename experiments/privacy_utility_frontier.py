@@ -26,6 +26,12 @@ none brackets it); (2) how the reduction of the attack's advantage over SAM,
 1 − (AUROC − ½)/(AUROC_SAM − ½), and the accuracy cost compare with the 41 % and 0.8 % that a
 third-party summary attributes to the paper (its own text does not state them).
 
+Every table is computed by :func:`tables` from ``statistics.npz`` (the members' subset masks and,
+per arm, the members' correctness on the training and test images, the attack's
+leave-one-model-out scores, the members' tr(H²) on the training images, and DP-SGD's ε and noise
+multiplier), with bootstrap draws from the config's seed, so ``python -m experiments.recompute
+DIR`` rebuilds them byte for byte; the summary's answers and headlines are read from the tables.
+
     python -m experiments.privacy_utility_frontier --config small        # digits, CPU minutes
     python -m experiments.privacy_utility_frontier --config cifar10-cpu  # CIFAR-10 subset, ≤ 1 h
     python -m experiments.privacy_utility_frontier --config full         # CIFAR-10, GPU
@@ -47,7 +53,7 @@ from jaxcurv.workflow.settings import GNR_HVPS, PrivacySweep, setting
 EXPERIMENT = "privacy_utility_frontier"
 
 __all__ = ["FrontierConfig", "Arm", "CONFIGS", "QUOTED", "get_config", "main", "arms",
-           "matched_reference"]
+           "matched_reference", "tables"]
 
 # Figures a third-party summary attributes to the SAM paper (its own text does not state them):
 # the risk reduction and accuracy cost of its mitigation, SAM's memorization increase over SGD.
@@ -115,6 +121,9 @@ def get_config(name: str) -> FrontierConfig:
 
 def _validate(config: FrontierConfig) -> None:
     X.validate(config)
+    if len(config.datasets) != 1:
+        raise ValueError(f"datasets takes one dataset here (one statistics file per folder), "
+                         f"got {list(config.datasets)}")
     if config.models < 6:
         raise ValueError("models must be >= 6 (leave-one-model-out needs >= 2 IN and 2 OUT "
                          "shadows per example, cross-fitting two halves with OUT members)")
@@ -172,12 +181,14 @@ def arms(config: FrontierConfig) -> list[Arm]:
     return out
 
 
-def _run_arm(config: FrontierConfig, data, masks, arm: Arm, timer, spec: str) -> dict:
-    """Train (or restore) one arm's ensemble; its correctness (K, N) and (K, Z), attack scores
-    (K, N), IN-member mean tr(H²) (N,) and FZ memorization (N,)."""
-    from jaxcurv import ensemble, memorization
+def _run_arm(config: FrontierConfig, data, masks, arm: Arm, timer, spec: str
+             ) -> dict[str, np.ndarray]:
+    """Train (or restore) one arm's ensemble and measure it, as statistics: ``correct`` (K, N)
+    and ``test_correct`` (K, Z) bools, the attack's leave-one-model-out ``score`` (K, N), the
+    members' |tr(H²)| ``curvature`` (K, N), and for DP-SGD the accountant's ``epsilon`` and
+    ``noise_multiplier`` (scalars)."""
+    from jaxcurv import ensemble
     from jaxcurv.workflow import attack_scores
-    from jaxcurv.workflow.sections import curvature_outlier_members
 
     train, test = data.train, data.test
     tag = f"{EXPERIMENT}-{data.slug}-{'dp' if arm.dp is not None else 'subsets'}"
@@ -192,15 +203,35 @@ def _run_arm(config: FrontierConfig, data, masks, arm: Arm, timer, spec: str) ->
         sq = np.abs(np.asarray(curv.trace_sq, np.float64))
         scores = attack_scores(logits[:, None], train.labels, masks, sq, None, test_logits,
                                test.labels)
-    correct = logits.argmax(-1) == train.labels[None]
-    return {"correct": correct, "test_correct": test_logits.argmax(-1) == test.labels[None],
-            "curvature_outliers": curvature_outlier_members(sq),
-            "score": scores[config.attack], "curvature": memorization.masked_mean(sq, masks),
-            "mem": memorization.feldman_zhang(correct, masks)[0],
-            "train_in_accuracy": float(correct[masks].mean()),
-            "epsilon": None if ens.privacy is None else float(ens.privacy["epsilon_max"]),
-            "noise_multiplier": None if ens.privacy is None
-            else float(ens.privacy["noise_multiplier"])}
+    out = {"correct": logits.argmax(-1) == train.labels[None],
+           "test_correct": test_logits.argmax(-1) == test.labels[None],
+           "score": scores[config.attack], "curvature": sq}
+    if ens.privacy is not None:
+        out |= {"epsilon": np.asarray(ens.privacy["epsilon_max"], np.float64),
+                "noise_multiplier": np.asarray(ens.privacy["noise_multiplier"], np.float64)}
+    return out
+
+
+def _arm_statistics(statistics: dict[str, np.ndarray], arm: str) -> dict[str, Any]:
+    """One arm's measurements from the saved ``statistics`` (keys ``<arm>/<name>``), and what
+    follows from them: FZ memorization ``mem`` (N,), the IN-member mean tr(H²) ``curvature``
+    (N,), ``train_in_accuracy``; ``epsilon`` / ``noise_multiplier`` NaN for a non-DP arm (an
+    empty CSV cell; a number column stays numbers)."""
+    from jaxcurv import memorization
+
+    masks = statistics["masks"]
+    get = lambda k: statistics.get(f"{arm}/{k}")  # noqa: E731
+    correct = get("correct")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mem = memorization.feldman_zhang(correct, masks)[0]
+    scalar = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    return {"correct": correct, "test_correct": get("test_correct"),
+            "score": get("score").astype(np.float64),
+            "member_curvature": get("curvature").astype(np.float64),
+            "curvature": memorization.masked_mean(get("curvature").astype(np.float64), masks),
+            "mem": mem, "train_in_accuracy": float(correct[masks].mean()),
+            "epsilon": scalar(get("epsilon")),
+            "noise_multiplier": scalar(get("noise_multiplier"))}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,7 +415,7 @@ def _gain_bins(config: FrontierConfig, runs: dict, masks) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------------
-# tables, answers, outputs
+# tables (pure: statistics -> rows), answers, outputs
 
 
 def _table(all_arms: list[Arm], runs: dict, point: dict, draws: dict, alpha: float) -> list[dict]:
@@ -395,8 +426,8 @@ def _table(all_arms: list[Arm], runs: dict, point: dict, draws: dict, alpha: flo
         gnr = arm.family == "SAM-GNR"
         row = {"arm": arm.name, "family": arm.family, "label": arm.label,
                "optimizer": arm.optimizer.name,
-               "gnr_penalty": arm.optimizer.gnr_penalty if gnr else None,
-               "gnr_noise": arm.optimizer.gnr_noise if gnr else None,
+               "gnr_penalty": arm.optimizer.gnr_penalty if gnr else math.nan,
+               "gnr_noise": arm.optimizer.gnr_noise if gnr else math.nan,
                "epsilon": run["epsilon"], "noise_multiplier": run["noise_multiplier"],
                "train_in_accuracy": run["train_in_accuracy"]}
         for k in ("test_accuracy", *_METRICS, "mean_mem", "mean_curvature",
@@ -407,28 +438,66 @@ def _table(all_arms: list[Arm], runs: dict, point: dict, draws: dict, alpha: flo
     return rows
 
 
-def _answers(all_arms: list[Arm], point: dict, draws: dict, alpha: float) -> tuple[list, dict]:
-    """Per mitigation strength: against SAM and against DP-SGD (rows); and the answers."""
+def _split(row: dict) -> dict:
+    """A table row: each (lo, hi) interval ``<key>_ci`` as the columns ``<key>_lo``,
+    ``<key>_hi``."""
+    out = {}
+    for k, v in row.items():
+        if k.endswith("_ci"):
+            out[f"{k[:-3]}_lo"], out[f"{k[:-3]}_hi"] = (float(x) for x in v)
+        else:
+            out[k] = v
+    return out
+
+
+def _interval(row: dict, key: str) -> tuple[float, float]:
+    """The (lo, hi) interval of ``key`` in a table row."""
+    return float(row[f"{key}_lo"]), float(row[f"{key}_hi"])
+
+
+def tables(statistics: dict[str, np.ndarray], config: FrontierConfig
+           ) -> dict[str, list[dict[str, Any]]]:
+    """frontier (one row per arm), versus (each SAM-GNR strength against SAM and against DP-SGD
+    at its accuracy), sam_vs_sgd (one row) and gain_by_memorization, from ``statistics``
+    (``masks`` (K, N) and per arm ``<arm>/correct``, ``/test_correct``, ``/score``,
+    ``/curvature``, DP-SGD's ``/epsilon`` and ``/noise_multiplier``). The bootstrap draws come
+    from ``config.seed``, so the same statistics give the same tables."""
+    all_arms = arms(config)
+    masks = statistics["masks"]
+    runs = {a.name: _arm_statistics(statistics, a.name) for a in all_arms}
+    point, draws = _estimates(config, runs, masks)
     gnr = [a.name for a in all_arms if a.family == "SAM-GNR"]
     dp = [a.name for a in all_arms if a.family == "DP-SGD"]
-    rows = [{"arm": name, **_versus_sam(name, point, draws, alpha),
-             **_versus_dp(name, dp, point, draws, alpha)} for name in gnr]
-    signs = [r["auroc_sign"] for r in rows]
+    versus = [{"arm": name, **_versus_sam(name, point, draws, config.alpha),
+               **_versus_dp(name, dp, point, draws, config.alpha)} for name in gnr]
+    return {"frontier": [_split(r) for r in _table(all_arms, runs, point, draws, config.alpha)],
+            "versus": [_split(r) for r in versus],
+            "sam_vs_sgd": [_split(_sam_vs_sgd(point, draws, config.alpha))],
+            "gain_by_memorization": _gain_bins(config, runs, masks)}
+
+
+_SUMMARY_KEYS = ("arm", "auroc_reduction", "auroc_reduction_lo", "auroc_reduction_hi",
+                 "accuracy_cost", "accuracy_cost_lo", "accuracy_cost_hi", "vs_paper_reduction")
+
+
+def _answers(rows: list[dict], alpha: float) -> dict:
+    """The answers, from the versus table's rows (one per mitigation strength)."""
+    gnr = [r["arm"] for r in rows]
     beats = [r["arm"] for r in rows if r["auroc_sign"] == "lower"
              and r["position"] in ("matched", "above")]
     beaten = [r["arm"] for r in rows if r["auroc_sign"] == "higher"
               and r["position"] in ("matched", "below")]
     matched = [r["arm"] for r in rows if r["position"] == "matched"]
-    answer = _answer(beats, beaten, matched, rows)
     best = max(rows, key=lambda r: r["auroc_reduction"])
     default = next((r for r in rows if r["arm"] == _default_arm_name()), rows[0])
-    answers = {
+    return {
         "mitigation_beats_dp_sgd_at_matched_accuracy": {
-            "answer": answer, "metric": "attack AUROC", "confidence": 1 - alpha,
+            "answer": _answer(beats, beaten, matched, rows), "metric": "attack AUROC",
+            "confidence": 1 - alpha,
             "strengths_that_beat_dp_sgd": beats, "strengths_beaten_by_dp_sgd": beaten,
             "strengths_inside_dp_sgd_accuracy_range": matched,
             "per_strength": {r["arm"]: r["auroc_verdict"] for r in rows},
-            "signs": dict(zip(gnr, signs)),
+            "signs": dict(zip(gnr, (r["auroc_sign"] for r in rows))),
             "rule": "a strength beats DP-SGD when the paired-bootstrap interval of its AUROC minus "
                     "DP-SGD's at its test accuracy (interpolated between the two DP-SGD runs that "
                     "bracket it) lies below 0, or when it is more accurate than every DP-SGD run "
@@ -437,18 +506,14 @@ def _answers(all_arms: list[Arm], point: dict, draws: dict, alpha: float) -> tup
                     "it is less accurate than every DP-SGD run and more attackable than the least "
                     "accurate one"},
         "reduction_vs_paper": {
-            "paper_reduction": QUOTED["risk_reduction"], "paper_accuracy_cost": QUOTED[
-                "accuracy_cost"],
+            "paper_reduction": QUOTED["risk_reduction"],
+            "paper_accuracy_cost": QUOTED["accuracy_cost"],
             "measure": "1 − (AUROC − 0.5)/(AUROC_SAM − 0.5)",
             "default_strength": {k: default[k] for k in (
-                "arm", "auroc_reduction", "auroc_reduction_ci", "accuracy_cost",
-                "accuracy_cost_ci", "vs_paper_reduction", "tpr_at_fpr_0_1pct_reduction",
-                "tpr_at_fpr_0_1pct_reduction_ci")},
-            "largest_reduction": {k: best[k] for k in (
-                "arm", "auroc_reduction", "auroc_reduction_ci", "accuracy_cost",
-                "accuracy_cost_ci", "vs_paper_reduction")}},
+                *_SUMMARY_KEYS, "tpr_at_fpr_0_1pct_reduction", "tpr_at_fpr_0_1pct_reduction_lo",
+                "tpr_at_fpr_0_1pct_reduction_hi")},
+            "largest_reduction": {k: best[k] for k in _SUMMARY_KEYS}},
     }
-    return rows, answers
 
 
 def _answer(beats: list, beaten: list, matched: list, rows: list) -> str:
@@ -476,18 +541,55 @@ def _default_arm_name() -> str:
     return f"sam-gnr-{d.gnr_penalty:g}-{d.gnr_noise:g}"
 
 
+def _headlines(tabs: dict, config: FrontierConfig) -> dict[str, Any]:
+    """Each arm's test accuracy and attack AUROC, SAM − SGD, and the default and the strongest
+    mitigation against SAM, with their bootstrap intervals (from the tables)."""
+    over, out = f"{1 - config.alpha:.0%} bootstrap over examples", {}
+    for r in tabs["frontier"]:
+        arm = r["family"] if r["label"] == r["family"] else f"{r['family']} {r['label']}"
+        out[f"test_accuracy_{r['arm']}"] = X.headline(
+            r["test_accuracy"], f"{arm}: test accuracy, mean over members",
+            interval=_interval(r, "test_accuracy"), over=over.replace("examples", "test examples"))
+        out[f"auroc_{r['arm']}"] = X.headline(
+            r["auroc"], f"{arm}: {config.attack} AUROC (leave-one-model-out)",
+            interval=_interval(r, "auroc"), over=over)
+    s = tabs["sam_vs_sgd"][0]
+    out["auroc_sam_minus_sgd"] = X.headline(s["auroc_difference"], "SAM − SGD attack AUROC",
+                                            interval=_interval(s, "auroc_difference"), over=over)
+    out["held_out_gain_sam_vs_sgd"] = X.headline(
+        s["held_out_gain"], "SAM − SGD accuracy on held-out training examples (mean)",
+        interval=_interval(s, "held_out_gain"), over=over)
+    out["mean_mem_relative_increase_sam_vs_sgd"] = X.headline(
+        s["mean_mem_relative_increase"], "SAM / SGD mean memorization − 1 (a third-party "
+        f"summary quotes +{QUOTED['memorization_increase']:g} for the SAM paper)",
+        interval=_interval(s, "mean_mem_relative_increase"), over=over)
+    rows = {r["arm"]: r for r in tabs["versus"]}
+    default = rows.get(_default_arm_name(), tabs["versus"][0])
+    best = max(tabs["versus"], key=lambda r: r["auroc_reduction"])
+    for tag, r in (("default", default), ("largest", best)):
+        out[f"auroc_reduction_{tag}_mitigation"] = X.headline(
+            r["auroc_reduction"], f"{r['arm']}: 1 − (AUROC − ½)/(AUROC_SAM − ½) (a third-party "
+            f"summary quotes {QUOTED['risk_reduction']:g})",
+            interval=_interval(r, "auroc_reduction"), over=over)
+        out[f"accuracy_cost_{tag}_mitigation"] = X.headline(
+            r["accuracy_cost"], f"{r['arm']}: SAM − SAM-GNR test accuracy",
+            interval=_interval(r, "accuracy_cost"), over=over.replace("examples",
+                                                                      "test examples"))
+    return out
+
+
 def _fmt_ci(row: dict, key: str, digits: int = 4, sign: bool = False) -> str:
-    """"value [lo, hi]" of row[key] and row[key + "_ci"]."""
+    """"value [lo, hi]" of row[key], row[key + "_lo"] and row[key + "_hi"]."""
     f = f"{{:{'+' if sign else ''}.{digits}f}}"
-    lo, hi = row[f"{key}_ci"]
+    lo, hi = _interval(row, key)
     return f"{f.format(row[key])} [{f.format(lo)}, {f.format(hi)}]"
 
 
-def _lines(slug: str, config: FrontierConfig, table: list, rows: list, answers: dict,
-           sam_sgd: dict) -> list[str]:
+def _lines(slug: str, config: FrontierConfig, tabs: dict, answers: dict) -> list[str]:
+    sam_sgd = tabs["sam_vs_sgd"][0]
     lines = [f"[{slug}] {config.attack}: arm, test accuracy, AUROC, TPR@0.1%FPR, mean mem, "
              "mean tr(H²) (95 % intervals)"]
-    for r in table:
+    for r in tabs["frontier"]:
         lines.append(f"[{slug}]   {r['arm']:<18} acc {_fmt_ci(r, 'test_accuracy')}  AUROC "
                      f"{_fmt_ci(r, 'auroc')}  TPR {_fmt_ci(r, 'tpr_at_fpr_0_1pct')}  mem "
                      f"{r['mean_mem']:.4f}  curv {r['mean_curvature']:.4g}")
@@ -496,7 +598,7 @@ def _lines(slug: str, config: FrontierConfig, table: list, rows: list, answers: 
                  f"{_fmt_ci(sam_sgd, 'mean_mem_relative_increase', 3, True)} relative (quoted "
                  f"+{QUOTED['memorization_increase']:.3f}), held-out gain "
                  f"{_fmt_ci(sam_sgd, 'held_out_gain', sign=True)}")
-    for r in rows:
+    for r in tabs["versus"]:
         lines.append(f"[{slug}] {r['arm']}: AUROC advantage cut by "
                      f"{_fmt_ci(r, 'auroc_reduction', 3)} vs SAM ({r['vs_paper_reduction']} the "
                      f"quoted {QUOTED['risk_reduction']:.2f}), accuracy cost "
@@ -510,47 +612,26 @@ def _lines(slug: str, config: FrontierConfig, table: list, rows: list, answers: 
     return lines
 
 
-def _flat(rows: list[dict]) -> dict[str, list]:
-    """CSV columns: (lo, hi) intervals split into <key>_lo / <key>_hi."""
-    cols: dict[str, list] = {}
-    for r in rows:
-        for k, v in r.items():
-            if isinstance(v, tuple) and k.endswith("_ci"):
-                cols.setdefault(f"{k[:-3]}_lo", []).append(v[0])
-                cols.setdefault(f"{k[:-3]}_hi", []).append(v[1])
-            else:
-                cols.setdefault(k, []).append(v)
-    return cols
-
-
-def _write(d, data, masks, all_arms, runs, table, rows, bins, slug) -> list:
+def _figure(frontier: list[dict], out, slug: str):
+    """frontier.png from the frontier table (intervals rebuilt from its _lo/_hi columns)."""
     from jaxcurv import report
 
-    report.write_csv(d / "frontier.csv", _flat(table))
-    report.write_csv(d / "versus.csv", _flat(rows))
-    report.write_csv(d / "gain_by_memorization.csv", _flat(bins))
-    columns = {"index": np.arange(masks.shape[1]), "label": data.train.labels}
-    for arm in all_arms:
-        for k in ("mem", "curvature"):
-            columns[f"{k}_{arm.name}"] = runs[arm.name][k]
-    report.write_csv(d / "per_example.csv", columns)
-    np.savez_compressed(d / "scores.npz", masks=masks,
-                        **{a.name: runs[a.name]["score"].astype(np.float64) for a in all_arms})
-    fig = report.figure_frontier(table, d / "frontier.png",
-                                 title=f"{slug}: attack power vs accuracy")
-    return [fig]
+    keys = ("test_accuracy", *_METRICS)
+    points = [{**r, **{f"{k}_ci": _interval(r, k) for k in keys}} for r in frontier]
+    return report.figure_frontier(points, out / "frontier.png",
+                                  title=f"{slug}: attack power vs accuracy")
 
 
 def main(config: FrontierConfig) -> dict:
     from jaxcurv import data as data_lib
     from jaxcurv.workflow import Timer
-    from jaxcurv.workflow.sections import OUTLIER_FACTOR
+    from jaxcurv.workflow.sections import OUTLIER_FACTOR, curvature_outlier_members
 
     _validate(config)
     out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     all_arms = arms(config)
-    results, notes, lines, warnings = {}, [], [], []
+    notes, lines, cautions = [], [], []
     for spec, data in X.each_dataset(config, timer, notes, lines):
         masks = data_lib.subset_masks(len(data.train), config.models, fraction=config.fraction,
                                       seed=config.seed)
@@ -558,32 +639,33 @@ def main(config: FrontierConfig) -> dict:
             raise ValueError(f"batch_size {config.batch_size} exceeds the smallest member subset "
                              f"({int(masks.sum(1).min())} examples): lower batch_size or raise "
                              "train_size")
-        runs = {a.name: _run_arm(config, data, masks, a, timer, spec) for a in all_arms}
-        warnings += [f"{data.slug}.{name}: member(s) {run['curvature_outliers']} have a median "
-                     f"tr(H²) over {OUTLIER_FACTOR:g}× the arm's member median; the arm's mean "
-                     "and median curvature describe them, not the arm"
-                     for name, run in runs.items() if run["curvature_outliers"]]
-        with timer(f"{spec}: statistics"):
-            point, draws = _estimates(config, runs, masks)
-            table = _table(all_arms, runs, point, draws, config.alpha)
-            rows, answers = _answers(all_arms, point, draws, config.alpha)
-            sam_sgd = _sam_vs_sgd(point, draws, config.alpha)
-            bins = _gain_bins(config, runs, masks)
-        d = out / data.slug
-        figures = _write(d, data, masks, all_arms, runs, table, rows, bins, data.slug)
-        results[data.slug] = {
-            "data": data.describe(), "attack": config.attack, "table": table,
-            "versus": rows, "sam_vs_sgd": sam_sgd, "answers": answers,
-            "gain_by_memorization": bins, "paper": QUOTED,
-            "figures": [str(p.relative_to(out)) for p in figures]}
-        lines += _lines(data.slug, config, table, rows, answers, sam_sgd)
+        arrays = {"masks": masks}
+        for arm in all_arms:
+            arrays |= {f"{arm.name}/{k}": v
+                       for k, v in _run_arm(config, data, masks, arm, timer, spec).items()}
+        with timer(f"{spec}: tables"):
+            st = X.save_statistics(out, arrays)
+            tabs = tables(st, config)
+            X.write_tables(out, tabs)
+        for arm in all_arms:
+            outliers = curvature_outlier_members(st[f"{arm.name}/curvature"])
+            if outliers:
+                cautions.append(f"{data.slug}.{arm.name}: member(s) {outliers} have a median "
+                                f"tr(H²) over {OUTLIER_FACTOR:g}× the arm's member median; the "
+                                "arm's mean and median curvature describe them, not the arm")
+        answers = _answers(tabs["versus"], config.alpha)
+        figure = _figure(tabs["frontier"], out, data.slug)
+        results = {"data": data.describe(), "attack": config.attack, **tabs,
+                   "answers": answers, "paper": QUOTED,
+                   "figures": [str(figure.relative_to(out))]}
+        lines += _lines(data.slug, config, tabs, answers)
     notes.append("The 41 % risk reduction, 0.8 % accuracy cost and 12.3 % memorization "
                  "increase (a third-party summary's figures for the SAM paper, not stated in its "
                  "text) are compared with the advantage reduction 1 − (AUROC − ½)/(AUROC_SAM − "
                  "½), the SAM − SAM-GNR test accuracy and mean-memorization ratio measured here; "
                  "which risk measure the quoted 41 % refers to is not known.")
     X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
-             warnings=warnings)
+             warnings=cautions, headlines=_headlines(tabs, config))
     return results
 
 

@@ -1,6 +1,7 @@
 """The privacy–utility frontier experiment: its tiny configuration end to end, with the table's
-attack metrics, means and contrasts recomputed from the written scores and per-example columns,
-the matched-accuracy interpolation against a hand computation, and its boundary checks."""
+attack metrics and means recomputed independently from the saved statistics, its tables rebuilt
+byte for byte by experiments.recompute (and changed by a changed statistic), the contrasts, the
+matched-accuracy interpolation against a hand computation, and its boundary checks."""
 
 import csv
 import dataclasses
@@ -17,6 +18,7 @@ if str(ROOT) not in sys.path:  # `pytest` (not `python -m pytest`) puts only tes
     sys.path.insert(0, str(ROOT))
 
 from experiments import privacy_utility_frontier as puf  # noqa: E402
+from experiments import recompute  # noqa: E402
 from jaxcurv.workflow import experiment as X  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -45,7 +47,7 @@ def test_tiny_run_writes_the_table_figure_and_answers(tiny_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["experiment"] == "privacy_utility_frontier"
     assert summary["config"] == json.loads(json.dumps(dataclasses.asdict(cfg)))
-    table = _rows(out / "digits" / "frontier.csv")
+    table = _rows(out / "frontier.csv")
     names = [a.name for a in puf.arms(cfg)]
     assert [r["arm"] for r in table] == names == ["sgd", "sam", "sam-gnr-0.4-0.04",
                                                   "dp-sgd-eps4", "dp-sgd-eps64"]
@@ -61,40 +63,72 @@ def test_tiny_run_writes_the_table_figure_and_answers(tiny_run):
     dp = [r for r in table if r["family"] == "DP-SGD"]
     assert all(_num(r["epsilon"]) <= e * 1.0001 for r, e in zip(dp, (4.0, 64.0)))
     assert _num(dp[0]["noise_multiplier"]) > _num(dp[1]["noise_multiplier"]) > 0
-    assert (out / "digits" / "frontier.png").read_bytes()[:8] == PNG
-    answer = results["digits"]["answers"]["mitigation_beats_dp_sgd_at_matched_accuracy"]
+    assert (out / "frontier.png").read_bytes()[:8] == PNG
+    assert summary["statistics_sha256"] and summary["headlines"]["auroc_sgd"]["value"] == \
+        pytest.approx(_num(table[0]["auroc"]), rel=1e-5)
+    answer = results["answers"]["mitigation_beats_dp_sgd_at_matched_accuracy"]
     assert answer["answer"].split(":")[0] in ("yes", "no", "mixed", "not decidable at matched "
                                               "accuracy", "no significant difference at "
                                               "matched accuracy")
     assert set(answer["per_strength"]) == {"sam-gnr-0.4-0.04"}
-    assert results["digits"]["answers"]["reduction_vs_paper"]["paper_reduction"] == 0.41
+    assert results["answers"]["reduction_vs_paper"]["paper_reduction"] == 0.41
 
 
 def test_attack_metrics_and_means_match_independent_recomputation(tiny_run):
     cfg, results = tiny_run
-    d = Path(cfg.out) / "digits"
-    saved = np.load(d / "scores.npz")
+    saved = X.load_statistics(cfg.out)
     masks = saved["masks"]
-    per_example = _rows(d / "per_example.csv")
-    for row in results["digits"]["table"]:
-        s = saved[row["arm"]].astype(np.float64)
+    for row in results["frontier"]:
+        s = saved[f"{row['arm']}/score"].astype(np.float64)
         assert row["auroc"] == pytest.approx(skm.roc_auc_score(masks.ravel(), s.ravel()),
                                              abs=1e-6)
         fpr, tpr, _ = skm.roc_curve(masks.ravel(), s.ravel(), drop_intermediate=False)
         assert row["tpr_at_fpr_1pct"] == pytest.approx(tpr[fpr <= 0.01].max(), abs=1e-6)
-        mem = np.array([_num(r[f"mem_{row['arm']}"]) for r in per_example])
-        curv = np.array([_num(r[f"curvature_{row['arm']}"]) for r in per_example])
-        assert row["mean_mem"] == pytest.approx(np.nanmean(mem), rel=1e-4, abs=1e-6)
-        assert row["mean_curvature"] == pytest.approx(np.nanmean(curv), rel=1e-4)
+        correct = saved[f"{row['arm']}/correct"]
+        curvature = saved[f"{row['arm']}/curvature"].astype(np.float64)
+        mem, curv = [], []
+        for i in range(masks.shape[1]):   # a loop over examples: IN − OUT accuracy, IN mean
+            inside, outside = correct[masks[:, i], i], correct[~masks[:, i], i]
+            if inside.size and outside.size:
+                mem.append(inside.mean() - outside.mean())
+            if inside.size:
+                curv.append(curvature[masks[:, i], i].mean())
+        assert row["mean_mem"] == pytest.approx(np.mean(mem), rel=1e-6, abs=1e-9)
+        assert row["mean_curvature"] == pytest.approx(np.mean(curv), rel=1e-5)
+        acc = saved[f"{row['arm']}/test_correct"].mean()
+        assert row["test_accuracy"] == pytest.approx(acc)
         # FZ memorization from a balanced 6-member ensemble moves in steps of 1/3
-        finite = mem[np.isfinite(mem)]
-        np.testing.assert_allclose(3 * finite, np.round(3 * finite), atol=1e-4)
+        np.testing.assert_allclose(3 * np.array(mem), np.round(3 * np.array(mem)), atol=1e-9)
+
+
+def test_the_tables_recompute_from_the_statistics(tiny_run, capsys):
+    cfg, _ = tiny_run
+    assert recompute.main([cfg.out]) == 0
+    printed = capsys.readouterr().out
+    for table in ("frontier", "versus", "sam_vs_sgd", "gain_by_memorization"):
+        assert f"{table}.csv: matches" in printed
+
+
+def test_a_changed_statistic_changes_the_table(tiny_run):
+    cfg, _ = tiny_run
+    saved = X.load_statistics(cfg.out)
+    before = puf.tables(saved, cfg)
+    flipped = saved["sam/test_correct"].copy()
+    flipped[0, :5] = ~flipped[0, :5]        # member 0 of SAM now errs where it was right
+    after = puf.tables({**saved, "sam/test_correct": flipped}, cfg)
+    shift = (flipped.sum() - saved["sam/test_correct"].sum()) / flipped.size
+    rows = {r["arm"]: r for r in before["frontier"]}, {r["arm"]: r for r in after["frontier"]}
+    assert after["frontier"] != before["frontier"] and shift != 0
+    assert rows[1]["sam"]["test_accuracy"] == pytest.approx(rows[0]["sam"]["test_accuracy"]
+                                                            + shift)
+    assert rows[1]["sgd"] == rows[0]["sgd"]     # only SAM's row (and SAM contrasts) move
+    assert after["sam_vs_sgd"][0]["test_accuracy_gain"] == pytest.approx(
+        before["sam_vs_sgd"][0]["test_accuracy_gain"] + shift)
 
 
 def test_contrasts_follow_from_the_table(tiny_run):
-    _, results = tiny_run
-    res = results["digits"]
-    point = {r["arm"]: r for r in res["table"]}
+    _, res = tiny_run
+    point = {r["arm"]: r for r in res["frontier"]}
     dp = [a for a in point if a.startswith("dp-sgd")]
     for row in res["versus"]:
         m, sam = point[row["arm"]], point["sam"]
@@ -110,9 +144,9 @@ def test_contrasts_follow_from_the_table(tiny_run):
             ref = auc[np.argmax(acc)] if m["test_accuracy"] > acc.max() else auc[np.argmin(acc)]
             assert row["position"] in ("above", "below")
         assert row["auroc_minus_dp"] == pytest.approx(m["auroc"] - ref)
-        lo, hi = row["auroc_minus_dp_ci"]
+        lo, hi = row["auroc_minus_dp_lo"], row["auroc_minus_dp_hi"]
         assert row["auroc_sign"] == ("lower" if hi < 0 else "higher" if lo > 0 else "same")
-    sam_sgd = res["sam_vs_sgd"]
+    sam_sgd = res["sam_vs_sgd"][0]
     assert sam_sgd["auroc_difference"] == pytest.approx(point["sam"]["auroc"]
                                                         - point["sgd"]["auroc"])
     bins = res["gain_by_memorization"]
@@ -145,7 +179,8 @@ def test_configs_and_bad_settings(tmp_path, fake_cifar10):
                        (dict(mitigations=((0.1, -1.0),)), "mitigations"),
                        (dict(epsilons=(8.0,)), "epsilons"), (dict(attack="zero_order_lr"),
                                                              "attack"),
-                       (dict(gnr_hvp="fd"), "gnr.hvp"), (dict(model="resnet18"), "resnet18_gn")]:
+                       (dict(gnr_hvp="fd"), "gnr.hvp"), (dict(model="resnet18"), "resnet18_gn"),
+                       (dict(datasets=("digits", "digits")), "one dataset")]:
         with pytest.raises(ValueError, match=match):
             puf.main(dataclasses.replace(tiny, **bad))
     assert not (tmp_path / "x").exists()
