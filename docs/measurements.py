@@ -4,8 +4,8 @@ command that produced it, read from the committed result files (never typed by h
     python docs/measurements.py          # rewrite docs/measurements.md
     python docs/measurements.py --check  # exit 1 when docs/measurements.md is not up to date
 
-Sources: every ``summary.json`` under results/evidence/ (its ``headlines``, ``command``,
-``environment`` and ``timings_s``; a ``time.txt`` beside it, the output of
+Sources: every ``summary.json`` under results/evidence/ and results/archive/ (its
+``headlines``, ``command``, ``environment`` and ``timings_s``; a ``time.txt`` beside it, the output of
 ``/usr/bin/time -v``, adds the run's CPU time and peak memory) and every JSON under
 bench/results/ (its ``headlines`` or, for benchmark tables, its ``rows``). The page is a pure
 function of those files, so a test regenerates it byte for byte.
@@ -149,6 +149,7 @@ def _bench(path: Path) -> list[str]:
 def render(root: Path = ROOT) -> str:  # noqa: C901 (one page, read top to bottom)
     """The page, from the result files under ``root``."""
     evidence = sorted(p.parent for p in (root / "results" / "evidence").rglob("summary.json"))
+    archive = sorted(p.parent for p in (root / "results" / "archive").rglob("summary.json"))
     bench = sorted((root / "bench" / "results").rglob("*.json")) \
         if (root / "bench" / "results").is_dir() else []
     lines = ["# Measurements", "",
@@ -160,6 +161,13 @@ def render(root: Path = ROOT) -> str:  # noqa: C901 (one page, read top to botto
              "## Evidence runs (`results/evidence/`)", ""]
     for folder in evidence:
         lines += _evidence(folder)
+    if archive:
+        lines += ["## Archived single runs (`results/archive/`)", "",
+                  "Made before per-member statistics were committed: not recomputable, one "
+                  "training run each (intervals over examples only); see "
+                  "`results/archive/README.md`.", ""]
+        for folder in archive:
+            lines += _evidence(folder)
     lines += ["## Benchmarks (`bench/results/`)", ""]
     if not bench:
         lines += ["No benchmark results are committed yet.", ""]

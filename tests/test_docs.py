@@ -6,7 +6,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [p for pattern in ("jaxcurv/**/*.py", "experiments/*.py", "bench/*.py", "*.md", "docs/*.md",
-                           "experiments/*.md", "bench/*.md", "results/evidence/**/README.md")
+                           "experiments/*.md", "bench/*.md", "results/evidence/**/README.md",
+                           "results/archive/**/README.md")
          for p in sorted(ROOT.glob(pattern))]
 # "docs/design.md, Training and ensembles" or 'docs/design.md, "Membership inference"' (a pointer
 # may wrap onto the next docstring line)

@@ -94,3 +94,14 @@ EVIDENCE = recompute.statistics_folders(ROOT / "results" / "evidence")
 def test_every_committed_evidence_folder_recomputes(folder):
     results = recompute.recompute_folder(folder)
     assert results and all(ok for _, ok, _ in results), results
+
+
+def test_every_experiment_folder_under_evidence_is_recomputable():
+    """A folder an experiment wrote under results/evidence holds its statistics (the parametrized
+    test above then recomputes it); runs that cannot be recomputed live under results/archive."""
+    made_by_experiments = [p.parent for p in (ROOT / "results" / "evidence").rglob("summary.json")
+                           if json.loads(p.read_text()).get("experiment")]
+    assert made_by_experiments
+    missing = [str(p.relative_to(ROOT)) for p in made_by_experiments
+               if not (p / X.STATISTICS_FILE).is_file()]
+    assert not missing, f"evidence folders without {X.STATISTICS_FILE}: {missing}"
