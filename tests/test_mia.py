@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from jaxcurv import mia
-from jaxcurv.mia.metrics import _metrics_from_curve, _weighted_roc
+from jaxcurv.mia.metrics import _drop_intermediate, _metrics_from_curve, _weighted_roc
 
 F64_TOL = dict(rtol=1e-12, atol=1e-12)
 
@@ -656,6 +656,26 @@ def test_balanced_accuracy_eer_reproduces_curvature_clues_notebook(scored):
     res = mia.roc_metrics(scores, y)
     assert abs(res["balanced_accuracy_eer"] - want) < 1e-9
     assert res["balanced_accuracy_eer"] <= res["balanced_accuracy"] + 1e-12
+
+
+@pytest.mark.parametrize("ties", ["none", "rounded", "three values"])
+def test_one_sort_gives_sklearns_dropped_curve_and_auroc_bit_for_bit(ties):
+    """roc_metrics sorts once: the notebooks' curve (drop_intermediate=True) and roc_auc_score
+    come from the full curve, equal to sklearn's own calls to the last bit."""
+    rng = np.random.default_rng({"none": 0, "rounded": 1, "three values": 2}[ties])
+    for _ in range(200):
+        n = int(rng.integers(3, 300))
+        s = {"none": rng.normal(size=n), "rounded": np.round(rng.normal(size=n), 1),
+             "three values": rng.integers(0, 3, n).astype(float)}[ties]
+        y = rng.random(n) < rng.uniform(0.1, 0.9)
+        if y.all() or not y.any():
+            continue
+        fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+        fpr_d, tpr_d = _drop_intermediate(fpr, tpr, int((~y).sum()), int(y.sum()))
+        want_fpr, want_tpr, _ = skm.roc_curve(y, s)
+        np.testing.assert_array_equal(fpr_d, want_fpr)
+        np.testing.assert_array_equal(tpr_d, want_tpr)
+        assert mia.roc_metrics(s, y)["auroc"] == skm.roc_auc_score(y, s)
 
 
 def test_roc_metrics_ties_ranked_as_half():

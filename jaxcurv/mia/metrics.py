@@ -105,6 +105,21 @@ def _metrics_from_curve(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, np.ndarra
     return res
 
 
+def _drop_intermediate(fpr: np.ndarray, tpr: np.ndarray, negatives: int, positives: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The points of sklearn's ``roc_curve(drop_intermediate=True)`` taken from its full curve
+    (fpr, tpr: drop_intermediate=False, starting at (0, 0)): sklearn keeps the points where the
+    second difference of the false- or true-positive counts is non-zero (and both ends); the
+    counts are recovered exactly from the rates, and the kept rates are the same floats. One sort
+    then serves the full curve, the notebooks' curve and roc_auc_score (the trapezoid over the
+    kept points)."""
+    fps, tps = np.rint(fpr[1:] * negatives), np.rint(tpr[1:] * positives)
+    if fps.size <= 2:
+        return fpr, tpr
+    keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+    return np.r_[0.0, fpr[1:][keep]], np.r_[0.0, tpr[1:][keep]]
+
+
 def _weighted_roc(
     y_sorted: np.ndarray, group_end: np.ndarray, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +170,8 @@ def roc_metrics(
     c = None if cluster is None else _cluster_ids(cluster, np.shape(scores))
     fpr, tpr, _ = _skm.roc_curve(y, s, drop_intermediate=False)
     point = _metrics_from_curve(fpr, tpr)
-    point["auroc"] = _skm.roc_auc_score(y, s)
-    fpr_d, tpr_d, _ = _skm.roc_curve(y, s)  # the notebooks' call (drop_intermediate=True)
+    fpr_d, tpr_d = _drop_intermediate(fpr, tpr, int(y.size - y.sum()), int(y.sum()))
+    point["auroc"] = float(np.trapezoid(tpr_d, fpr_d))  # = roc_auc_score, bit for bit
     point["balanced_accuracy_eer"] = _metrics_from_curve(fpr_d, tpr_d)["balanced_accuracy_eer"]
     result: dict[str, Any] = {k: float(point[k]) for k in _METRIC_KEYS}
     result["num_members"] = int(y.sum())
