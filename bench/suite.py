@@ -29,7 +29,8 @@ next to it.
   RMIA vs the published code, XLA FLOPs vs the limit; rows "missing" without PyTorch/Opacus.
 
 Without local CIFAR-10 files the suite runs on a synthetic CIFAR-shaped data set and says so.
-``--tiny`` runs every part at toy size (CPU, about 100 s of CPU time); the test runs it.
+``--tiny`` runs every part at toy size (the peers part: its sections without training; CPU, about
+100 s of CPU time); the test runs it.
 """
 
 from __future__ import annotations
@@ -673,14 +674,20 @@ def part_evidence(ctx: _Context) -> dict:
 # peers: every ratio of bench.peers on this device
 
 
+# --tiny checks the wiring of this part with the two sections that need no training; every
+# section's own tiny run is tests/test_peers.py (`python -m bench.peers --tiny`)
+TINY_PEER_SECTIONS = ("attacks", "limit")
+
+
 def part_peers(ctx: _Context) -> dict:
-    """``bench.peers`` on this device (its TINY sizes in the suite's tiny mode): curvature vs the
-    authors' PyTorch algorithm and torch.func HVPs, DP-SGD vs Opacus, members/hour vs PyTorch
+    """``bench.peers`` on this device (tiny mode: TINY sizes, TINY_PEER_SECTIONS): curvature vs
+    the authors' PyTorch algorithm and torch.func HVPs, DP-SGD vs Opacus, members/hour vs PyTorch
     loops, LiRA/RMIA vs the published code, FLOPs vs the limit. Files in DIR/peers/."""
-    sizes = bench_peers.TINY if ctx.sizes is TINY else bench_peers.FULL
-    result = bench_peers.run(sizes, out=ctx.out / "peers", seed=ctx.seed,
-                             splits=(ctx.train, ctx.test, ctx.data_info),
-                             tiny=ctx.sizes is TINY)
+    tiny = ctx.sizes is TINY
+    result = bench_peers.run(bench_peers.TINY if tiny else bench_peers.FULL,
+                             out=ctx.out / "peers", seed=ctx.seed,
+                             splits=(ctx.train, ctx.test, ctx.data_info), tiny=tiny,
+                             sections=TINY_PEER_SECTIONS if tiny else bench_peers.SECTIONS)
     rows = [{k: r.get(k) for k in ("section", "name", "ours", "peer", "status", "speedup",
                                    "ours_rate", "peer_rate", "unit")} for r in result["rows"]]
     bad = [r["name"] for r in result["rows"] if r["status"] in ("failed", "check failed")]
