@@ -45,7 +45,6 @@ import numpy as np
 
 from experiments.curvature_bound_fit import SOURCES as CURVATURE_SOURCES
 from experiments.curvature_bound_fit import binned_bound_fit
-from jaxcurv.errors import ConfigError
 from jaxcurv.workflow import experiment as X
 from jaxcurv.workflow.settings import Attacks, LabelNoise, redefault, setting
 
@@ -351,8 +350,7 @@ def main(config: EvidenceConfig) -> dict[str, Any]:
     from jaxcurv.workflow.audit import audit_run, run_audit
 
     X.validate(config)
-    if len(config.datasets) != 1:
-        raise ConfigError(f"datasets takes one dataset here, got {list(config.datasets)}")
+    X.require_one_dataset(config)
     out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     clean_config = _audit_config(config, out)

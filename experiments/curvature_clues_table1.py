@@ -145,9 +145,7 @@ def get_config(name: str) -> Table1Config:
 def _validate(config: Table1Config) -> None:
     """ConfigError naming the first bad setting, before any data is read or model trained."""
     X.validate(config)
-    if len(config.datasets) != 1:
-        raise ConfigError(f"one dataset per run (one Table 1 row, one statistics file), got "
-                          f"{list(config.datasets)}; run once per dataset with --out")
+    X.require_one_dataset(config)
     shadows = config.models - config.targets
     held = int(round(config.fraction * shadows))
     if shadows < 4 or not 2 <= held <= shadows - 2:

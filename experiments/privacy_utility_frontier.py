@@ -121,9 +121,7 @@ def get_config(name: str) -> FrontierConfig:
 
 def _validate(config: FrontierConfig) -> None:
     X.validate(config)
-    if len(config.datasets) != 1:
-        raise ValueError(f"datasets takes one dataset here (one statistics file per folder), "
-                         f"got {list(config.datasets)}")
+    X.require_one_dataset(config)
     if config.models < 6:
         raise ValueError("models must be >= 6 (leave-one-model-out needs >= 2 IN and 2 OUT "
                          "shadows per example, cross-fitting two halves with OUT members)")

@@ -453,9 +453,7 @@ def main(config: PrivacyCurvConfig) -> dict:
     timer = Timer()
     eps = np.asarray(sorted(config.epsilons), float)
     results, notes, lines = {}, [], []
-    if len(config.datasets) != 1:
-        raise ConfigError(f"datasets takes one dataset here (one statistics file per folder), "
-                          f"got {list(config.datasets)}")
+    X.require_one_dataset(config)
     for spec, data in X.each_dataset(config, timer, notes, lines):
         arms, rows, sigmas = _arms(config, data, eps, timer, spec)
         st = X.save_statistics(out, statistics(arms, rows, sigmas, data))

@@ -325,9 +325,7 @@ def main(config: PrivacyMemConfig) -> dict:
     from jaxcurv.workflow import Timer
 
     _validate(config)
-    if len(config.datasets) != 1:
-        raise ConfigError(f"datasets takes one dataset here (one statistics file per folder), "
-                          f"got {list(config.datasets)}")
+    X.require_one_dataset(config)
     out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     eps = np.asarray(sorted(config.epsilons), float)

@@ -94,9 +94,7 @@ def _validate(config: SamConfig) -> None:
     if unknown or config.verdict_attack not in config.attacks:
         raise ValueError(f"attacks must come from {_ATTACKS} and include verdict_attack "
                          f"{config.verdict_attack!r}; unknown: {unknown}")
-    if len(config.datasets) != 1:
-        raise ValueError(f"datasets takes one dataset here (one statistics file per folder), "
-                         f"got {list(config.datasets)}")
+    X.require_one_dataset(config)
     if config.models < 6:
         raise ValueError("models must be >= 6 (leave-one-model-out needs >= 2 IN and 2 OUT "
                          "shadows per example after balancing)")

@@ -40,7 +40,7 @@ _ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1
 
 def pytest_configure(config):
     # A pytest-xdist worker (``-n 2``) shares the cores with the other worker: XLA's CPU thread
-    # pools would oversubscribe them and spin (about 10 % more CPU time for the same tests).
+    # pools would oversubscribe them and spin (measured: docs/design.md, "Tests").
     # Set before any test module imports jax; subprocesses of the worker inherit it.
     if hasattr(config, "workerinput") and _ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_ONE_THREAD}".strip()

@@ -125,8 +125,9 @@ class StageCache:
     same chunk by chunk.
 
     timer: records each stage's seconds, or "cached"; log: called with a line per stage (e.g.
-    ``print``), None for silence; progress: a progress bar over the chunks of ``run_chunked``. Notices about damaged files go to ``log``, or without one to
-    ``warnings.warn`` (RuntimeWarning).
+    ``print``), None for silence; progress: a progress bar over the chunks of ``run_chunked``.
+    Notices about damaged files go to ``log``, or without one to ``warnings.warn``
+    (RuntimeWarning).
     """
 
     def __init__(self, directory: str | os.PathLike, *, timer: Timer | None = None,

@@ -54,6 +54,7 @@ __all__ = [
     "config_key",
     "key_data",
     "validate",
+    "require_one_dataset",
     "load_data",
     "each_dataset",
     "build_model",
@@ -122,6 +123,14 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("datasets must name at least one dataset, e.g. --datasets digits")
     if config.model not in models.MODEL_NAMES:
         raise ConfigError(f"unknown model {config.model!r}; choose one of {models.MODEL_NAMES}")
+
+
+def require_one_dataset(config: ExperimentConfig) -> None:
+    """ConfigError unless ``config.datasets`` names exactly one dataset (experiments that write one
+    statistics file per output folder)."""
+    if len(config.datasets) != 1:
+        raise ConfigError(f"one dataset per run (one statistics file per folder), got "
+                          f"{list(config.datasets)}; run once per dataset with --out")
 
 
 def config_key(config: ExperimentConfig, stage: Stage):
@@ -267,7 +276,7 @@ def stage_cache(config: ExperimentConfig, timer=None):
     from jaxcurv.workflow.cache import StageCache
 
     return StageCache(Path(config.cache_dir) / "stages", timer=timer,
-                      progress=bool(getattr(config, "progress", False)))
+                      progress=config.progress)
 
 
 def member_curvature(config: ExperimentConfig, ens, images: np.ndarray, labels: np.ndarray, *,
