@@ -8,7 +8,10 @@ subset masks, confidences, losses, curvature, ...) and the tables as CSV files. 
 loads the statistics (checking their sha256), rebuilds the config from the echo, calls the
 experiment's ``tables(statistics, config)`` — the same function its run used — and compares each
 table, as written, with the committed CSV byte for byte. It prints one line per table and exits
-with status 1 on any mismatch or missing table (2 for a folder it cannot read). Folders may nest
+with status 1 on any mismatch or missing table (2 for a folder it cannot read). ``--rewrite``
+replaces the committed tables by the recomputed ones (after a change to how tables are written,
+never to hide a changed number: it prints each table it changed and its first difference, and
+refuses statistics whose sha256 differs from the summary's). Folders may nest
 (an experiment that runs several configurations writes one sub-folder per configuration): every
 folder below the given one that holds a ``statistics.npz`` is checked.
 """
@@ -43,9 +46,11 @@ def _config(module, echo: dict):
     return apply_overrides(base, fields)
 
 
-def recompute_folder(folder: str | Path) -> list[tuple[str, bool, str]]:
+def recompute_folder(folder: str | Path, *, rewrite: bool = False
+                     ) -> list[tuple[str, bool, str]]:
     """(table, matches, detail) for every table the folder's experiment builds from its
-    statistics; ConfigError when the folder lacks what a recomputation needs."""
+    statistics (``rewrite``: and put the recomputed tables in place of the committed ones);
+    ConfigError when the folder lacks what a recomputation needs."""
     folder = Path(folder)
     summary_path = folder / "summary.json"
     if not summary_path.is_file():
@@ -72,6 +77,8 @@ def recompute_folder(folder: str | Path) -> list[tuple[str, bool, str]]:
                 results.append((table, False, _first_difference(committed.read_bytes(), fresh)))
             else:
                 results.append((table, True, f"{len(fresh.splitlines()) - 1} rows"))
+            if rewrite:
+                committed.write_bytes(fresh)
     return results
 
 
@@ -88,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("folders", nargs="+", help="evidence folders")
+    parser.add_argument("--rewrite", action="store_true",
+                        help="write the recomputed tables over the committed ones (after a change "
+                             "to how tables are written); exits 0 once they are written")
     args = parser.parse_args(argv)
     status = 0
     for root in args.folders:
@@ -97,14 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = max(status, 2)
         for folder in folders:
             try:
-                results = recompute_folder(folder)
+                results = recompute_folder(folder, rewrite=args.rewrite)
             except (ConfigError, OSError, KeyError, ValueError) as err:
                 print(f"{folder}: cannot recompute: {err}", file=sys.stderr)
                 status = max(status, 2)
                 continue
             for table, ok, detail in results:
-                print(f"{folder}/{table}.csv: {'matches' if ok else 'MISMATCH'} ({detail})")
-                if not ok:
+                verdict = "matches" if ok else ("REWRITTEN" if args.rewrite else "MISMATCH")
+                print(f"{folder}/{table}.csv: {verdict} ({detail})")
+                if not ok and not args.rewrite:
                     status = max(status, 1)
     return status
 

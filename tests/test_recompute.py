@@ -105,3 +105,24 @@ def test_every_experiment_folder_under_evidence_is_recomputable():
     missing = [str(p.relative_to(ROOT)) for p in made_by_experiments
                if not (p / X.STATISTICS_FILE).is_file()]
     assert not missing, f"evidence folders without {X.STATISTICS_FILE}: {missing}"
+
+
+def test_a_column_mixing_none_and_floats_keeps_six_digits(tmp_path):
+    rows = [{"name": "a", "value": None}, {"name": "b", "value": 1 / 3},
+            {"name": "c", "value": np.float32(2.0)}]
+    X.write_tables(tmp_path, {"mixed": rows})
+    assert X.read_table(tmp_path / "mixed.csv") == [
+        {"name": "a", "value": ""}, {"name": "b", "value": "0.333333"},
+        {"name": "c", "value": "2"}]
+
+
+def test_rewrite_puts_the_recomputed_table_in_place(fake_experiment, capsys):
+    table = fake_experiment / "means.csv"
+    original = table.read_bytes()
+    lines = original.decode().splitlines()
+    lines[2] = lines[2].split(",")[0] + ",0.123456789012"
+    table.write_text("\n".join(lines) + "\n")
+    assert recompute.main([str(fake_experiment), "--rewrite"]) == 0
+    assert "means.csv: REWRITTEN (line 3" in capsys.readouterr().out
+    assert table.read_bytes() == original
+    assert recompute.main([str(fake_experiment)]) == 0

@@ -367,7 +367,7 @@ def load_statistics(folder: str | Path, *, sha256: str | None = None) -> dict[st
 def write_tables(out: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any]]]
                  ) -> list[Path]:
     """Each table (a list of row dicts with the same keys) as ``<out>/<name>.csv`` (atomic;
-    floats with 6 significant digits); returns the paths."""
+    floats with 6 significant digits, None empty); returns the paths."""
     from jaxcurv import report
 
     paths = []
@@ -375,9 +375,18 @@ def write_tables(out: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any
         if not rows:
             raise ConfigError(f"table {name!r} has no rows")
         columns = list(rows[0])
+        # object columns keep each cell's type, so a column mixing None and floats still
+        # writes its floats with 6 significant digits (a plain array would turn them to text)
         paths.append(report.write_csv(Path(out) / f"{name}.csv",
-                                      {c: [_cell(r.get(c)) for r in rows] for c in columns}))
+                                      {c: _object_column([_cell(r.get(c)) for r in rows])
+                                       for c in columns}))
     return paths
+
+
+def _object_column(values: list) -> np.ndarray:
+    column = np.empty(len(values), dtype=object)
+    column[:] = values
+    return column
 
 
 def _cell(value: Any) -> Any:
