@@ -656,3 +656,24 @@ def test_source_commit_names_only_a_checkout_of_jaxcurv(tmp_path):
     _git(checkout, "commit", "-q", "-m", "x")
     commit = module.source_commit()
     assert commit is not None and len(commit) == 12 and "+" not in commit
+
+
+def test_an_experiment_summary_records_the_commit_it_started_from(tmp_path, monkeypatch):
+    """A run that spans a commit names the code it started with; the commit at its end is kept
+    beside it, and only when the two differ."""
+    import importlib
+
+    from jaxcurv.workflow import experiment as X
+
+    env_module = importlib.import_module("jaxcurv.workflow.environment")
+    commits = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb", "bbbbbbbbbbbb", "bbbbbbbbbbbb"])
+    monkeypatch.setattr(env_module, "source_commit", lambda: next(commits))
+    config = X.ExperimentConfig(name="tiny", out=str(tmp_path / "run"))
+    out = X.output_dir(config, "demo")                  # start: aaaa
+    summary = X.finish(out, "demo", config, {}, timer=Timer(), notes=[], lines=[])   # end: bbbb
+    assert summary["environment"]["commit"] == "aaaaaaaaaaaa"
+    assert summary["environment"]["commit_at_end"] == "bbbbbbbbbbbb"
+    out = X.output_dir(config, "demo")                  # start: bbbb
+    summary = X.finish(out, "demo", config, {}, timer=Timer(), notes=[], lines=[])   # end: bbbb
+    assert summary["environment"]["commit"] == "bbbbbbbbbbbb"
+    assert "commit_at_end" not in summary["environment"]

@@ -318,10 +318,19 @@ def estimator_note(config: ExperimentConfig) -> str:
 # outputs
 
 
+# output folder -> the source commit when the run asked for it (its start): a run that spans a
+# commit records the code it started with, and the commit at its end only when they differ
+_COMMIT_AT_START: dict[str, str | None] = {}
+
+
 def output_dir(config: ExperimentConfig, experiment: str) -> Path:
-    """``config.out``, or results/<experiment>/<config name>; created."""
+    """``config.out``, or results/<experiment>/<config name>; created. Also notes the source
+    commit at the start of the run for :func:`finish`."""
+    from jaxcurv.workflow.environment import source_commit
+
     out = Path(config.out) if config.out else Path("results") / experiment / config.name
     out.mkdir(parents=True, exist_ok=True)
+    _COMMIT_AT_START[str(out.resolve())] = source_commit()
     return out
 
 
@@ -495,9 +504,10 @@ def finish(out: Path, experiment: str, config: Any, results: Mapping[str, Any], 
            timer, notes: Sequence[str | None], lines: Sequence[str],
            warnings: Sequence[str] = (), command: str | None = None,
            headlines: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """summary.json (experiment, config echo, the command, environment, notes, warnings,
-    results, ``headlines`` (name → :func:`headline`), timings, and the sha256 of statistics.npz
-    when the run saved one) and the printed summary with the total runtime: every script's last
+    """summary.json (experiment, config echo, the command, environment (``commit``: the one the
+    run started from, see :func:`output_dir`; ``commit_at_end`` only where that differs), notes,
+    warnings, results, ``headlines`` (name → :func:`headline`), timings, and the sha256 of
+    statistics.npz when the run saved one) and the printed summary with the total runtime: every script's last
     step. A "tiny" config says it is a smoke test; test accuracies near chance are warned about,
     after the script's own ``warnings``. Returns the summary."""
     from jaxcurv import report
@@ -508,10 +518,15 @@ def finish(out: Path, experiment: str, config: Any, results: Mapping[str, Any], 
     notes = list(dict.fromkeys([*smoke, *(n for n in notes if n)]))
     warnings = [*warnings, *_sanity_warnings(config, results)]
     statistics = Path(out) / STATISTICS_FILE
+    env = environment()
+    started = _COMMIT_AT_START.pop(str(Path(out).resolve()), env["commit"])
+    if started != env["commit"]:
+        env["commit_at_end"] = env["commit"]
+    env["commit"] = started
     summary = {
         "experiment": experiment, "config": echo(config),
         "command": command or _command(experiment, config),
-        "environment": environment(), "notes": notes, "warnings": warnings,
+        "environment": env, "notes": notes, "warnings": warnings,
         "headlines": dict(headlines or {}), "results": results, "timings_s": timings}
     if statistics.is_file():
         summary["statistics_sha256"] = hashlib.sha256(statistics.read_bytes()).hexdigest()
