@@ -107,6 +107,18 @@ def test_every_experiment_folder_under_evidence_is_recomputable():
     assert not missing, f"evidence folders without {X.STATISTICS_FILE}: {missing}"
 
 
+def test_committed_statistics_stay_small():
+    """Each folder's statistics: float32 (or bool/int), compressed, at most 5 MB, so that the
+    repository stays cloneable while every table remains recomputable."""
+    for folder in EVIDENCE:
+        path = folder / X.STATISTICS_FILE
+        assert path.stat().st_size <= 5_000_000, f"{path.relative_to(ROOT)}: over 5 MB"
+        with np.load(path) as stored:
+            wide = [k for k in stored.files if stored[k].dtype.kind == "f"
+                    and stored[k].dtype.itemsize > 4]
+        assert not wide, f"{path.relative_to(ROOT)}: not float32: {wide}"
+
+
 def test_a_column_mixing_none_and_floats_keeps_six_digits(tmp_path):
     rows = [{"name": "a", "value": None}, {"name": "b", "value": 1 / 3},
             {"name": "c", "value": np.float32(2.0)}]
