@@ -138,3 +138,11 @@ def test_rewrite_puts_the_recomputed_table_in_place(fake_experiment, capsys):
     assert "means.csv: REWRITTEN (line 3" in capsys.readouterr().out
     assert table.read_bytes() == original
     assert recompute.main([str(fake_experiment)]) == 0
+
+
+def test_a_key_only_some_rows_have_gets_its_own_column(tmp_path):
+    rows = [{"attack": "loss", "mean": 0.5}, {"optimizer": "sam", "mean": 0.25}]
+    X.write_tables(tmp_path, {"t": rows})
+    assert X.read_table(tmp_path / "t.csv") == [
+        {"attack": "loss", "mean": "0.5", "optimizer": ""},
+        {"attack": "", "mean": "0.25", "optimizer": "sam"}]

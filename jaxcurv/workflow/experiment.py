@@ -375,15 +375,18 @@ def load_statistics(folder: str | Path, *, sha256: str | None = None) -> dict[st
 
 def write_tables(out: str | Path, tables: Mapping[str, Sequence[Mapping[str, Any]]]
                  ) -> list[Path]:
-    """Each table (a list of row dicts with the same keys) as ``<out>/<name>.csv`` (atomic;
-    floats with 6 significant digits, None empty); returns the paths."""
+    """Each table (a list of row dicts) as ``<out>/<name>.csv`` (atomic; one column per key of
+    any row, a key a row lacks and None empty; floats with 6 significant digits); returns the
+    paths."""
     from jaxcurv import report
 
     paths = []
     for name, rows in tables.items():
         if not rows:
             raise ConfigError(f"table {name!r} has no rows")
-        columns = list(rows[0])
+        # every key of every row, in order of first appearance: a row with a key the first
+        # row lacks (e.g. a group named by another key) keeps its value
+        columns = list(dict.fromkeys(k for r in rows for k in r))
         # object columns keep each cell's type, so a column mixing None and floats still
         # writes its floats with 6 significant digits (a plain array would turn them to text)
         paths.append(report.write_csv(Path(out) / f"{name}.csv",
