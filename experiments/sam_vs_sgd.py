@@ -425,7 +425,10 @@ def main(config: SamConfig) -> dict:
     results = {"data": described, "rho": config.rho, "across_seeds": tabs["across_seeds"],
                "difference": tabs["difference"], "per_arm": tabs["per_arm"],
                "verdict": verdicts, "figures": [str(p.relative_to(out)) for p in figures]}
-    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes,
+    lagging = [w for s in range(config.seeds) for opt in _OPTIMIZERS
+               for w in X.lagging_members(st[f"seed{s}_{opt}_correct"], st[f"seed{s}_masks"],
+                                          what=f"seed {s}, {opt.upper()}")]
+    X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, warnings=lagging,
              lines=lines + _lines(tabs, verdicts), headlines=_headlines(tabs, config))
     return results
 

@@ -202,3 +202,18 @@ def test_curvature_bound_fit_reuses_the_data_and_reports_a_consistent_fit(tiny_r
             assert n == len(members)
             assert top == pytest.approx(max(curv[i] for i in members), rel=1e-5)
     assert (root / "fit" / "digits" / "eq15_bound_fit.png").read_bytes()[:8] == PNG
+
+
+def test_a_member_that_did_not_train_is_named():
+    """Naive check: member 2 fits 1 of its 4 examples while the others fit all of theirs."""
+    from jaxcurv.workflow import experiment as X
+
+    masks = np.array([[1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1],
+                      [1, 1, 0, 0, 1, 1, 0, 0], [0, 0, 1, 1, 0, 0, 1, 1]], bool)
+    correct = masks.copy()
+    correct[2] = [1, 0, 0, 0, 0, 0, 0, 0]          # 1 of its 4 training examples
+    warnings = X.lagging_members(correct, masks, what="seed 0, SGD")
+    assert len(warnings) == 1 and warnings[0].startswith("seed 0, SGD: member 2 fit 0.25")
+    assert "median of 1.00" in warnings[0]
+    correct[2] = [1, 1, 0, 0, 1, 0, 0, 0]          # 3 of 4: within half of the median
+    assert X.lagging_members(correct, masks, what="x") == []

@@ -480,6 +480,19 @@ def _sanity_warnings(config: Any, results: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
+def lagging_members(correct: np.ndarray, masks: np.ndarray, *, what: str,
+                    fraction: float = 0.5) -> list[str]:
+    """Warnings for members that fit less than ``fraction`` × the median member of their own
+    training subset: a member that did not train (finite parameters, so no divergence stop)
+    still enters every attack and memorization estimate. correct, masks: (K, N) bool."""
+    correct, masks = np.asarray(correct, bool), np.asarray(masks, bool)
+    fit = (correct & masks).sum(1) / np.maximum(masks.sum(1), 1)
+    median = float(np.median(fit))
+    return [f"{what}: member {k} fit {fit[k]:.2f} of its training subset against a median of "
+            f"{median:.2f}: it may not have trained, and every attack and memorization estimate "
+            f"of this ensemble includes it" for k in np.flatnonzero(fit < fraction * median)]
+
+
 def headline(value: float, what: str, *, interval: Sequence[float] | None = None,
              over: str | None = None, unit: str = "", paper: float | None = None
              ) -> dict[str, Any]:
