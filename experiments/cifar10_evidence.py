@@ -108,7 +108,7 @@ CONFIGS = {
 
 
 def get_config(name: str) -> EvidenceConfig:
-    """The named configuration ("cpu": CIFAR-10, about an hour on 2 CPU cores; "small": the same
+    """The named configuration ("cpu": CIFAR-10, 65 minutes measured on 2 CPU cores; "small": the same
     audits on the embedded digits, minutes; "full": all 50,000 CIFAR-10 images and 64 members,
     for a GPU; "tiny": a smoke test on digits whose numbers mean nothing)."""
     return X.named_config(CONFIGS, name)
