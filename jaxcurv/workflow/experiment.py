@@ -485,9 +485,10 @@ def lagging_members(correct: np.ndarray, masks: np.ndarray, *, what: str,
     """Warnings for members that fit less than ``fraction`` × the median member of their own
     training subset: a member that did not train (finite parameters, so no divergence stop)
     still enters every attack and memorization estimate. correct, masks: (K, N) bool."""
-    correct, masks = np.asarray(correct, bool), np.asarray(masks, bool)
-    fit = (correct & masks).sum(1) / np.maximum(masks.sum(1), 1)
-    median = float(np.median(fit))
+    from jaxcurv._numerics import masked_mean
+
+    fit = masked_mean(np.asarray(correct).T, np.asarray(masks, bool).T)   # (K,), NaN if empty
+    median = float(np.nanmedian(fit))
     return [f"{what}: member {k} fit {fit[k]:.2f} of its training subset against a median of "
             f"{median:.2f}: it may not have trained, and every attack and memorization estimate "
             f"of this ensemble includes it" for k in np.flatnonzero(fit < fraction * median)]
