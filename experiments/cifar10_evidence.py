@@ -389,8 +389,12 @@ def main(config: EvidenceConfig) -> dict[str, Any]:
     lines.append("flipped labels, AUROC over seeds: " + ", ".join(
         f"{r['ranker']} {r['auroc_mean']:.3f} ± {r['auroc_sd']:.3f}"
         for r in tabs["label_noise_summary"]))
+    lagging = X.lagging_members(st["correct"], st["masks"], what="clean ensemble") + [
+        w for s in range(config.noise_seeds)
+        for w in X.lagging_members(st[f"noise{s}_correct"], st[f"noise{s}_masks"],
+                                   what=f"label-noise ensemble {s}")]
     X.finish(out, EXPERIMENT, config, results, timer=timer, notes=[], lines=lines,
-             headlines=_headlines(tabs))
+             warnings=lagging, headlines=_headlines(tabs))
     return results
 
 

@@ -551,8 +551,10 @@ def main(config: Table1Config) -> dict:
         figures = _roc_figures(config, stats, out)
     results = _results(config, data, built, figures, cpu)
     lines = _lines(config, results)
+    lagging = X.lagging_members(stats["max_confidence_gap"][..., 0] == 0, stats["masks"],
+                                what="Table 1 models (shadows and targets)")
     X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
-             command=_command(config), headlines=_headlines(built))
+             warnings=lagging, command=_command(config), headlines=_headlines(built))
     return results
 
 

@@ -452,7 +452,7 @@ def main(config: PrivacyCurvConfig) -> dict:
     out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     eps = np.asarray(sorted(config.epsilons), float)
-    results, notes, lines = {}, [], []
+    results, notes, lines, lagging = {}, [], [], []
     X.require_one_dataset(config)
     for spec, data in X.each_dataset(config, timer, notes, lines):
         arms, rows, sigmas = _arms(config, data, eps, timer, spec)
@@ -465,8 +465,12 @@ def main(config: PrivacyCurvConfig) -> dict:
                               "figures": [str(p.relative_to(out)) for p in figures]}
         lines += _lines(data.slug, config, tabs)
         headlines = _headlines(tabs)
+        lagging += [w for a, e in enumerate(st["arm_epsilon"]) if e > 0  # not the untrained
+                    for w in X.lagging_members(
+                        st["train_correct"][a], np.ones_like(st["train_correct"][a], bool),
+                        what=f"{data.slug}, " + ("non-private" if math.isinf(e) else f"ε = {e:g}"))]
     X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
-             headlines=headlines)
+             warnings=lagging, headlines=headlines)
     return results
 
 

@@ -329,7 +329,7 @@ def main(config: PrivacyMemConfig) -> dict:
     out = X.output_dir(config, EXPERIMENT)
     timer = Timer()
     eps = np.asarray(sorted(config.epsilons), float)
-    results, notes, lines = {}, [], []
+    results, notes, lines, lagging = {}, [], [], []
     for spec, data in X.each_dataset(config, timer, notes, lines):
         ref = _reference(config, data, timer, spec)
         mem_ref, _ = memorization.feldman_zhang(ref["reference_correct"], ref["reference_masks"])
@@ -356,11 +356,17 @@ def main(config: PrivacyMemConfig) -> dict:
                               "figure": str(fig.relative_to(out))}
         lines += _lines(data.slug, tabs)
         headlines = _headlines(tabs)
+        lagging += X.lagging_members(st["reference_correct"], st["reference_masks"],
+                                     what=f"{data.slug}, non-private reference")
+        lagging += [w for a, e in enumerate(st["arm_epsilon"])
+                    for w in X.lagging_members(
+                        st["correct"][a], st["masks"],
+                        what=f"{data.slug}, " + ("non-private" if math.isinf(e) else f"ε = {e:g}"))]
     notes.append("b is picked by a separate non-private reference ensemble, so its measured "
                  "memorization is not biased upward by the selection; the interval of every "
                  "number is the spread over seed groups (independent training runs).")
     X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
-             headlines=headlines)
+             warnings=lagging, headlines=headlines)
     return results
 
 

@@ -189,6 +189,11 @@ def test_tables_are_per_target_metrics_with_the_published_numbers_beside():
     assert [r["auroc"] for r in built["table1"]] == sorted(
         (r["auroc"] for r in built["table1"]), reverse=True)
     assert set(cc.PAPER) <= set(scores) and set(scores) == set(cc.ATTACKS)
+    probed = dataclasses.replace(config, zero_order_probes=3, num_probes=5)
+    for row in cc.tables(stats, probed)["table1"]:  # each row states its statistic's probes
+        expected = {"zero_order": 3, "curvature": 5}
+        family = next((f for f in expected if row["attack"].startswith(f + "_")), None)
+        assert row["probes"] == (expected[family] if family else None), row["attack"]
     protocol = built["protocol"]
     assert [p["target_model"] for p in protocol] == targets.tolist()
     assert all(p["in_shadows_min"] == p["in_shadows_max"] == 4 for p in protocol)

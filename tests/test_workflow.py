@@ -551,6 +551,33 @@ def test_curvature_outlier_members_matches_a_naive_loop_and_warns():
     assert sections.sanity_warnings({**out, "curvature": {"outlier_members": []}}, 10) == []
 
 
+def test_a_member_that_fit_far_less_than_the_others_is_warned_about():
+    """Naive loop: member fit = its accuracy on its own subset; lagging = below half the
+    median member's fit; the audit's sanity warnings name it with its fit."""
+    from jaxcurv.workflow import sections
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((6, 50)) < 0.5
+    correct = rng.random((6, 50)) < 0.95
+    correct[3] = rng.random(50) < 0.2                # member 3 did not train
+    fit = sections.member_fit(correct, masks)
+    naive = [correct[k][masks[k]].mean() for k in range(6)]
+    np.testing.assert_allclose(fit, naive)
+    assert sections.lagging_member_ids(fit) == [
+        k for k in range(6) if naive[k] < 0.5 * np.median(naive)] == [3]
+    assert sections.lagging_member_ids([np.nan, np.nan]) == []
+    assert sections.lagging_member_ids([0.0, 0.0, 0.0]) == []   # all at zero: nothing to lag
+    assert sections.lagging_member_ids([0.9, np.nan, 0.3, 0.95]) == [2]
+    out = {"accuracy": {"test_mean": 0.9, "test_min": 0.88, "test_per_member": [0.9] * 6,
+                        "train_in_mean": 0.95, "train_in_per_member": fit,
+                        "lagging_members": sections.lagging_member_ids(fit)},
+           "mia": {"metrics": [{"attack": "loss", "auroc": 0.7, "auroc_ci": [0.6, 0.8]}]}}
+    (warning,) = sections.sanity_warnings(out, num_classes=10)
+    assert warning.startswith(f"member(s) [3] fit only {fit[3]:.2f}") and "--seed" in warning
+    fine = {**out, "accuracy": {**out["accuracy"], "lagging_members": []}}
+    assert sections.sanity_warnings(fine, 10) == []
+
+
 def test_poor_fit_warning_names_the_settings_that_fix_it():
     from jaxcurv.workflow import AuditConfig, sections, with_preset
 

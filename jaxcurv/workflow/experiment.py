@@ -481,17 +481,20 @@ def _sanity_warnings(config: Any, results: Mapping[str, Any]) -> list[str]:
 
 
 def lagging_members(correct: np.ndarray, masks: np.ndarray, *, what: str,
-                    fraction: float = 0.5) -> list[str]:
-    """Warnings for members that fit less than ``fraction`` × the median member of their own
-    training subset: a member that did not train (finite parameters, so no divergence stop)
-    still enters every attack and memorization estimate. correct, masks: (K, N) bool."""
-    from jaxcurv._numerics import masked_mean
+                    fraction: float | None = None) -> list[str]:
+    """Warnings for members that fit less than ``fraction`` (default
+    ``sections.LAGGING_FRACTION``) × the median member of their ensemble on their own training
+    subsets (``sections.lagging_member_ids``): a member that did not train (finite parameters,
+    so no divergence stop) still enters every attack and memorization estimate.
+    correct, masks: (K, N) bool."""
+    from jaxcurv.workflow import sections
 
-    fit = masked_mean(np.asarray(correct).T, np.asarray(masks, bool).T)   # (K,), NaN if empty
+    fraction = sections.LAGGING_FRACTION if fraction is None else fraction
+    fit = sections.member_fit(correct, masks)
     median = float(np.nanmedian(fit))
     return [f"{what}: member {k} fit {fit[k]:.2f} of its training subset against a median of "
             f"{median:.2f}: it may not have trained, and every attack and memorization estimate "
-            f"of this ensemble includes it" for k in np.flatnonzero(fit < fraction * median)]
+            f"of this ensemble includes it" for k in sections.lagging_member_ids(fit, fraction)]
 
 
 def headline(value: float, what: str, *, interval: Sequence[float] | None = None,

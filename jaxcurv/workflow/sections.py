@@ -21,6 +21,7 @@ from jaxcurv.workflow.attacks import (epsilon_audit, mia_by_memorization,
 
 __all__ = ["summary", "findings", "findings_lines", "sanity_warnings", "fit_advice",
            "near_chance", "figures", "curvature_outlier_members", "OUTLIER_FACTOR",
+           "member_fit", "lagging_member_ids", "LAGGING_FRACTION",
            "report_sections", "title", "describe", "spearman", "noise_rankers",
            "top_memorized_order", "highly_memorized", "BY_MEMORIZATION_ATTACK",
            "CURVATURE_NOTE", "HIGH_MEM", "MEM_CONFIDENCE", "NOISY_MEM_STDERR",
@@ -101,6 +102,30 @@ def _outliers(medians: np.ndarray, factor: float = OUTLIER_FACTOR) -> list[int]:
     return [int(k) for k in np.flatnonzero(medians > factor * reference)]
 
 
+# A member that fits less than this fraction of its training subset, relative to the median
+# member's fit, "lags": it may not have trained.
+LAGGING_FRACTION = 0.5
+
+
+def member_fit(correct, masks) -> np.ndarray:
+    """(K,) accuracy of each member on its own training subset: ``correct``, ``masks`` (K, N)
+    bool (member k predicts example n correctly / trained on it); NaN for an empty subset."""
+    from jaxcurv._numerics import masked_mean
+
+    return masked_mean(np.asarray(correct).T, np.asarray(masks, bool).T)
+
+
+def lagging_member_ids(fit, fraction: float = LAGGING_FRACTION) -> list[int]:
+    """Members whose training-subset accuracy ``fit`` (K,) (:func:`member_fit`) is below
+    ``fraction`` × the median member's: one that did not train keeps finite parameters, so no
+    divergence check stops it, yet it enters every attack and memorization estimate."""
+    fit = np.asarray(fit, np.float64)
+    median = np.nanmedian(fit) if np.isfinite(fit).any() else np.nan
+    if not np.isfinite(median) or median <= 0:
+        return []
+    return [int(k) for k in np.flatnonzero(fit < fraction * median)]
+
+
 def top_memorized_order(mem, curvature, k: int = TOP_K) -> np.ndarray:
     """Indices of the k most memorized examples: mem (N,) descending, ties (mem takes few values
     with few members; rounded to 9 decimals, so 1 − 1/3 ties with 2/3) broken by curvature (N,)
@@ -164,8 +189,10 @@ def _correct(run) -> np.ndarray:
 def _accuracy(run) -> dict[str, Any]:
     test_acc = np.asarray(run.ensemble.history["test_accuracy"][-1])
     correct, masks = _correct(run), run.data.masks
+    fit = member_fit(correct, masks)
     return {"test_mean": float(test_acc.mean()), "test_min": float(test_acc.min()),
             "test_per_member": test_acc, "train_in_mean": float(correct[masks].mean()),
+            "train_in_per_member": fit, "lagging_members": lagging_member_ids(fit),
             "train_out_mean": float(correct[~masks].mean()),
             "chance": 1.0 / run.data.train.num_classes}
 
@@ -396,7 +423,8 @@ def sanity_warnings(out: dict[str, Any], num_classes: int, *,
     """Reasons the numbers of a summary may mean nothing: test accuracy near chance (mean or any
     member), members that did not fit their training set (non-private runs; ``advice`` names the
     settings that fix it, :func:`fit_advice`) or the flipped labels (label noise), too few members
-    to resolve memorization (or a noisy mem), attacks at chance (non-private runs, or a DP run's
+    to resolve memorization (or a noisy mem), members that fit far less than the median member
+    (:func:`lagging_member_ids`), attacks at chance (non-private runs, or a DP run's
     reference), a DP comparison against a reference too weakly attackable to inform it, DP-SGD
     members more exposed or memorizing more than the reference, curvature outlier members, and
     zero-order scores that imputed a missing shadow group."""
@@ -410,6 +438,14 @@ def sanity_warnings(out: dict[str, Any], num_classes: int, *,
         k = int(np.argmin(acc["test_per_member"]))
         w.append(f"member {k} reaches only {acc['test_min']:.3f} test accuracy (chance "
                  f"{chance:.3f}): it failed to train; per-example results mix it in")
+    lagging = acc.get("lagging_members", [])
+    if lagging:
+        fit = np.asarray(acc["train_in_per_member"], float)
+        w.append(f"member(s) {lagging} fit only "
+                 + ", ".join(f"{fit[k]:.2f}" for k in lagging)
+                 + f" of their training subsets against a median member's {np.nanmedian(fit):.2f}"
+                 ": they may not have trained, and every attack and memorization estimate "
+                 "includes them; retrain (another --seed) or train longer (--epochs)")
     if "privacy" not in out and acc["train_in_mean"] < 0.9:
         w.append(f"the members fit only {acc['train_in_mean']:.3f} of their training labels: "
                  f"memorization needs models that fit their data: {advice}")
@@ -693,6 +729,7 @@ def _findings_section(summary: dict[str, Any], figs: dict[str, Path]) -> dict[st
     checks = [] if f["warnings"] else [
         "Sanity checks passed: test accuracy well above chance"
         + ("" if "privacy" in f else ", members fit their training data")
+        + ", no member fitting far less than the others"
         + ", enough members to resolve memorization"
         + (", a non-private reference attackable enough to compare with" if "privacy" in f
            else "")
