@@ -6,6 +6,11 @@ per-epoch records — what decides ``ensemble.train``'s defaults on CPU.
   under ``lax.map``, 12 steps of one model in a ``lax.scan`` (rolled and fully unrolled), and the
   MLP directly and under ``vmap``. XLA:CPU runs convolutions inside loop bodies slowly and turns
   a vmap over conv weights into grouped convolutions; this table shows by how much.
+- ``convs``: milliseconds of the forward pass, the input gradient and the weight gradient of
+  each convolution of the ``cnn`` model on 32×32×3 batches (CIFAR-10's shape; random inputs),
+  each relative to its forward pass (the FLOPs of the three are equal), and of its stride-2
+  convolution written as a stride-1 convolution sampled at odd positions (the same output,
+  checked first): where XLA:CPU spends the CNN's training step.
 - ``records``: wall seconds of ``ensemble.train`` (digits CNN, subset masks) without and with
   ``record_examples`` (per-epoch correctness and loss of every member on every example),
   compilation included.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 if not __package__:  # python bench/layout.py from a checkout: the repository root on the path
@@ -49,6 +55,10 @@ class LayoutBench(B.Repeats, B.BenchConfig):
                                     "digits", metavar="K", low=1, high=100_000)
     epochs: int | None = B.per_mode(15, 3, "records: epochs per member", low=1, high=100_000)
     records: bool = setting(True, "skip the records table", flag="--no-records", negate=True)
+    conv_batch: int | None = B.per_mode(256, 32, "convs: batch of 32×32×3 images", low=1,
+                                        high=1 << 16)
+    conv_width: int = setting(16, "convs: the CNN's width (first convolution's channels)", low=1,
+                              high=4096)
 
     def check(self) -> None:
         for label, ks in (("--ks", self.ks), ("--mlp-ks", self.mlp_ks)):
@@ -120,6 +130,55 @@ def steps(config, train, key) -> list[dict]:
     return rows
 
 
+def conv(stride: int) -> Callable:
+    """conv(kernel (3, 3, C, F), images (B, H, W, C)) -> (B, H', W', F): NHWC "SAME"
+    convolution with ``stride``, as ``nn.Conv`` in the ``cnn`` model computes it."""
+    return lambda w, x: jax.lax.conv_general_dilated(
+        x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def strided_as_subsampled(w, x):
+    """A stride-2 "SAME" 3×3 convolution of an even-sized input, as a stride-1 one sampled at
+    odd positions: output i of the stride-2 one covers inputs 2i … 2i + 2 (padding (0, 1)),
+    output 2i + 1 of the stride-1 one covers the same (padding (1, 1))."""
+    return conv(1)(w, x)[:, 1::2, 1::2]
+
+
+def _passes(fn, w, x, cotangent) -> dict[str, Callable]:
+    """{pass: f() -> array} for y = fn(w, x): the forward pass and, from ⟨y, cotangent⟩ (linear,
+    so XLA computes no forward for them), the input and the weight gradient."""
+    forward = jax.jit(fn)
+    d_input = jax.jit(jax.grad(lambda xx: jnp.vdot(fn(w, xx), cotangent)))
+    d_weight = jax.jit(jax.grad(lambda ww: jnp.vdot(fn(ww, x), cotangent)))
+    return {"forward": lambda: forward(w, x), "input gradient": lambda: d_input(x),
+            "weight gradient": lambda: d_weight(w)}
+
+
+def convs(config, key) -> list[dict]:
+    width, b = config.conv_width, config.conv_batch
+    k_x, k1, k2, k_c = jax.random.split(key, 4)
+    x = jax.random.normal(k_x, (b, 32, 32, 3))
+    w1 = jax.random.normal(k1, (3, 3, 3, width)) / 5.0
+    h = jax.nn.gelu(conv(1)(w1, x))
+    w2 = jax.random.normal(k2, (3, 3, width, 2 * width)) / (3.0 * width ** 0.5)
+    if not jnp.allclose(conv(2)(w2, h), strided_as_subsampled(w2, h), rtol=1e-4, atol=1e-4):
+        raise AssertionError("the subsampled stride-1 convolution differs from the stride-2 one")
+    layers = {f"conv1 3→{width}, stride 1": (conv(1), w1, x),
+              f"conv2 {width}→{2 * width}, stride 2": (conv(2), w2, h),
+              "conv2 as stride 1 + subsample": (strided_as_subsampled, w2, h)}
+    rows = []
+    for layer, (fn, w, inputs) in layers.items():
+        cotangent = jax.random.normal(k_c, jax.eval_shape(fn, w, inputs).shape)
+        forward_ms = None
+        for name, call in _passes(fn, w, inputs, cotangent).items():
+            ms = 1e3 * time_call(call, repeats=config.repeats).median
+            forward_ms = ms if forward_ms is None else forward_ms
+            rows.append({"layer": layer, "pass": name, "ms": ms,
+                         "relative_to_forward": ms / forward_ms})
+    B.print_table(f"convolutions of the CNN, batch {b} of 32×32×3 — {describe_device()}", rows)
+    return rows
+
+
 def records(config, train, key) -> list[dict]:
     model = models.get_model("cnn", train.num_classes)
     masks = data.subset_masks(len(train), config.models, fraction=0.5, seed=config.seed)
@@ -138,7 +197,8 @@ def main(config: LayoutBench) -> None:
     train = data.load("digits", split="train")
     key = jax.random.PRNGKey(config.seed)
     timer = Timer()
-    result = {"steps": steps(config, train, jax.random.fold_in(key, 0))}
+    result = {"steps": steps(config, train, jax.random.fold_in(key, 0)),
+              "convs": convs(config, jax.random.fold_in(key, 2))}
     if config.records:
         result["records"] = records(config, train, jax.random.fold_in(key, 1))
     result["wall_s"] = timer.elapsed()

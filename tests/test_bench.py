@@ -294,3 +294,32 @@ def test_synthetic_cifar_has_its_documented_structure():
     assert np.mean(nearest(test) != test.labels) < 0.01  # clean test labels
     flipped = np.mean(nearest(train) != train.labels)  # 10 % flipped, binomial sd 0.7 %
     assert 0.07 < flipped < 0.13, flipped
+
+
+def test_layout_convs_times_every_pass_of_both_convolutions_and_the_rewrite():
+    """bench.layout's convs table: the stride-2 convolution rewritten as a subsampled stride-1
+    one equals it (against lax.conv with explicit padding (0, 1)), and every layer has its three
+    passes timed, relative to its own forward pass."""
+    import jax
+    import jax.numpy as jnp
+
+    from bench import layout as L
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    explicit = jax.lax.conv_general_dilated(x, w, (2, 2), [(0, 1), (0, 1)],
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(L.strided_as_subsampled(w, x), explicit, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(L.conv(2)(w, x), explicit, rtol=1e-5, atol=1e-5)
+    config = B.parse_args(L.LayoutBench, ["--quick", "--repeats", "1", "--conv-batch", "2",
+                                          "--conv-width", "4"])
+    rows = L.convs(config, jax.random.PRNGKey(0))
+    assert [(r["layer"], r["pass"]) for r in rows] == [
+        (layer, p) for layer in ("conv1 3→4, stride 1", "conv2 4→8, stride 2",
+                                 "conv2 as stride 1 + subsample")
+        for p in ("forward", "input gradient", "weight gradient")]
+    for r in rows:
+        assert r["ms"] > 0 and np.isfinite(r["relative_to_forward"])
+        if r["pass"] == "forward":
+            assert r["relative_to_forward"] == 1.0
