@@ -146,12 +146,17 @@ def strided_as_subsampled(w, x):
 
 def _passes(fn, w, x, cotangent) -> dict[str, Callable]:
     """{pass: f() -> array} for y = fn(w, x): the forward pass and, from ⟨y, cotangent⟩ (linear,
-    so XLA computes no forward for them), the input and the weight gradient."""
+    so XLA computes no forward for them), the input and the weight gradient. Every array is an
+    argument of the compiled function (a captured one would be constant-folded at compile
+    time)."""
+    def product(ww, xx, ct):
+        return jnp.vdot(fn(ww, xx), ct)
+
     forward = jax.jit(fn)
-    d_input = jax.jit(jax.grad(lambda xx: jnp.vdot(fn(w, xx), cotangent)))
-    d_weight = jax.jit(jax.grad(lambda ww: jnp.vdot(fn(ww, x), cotangent)))
-    return {"forward": lambda: forward(w, x), "input gradient": lambda: d_input(x),
-            "weight gradient": lambda: d_weight(w)}
+    d_input = jax.jit(jax.grad(product, argnums=1))
+    d_weight = jax.jit(jax.grad(product, argnums=0))
+    return {"forward": lambda: forward(w, x), "input gradient": lambda: d_input(w, x, cotangent),
+            "weight gradient": lambda: d_weight(w, x, cotangent)}
 
 
 def convs(config, key) -> list[dict]:
