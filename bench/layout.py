@@ -184,6 +184,16 @@ def convs(config, key) -> list[dict]:
     return rows
 
 
+def conv_headlines(rows: list[dict]) -> dict[str, dict]:
+    """docs/measurements.md's figures of the convs table: each pass in milliseconds (median of
+    the repeats), with its time relative to the same convolution's forward pass."""
+    from jaxcurv.workflow.experiment import headline
+
+    return {f"convs: {r['layer']}, {r['pass']}": headline(
+        r["ms"], f"{r['pass']} of {r['layer']} ({r['relative_to_forward']:.2f}× its forward "
+        "pass)", unit="ms", over="median of the repeats") for r in rows}
+
+
 def records(config, train, key) -> list[dict]:
     model = models.get_model("cnn", train.num_classes)
     masks = data.subset_masks(len(train), config.models, fraction=0.5, seed=config.seed)
@@ -207,6 +217,7 @@ def main(config: LayoutBench) -> None:
     if config.records:
         result["records"] = records(config, train, jax.random.fold_in(key, 1))
     result["wall_s"] = timer.elapsed()
+    result["headlines"] = conv_headlines(result["convs"])
     B.write_results(config, "layout", result)
 
 

@@ -323,3 +323,6 @@ def test_layout_convs_times_every_pass_of_both_convolutions_and_the_rewrite():
         assert r["ms"] > 0 and np.isfinite(r["relative_to_forward"])
         if r["pass"] == "forward":
             assert r["relative_to_forward"] == 1.0
+    heads = L.conv_headlines(rows)
+    assert len(heads) == len(rows) and all(h["unit"] == "ms" for h in heads.values())
+    assert heads["convs: conv2 4→8, stride 2, input gradient"]["value"] == rows[4]["ms"]
