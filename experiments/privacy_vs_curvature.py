@@ -410,8 +410,7 @@ def _headlines(tabs) -> dict[str, Any]:
                         ("curvature_median", "median tr(H²) over the training examples"),
                         ("test_accuracy", "test accuracy")):
             value, interval, n = spread(arm, e, q)
-            label = "untrained" if arm == "untrained" else "non-private" if arm != "dp" \
-                else f"DP-SGD ε = {e:g}"
+            label = "untrained" if arm == "untrained" else X.privacy_arm_label(e)
             out[f"{q}_{tag}"] = X.headline(value, f"{what}, {label}", interval=interval,
                                            over=f"{n} seeds, min–max")
     for q, what in (("curvature_mean", "mean tr(H²)"), ("curvature_median", "median tr(H²)"),
@@ -465,10 +464,9 @@ def main(config: PrivacyCurvConfig) -> dict:
                               "figures": [str(p.relative_to(out)) for p in figures]}
         lines += _lines(data.slug, config, tabs)
         headlines = _headlines(tabs)
-        lagging += [w for a, e in enumerate(st["arm_epsilon"]) if e > 0  # not the untrained
-                    for w in X.lagging_members(
-                        st["train_correct"][a], np.ones_like(st["train_correct"][a], bool),
-                        what=f"{data.slug}, " + ("non-private" if math.isinf(e) else f"ε = {e:g}"))]
+        trained = st["arm_epsilon"] > 0  # the untrained networks are not checked
+        lagging += X.lagging_members_per_arm(st["train_correct"][trained], None,
+                                             st["arm_epsilon"][trained], what=data.slug)
     X.finish(out, EXPERIMENT, config, results, timer=timer, notes=notes, lines=lines,
              warnings=lagging, headlines=headlines)
     return results

@@ -287,7 +287,7 @@ def _headlines(tabs) -> dict[str, Any]:
     for e in sorted({r["epsilon"] for r in rows}):
         v = [r["mem_candidates"] for r in rows if r["epsilon"] == e]
         tag = f"eps{e:g}" if math.isfinite(e) else "nonprivate"
-        label = f"DP-SGD ε = {e:g}" if math.isfinite(e) else "non-private"
+        label = X.privacy_arm_label(e)
         out[f"mem_candidates_{tag}"] = X.headline(
             float(np.mean(v)), f"mean memorization of b (the {tabs['reference'][0]['candidates']}"
             f" most memorized by the reference), {label}", interval=[min(v), max(v)],
@@ -358,10 +358,8 @@ def main(config: PrivacyMemConfig) -> dict:
         headlines = _headlines(tabs)
         lagging += X.lagging_members(st["reference_correct"], st["reference_masks"],
                                      what=f"{data.slug}, non-private reference")
-        lagging += [w for a, e in enumerate(st["arm_epsilon"])
-                    for w in X.lagging_members(
-                        st["correct"][a], st["masks"],
-                        what=f"{data.slug}, " + ("non-private" if math.isinf(e) else f"ε = {e:g}"))]
+        lagging += X.lagging_members_per_arm(st["correct"], st["masks"], st["arm_epsilon"],
+                                             what=data.slug)
     notes.append("b is picked by a separate non-private reference ensemble, so its measured "
                  "memorization is not biased upward by the selection; the interval of every "
                  "number is the spread over seed groups (independent training runs).")

@@ -217,3 +217,16 @@ def test_a_member_that_did_not_train_is_named():
     assert "median of 1.00" in warnings[0]
     correct[2] = [1, 1, 0, 0, 1, 0, 0, 0]          # 3 of 4: within half of the median
     assert X.lagging_members(correct, masks, what="x") == []
+
+
+def test_lagging_members_per_arm_names_each_arm_and_masks_none_means_all_trained():
+    from jaxcurv.workflow import experiment as X
+
+    correct = np.ones((2, 4, 6), bool)
+    correct[1, 3, :5] = False                      # arm 1 (non-private), member 3: 1 of 6
+    everywhere = np.ones((4, 6), bool)
+    assert X.lagging_members_per_arm(correct, None, [8.0, np.inf], what="cifar10") == \
+        X.lagging_members_per_arm(correct, everywhere, [8.0, np.inf], what="cifar10") == \
+        X.lagging_members(correct[1], everywhere, what="cifar10, non-private")
+    assert X.privacy_arm_label(8.0) == "DP-SGD ε = 8"
+    assert X.privacy_arm_label(np.inf) == "non-private"

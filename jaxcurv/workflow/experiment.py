@@ -70,6 +70,9 @@ __all__ = [
     "load_statistics",
     "write_tables",
     "read_table",
+    "lagging_members",
+    "lagging_members_per_arm",
+    "privacy_arm_label",
     "headline",
     "finish",
     "named_config",
@@ -480,21 +483,36 @@ def _sanity_warnings(config: Any, results: Mapping[str, Any]) -> list[str]:
     return warnings
 
 
-def lagging_members(correct: np.ndarray, masks: np.ndarray, *, what: str,
+def lagging_members(correct: np.ndarray, masks: np.ndarray | None, *, what: str,
                     fraction: float | None = None) -> list[str]:
     """Warnings for members that fit less than ``fraction`` (default
     ``sections.LAGGING_FRACTION``) × the median member of their ensemble on their own training
     subsets (``sections.lagging_member_ids``): a member that did not train (finite parameters,
     so no divergence stop) still enters every attack and memorization estimate.
-    correct, masks: (K, N) bool."""
+    correct, masks: (K, N) bool; masks None: every member trained on every example."""
     from jaxcurv.workflow import sections
 
     fraction = sections.LAGGING_FRACTION if fraction is None else fraction
-    fit = sections.member_fit(correct, masks)
+    correct = np.asarray(correct)
+    fit = sections.member_fit(correct, np.ones(correct.shape, bool) if masks is None else masks)
     median = float(np.nanmedian(fit))
     return [f"{what}: member {k} fit {fit[k]:.2f} of its training subset against a median of "
             f"{median:.2f}: it may not have trained, and every attack and memorization estimate "
             f"of this ensemble includes it" for k in sections.lagging_member_ids(fit, fraction)]
+
+
+def privacy_arm_label(epsilon: float) -> str:
+    """An ε sweep's arm in words: "DP-SGD ε = 8" for a finite ε, "non-private" for ∞."""
+    return f"DP-SGD ε = {epsilon:g}" if np.isfinite(epsilon) else "non-private"
+
+
+def lagging_members_per_arm(correct: np.ndarray, masks: np.ndarray | None,
+                            epsilons: Sequence[float], *, what: str) -> list[str]:
+    """:func:`lagging_members` of each arm of an ε sweep: ``correct`` (A, K, N), ``masks``
+    (K, N) shared by the arms (None: every member trained on every example), ``epsilons`` (A,)
+    name the arms in the warnings (``<what>, <privacy_arm_label>``)."""
+    return [w for a, e in enumerate(epsilons)
+            for w in lagging_members(correct[a], masks, what=f"{what}, {privacy_arm_label(e)}")]
 
 
 def headline(value: float, what: str, *, interval: Sequence[float] | None = None,
